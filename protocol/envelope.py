@@ -1,0 +1,220 @@
+# The sealed frame: a compact encoding of COSE_Encrypt0 (RFC 9052) with AES-CCM-16-64-128
+# (RFC 9053, algorithm 10). SPEC.md section "Envelope" is the normative description; this module
+# is its reference implementation.
+#
+#   frame = header-byte || kid || partial-iv || ciphertext-with-tag
+#
+#   header-byte: bit 7    E   0 in v1; 1 announces a later version (rejected: BAD_VERSION)
+#                bits 6-4 T   message type 0..6 (7 reserved)
+#                bits 3-2 K   kid length - 1        (node id, 1..4 bytes)
+#                bits 1-0 P   partial IV length - 1 (frame counter, 1..4 bytes)
+#   kid, partial IV: shortest big-endian unsigned integers (one byte for zero)
+#
+# Standard COSE view of the same frame (lossless, see to_cose/from_cose):
+#   COSE_Encrypt0 = 16([ h'a1010a' / {1: 10} /, {4: kid, 6: partial-iv}, ciphertext-with-tag ])
+#   external_aad  = CBOR [1 (version), type, kid]
+#   nonce         = base IV XOR left-padded partial IV (RFC 9052 section 3.1)
+# so any COSE library opens our frames given the key, the base IV and the external AAD.
+#
+# Sans-IO: bytes in, messages out. Only LocalProtocolError and RemoteProtocolError escape.
+
+from ._backend import cbor_dumps, cbor_loads
+from .errors import LocalProtocolError, Reason, RemoteProtocolError
+from .keys import MAX_NODE_ID, PROTOCOL_VERSION, uint_bytes
+from .messages import MESSAGE_CLASSES, message_from_body
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .keys import NodeKeys
+    from .messages import Message
+
+TAG_LENGTH = 8
+MAX_FRAME = 256  # largest sealed frame, any link
+LORA_MAX_FRAME = 51  # EU868 at SF10-SF12 (DR0-DR2): every frame a normal node sends fits
+MAX_COUNTER = 2**32 - 1
+COSE_ALG_AES_CCM_16_64_128 = 10
+PROTECTED = b"\xa1\x01\x0a"  # CBOR {1: 10}: the only protected header v1 uses
+COSE_ENCRYPT0_TAG = 16
+_RESERVED_TYPE = 7
+_EXTENSION_BIT = 0x80
+
+
+class Header:
+    """The clear part of a frame, readable before any key is known."""
+
+    def __init__(self, msg_type: int, node_id: int, counter: int, kid: bytes, piv: bytes) -> None:
+        self.version = PROTOCOL_VERSION
+        self.msg_type = msg_type
+        self.node_id = node_id
+        self.counter = counter
+        self.kid = kid
+        self.piv = piv
+        self.size = 1 + len(kid) + len(piv)
+
+    @property
+    def uplink(self) -> bool:
+        uplink: bool = MESSAGE_CLASSES[self.msg_type].UPLINK
+        return uplink
+
+    def __repr__(self) -> str:
+        return (
+            "Header(type=" + str(self.msg_type) + ", node_id=" + str(self.node_id)
+            + ", counter=" + str(self.counter) + ")"
+        )
+
+
+def parse_header(frame: bytes) -> Header:
+    """Read the clear header. Raises RemoteProtocolError: TRUNCATED, OVERSIZED, BAD_VERSION,
+    BAD_HEADER. Does not authenticate anything: use it only to pick the key."""
+    n = len(frame)
+    if n == 0:
+        raise RemoteProtocolError(Reason.TRUNCATED, "empty frame")
+    if n > MAX_FRAME:
+        raise RemoteProtocolError(
+            Reason.OVERSIZED, str(n) + " bytes, the limit is " + str(MAX_FRAME)
+        )
+    first = frame[0]
+    if first & _EXTENSION_BIT:
+        raise RemoteProtocolError(
+            Reason.BAD_VERSION, "header byte 0x%02x announces a protocol version after v1" % first
+        )
+    msg_type = (first >> 4) & 0x07
+    if msg_type == _RESERVED_TYPE:
+        raise RemoteProtocolError(Reason.BAD_HEADER, "message type 7 is reserved")
+    kid_len = ((first >> 2) & 0x03) + 1
+    piv_len = (first & 0x03) + 1
+    header_len = 1 + kid_len + piv_len
+    if n < header_len + TAG_LENGTH + 1:
+        raise RemoteProtocolError(
+            Reason.TRUNCATED,
+            str(n) + " bytes, a frame with this header needs at least "
+            + str(header_len + TAG_LENGTH + 1),
+        )
+    kid = bytes(frame[1 : 1 + kid_len])
+    piv = bytes(frame[1 + kid_len : header_len])
+    if (kid_len > 1 and kid[0] == 0) or (piv_len > 1 and piv[0] == 0):
+        raise RemoteProtocolError(Reason.BAD_HEADER, "node id or counter has a leading zero byte")
+    return Header(msg_type, int.from_bytes(kid, "big"), int.from_bytes(piv, "big"), kid, piv)
+
+
+def external_aad(msg_type: int, kid: bytes) -> bytes:
+    """COSE external_aad: binds protocol version, message type and node id to the tag."""
+    return cbor_dumps([PROTOCOL_VERSION, msg_type, kid])
+
+
+def enc_structure(msg_type: int, kid: bytes) -> bytes:
+    """The AAD that AES-CCM authenticates (RFC 9052 section 5.3 Enc_structure)."""
+    return cbor_dumps(["Encrypt0", PROTECTED, external_aad(msg_type, kid)])
+
+
+def _aead_for(keys: "NodeKeys", uplink: bool) -> "Any":
+    return keys.uplink if uplink else keys.downlink
+
+
+def seal(message: "Message", counter: int, keys: "NodeKeys") -> bytes:
+    """Encrypt and authenticate `message` as frame number `counter` of the node `keys` belongs to.
+
+    The caller must never use a counter twice with the same keys and direction (the node
+    persists its counter; see SPEC.md "Nonces"). Raises LocalProtocolError on misuse.
+    """
+    msg_type = message.MSG_TYPE
+    if not 0 <= msg_type < _RESERVED_TYPE:
+        raise LocalProtocolError("not a v1 message: " + repr(message))
+    if type(counter) is not int or not 0 <= counter <= MAX_COUNTER:
+        raise LocalProtocolError(
+            "frame counter must be 0.." + str(MAX_COUNTER) + "; an exhausted node needs a new secret"
+        )
+    if not 0 <= keys.node_id <= MAX_NODE_ID:
+        raise LocalProtocolError("node id out of range")
+    kid = keys.kid
+    piv = uint_bytes(counter)
+    plaintext = cbor_dumps(message.body())
+    size = 1 + len(kid) + len(piv) + len(plaintext) + TAG_LENGTH
+    if size > MAX_FRAME:
+        raise LocalProtocolError(
+            "sealed frame would be " + str(size) + " bytes, the limit is " + str(MAX_FRAME)
+        )
+    first = (msg_type << 4) | ((len(kid) - 1) << 2) | (len(piv) - 1)
+    aead = _aead_for(keys, message.UPLINK)
+    sealed = aead.encrypt(keys.nonce(counter), plaintext, enc_structure(msg_type, kid))
+    return bytes([first]) + kid + piv + sealed
+
+
+def open_frame(
+    frame: bytes, keys: "NodeKeys", uplink: bool = True, header: "Header | None" = None
+) -> "Message":
+    """Verify and decrypt a frame, and decode its message.
+
+    `uplink` says what this side expects: True on the gateway (node -> gateway frames), False on
+    the node. Pass the `header` when you already parsed it to choose `keys`.
+    Raises RemoteProtocolError (every reason of parse_header, WRONG_DIRECTION, AUTH_FAILED,
+    MALFORMED) and LocalProtocolError when `keys` belong to another node id than the header's.
+    """
+    if header is None:
+        header = parse_header(frame)
+    if header.node_id != keys.node_id:
+        raise LocalProtocolError(
+            "keys of node " + str(keys.node_id) + " given for a frame of node " + str(header.node_id)
+        )
+    if header.uplink != uplink:
+        raise RemoteProtocolError(
+            Reason.WRONG_DIRECTION,
+            MESSAGE_CLASSES[header.msg_type].NAME + " frames travel the other way",
+        )
+    aad = enc_structure(header.msg_type, header.kid)
+    try:
+        plaintext = _aead_for(keys, uplink).decrypt(
+            keys.nonce(header.counter), bytes(frame[header.size :]), aad
+        )
+    except RemoteProtocolError:
+        raise
+    except Exception:  # cryptography's InvalidTag and anything else a backend may raise
+        raise RemoteProtocolError(
+            Reason.AUTH_FAILED, "tag does not verify (forged, altered or sealed with another key)"
+        ) from None
+    return message_from_body(header.msg_type, cbor_loads(plaintext))
+
+
+def to_cose(frame: bytes) -> "tuple[bytes, bytes]":
+    """The standard view of a frame: (tagged COSE_Encrypt0 bytes, external_aad bytes)."""
+    header = parse_header(frame)
+    body = cbor_dumps([PROTECTED, {4: header.kid, 6: header.piv}, bytes(frame[header.size :])])
+    # CBOR tag 16 (COSE_Encrypt0) is a one-byte head 0xd0; our small CBOR codec knows no tags.
+    return b"\xd0" + body, external_aad(header.msg_type, header.kid)
+
+
+def from_cose(cose: bytes, aad: bytes) -> bytes:
+    """The compact frame for a COSE_Encrypt0 (tagged or not) and its external_aad.
+
+    Accepts exactly what to_cose produces: protected {1: 10}, unprotected {4: kid, 6: piv}.
+    Raises RemoteProtocolError(MALFORMED) for anything else.
+    """
+    data = cose[1:] if cose[:1] == b"\xd0" else cose
+    item = cbor_loads(data)
+    context = cbor_loads(aad)
+    if (
+        type(item) is not list
+        or len(item) != 3
+        or item[0] != PROTECTED
+        or type(item[1]) is not dict
+        or sorted(item[1]) != [4, 6]
+        or type(item[2]) is not bytes
+        or type(context) is not list
+        or len(context) != 3
+        or context[0] != PROTOCOL_VERSION
+        or context[2] != item[1][4]
+    ):
+        raise RemoteProtocolError(
+            Reason.MALFORMED, "not an edgeveil v1 COSE_Encrypt0 (alg 10, kid and Partial IV)"
+        )
+    msg_type, kid, piv = context[1], item[1][4], item[1][6]
+    if type(msg_type) is not int or not 0 <= msg_type < _RESERVED_TYPE:
+        raise RemoteProtocolError(Reason.MALFORMED, "unknown message type in external_aad")
+    if not 1 <= len(kid) <= 4 or not 1 <= len(piv) <= 4:
+        raise RemoteProtocolError(Reason.MALFORMED, "kid and Partial IV must be 1..4 bytes")
+    first = (msg_type << 4) | ((len(kid) - 1) << 2) | (len(piv) - 1)
+    frame = bytes([first]) + kid + piv + item[2]
+    parse_header(frame)  # same canonical-form rules as a frame off the wire
+    return frame
