@@ -163,6 +163,25 @@ class Message:
         return type(self).__name__ + "(" + repr(self.to_dict()) + ")"
 
 
+# A node sends the same few masks over and over: remember which ids each one names.
+_MASK_IDS: "dict[int, list[int]]" = {}
+_MASK_CACHE_SIZE = 64
+
+
+def _mask_ids(mask: int) -> "list[int]":
+    ids = []
+    qid = 0
+    bits = mask
+    while bits:
+        if bits & 1:
+            ids.append(qid)
+        bits >>= 1
+        qid += 1
+    if len(_MASK_IDS) < _MASK_CACHE_SIZE:
+        _MASK_IDS[mask] = ids
+    return ids
+
+
 class Readings(Message):
     """Scaled integer readings by quantity id (protocol/quantities.py), and optionally the node's
     Unix time of the measurement, in seconds (only once the node's clock has been synchronised).
@@ -183,10 +202,12 @@ class Readings(Message):
         if not self.values:
             return "readings need at least one value"
         for qid, value in self.values.items():
-            problem = _int_problem(qid, 0, MAX_QUANTITY_ID, "quantity id")
-            problem = problem or _int_problem(value, INT32_MIN, INT32_MAX, quantity_name(qid))
-            if problem:
-                return problem
+            # the common case first and cheaply: this runs for every frame a gateway receives
+            if type(value) is int and INT32_MIN <= value <= INT32_MAX:
+                if type(qid) is int and 0 <= qid <= MAX_QUANTITY_ID:
+                    continue
+                return _int_problem(qid, 0, MAX_QUANTITY_ID, "quantity id")
+            return _int_problem(value, INT32_MIN, INT32_MAX, quantity_name(qid))
         if self.time is not None:
             return _int_problem(self.time, 0, UINT32_MAX, "time")
         return None
@@ -208,8 +229,10 @@ class Readings(Message):
         if type(body) is not list or not body:
             raise RemoteProtocolError(Reason.MALFORMED, "readings must be a non-empty array")
         mask = body[0]
-        _malformed(_int_problem(mask, 1, 2**64 - 1, "readings mask"))
-        ids = [qid for qid in range(MAX_QUANTITY_ID + 1) if mask >> qid & 1]
+        ids = _MASK_IDS.get(mask)
+        if ids is None:
+            _malformed(_int_problem(mask, 1, 2**64 - 1, "readings mask"))
+            ids = _mask_ids(mask)
         if len(body) not in (len(ids) + 1, len(ids) + 2):
             raise RemoteProtocolError(
                 Reason.MALFORMED, "readings mask names " + str(len(ids)) + " values, array has "
