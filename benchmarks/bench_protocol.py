@@ -46,8 +46,14 @@ def main() -> None:
 
     keys = NodeKeys(0x1234, os.urandom(16))  # throw-away benchmark key
     messages = [
-        Readings({q("temperature"): 150 + i % 200, q("humidity"): 400 + i % 300,
-                  q("pressure"): 10000 + i % 300, q("battery"): 3300 - i % 500})
+        Readings(
+            {
+                q("temperature"): 150 + i % 200,
+                q("humidity"): 400 + i % 300,
+                q("pressure"): 10000 + i % 300,
+                q("battery"): 3300 - i % 500,
+            }
+        )
         for i in range(args.frames)
     ]
     frames = [seal(m, 1000 + i, keys) for i, m in enumerate(messages)]
@@ -86,11 +92,16 @@ def main() -> None:
         ours_size = len(seal(Readings({q(n): sample[n] for n in names}), 300, keys))
         lpp = LORAWAN_OVERHEAD + sum(CAYENNE_BYTES[n] for n in names)
         print(f"  {' + '.join(names):<44}{ours_size:>9}{lpp:>13}")
-    warm = len(seal(Readings({q(n): sample[n] for n in CAYENNE_BYTES} | {q("temperature"): 265}),
-                    300, keys))
+    warm = len(
+        seal(
+            Readings({q(n): sample[n] for n in CAYENNE_BYTES} | {q("temperature"): 265}), 300, keys
+        )
+    )
     print(f"  (the first row at 26.5 °C instead of 21.5 °C: {warm} bytes)")
-    print("  edgeveil: 8-byte tag, 2-byte node id, 2-byte counter (counters up to 65535);"
-          " humidity at 0.1 %RH (LPP: 0.5 %RH)")
+    print(
+        "  edgeveil: 8-byte tag, 2-byte node id, 2-byte counter (counters up to 65535);"
+        " humidity at 0.1 %RH (LPP: 0.5 %RH)"
+    )
 
 
 if __name__ == "__main__":

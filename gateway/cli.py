@@ -48,6 +48,7 @@ def _decode(args: argparse.Namespace) -> int:
         frame = bytes.fromhex(args.frame)
     except ValueError as exc:
         raise CliError("FRAME must be hex digits, e.g. 0a12340... (spaces allowed)") from exc
+    secret = None if args.secret_file is None else _read_secret(args.secret_file)
     try:
         header = parse_header(frame)
     except RemoteProtocolError as exc:
@@ -58,11 +59,11 @@ def _decode(args: argparse.Namespace) -> int:
         f"{len(frame)} bytes  protocol v{header.version}  {kind.NAME}  node {header.node_id}"
         f"  counter {header.counter}  ({'node to gateway' if kind.UPLINK else 'gateway to node'})"
     )
-    if args.secret_file is None:
+    if secret is None:
         print("content: sealed (give --secret-file to verify and decrypt)")
         return 0
     try:
-        keys = NodeKeys(header.node_id, _read_secret(args.secret_file))
+        keys = NodeKeys(header.node_id, secret)
         message = open_frame(frame, keys, uplink=kind.UPLINK, header=header)
     except LocalProtocolError as exc:
         raise CliError(str(exc)) from exc

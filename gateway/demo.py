@@ -38,8 +38,9 @@ DEMO_NODE_ID = 0x1234
 
 def _examples() -> list[Message]:
     return [
-        Readings({q("temperature"): 215, q("humidity"): 455, q("pressure"): 10132,
-                  q("battery"): 3300}),
+        Readings(
+            {q("temperature"): 215, q("humidity"): 455, q("pressure"): 10132, q("battery"): 3300}
+        ),
         Readings({q("pm2_5"): 7, q("pm10"): 12, q("co2"): 612, q("noise"): 547}),
         # made-up, locally administered addresses: the demo holds no real identifier
         Observations(0, [(bytes([0x02, 0, 0, 0, 0xAB, i]), -60 - i) for i in range(3)]),
@@ -68,12 +69,17 @@ def run_protocol_demo() -> int:
     for counter, message in enumerate(_examples(), start=300):
         frame = seal(message, counter, keys)
         opened = open_frame(frame, keys, uplink=message.UPLINK)
-        assert opened == message
+        if opened != message:
+            raise RuntimeError(f"{message.NAME} did not survive sealing and opening")
         fits = "fits" if len(frame) <= LORA_MAX_FRAME else "TOO BIG"
         direction = "up" if message.UPLINK else "down"
         shown = {k: v for k, v in opened.to_dict().items() if k != "type"}
         if isinstance(opened, Observations):
-            shown = {"radio": "BLE", "sightings": len(opened.sightings), "addresses": "(personal data)"}
+            shown = {
+                "radio": "BLE",
+                "sightings": len(opened.sightings),
+                "addresses": "(personal data)",
+            }
         print(f"{message.NAME:<14}{direction:<6}{len(frame):>6}  {fits:<8} {shown}")
         frames.append(frame)
 
@@ -82,7 +88,9 @@ def run_protocol_demo() -> int:
     cose, aad = to_cose(climate)
     print(f"\nthe readings frame on the air ({len(climate)} bytes):\n  {climate.hex()}")
     print(f"  header: type {header.msg_type}, node {header.node_id}, counter {header.counter}")
-    print(f"the same frame as a standard COSE_Encrypt0 ({len(cose)} bytes), external_aad {aad.hex()}")
+    print(
+        f"the same frame as a standard COSE_Encrypt0 ({len(cose)} bytes), external_aad {aad.hex()}"
+    )
     print(f"  {cose.hex()}")
 
     print("\nwhat the gateway does with bad input:")
@@ -92,11 +100,15 @@ def run_protocol_demo() -> int:
     print(f"  one bit flipped             -> {_reason(bytes(flipped), keys)}")
     print(f"  sealed with another key     -> {_reason(seal(_examples()[0], 300, other), keys)}")
     print(f"  cut short                   -> {_reason(climate[:10], keys)}")
-    print(f"  from a later version        -> {_reason(bytes([climate[0] | 0x80]) + climate[1:], keys)}")
+    later_version = bytes([climate[0] | 0x80]) + climate[1:]
+    print(f"  from a later version        -> {_reason(later_version, keys)}")
     window = ReplayWindow()
     window.accept(header.counter)
-    outcome = "duplicate: acknowledged again, forwarded once" if window.check(
-        header.counter) == DUPLICATE else "new"
+    outcome = (
+        "duplicate: acknowledged again, forwarded once"
+        if window.check(header.counter) == DUPLICATE
+        else "new"
+    )
     print(f"  the same frame again        -> {outcome}")
 
     decoder = StreamDecoder()
@@ -108,7 +120,7 @@ def run_protocol_demo() -> int:
         except RemoteProtocolError as exc:
             events.append(f"skipped {len(exc.data)} bytes ({exc.reason_name})")
             continue
-        if event is NEED_DATA:
+        if event is NEED_DATA or not isinstance(event, bytes):
             break
         events.append(f"frame of {len(event)} bytes")
     print(f"  serial line with noise      -> {', '.join(events)}")

@@ -63,8 +63,13 @@ class Header:
 
     def __repr__(self) -> str:
         return (
-            "Header(type=" + str(self.msg_type) + ", node_id=" + str(self.node_id)
-            + ", counter=" + str(self.counter) + ")"
+            "Header(type="
+            + str(self.msg_type)
+            + ", node_id="
+            + str(self.node_id)
+            + ", counter="
+            + str(self.counter)
+            + ")"
         )
 
 
@@ -81,7 +86,8 @@ def parse_header(frame: bytes) -> Header:
     first = frame[0]
     if first & _EXTENSION_BIT:
         raise RemoteProtocolError(
-            Reason.BAD_VERSION, "header byte 0x%02x announces a protocol version after v1" % first
+            Reason.BAD_VERSION,
+            "header byte " + hex(first) + " announces a protocol version after v1",
         )
     msg_type = (first >> 4) & 0x07
     if msg_type == _RESERVED_TYPE:
@@ -92,7 +98,8 @@ def parse_header(frame: bytes) -> Header:
     if n < header_len + TAG_LENGTH + 1:
         raise RemoteProtocolError(
             Reason.TRUNCATED,
-            str(n) + " bytes, a frame with this header needs at least "
+            str(n)
+            + " bytes, a frame with this header needs at least "
             + str(header_len + TAG_LENGTH + 1),
         )
     kid = frame[1 : 1 + kid_len]
@@ -140,7 +147,9 @@ def seal(message: "Message", counter: int, keys: "NodeKeys") -> bytes:
         raise LocalProtocolError("not a v1 message: " + repr(message))
     if type(counter) is not int or not 0 <= counter <= MAX_COUNTER:
         raise LocalProtocolError(
-            "frame counter must be 0.." + str(MAX_COUNTER) + "; an exhausted node needs a new secret"
+            "frame counter must be 0.."
+            + str(MAX_COUNTER)
+            + "; an exhausted node needs a new secret"
         )
     if not 0 <= keys.node_id <= MAX_NODE_ID:
         raise LocalProtocolError("node id out of range")
@@ -154,7 +163,7 @@ def seal(message: "Message", counter: int, keys: "NodeKeys") -> bytes:
         )
     first = (msg_type << 4) | ((len(kid) - 1) << 2) | (len(piv) - 1)
     aead = _aead_for(keys, message.UPLINK)
-    sealed = aead.encrypt(keys.nonce(counter), plaintext, enc_structure(msg_type, kid))
+    sealed: bytes = aead.encrypt(keys.nonce(counter), plaintext, enc_structure(msg_type, kid))
     return bytes([first]) + kid + piv + sealed
 
 
@@ -172,7 +181,10 @@ def open_frame(
         header = parse_header(frame)
     if header.node_id != keys.node_id:
         raise LocalProtocolError(
-            "keys of node " + str(keys.node_id) + " given for a frame of node " + str(header.node_id)
+            "keys of node "
+            + str(keys.node_id)
+            + " given for a frame of node "
+            + str(header.node_id)
         )
     if header.uplink != uplink:
         raise RemoteProtocolError(
@@ -231,6 +243,6 @@ def from_cose(cose: bytes, aad: bytes) -> bytes:
     if not 1 <= len(kid) <= 4 or not 1 <= len(piv) <= 4:
         raise RemoteProtocolError(Reason.MALFORMED, "kid and Partial IV must be 1..4 bytes")
     first = (msg_type << 4) | ((len(kid) - 1) << 2) | (len(piv) - 1)
-    frame = bytes([first]) + kid + piv + item[2]
+    frame: bytes = bytes([first]) + kid + piv + item[2]
     parse_header(frame)  # same canonical-form rules as a frame off the wire
     return frame

@@ -24,7 +24,7 @@ class Reason:
     REPLAY = 10  # the frame counter is older than the replay window accepts
     MALFORMED = 11  # decrypted fine, but the content is not a valid message of its type
 
-    _NAMES = {
+    _NAMES = {  # noqa: RUF012 - a constant table; MicroPython has no typing.ClassVar
         1: "bad_crc",
         2: "bad_cobs",
         3: "oversized",

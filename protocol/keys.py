@@ -46,7 +46,10 @@ class NodeKeys:
     def __init__(self, node_id: int, secret: bytes, aead_factory: "Any" = None) -> None:
         if type(node_id) is not int or not 0 <= node_id <= MAX_NODE_ID:
             raise LocalProtocolError("node id must be an integer 0.." + str(MAX_NODE_ID))
-        if not isinstance(secret, (bytes, bytearray)) or not MIN_SECRET <= len(secret) <= MAX_SECRET:
+        if (
+            not isinstance(secret, (bytes, bytearray))
+            or not MIN_SECRET <= len(secret) <= MAX_SECRET
+        ):
             raise LocalProtocolError(
                 "node secret must be " + str(MIN_SECRET) + ".." + str(MAX_SECRET) + " bytes"
             )

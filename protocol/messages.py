@@ -94,12 +94,14 @@ def _field_problem(kind: str, v: object, what: str) -> "str | None":
         return None if type(v) is bool else what + " must be true or false"
     if type(v) is not str:
         return what + " must be text"
-    if len(v.encode()) > MAX_TEXT_BYTES:  # type: ignore[attr-defined]
+    if len(v.encode()) > MAX_TEXT_BYTES:
         return what + " longer than " + str(MAX_TEXT_BYTES) + " bytes"
     return None
 
 
-def _fields_to_map(table: "tuple[tuple[int, str, str], ...]", fields: "dict[str, Any]") -> "dict[int, Any]":
+def _fields_to_map(
+    table: "tuple[tuple[int, str, str], ...]", fields: "dict[str, Any]"
+) -> "dict[int, Any]":
     body = {}
     known = {name: (key, kind) for key, name, kind in table}
     for name, value in fields.items():
@@ -113,7 +115,9 @@ def _fields_to_map(table: "tuple[tuple[int, str, str], ...]", fields: "dict[str,
     return body
 
 
-def _fields_from_map(table: "tuple[tuple[int, str, str], ...]", body: object, what: str) -> "dict[str, Any]":
+def _fields_from_map(
+    table: "tuple[tuple[int, str, str], ...]", body: object, what: str
+) -> "dict[str, Any]":
     if type(body) is not dict:
         raise RemoteProtocolError(Reason.MALFORMED, what + " must be a map")
     by_key = {key: (name, kind) for key, name, kind in table}
@@ -235,8 +239,12 @@ class Readings(Message):
             ids = _mask_ids(mask)
         if len(body) not in (len(ids) + 1, len(ids) + 2):
             raise RemoteProtocolError(
-                Reason.MALFORMED, "readings mask names " + str(len(ids)) + " values, array has "
-                + str(len(body) - 1) + " items"
+                Reason.MALFORMED,
+                "readings mask names "
+                + str(len(ids))
+                + " values, array has "
+                + str(len(body) - 1)
+                + " items",
             )
         time = body[len(ids) + 1] if len(body) == len(ids) + 2 else None
         msg = cls({qid: body[i + 1] for i, qid in enumerate(ids)}, time)

@@ -36,8 +36,14 @@ class ReplayWindow:
         if offset >= WINDOW:
             raise RemoteProtocolError(
                 Reason.REPLAY,
-                "counter " + str(counter) + " is " + str(offset) + " below the highest accepted ("
-                + str(self.highest) + "), outside the window of " + str(WINDOW),
+                "counter "
+                + str(counter)
+                + " is "
+                + str(offset)
+                + " below the highest accepted ("
+                + str(self.highest)
+                + "), outside the window of "
+                + str(WINDOW),
             )
         return DUPLICATE if self.bitmap >> offset & 1 else NEW
 
@@ -45,7 +51,9 @@ class ReplayWindow:
         """Record an authenticated, stored frame's counter."""
         if counter > self.highest:
             shift = counter - self.highest
-            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
+            self.bitmap = (
+                ((self.bitmap << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
+            )
             self.highest = counter
             return
         offset = self.highest - counter

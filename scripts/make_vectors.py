@@ -43,7 +43,9 @@ OUT = ROOT / "protocol" / "vectors" / "v1.json"
 
 def test_secret(label: str) -> bytes:
     """A 16-byte secret derived from a label. TEST ONLY."""
-    return hashlib.sha256(b"edgeveil v1 TEST VECTOR secret, never deploy: " + label.encode()).digest()[:16]
+    return hashlib.sha256(
+        b"edgeveil v1 TEST VECTOR secret, never deploy: " + label.encode()
+    ).digest()[:16]
 
 
 # Addresses in the IEEE "locally administered" range, made up for the vectors.
@@ -51,33 +53,98 @@ FAKE_BLE = [bytes([0x02, 0, 0, 0, 0xAB, i]) for i in range(1, 5)]
 
 VALID: list[tuple[str, str, int, int, Message]] = [
     # (name, description, node id, counter, message)
-    ("readings-climate", "temperature 21.5 °C, humidity 45.5 %RH, pressure 1013.2 hPa, battery 3.300 V "
-     "(the size benchmark's frame)", 0x1234, 300,
-     Readings({q("temperature"): 215, q("humidity"): 455, q("pressure"): 10132, q("battery"): 3300})),
-    ("readings-first-frame", "node 1, counter 0, one temperature below zero", 1, 0,
-     Readings({q("temperature"): -42})),
-    ("readings-with-time", "readings with the node's Unix time (a node with a synchronised clock)",
-     0x1234, 301, Readings({q("temperature"): 187, q("humidity"): 612}, time=1_790_000_000)),
-    ("readings-air-quality", "PM1, PM2.5, PM10 (µg/m³), CO2 (ppm), noise 0.1 dB", 0x1234, 302,
-     Readings({q("pm1"): 4, q("pm2_5"): 7, q("pm10"): 12, q("co2"): 612, q("noise"): 547})),
-    ("readings-counting", "PIR triggers and a people count", 0x1234, 303,
-     Readings({q("motion"): 3, q("people"): 17})),
-    ("observations-ble", "three BLE sightings: the most a 51-byte LoRa frame holds", 0x1234, 304,
-     Observations(0, [(FAKE_BLE[0], -67), (FAKE_BLE[1], -80), (FAKE_BLE[2], -91)])),
-    ("status-full", "every status field", 0x1234, 305,
-     Status({"battery_mv": 3912, "uptime_s": 86400, "free_heap": 61234, "reset_cause": 3,
-             "frames_sent": 1200, "retransmissions": 14, "dropped": 0, "queue_depth": 1,
-             "firmware": "0.1.0", "clock_synced": True})),
+    (
+        "readings-climate",
+        "temperature 21.5 °C, humidity 45.5 %RH, pressure 1013.2 hPa, battery 3.300 V "
+        "(the size benchmark's frame)",
+        0x1234,
+        300,
+        Readings(
+            {q("temperature"): 215, q("humidity"): 455, q("pressure"): 10132, q("battery"): 3300}
+        ),
+    ),
+    (
+        "readings-first-frame",
+        "node 1, counter 0, one temperature below zero",
+        1,
+        0,
+        Readings({q("temperature"): -42}),
+    ),
+    (
+        "readings-with-time",
+        "readings with the node's Unix time (a node with a synchronised clock)",
+        0x1234,
+        301,
+        Readings({q("temperature"): 187, q("humidity"): 612}, time=1_790_000_000),
+    ),
+    (
+        "readings-air-quality",
+        "PM1, PM2.5, PM10 (µg/m³), CO2 (ppm), noise 0.1 dB",
+        0x1234,
+        302,
+        Readings({q("pm1"): 4, q("pm2_5"): 7, q("pm10"): 12, q("co2"): 612, q("noise"): 547}),
+    ),
+    (
+        "readings-counting",
+        "PIR triggers and a people count",
+        0x1234,
+        303,
+        Readings({q("motion"): 3, q("people"): 17}),
+    ),
+    (
+        "observations-ble",
+        "three BLE sightings: the most a 51-byte LoRa frame holds",
+        0x1234,
+        304,
+        Observations(0, [(FAKE_BLE[0], -67), (FAKE_BLE[1], -80), (FAKE_BLE[2], -91)]),
+    ),
+    (
+        "status-full",
+        "every status field",
+        0x1234,
+        305,
+        Status(
+            {
+                "battery_mv": 3912,
+                "uptime_s": 86400,
+                "free_heap": 61234,
+                "reset_cause": 3,
+                "frames_sent": 1200,
+                "retransmissions": 14,
+                "dropped": 0,
+                "queue_depth": 1,
+                "firmware": "0.1.0",
+                "clock_synced": True,
+            }
+        ),
+    ),
     ("event-motion", "PIR motion, 2 triggers", 0x1234, 306, Event(1, 2)),
     ("event-boot", "boot after a watchdog reset", 0x1234, 0, Event(0, 3)),
     ("event-time-request", "the node has no valid clock", 0x1234, 1, Event(6)),
     ("ack", "gateway acknowledges counters 300 and 301", 0x1234, 17, Ack([300, 301])),
     ("time-sync", "gateway sets the node's clock", 0x1234, 18, TimeSync(1_790_000_123)),
-    ("config-update", "gateway changes intervals and zone", 0x1234, 19,
-     ConfigUpdate(7, {"reading_interval_s": 300, "status_interval_s": 3600, "zone": "plein-noord",
-                      "ble_scan": True})),
-    ("readings-long-ids", "4-byte node id and 4-byte counter: the largest header", 0xDEADBEEF,
-     0x89ABCDEF, Readings({q("temperature"): 215})),
+    (
+        "config-update",
+        "gateway changes intervals and zone",
+        0x1234,
+        19,
+        ConfigUpdate(
+            7,
+            {
+                "reading_interval_s": 300,
+                "status_interval_s": 3600,
+                "zone": "plein-noord",
+                "ble_scan": True,
+            },
+        ),
+    ),
+    (
+        "readings-long-ids",
+        "4-byte node id and 4-byte counter: the largest header",
+        0xDEADBEEF,
+        0x89ABCDEF,
+        Readings({q("temperature"): 215}),
+    ),
 ]
 
 
@@ -117,7 +184,9 @@ def valid_vector(name: str, desc: str, node_id: int, counter: int, msg: Message)
     }
 
 
-def seal_raw(first: int, keys: NodeKeys, counter: int, plaintext: bytes, uplink: bool = True) -> bytes:
+def seal_raw(
+    first: int, keys: NodeKeys, counter: int, plaintext: bytes, uplink: bool = True
+) -> bytes:
     """Seal arbitrary plaintext under a valid header (for vectors the API refuses to build)."""
     aead = keys.uplink if uplink else keys.downlink
     msg_type = (first >> 4) & 7
@@ -138,32 +207,76 @@ def invalid_vectors(good: dict[str, Any]) -> list[dict[str, Any]]:
         ("truncated", "the climate frame cut after 12 bytes", frame[:12], "truncated"),
         ("oversized", "257 bytes", frame + bytes(257 - len(frame)), "oversized"),
         ("bit-flipped", "one bit of the tag flipped", bytes(flipped), "auth_failed"),
-        ("forged", "a random tag in place of the real one", frame[:-8] + bytes(range(8)), "auth_failed"),
-        ("wrong-key", "sealed with another secret for the same node id",
-         seal_raw(readings_first, impostor, 300, bytes.fromhex(good["plaintext"])), "auth_failed"),
-        ("wrong-version", "extension bit set: a later protocol version", bytes([frame[0] | 0x80]) + frame[1:],
-         "bad_version"),
+        (
+            "forged",
+            "a random tag in place of the real one",
+            frame[:-8] + bytes(range(8)),
+            "auth_failed",
+        ),
+        (
+            "wrong-key",
+            "sealed with another secret for the same node id",
+            seal_raw(readings_first, impostor, 300, bytes.fromhex(good["plaintext"])),
+            "auth_failed",
+        ),
+        (
+            "wrong-version",
+            "extension bit set: a later protocol version",
+            bytes([frame[0] | 0x80]) + frame[1:],
+            "bad_version",
+        ),
         ("reserved-type", "message type 7", bytes([frame[0] | 0x70]) + frame[1:], "bad_header"),
-        ("non-canonical-kid", "node id 0x1234 written in 3 bytes",
-         bytes([frame[0] | 0x04, 0x00]) + frame[1:], "bad_header"),
-        ("wrong-direction", "an ack (gateway to node) offered to a gateway", bytes.fromhex(
-            valid_vector("x", "", 0x1234, 17, Ack([1]))["frame"]), "wrong_direction"),
-        ("malformed-body", "authentic, but the mask names two values and one follows",
-         seal_raw(readings_first, keys, 310, cbor_dumps([3, 215])), "malformed"),
-        ("non-deterministic-cbor", "authentic, but 215 written with a 2-byte argument (19 00 d7)",
-         seal_raw(readings_first, keys, 311, bytes.fromhex("82011900d7")), "malformed"),
-        ("float-value", "authentic, but the value is a float (CBOR f9 4d60 = 21.5)",
-         seal_raw(readings_first, keys, 312, bytes.fromhex("8201f94d60")), "malformed"),
+        (
+            "non-canonical-kid",
+            "node id 0x1234 written in 3 bytes",
+            bytes([frame[0] | 0x04, 0x00]) + frame[1:],
+            "bad_header",
+        ),
+        (
+            "wrong-direction",
+            "an ack (gateway to node) offered to a gateway",
+            bytes.fromhex(valid_vector("x", "", 0x1234, 17, Ack([1]))["frame"]),
+            "wrong_direction",
+        ),
+        (
+            "malformed-body",
+            "authentic, but the mask names two values and one follows",
+            seal_raw(readings_first, keys, 310, cbor_dumps([3, 215])),
+            "malformed",
+        ),
+        (
+            "non-deterministic-cbor",
+            "authentic, but 215 written with a 2-byte argument (19 00 d7)",
+            seal_raw(readings_first, keys, 311, bytes.fromhex("82011900d7")),
+            "malformed",
+        ),
+        (
+            "float-value",
+            "authentic, but the value is a float (CBOR f9 4d60 = 21.5)",
+            seal_raw(readings_first, keys, 312, bytes.fromhex("8201f94d60")),
+            "malformed",
+        ),
     ]
     del other
-    return [{"name": n, "description": d, "node_id": 0x1234, "frame": f.hex(), "reason": r}
-            for n, d, f, r in cases]
+    return [
+        {"name": n, "description": d, "node_id": 0x1234, "frame": f.hex(), "reason": r}
+        for n, d, f, r in cases
+    ]
 
 
 REPLAY_STEPS = [
     # (counter, outcome) through one node's window of 64, in order
-    (10, "new"), (11, "new"), (11, "duplicate"), (9, "new"), (10, "duplicate"), (80, "new"),
-    (17, "new"), (16, "replay"), (17, "duplicate"), (81, "new"), (17, "replay"),
+    (10, "new"),
+    (11, "new"),
+    (11, "duplicate"),
+    (9, "new"),
+    (10, "duplicate"),
+    (80, "new"),
+    (17, "new"),
+    (16, "replay"),
+    (17, "duplicate"),
+    (81, "new"),
+    (17, "replay"),
 ]
 
 
@@ -172,14 +285,18 @@ def build() -> dict[str, Any]:
     return {
         "protocol": "edgeveil",
         "version": 1,
-        "warning": "TEST VECTORS ONLY. These secrets are public: never provision a real node with them.",
+        "warning": "TEST VECTORS ONLY. These secrets are public: "
+        "never provision a real node with them.",
         "note": "Byte strings are lowercase hex. 'message' is the decoded content (bytes as hex); "
-                "'plaintext' is its deterministic CBOR; 'frame' is what a LoRa radio sends; "
-                "'serial' is the frame as written to a serial line; 'cose_encrypt0' with "
-                "'external_aad' is the same frame in standard COSE form.",
+        "'plaintext' is its deterministic CBOR; 'frame' is what a LoRa radio sends; "
+        "'serial' is the frame as written to a serial line; 'cose_encrypt0' with "
+        "'external_aad' is the same frame in standard COSE form.",
         "valid": valid,
         "invalid": invalid_vectors(valid[0]),
-        "replay_window": {"size": 64, "steps": [{"counter": c, "outcome": o} for c, o in REPLAY_STEPS]},
+        "replay_window": {
+            "size": 64,
+            "steps": [{"counter": c, "outcome": o} for c, o in REPLAY_STEPS],
+        },
     }
 
 

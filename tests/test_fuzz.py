@@ -1,0 +1,74 @@
+"""Fuzz targets for the receive path: whatever bytes arrive, only RemoteProtocolError escapes.
+
+Bounded in CI (the "ci" hypothesis profile); run longer with
+    HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_fuzz.py tests/test_cbor.py \
+        tests/test_framing.py
+(README "Fuzzing" has the figures of the last long run).
+"""
+
+from __future__ import annotations
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from protocol import (
+    NEED_DATA,
+    NodeKeys,
+    Readings,
+    RemoteProtocolError,
+    StreamDecoder,
+    encode_serial,
+    open_frame,
+    parse_header,
+    seal,
+)
+
+KEYS = NodeKeys(0x1234, bytes(range(16)))  # TEST ONLY key
+VALID = seal(Readings({0: 215, 1: 455}), 300, KEYS)
+
+
+def receive(frame: bytes) -> str:
+    """What a gateway does with one frame, reduced to its verdict."""
+    try:
+        header = parse_header(frame)
+        if header.node_id != KEYS.node_id:
+            return "unknown_node"
+        open_frame(frame, KEYS, uplink=header.uplink, header=header)
+    except RemoteProtocolError as exc:
+        return exc.reason_name
+    return "accepted"
+
+
+@given(st.binary(max_size=300))
+@example(b"")
+@example(VALID[:5])
+@example(bytes([0x80]) + VALID[1:])
+def test_random_frames_only_raise_remote_errors(data: bytes) -> None:
+    verdict = receive(data)
+    assert verdict != "accepted" or data == VALID
+
+
+@given(st.binary(min_size=1, max_size=len(VALID)), st.integers(0, len(VALID) - 1))
+def test_spliced_frames_are_rejected(patch: bytes, at: int) -> None:
+    frame = VALID[:at] + patch + VALID[at + len(patch) :]
+    assert receive(frame) != "accepted" or frame == VALID
+
+
+@given(
+    st.lists(st.binary(max_size=80) | st.just(encode_serial(VALID)), max_size=12),
+    st.integers(1, 64),
+)
+def test_serial_stream_with_garbage(chunks: list[bytes], piece: int) -> None:
+    stream = b"".join(chunks)
+    decoder = StreamDecoder()
+    for i in range(0, len(stream), piece):
+        decoder.feed(stream[i : i + piece])
+        while True:
+            try:
+                frame = decoder.next_event()
+            except RemoteProtocolError:
+                continue
+            if frame is NEED_DATA:
+                break
+            assert isinstance(frame, bytes)
+            receive(frame)
