@@ -38,6 +38,7 @@ COSE_ALG_AES_CCM_16_64_128 = 10
 PROTECTED = b"\xa1\x01\x0a"  # CBOR {1: 10}: the only protected header v1 uses
 COSE_ENCRYPT0_TAG = 16
 _RESERVED_TYPE = 7
+_UPLINK = tuple(cls.UPLINK for cls in MESSAGE_CLASSES)
 _EXTENSION_BIT = 0x80
 
 
@@ -45,7 +46,7 @@ class Header:
     """The clear part of a frame, readable before any key is known."""
 
     # __slots__ makes the per-frame object cheaper on CPython; MicroPython ignores it.
-    __slots__ = ("counter", "kid", "msg_type", "node_id", "piv", "size", "version")
+    __slots__ = ("counter", "kid", "msg_type", "node_id", "piv", "size", "uplink", "version")
 
     def __init__(self, msg_type: int, node_id: int, counter: int, kid: bytes, piv: bytes) -> None:
         self.version = PROTOCOL_VERSION
@@ -55,11 +56,7 @@ class Header:
         self.kid = kid
         self.piv = piv
         self.size = 1 + len(kid) + len(piv)
-
-    @property
-    def uplink(self) -> bool:
-        uplink: bool = MESSAGE_CLASSES[self.msg_type].UPLINK
-        return uplink
+        self.uplink: bool = _UPLINK[msg_type]  # True: node to gateway
 
     def __repr__(self) -> str:
         return (
@@ -132,6 +129,22 @@ def enc_structure(msg_type: int, kid: bytes) -> bytes:
     return _ENC_HEAD + bytes([0x40 | len(aad)]) + aad
 
 
+# The gateway opens frames of the same few (type, node) pairs all day; a bounded cache of their
+# Enc_structures saves building them per frame. Cleared whole when full: simple and bounded.
+_ENC_CACHE: "dict[tuple[int, bytes], bytes]" = {}
+_ENC_CACHE_SIZE = 4096
+
+
+def _cached_enc_structure(msg_type: int, kid: bytes) -> bytes:
+    key = (msg_type, kid)
+    aad = _ENC_CACHE.get(key)
+    if aad is None:
+        if len(_ENC_CACHE) >= _ENC_CACHE_SIZE:
+            _ENC_CACHE.clear()
+        aad = _ENC_CACHE[key] = enc_structure(msg_type, kid)
+    return aad
+
+
 def _aead_for(keys: "NodeKeys", uplink: bool) -> "Any":
     return keys.uplink if uplink else keys.downlink
 
@@ -191,7 +204,7 @@ def open_frame(
             Reason.WRONG_DIRECTION,
             MESSAGE_CLASSES[header.msg_type].NAME + " frames travel the other way",
         )
-    aad = enc_structure(header.msg_type, header.kid)
+    aad = _cached_enc_structure(header.msg_type, header.kid)
     try:
         plaintext = _aead_for(keys, uplink).decrypt(
             keys.nonce(header.counter), frame[header.size :], aad

@@ -232,24 +232,38 @@ class Readings(Message):
     def from_body(cls, body: object) -> "Readings":
         if type(body) is not list or not body:
             raise RemoteProtocolError(Reason.MALFORMED, "readings must be a non-empty array")
+        # One pass, cheap checks first: a gateway runs this for every frame it receives.
         mask = body[0]
+        if type(mask) is not int:  # before the cache: True and 1.0 hash like 1
+            raise RemoteProtocolError(Reason.MALFORMED, "readings mask must be an integer")
         ids = _MASK_IDS.get(mask)
         if ids is None:
             _malformed(_int_problem(mask, 1, 2**64 - 1, "readings mask"))
             ids = _mask_ids(mask)
-        if len(body) not in (len(ids) + 1, len(ids) + 2):
+        count = len(ids)
+        if len(body) == count + 1:
+            time = None
+        elif len(body) == count + 2:
+            time = body[count + 1]
+            _malformed(_int_problem(time, 0, UINT32_MAX, "time"))
+        else:
             raise RemoteProtocolError(
                 Reason.MALFORMED,
                 "readings mask names "
-                + str(len(ids))
+                + str(count)
                 + " values, array has "
                 + str(len(body) - 1)
                 + " items",
             )
-        time = body[len(ids) + 1] if len(body) == len(ids) + 2 else None
-        msg = cls({qid: body[i + 1] for i, qid in enumerate(ids)}, time)
-        _malformed(msg._problem())
-        return msg
+        values = {}
+        i = 1
+        for qid in ids:
+            value = body[i]
+            if type(value) is not int or not INT32_MIN <= value <= INT32_MAX:
+                _malformed(_int_problem(value, INT32_MIN, INT32_MAX, quantity_name(qid)))
+            values[qid] = value
+            i += 1
+        return cls(values, time)
 
     def to_dict(self) -> "dict[str, Any]":
         out: "dict[str, Any]" = {"type": self.NAME}

@@ -14,7 +14,7 @@ VECTORS = json.loads((ROOT / "protocol" / "vectors" / "v1.json").read_text(encod
 # Bounded in CI; `HYPOTHESIS_PROFILE=long` for a longer local fuzz run (see README "Fuzzing").
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile(
-    "long", max_examples=200_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "long", max_examples=50_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -184,3 +184,25 @@ def test_replay_window_restored_from_its_persisted_state() -> None:
         window.accept(counter)
     restored = ReplayWindow(window.highest, window.bitmap)
     assert [restored.check(c) for c in (5, 7, 9, 10)] == [DUPLICATE, NEW, DUPLICATE, NEW]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [True, 215],
+        [1.0, 215],
+        [1, True],
+        [1, 2.5],
+        [1, 215, -1],
+        [1, 215, 2**32],
+        [0, 215],
+        [3, 215],
+    ],
+)
+def test_readings_bodies_of_the_wrong_kind_are_malformed(body: list[object]) -> None:
+    # True and 1.0 compare and hash equal to 1: they must not pass as the mask 1
+    from protocol.messages import READINGS, message_from_body
+
+    with pytest.raises(RemoteProtocolError) as info:
+        message_from_body(READINGS, body)
+    assert info.value.reason == Reason.MALFORMED
