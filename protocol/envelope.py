@@ -230,7 +230,8 @@ def from_cose(cose: bytes, aad: bytes) -> bytes:
     """The compact frame for a COSE_Encrypt0 (tagged or not) and its external_aad.
 
     Accepts exactly what to_cose produces: protected {1: 10}, unprotected {4: kid, 6: piv}.
-    Raises RemoteProtocolError(MALFORMED) for anything else.
+    Raises RemoteProtocolError: MALFORMED for anything else, and the header reasons of
+    parse_header for a kid or Partial IV that a frame could not carry.
     """
     data = cose[1:] if cose[:1] == b"\xd0" else cose
     item = cbor_loads(data)
@@ -240,10 +241,13 @@ def from_cose(cose: bytes, aad: bytes) -> bytes:
         or len(item) != 3
         or item[0] != PROTECTED
         or type(item[1]) is not dict
-        or sorted(item[1]) != [4, 6]
+        or len(item[1]) != 2
+        or type(item[1].get(4)) is not bytes
+        or type(item[1].get(6)) is not bytes
         or type(item[2]) is not bytes
         or type(context) is not list
         or len(context) != 3
+        or type(context[0]) is not int
         or context[0] != PROTOCOL_VERSION
         or context[2] != item[1][4]
     ):

@@ -94,7 +94,11 @@ def _field_problem(kind: str, v: object, what: str) -> "str | None":
         return None if type(v) is bool else what + " must be true or false"
     if type(v) is not str:
         return what + " must be text"
-    if len(v.encode()) > MAX_TEXT_BYTES:
+    try:
+        size = len(v.encode())
+    except UnicodeError:  # a lone surrogate (CPython)
+        return what + " is not valid Unicode text"
+    if size > MAX_TEXT_BYTES:
         return what + " longer than " + str(MAX_TEXT_BYTES) + " bytes"
     return None
 
@@ -123,7 +127,8 @@ def _fields_from_map(
     by_key = {key: (name, kind) for key, name, kind in table}
     fields = {}
     for key, value in body.items():
-        if key not in by_key:
+        # type first: True and 1.0 are equal to 1 as dict keys
+        if type(key) is not int or key not in by_key:
             raise RemoteProtocolError(Reason.MALFORMED, what + ": unknown key " + repr(key))
         name, kind = by_key[key]
         problem = _field_problem(kind, value, name)
@@ -387,6 +392,8 @@ class Event(Message):
         if type(body) is not list or len(body) not in (1, 2):
             raise RemoteProtocolError(Reason.MALFORMED, "event must be [code] or [code, value]")
         msg = cls(body[0], body[1] if len(body) == 2 else None)
+        if len(body) == 2 and body[1] is None:
+            raise RemoteProtocolError(Reason.MALFORMED, "event value null: leave it out instead")
         _malformed(msg._problem())
         return msg
 
@@ -472,14 +479,15 @@ class ConfigUpdate(Message):
         self.settings = settings
 
     def body(self) -> object:
-        _misuse(_int_problem(self.version, 0, UINT32_MAX, "config version"))
+        # int32, not uint32: the node reports it back as an event value
+        _misuse(_int_problem(self.version, 0, INT32_MAX, "config version"))
         return [self.version, _fields_to_map(CONFIG_FIELDS, self.settings)]
 
     @classmethod
     def from_body(cls, body: object) -> "ConfigUpdate":
         if type(body) is not list or len(body) != 2:
             raise RemoteProtocolError(Reason.MALFORMED, "config update must be [version, map]")
-        _malformed(_int_problem(body[0], 0, UINT32_MAX, "config version"))
+        _malformed(_int_problem(body[0], 0, INT32_MAX, "config version"))
         return cls(body[0], _fields_from_map(CONFIG_FIELDS, body[1], "config update"))
 
     def to_dict(self) -> "dict[str, Any]":

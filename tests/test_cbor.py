@@ -2,7 +2,7 @@
 
 import cbor2
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.cbor import MAX_DEPTH, dumps, loads
@@ -82,7 +82,6 @@ def _malformed(data: bytes) -> RemoteProtocolError:
 # --- agreement with cbor2 and round trip ---------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
 @given(values)
 def test_dumps_matches_cbor2_and_round_trips(v: object) -> None:
     encoded = dumps(v)
@@ -93,7 +92,6 @@ def test_dumps_matches_cbor2_and_round_trips(v: object) -> None:
     assert _strict(decoded) == _strict(v)
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.dictionaries(keys, st.integers(0, 3), max_size=12))
 def test_map_key_order_matches_cbor2(d: dict[object, int]) -> None:
     assert dumps(d) == cbor2.dumps(d, canonical=True)
@@ -295,7 +293,6 @@ def _loads_round_trips_or_rejects(data: bytes) -> None:
     assert dumps(value) == data
 
 
-@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=64))
 def test_fuzz_arbitrary_bytes(data: bytes) -> None:
     _loads_round_trips_or_rejects(data)
@@ -319,7 +316,6 @@ def mutated_encodings(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=500, deadline=None)
 @given(mutated_encodings())
 def test_fuzz_mutated_encodings(data: bytes) -> None:
     _loads_round_trips_or_rejects(data)
@@ -329,7 +325,6 @@ _UTF8_EDGE_BYTES = [0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 
 _UTF8_EDGE_BYTES += [0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF]
 
 
-@settings(max_examples=500, deadline=None)
 @given(st.lists(st.sampled_from(_UTF8_EDGE_BYTES), max_size=12).map(bytes))
 def test_text_validation_agrees_with_cpython(raw: bytes) -> None:
     # cbor.py validates UTF-8 itself (MicroPython's decoder is lax); CPython's strict decoder

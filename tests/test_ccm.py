@@ -4,7 +4,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.ccm import AesCcm
@@ -154,7 +154,6 @@ def test_published_vectors(vector: tuple[str, ...]) -> None:
     aad=st.binary(max_size=300),
     plaintext=st.binary(max_size=200),
 )
-@settings(max_examples=200, deadline=None)
 def test_matches_cryptography(
     key: bytes, nonce: bytes, tag_length: int, aad: bytes, plaintext: bytes
 ) -> None:

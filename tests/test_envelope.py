@@ -31,7 +31,15 @@ from protocol import (
     seal,
 )
 from protocol._backend import cbor_dumps
-from protocol.messages import CONFIG_FIELDS, MAX_SIGHTINGS, STATUS_FIELDS
+from protocol.messages import (
+    CONFIG_FIELDS,
+    EVENT,
+    MAX_SIGHTINGS,
+    READINGS,
+    STATUS,
+    STATUS_FIELDS,
+    message_from_body,
+)
 from protocol.quantities import QUANTITIES
 from protocol.replay import DUPLICATE, NEW, WINDOW
 
@@ -69,7 +77,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Event, st.integers(0, 255), st.none() | int32),
     st.builds(Ack, st.lists(uint32, min_size=1, max_size=16)),
     st.builds(TimeSync, uint32),
-    st.builds(ConfigUpdate, uint32, fields(CONFIG_FIELDS)),
+    st.builds(ConfigUpdate, st.integers(0, 2**31 - 1), fields(CONFIG_FIELDS)),
 )
 
 
@@ -128,7 +136,7 @@ def test_every_frame_a_normal_node_sends_fits_lora() -> None:
         Event(255, -(2**31)),
         Ack([2**32 - 1] * 4),
         TimeSync(2**32 - 1),
-        ConfigUpdate(2**32 - 1, {"reading_interval_s": 2**32 - 1, "zone": "x" * 16}),
+        ConfigUpdate(2**31 - 1, {"reading_interval_s": 2**32 - 1, "zone": "x" * 16}),
     ]
     for message in worst:
         size = len(seal(message, counter, keys))
@@ -201,8 +209,28 @@ def test_replay_window_restored_from_its_persisted_state() -> None:
 )
 def test_readings_bodies_of_the_wrong_kind_are_malformed(body: list[object]) -> None:
     # True and 1.0 compare and hash equal to 1: they must not pass as the mask 1
-    from protocol.messages import READINGS, message_from_body
-
     with pytest.raises(RemoteProtocolError) as info:
         message_from_body(READINGS, body)
     assert info.value.reason == Reason.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body"),
+    [
+        (STATUS, {True: 5}),  # True == 1 as a dict key: must not pass as uptime_s
+        (STATUS, {1.0: 5}),
+        (STATUS, {0: True}),
+        (EVENT, [1, None]),
+        (EVENT, [1, True]),
+        (EVENT, [False]),
+    ],
+)
+def test_bodies_with_look_alike_types_are_malformed(msg_type: int, body: object) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        message_from_body(msg_type, body)
+    assert info.value.reason == Reason.MALFORMED
+
+
+def test_unencodable_text_is_a_local_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        seal(Status({"firmware": "\ud800"}), 1, KEYS)

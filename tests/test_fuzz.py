@@ -8,6 +8,7 @@ Bounded in CI (the "ci" hypothesis profile); run longer with
 
 from __future__ import annotations
 
+import cbor2
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -17,11 +18,14 @@ from protocol import (
     Readings,
     RemoteProtocolError,
     StreamDecoder,
+    _fast,
+    cbor,
     encode_serial,
     open_frame,
     parse_header,
     seal,
 )
+from protocol.messages import message_from_body
 
 KEYS = NodeKeys(0x1234, bytes(range(16)))  # TEST ONLY key
 VALID = seal(Readings({0: 215, 1: 455}), 300, KEYS)
@@ -72,3 +76,34 @@ def test_serial_stream_with_garbage(chunks: list[bytes], piece: int) -> None:
                 break
             assert isinstance(frame, bytes)
             receive(frame)
+
+
+def _verdict(loads: object, msg_type: int, plaintext: bytes) -> object:
+    try:
+        return message_from_body(msg_type, loads(plaintext))  # type: ignore[operator]
+    except RemoteProtocolError as exc:
+        return exc.reason_name
+
+
+small_cbor = st.recursive(
+    st.integers(-300, 70000)
+    | st.booleans()
+    | st.none()
+    | st.binary(max_size=8)
+    | st.text(max_size=4)
+    | st.floats(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=6)
+        | st.dictionaries(st.integers(0, 12) | st.booleans() | st.floats(0, 3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.integers(0, 6), small_cbor | st.binary(max_size=40))
+def test_gateway_and_node_backends_accept_the_same_plaintexts(msg_type: int, item: object) -> None:
+    """cbor2 (gateway) and protocol.cbor (node) must agree on every message body."""
+    plaintext = item if isinstance(item, bytes) else cbor2.dumps(item, canonical=True)
+    gateway = _verdict(_fast.cbor_loads, msg_type, plaintext)
+    node = _verdict(cbor.loads, msg_type, plaintext)
+    assert gateway == node, (plaintext.hex(), gateway, node)

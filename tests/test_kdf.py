@@ -6,7 +6,7 @@ import hmac
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.errors import LocalProtocolError
@@ -76,7 +76,6 @@ def test_empty_salt_means_zeros() -> None:
 
 
 @given(key=st.binary(max_size=200), msg=st.binary(max_size=300))
-@settings(max_examples=200, deadline=None)
 def test_hmac_matches_stdlib(key: bytes, msg: bytes) -> None:
     # Keys up to 200 bytes cover both sides of the 64-byte block (longer keys are hashed first).
     expected = hmac.new(key, msg, hashlib.sha256).digest()
@@ -96,7 +95,6 @@ def test_hmac_key_length_edges(key_length: int) -> None:
     info=st.none() | st.binary(max_size=100),
     length=st.integers(0, 255 * 32),
 )
-@settings(max_examples=200, deadline=None)
 def test_hkdf_matches_cryptography(
     ikm: bytes, salt: bytes | None, info: bytes | None, length: int
 ) -> None:
