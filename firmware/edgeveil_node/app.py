@@ -40,7 +40,7 @@ def _ms(seconds):
 
 
 class Node:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - hardware is passed in, one argument per part
         self,
         config,
         keys,
@@ -187,7 +187,7 @@ class Node:
             ("status_interval_s", "status_s"),
             ("scan_window_s", "scan_window_s"),
         )
-        for name, key in interval_keys:
+        for name, _ in interval_keys:
             if name in s and s[name] < 1:
                 self.send_event(_EV_CONFIG_REJECTED, update.version)
                 return
@@ -203,7 +203,11 @@ class Node:
         self.send_event(_EV_CONFIG_APPLIED, update.version)
 
     def _save_settings(self):
-        data = {"version": self.config_version, "intervals": self.intervals, "ble_scan": self.ble_scan}
+        data = {
+            "version": self.config_version,
+            "intervals": self.intervals,
+            "ble_scan": self.ble_scan,
+        }
         with open(self._settings_file, "w") as f:
             json.dump(data, f)
 

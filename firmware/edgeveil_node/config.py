@@ -58,7 +58,8 @@ def _section(data, key, defaults):
         out[name] = _int(section.get(name, default), key + "." + name, 0, 86400000)
     for name in section:
         if name not in defaults:
-            raise ConfigError(key + "." + name + ": unknown setting (known: " + ", ".join(defaults) + ")")
+            known = ", ".join(defaults)
+            raise ConfigError(key + "." + name + ": unknown setting (known: " + known + ")")
     return out
 
 
@@ -77,7 +78,7 @@ class Config:
         self.link = _link(data.get("link", {"type": "serial", "port": "console"}))
         sensors = data.get("sensors", [])
         if type(sensors) is not list:
-            raise ConfigError("sensors: must be a list of objects with a \"type\"")
+            raise ConfigError('sensors: must be a list of objects with a "type"')
         self.sensors = [_sensor(s, "sensors[" + str(i) + "]") for i, s in enumerate(sensors)]
         self.intervals = _section(data, "intervals", _INTERVALS)
         if self.intervals["reading_s"] < 1:
@@ -98,7 +99,9 @@ class Config:
 
 def _secret(value):
     if type(value) is not str or not 32 <= len(value) <= 128 or len(value) % 2:
-        raise ConfigError("secret: must be 32..128 hex digits (16..64 bytes); provision the node again")
+        raise ConfigError(
+            "secret: must be 32..128 hex digits (16..64 bytes); provision the node again"
+        )
     try:
         return binascii.unhexlify(value)
     except ValueError:
@@ -129,7 +132,7 @@ def _sensor(spec, where):
     out = {"type": kind}
     for key in required:
         if key not in spec:
-            raise ConfigError(where + " (" + kind + "): missing \"" + key + "\"")
+            raise ConfigError(where + " (" + kind + '): missing "' + key + '"')
         out[key] = _int(spec[key], where + "." + key, 0, 63)
     for key, default in optional.items():
         out[key] = _int(spec.get(key, default), where + "." + key, 0, 10000000)

@@ -8,8 +8,15 @@ import time
 
 from micropython import const
 
-from protocol import NEED_DATA, RemoteProtocolError, ReplayWindow, StreamDecoder, encode_serial
-from protocol import open_frame, parse_header
+from protocol import (
+    NEED_DATA,
+    RemoteProtocolError,
+    ReplayWindow,
+    StreamDecoder,
+    encode_serial,
+    open_frame,
+    parse_header,
+)
 
 _MAX_BACKOFF_SHIFT = const(5)  # at most 32 x the ack timeout between two tries
 _CTRL_C = const(3)
@@ -114,8 +121,9 @@ class ConsolePort:
     """
 
     def __init__(self):
-        import micropython  # noqa: PLC0415 - the REPL port only
         import select  # noqa: PLC0415
+
+        import micropython  # noqa: PLC0415 - the REPL port only
 
         micropython.kbd_intr(-1)
         self._micropython = micropython

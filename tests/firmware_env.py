@@ -1,0 +1,56 @@
+"""Make the node firmware importable on CPython for tests: firmware/ (the edgeveil_node
+package, top-level as on a board) and firmware/host/shims (machine, micropython, ...)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+SHIMS = FIRMWARE / "host" / "shims"
+
+for path in (FIRMWARE, SHIMS):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+
+class FakeClock:
+    """MicroPython's time functions on a clock that moves only when told to."""
+
+    def __init__(self, start_ms: int = 1_000, unix: int = 1_790_000_000) -> None:
+        self.ms = start_ms
+        self.unix_at_start = unix - start_ms // 1000
+
+    def ticks_ms(self) -> int:
+        return self.ms
+
+    @staticmethod
+    def ticks_diff(a: int, b: int) -> int:
+        return a - b
+
+    @staticmethod
+    def ticks_add(a: int, b: int) -> int:
+        return a + b
+
+    def sleep_ms(self, ms: int) -> None:
+        self.ms += ms
+
+    def time(self) -> int:
+        return self.unix_at_start + self.ms // 1000
+
+    def install(self, monkeypatch: object) -> None:
+        for name in ("ticks_ms", "ticks_diff", "ticks_add", "sleep_ms", "time"):
+            monkeypatch.setattr(time, name, getattr(self, name), raising=False)  # type: ignore[attr-defined]
+        # MicroPython's gc reports the free heap; CPython's has no such thing
+        monkeypatch.setattr(gc, "mem_free", lambda: 64_000, raising=False)  # type: ignore[attr-defined]
+
+
+try:  # TEMPORARY until firmware/host/shims/micropython.py lands
+    import micropython  # noqa: F401
+except ImportError:
+    import types
+
+    sys.modules["micropython"] = types.SimpleNamespace(const=lambda x: x)  # type: ignore[assignment]

@@ -1,0 +1,295 @@
+"""The node application on CPython with fake hardware: counter, queue, scheduler, downlinks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edgeveil_node import config as config_mod
+from edgeveil_node.app import Node
+from edgeveil_node.counter import STEP, CounterError, FrameCounter
+from edgeveil_node.link import RetransmitQueue
+
+from protocol import (
+    Ack,
+    ConfigUpdate,
+    Event,
+    NodeKeys,
+    Observations,
+    Readings,
+    Status,
+    TimeSync,
+    open_frame,
+    parse_header,
+)
+
+from .firmware_env import FakeClock
+
+SECRET = bytes(range(16))  # TEST ONLY
+NODE_ID = 77
+
+
+# -- the frame counter ------------------------------------------------------------------------
+
+
+def test_counter_hands_out_each_value_once_and_writes_rarely(tmp_path: Path) -> None:
+    counter = FrameCounter(str(tmp_path) + "/")
+    values = [counter.take() for _ in range(1000)]
+    assert values == list(range(1000))
+    assert counter.writes == -(-1000 // STEP)  # one write per STEP counters
+
+
+def test_counter_resumes_past_every_value_used_after_a_restart(tmp_path: Path) -> None:
+    prefix = str(tmp_path) + "/"
+    used = [FrameCounter(prefix).take() for _ in range(5)]  # five boots, one frame each
+    assert used == sorted(set(used))
+    again = FrameCounter(prefix)
+    assert again.take() > used[-1]
+
+
+def test_counter_survives_a_write_torn_at_any_byte(tmp_path: Path) -> None:
+    prefix = str(tmp_path) + "/"
+    counter = FrameCounter(prefix, step=4)
+    used = [counter.take() for _ in range(10)]  # the slots hold the last two limits
+    newest = max(("a", "b"), key=lambda s: (tmp_path / f"counter.{s}").stat().st_mtime_ns)
+    good = (tmp_path / f"counter.{newest}").read_bytes()
+    for cut in range(len(good)):
+        (tmp_path / f"counter.{newest}").write_bytes(good[:cut])
+        assert FrameCounter(prefix, step=4).take() > max(used) - 4  # the older slot's limit
+        # and never a value the node could have used after the older limit was written
+        assert FrameCounter(prefix, step=4).next_value >= 8
+    (tmp_path / f"counter.{newest}").write_bytes(good)
+
+
+def test_counter_refuses_when_both_slots_are_corrupt(tmp_path: Path) -> None:
+    counter = FrameCounter(str(tmp_path) + "/", step=4)
+    for _ in range(6):
+        counter.take()
+    for name in ("counter.a", "counter.b"):
+        (tmp_path / name).write_bytes(b"\xff" * 12)
+    with pytest.raises(CounterError, match="new secret"):
+        FrameCounter(str(tmp_path) + "/")
+
+
+# -- the retransmission queue ------------------------------------------------------------------
+
+
+def test_queue_backs_off_and_gives_up(clock: FakeClock) -> None:
+    queue = RetransmitQueue(size=4, ack_timeout_ms=100, max_retries=2)
+    queue.add(1, b"frame", True, 0)
+    sends = [t for t in range(0, 5000, 10) if queue.due(t)]
+    assert sends == [0, 100, 300]  # first send, then 100 ms, then 200 ms later
+    assert queue.retransmissions == 2
+    assert queue.due(1000) == [] and queue.given_up == 1 and len(queue) == 0
+
+
+def test_queue_ack_and_overflow_drop_oldest_readings_first(clock: FakeClock) -> None:
+    queue = RetransmitQueue(size=3, ack_timeout_ms=100, max_retries=5)
+    queue.add(1, b"status", False, 0)
+    queue.add(2, b"readings", True, 0)
+    queue.add(3, b"readings", True, 0)
+    queue.add(4, b"readings", True, 0)
+    assert [p.counter for p in queue.items] == [1, 3, 4] and queue.dropped == 1
+    assert queue.ack([3, 99]) == 1
+    assert [p.counter for p in queue.items] == [1, 4]
+
+
+# -- the application ---------------------------------------------------------------------------
+
+
+class FakeLink:
+    MAX_SIGHTINGS = 2
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.inbox: list[object] = []
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def poll(self) -> list[object]:
+        out, self.inbox = self.inbox, []
+        return out
+
+
+class FakeSensor:
+    QUANTITIES = (0, 1)
+
+    def __init__(self) -> None:
+        self.fail = False
+
+    def read_into(self, values: dict[int, int]) -> None:
+        if self.fail:
+            raise OSError(5, "I2C bus error")
+        values.update({0: 215, 1: 455})
+
+
+class FakeScanner:
+    def __init__(self, devices: list[tuple[bytes, int]]) -> None:
+        self.devices = devices
+        self.done = False
+
+    def start_window(self, ms: int) -> None:
+        self.done = True
+
+    def window_done(self) -> bool:
+        return self.done
+
+    def take(self) -> list[tuple[bytes, int]]:
+        return list(self.devices)
+
+
+def make_config(**overrides: Any) -> config_mod.Config:
+    data: dict[str, Any] = {
+        "node_id": NODE_ID,
+        "secret": SECRET.hex(),
+        "intervals": {"reading_s": 10, "status_s": 60, "scan_s": 30, "scan_window_s": 1},
+        "retransmit": {"ack_timeout_ms": 1000, "max_retries": 3, "queue": 8},
+    }
+    data.update(overrides)
+    return config_mod.Config(data)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    c = FakeClock()
+    c.install(monkeypatch)
+    return c
+
+
+def opened(frames: list[bytes]) -> list[tuple[int, object]]:
+    keys = NodeKeys(NODE_ID, SECRET)
+    return [(parse_header(f).counter, open_frame(f, keys)) for f in frames]
+
+
+def make_node(tmp_path: Path, **kw: Any) -> tuple[Node, FakeLink]:
+    os.chdir(tmp_path)
+    link = FakeLink()
+    node = Node(
+        kw.pop("config", make_config()),
+        NodeKeys(NODE_ID, SECRET),
+        FrameCounter(),
+        link,
+        settings_file=str(tmp_path / "settings.json"),
+        **kw,
+    )
+    return node, link
+
+
+def test_boot_then_readings_status_and_time_request(tmp_path: Path, clock: FakeClock) -> None:
+    node, link = make_node(tmp_path, sensors=[FakeSensor()], reset_cause=3)
+    node.step()
+    messages = [m for _, m in opened(link.frames)]
+    assert messages[0] == Event(0, 3)  # boot, after a watchdog reset
+    assert Readings({0: 215, 1: 455}) in messages
+    assert any(isinstance(m, Status) and m.fields["clock_synced"] is False for m in messages)
+    assert Event(6) in messages  # time request: the node has no clock yet
+    counters = [c for c, _ in opened(link.frames)]
+    assert counters == sorted(set(counters))
+
+
+def test_unacknowledged_frames_are_resent_unchanged_until_acked(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    node, link = make_node(tmp_path, sensors=[FakeSensor()])
+    node.step()
+    first = list(link.frames)
+    clock.sleep_ms(1000)
+    node.step()
+    assert link.frames[len(first) : len(first) * 2] == first  # the same bytes, same counters
+    link.inbox.append(Ack([c for c, _ in opened(first)]))
+    clock.sleep_ms(5000)
+    sent_before = len(link.frames)
+    node.step()
+    assert len(node.queue) == 0 and len(link.frames) == sent_before
+
+
+def test_time_sync_puts_time_on_readings(tmp_path: Path, clock: FakeClock) -> None:
+    node, link = make_node(tmp_path, sensors=[FakeSensor()])
+    node.step()
+    link.inbox.append(TimeSync(1_800_000_000))
+    clock.sleep_ms(10_000)
+    node.step()
+    readings = [m for _, m in opened(link.frames) if isinstance(m, Readings)]
+    assert readings[0].time is None
+    assert readings[-1].time == 1_800_000_000  # the sync arrived just before these readings
+    clock.sleep_ms(10_000)
+    node.step()
+    readings = [m for _, m in opened(link.frames) if isinstance(m, Readings)]
+    assert readings[-1].time == 1_800_000_000 + 10
+
+
+def test_config_update_is_applied_once_and_survives_a_reboot(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    node, link = make_node(tmp_path, sensors=[FakeSensor()])
+    node.step()
+    link.inbox.append(ConfigUpdate(5, {"reading_interval_s": 2}))
+    link.inbox.append(ConfigUpdate(4, {"reading_interval_s": 99}))  # older: ignored
+    node.step()
+    assert node.intervals["reading_s"] == 2
+    assert Event(4, 5) in [m for _, m in opened(link.frames)]
+    again, _ = make_node(tmp_path, sensors=[FakeSensor()])
+    assert again.intervals["reading_s"] == 2 and again.config_version == 5
+    assert json.loads((tmp_path / "settings.json").read_text())["version"] == 5
+
+
+def test_failing_sensor_is_reported_once(tmp_path: Path, clock: FakeClock) -> None:
+    bad, good = FakeSensor(), FakeSensor()
+    bad.fail = True
+    node, link = make_node(tmp_path, sensors=[bad, good])
+    for _ in range(3):
+        node.step()
+        clock.sleep_ms(10_000)
+    sent = dict(opened(link.frames))  # by counter: retransmissions are the same frame
+    assert sum(m == Event(2, 0) for m in sent.values()) == 1
+    assert sum(isinstance(m, Readings) for m in sent.values()) == 3
+
+
+def test_full_queue_drops_oldest_readings_and_status_counts_them(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    config = make_config(retransmit={"ack_timeout_ms": 100000, "max_retries": 3, "queue": 3})
+    node, link = make_node(tmp_path, sensors=[FakeSensor()], config=config)
+    for _ in range(8):
+        node.step()
+        clock.sleep_ms(10_000)
+    node.status_cycle()
+    status = [m for _, m in opened(link.frames) if isinstance(m, Status)][-1]
+    assert status.fields["dropped"] >= 5
+    assert status.fields["queue_depth"] == 3
+
+
+def test_observations_are_chunked_per_frame(tmp_path: Path, clock: FakeClock) -> None:
+    devices = [(bytes([2, 0, 0, 0, 0, i]), -60) for i in range(5)]
+    node, link = make_node(tmp_path, scanner=FakeScanner(devices))
+    node.step()
+    node.step()
+    observations = [m for _, m in opened(link.frames) if isinstance(m, Observations)]
+    assert [len(o.sightings) for o in observations] == [2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"node_id": 0}, "node_id: must be a whole number 1..4294967295"),
+        ({"secret": "abc"}, "secret: must be 32..128 hex digits"),
+        ({"secret": "zz" * 16}, "secret: must contain only hex digits"),
+        ({"sensors": [{"type": "bme280", "i2c": 0}]}, 'sensors[0] (bme280): missing "scl"'),
+        ({"sensors": [{"type": "dht22"}]}, "sensors[0].type: must be one of"),
+        ({"link": {"type": "lora"}}, "link: only"),
+        ({"retransmit": {"queue": 100}}, "retransmit.queue: must be 1..48"),
+    ],
+)
+def test_config_errors_name_the_key(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(config_mod.ConfigError, match=re.escape(message)):
+        make_config(**change)
+
+
+def test_missing_config_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(config_mod.ConfigError, match="provision this node"):
+        config_mod.load(str(tmp_path / "edgeveil.json"))
