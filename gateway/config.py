@@ -1,0 +1,276 @@
+"""The gateway's configuration: one TOML file, validated at start.
+
+Every error names the key and the problem, in one line (ConfigError). Everything has a default,
+so `edgeveil demo` and a first start need no file at all. `examples/gateway.toml` shows every
+key with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # safe in MQTT topics and file names
+PAYLOAD_FORMATS = ("senml+json", "senml+cbor")
+SPOOL_POLICIES = ("drop_oldest", "refuse_new")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class UsbMatch:
+    """Select a serial port by USB identity, so it survives re-enumeration (ttyUSB0 -> 1)."""
+
+    vid: int
+    pid: int
+    serial_number: str | None = None
+
+
+@dataclass(frozen=True)
+class SerialPortConfig:
+    """One serial link: a pyserial URL (a device path is one) or a USB match."""
+
+    name: str
+    url: str | None = None
+    usb: UsbMatch | None = None
+    baudrate: int = 115200
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "localhost"
+    port: int = 1883
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None  # a file, so the password is never in the config
+    client_id: str | None = None
+    topic_prefix: str = "edgeveil"
+    payload: str = "senml+json"
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    max_messages: int = 1_000_000
+    max_age_s: int = 7 * 24 * 3600
+    when_full: str = "drop_oldest"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    site: str = "demo-site"
+    gateway_id: str = "gateway-1"
+    state_dir: Path = Path("edgeveil-state")
+    log_level: str = "info"
+    serial: tuple[SerialPortConfig, ...] = ()
+    mqtt: MqttConfig | None = None  # None: start the embedded broker (demo and first steps)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    metrics_listen: str | None = "127.0.0.1:9108"
+    source: str = ""  # the file this came from, for messages
+
+
+class _Table:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, data: Any, path: str, source: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, "must be a table", source)
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.source = source
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type, default: Any) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(
+                self.key(name), f"must be {_KIND_NAMES[kind]}, got {value!r}", self.source
+            )
+        return value
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        value: int = self.get(name, int, default)
+        if not lo <= value <= hi:
+            raise ConfigError(self.key(name), f"must be {lo}..{hi}, got {value}", self.source)
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value: str = self.get(name, str, default)
+        if value not in choices:
+            raise ConfigError(
+                self.key(name), f"must be one of {', '.join(choices)}; got {value!r}", self.source
+            )
+        return value
+
+    def name(self, name: str, default: str) -> str:
+        value: str = self.get(name, str, default)
+        if not _NAME.match(value):
+            raise ConfigError(
+                self.key(name),
+                f"must be lowercase letters, digits and dashes (it goes into MQTT topics); "
+                f"got {value!r}",
+                self.source,
+            )
+        return value
+
+    def path_(self, name: str) -> Path | None:
+        value: str | None = self.get(name, str, None)
+        return None if value is None else Path(value)
+
+    def table(self, name: str) -> _Table | None:
+        self.used.add(name)
+        if name not in self.data:
+            return None
+        return _Table(self.data[name], self.key(name), self.source)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(
+                self.key(unknown[0]),
+                "unknown key (check the spelling against examples/gateway.toml)",
+                self.source,
+            )
+
+
+_KIND_NAMES = {int: "a whole number", str: "text", bool: "true or false", list: "a list"}
+
+
+def _serial(item: Any, index: int, source: str) -> SerialPortConfig:
+    t = _Table(item, f"serial[{index}]", source)
+    name = t.name("name", f"port{index + 1}")
+    url: str | None = t.get("url", str, None)
+    usb_table = t.table("usb")
+    usb = None
+    if usb_table is not None:
+        vid = _hex_id(usb_table, "vid")
+        pid = _hex_id(usb_table, "pid")
+        serial_number: str | None = usb_table.get("serial_number", str, None)
+        usb_table.done()
+        usb = UsbMatch(vid, pid, serial_number)
+    if (url is None) == (usb is None):
+        raise ConfigError(
+            t.path,
+            'give exactly one of url = "..." (a device path or pyserial URL) or '
+            "usb = {vid = ..., pid = ...}",
+            source,
+        )
+    baudrate = t.integer("baudrate", 115200, 1200, 3_000_000)
+    t.done()
+    return SerialPortConfig(name=name, url=url, usb=usb, baudrate=baudrate)
+
+
+def _hex_id(t: _Table, name: str) -> int:
+    value: str = t.get(name, str, None)
+    if value is None:
+        raise ConfigError(t.key(name), 'missing: give it as hex text, e.g. "10c4"', t.source)
+    try:
+        number = int(value, 16)
+    except ValueError:
+        raise ConfigError(
+            t.key(name), f'must be hex text like "10c4", got {value!r}', t.source
+        ) from None
+    if not 0 <= number <= 0xFFFF:
+        raise ConfigError(t.key(name), "must be 0000..ffff", t.source)
+    return number
+
+
+def _mqtt(t: _Table) -> MqttConfig:
+    config = MqttConfig(
+        host=t.get("host", str, "localhost"),
+        port=t.integer("port", 1883, 1, 65535),
+        tls=t.get("tls", bool, False),
+        ca_file=t.path_("ca_file"),
+        cert_file=t.path_("cert_file"),
+        key_file=t.path_("key_file"),
+        username=t.get("username", str, None),
+        password_file=t.path_("password_file"),
+        client_id=t.get("client_id", str, None),
+        topic_prefix=t.name("topic_prefix", "edgeveil"),
+        payload=t.choice("payload", "senml+json", PAYLOAD_FORMATS),
+        keepalive_s=t.integer("keepalive_s", 30, 5, 3600),
+    )
+    t.done()
+    if config.password_file is not None and config.username is None:
+        raise ConfigError(t.key("password_file"), "needs mqtt.username as well", t.source)
+    if (config.cert_file is None) != (config.key_file is None):
+        raise ConfigError(t.key("cert_file"), "cert_file and key_file go together", t.source)
+    return config
+
+
+def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:
+    """Validate a parsed TOML document."""
+    root = _Table(data, "", source)
+    gw = root.table("gateway") or _Table({}, "gateway", source)
+    site = gw.name("site", "demo-site")
+    gateway_id = gw.name("id", "gateway-1")
+    state_dir = gw.path_("state_dir") or Path("edgeveil-state")
+    log_level = gw.choice("log_level", "info", LOG_LEVELS)
+    gw.done()
+    serial_items: list[Any] = root.get("serial", list, [])
+    ports = tuple(_serial(item, i, source) for i, item in enumerate(serial_items))
+    names = [p.name for p in ports]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError("serial", f"two ports are named {n!r}; names must differ", source)
+    mqtt_table = root.table("mqtt")
+    mqtt = None if mqtt_table is None else _mqtt(mqtt_table)
+    spool_table = root.table("spool") or _Table({}, "spool", source)
+    spool = SpoolConfig(
+        max_messages=spool_table.integer("max_messages", 1_000_000, 1, 1_000_000_000),
+        max_age_s=spool_table.integer("max_age_s", 7 * 24 * 3600, 60, 365 * 24 * 3600),
+        when_full=spool_table.choice("when_full", "drop_oldest", SPOOL_POLICIES),
+    )
+    spool_table.done()
+    metrics_table = root.table("metrics") or _Table({}, "metrics", source)
+    metrics_table.used.add("listen")
+    listen = metrics_table.data.get("listen", "127.0.0.1:9108")
+    metrics_table.done()
+    metrics_listen = None if listen is False else listen
+    if metrics_listen is not None and not (
+        isinstance(metrics_listen, str) and re.match(r"^[\w.:\[\]-]+:\d{1,5}$", metrics_listen)
+    ):
+        raise ConfigError("metrics.listen", f'must be "host:port" or false, got {listen!r}', source)
+    root.done()
+    return GatewayConfig(
+        site=site,
+        gateway_id=gateway_id,
+        state_dir=state_dir,
+        log_level=log_level,
+        serial=ports,
+        mqtt=mqtt,
+        spool=spool,
+        metrics_listen=metrics_listen,
+        source=source,
+    )
+
+
+def load(path: Path | None) -> GatewayConfig:
+    """Read and validate a TOML file; None gives the defaults (embedded broker, no ports)."""
+    if path is None:
+        return GatewayConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"{path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}", str(path)) from None
+    return parse(data, str(path))
