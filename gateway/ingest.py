@@ -1,0 +1,215 @@
+"""The ingest stage: verify frames, drop what is bad, store what is good, acknowledge.
+
+For each frame that a link delivered:
+
+    header -> registered node? -> replay window -> verify and decrypt -> privacy stage
+           -> SenML -> spool (durable) -> replay window updated -> acknowledgement to the node
+
+Frames are taken in batches: one spool transaction (one fsync) covers a whole batch, and the
+node is acknowledged only after that transaction returned, so delivery is at-least-once from
+node to broker. A retransmitted frame (a DUPLICATE in the replay window, or the same counter
+twice in one batch) is acknowledged again and forwarded nothing. A bad frame is counted by
+reason, logged once per burst and dropped; nothing here can stop the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from protocol import (
+    Ack,
+    Event,
+    NodeKeys,
+    Reason,
+    RemoteProtocolError,
+    Status,
+    TimeSync,
+    encode_serial,
+    open_frame,
+    parse_header,
+    seal,
+)
+from protocol.messages import MAX_ACKED
+from protocol.replay import DUPLICATE
+
+from . import senml
+from .errors import SpoolFullError
+from .metrics import UNREGISTERED, Metrics
+from .privacy import PrivacyStage
+from .records import OutMessage, Topics
+from .registry import NodeRegistry
+from .spool import Spool
+
+log = logging.getLogger("edgeveil.ingest")
+
+QUEUE_LIMIT = 10_000  # frames waiting for ingest; beyond it they are dropped unacknowledged
+BATCH_LIMIT = 256
+TIME_SYNC_GAP_S = 60.0  # answer a node's time requests at most once a minute
+_TIME_REQUEST = 6  # protocol event code
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    port: str
+    frame: bytes
+    time: float
+
+
+class BurstLog:
+    """Logs the first rejection of a kind, then at most one summary line per `every` seconds."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = defaultdict(int)
+
+    def rejected(self, port: str, reason: str, detail: str) -> None:
+        key = (port, reason)
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            self._held[key] += 1
+            return
+        held = self._held.pop(key, 0)
+        more = f" (and {held} more since the last report)" if held else ""
+        log.warning("port %s: frame rejected: %s: %s%s", port, reason, detail, more)
+        self._last[key] = now
+
+
+Send = Callable[[str, bytes], Awaitable[bool]]
+
+
+class Ingest:
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        policy: PrivacyStage,
+        spool: Spool,
+        topics: Topics,
+        payload_format: str,
+        send: Send,
+        notify_uplink: Callable[[], None],
+        metrics: Metrics,
+    ) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.spool = spool
+        self.topics = topics
+        self.payload_format = payload_format
+        self.send = send
+        self.notify_uplink = notify_uplink
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Arrival] = asyncio.Queue(QUEUE_LIMIT)
+        self.burst_log = BurstLog()
+        self._last_time_sync: dict[int, float] = {}
+
+    def submit(self, port: str, frame: bytes) -> None:
+        """Called by the link layer for each frame; never blocks, never raises."""
+        try:
+            self.queue.put_nowait(Arrival(port, frame, time.time()))
+        except asyncio.QueueFull:
+            # the node keeps it and sends it again: nothing acknowledged is lost
+            self.metrics.frames.labels(port, UNREGISTERED, "overloaded").inc()
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < BATCH_LIMIT and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            await self.process(batch)
+
+    async def process(self, batch: list[Arrival]) -> None:
+        out: list[OutMessage] = []
+        accepted: list[tuple[int, int]] = []
+        in_batch: set[tuple[int, int]] = set()
+        acks: dict[tuple[str, int], list[int]] = defaultdict(list)
+        time_syncs: set[tuple[str, int]] = set()
+        for arrival in batch:
+            try:
+                header = parse_header(arrival.frame)
+                entry = self.registry.get(header.node_id)
+                if entry is None:
+                    raise RemoteProtocolError(
+                        Reason.UNKNOWN_NODE,
+                        f"node {header.node_id} is not registered (edgeveil gateway import-nodes)",
+                    )
+                verdict = entry.window.check(header.counter)  # REPLAY raises
+                message = open_frame(arrival.frame, entry.keys, True, header)
+            except RemoteProtocolError as exc:
+                node = UNREGISTERED
+                if exc.reason != Reason.UNKNOWN_NODE:
+                    try:
+                        node_id = parse_header(arrival.frame).node_id
+                        node = str(node_id) if node_id in self.registry else UNREGISTERED
+                    except RemoteProtocolError:
+                        pass
+                self.metrics.frames.labels(arrival.port, node, exc.reason_name).inc()
+                self.burst_log.rejected(arrival.port, exc.reason_name, exc.detail)
+                continue
+            key = (entry.node_id, header.counter)
+            acks[(arrival.port, entry.node_id)].append(header.counter)
+            if verdict == DUPLICATE or key in in_batch:
+                self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
+                continue
+            in_batch.add(key)
+            records = self.policy.process(
+                entry.node_id, entry.zone, header.counter, message, arrival.time
+            )
+            if not records:
+                self.metrics.privacy_denied.inc()
+            out.extend(senml.encode(r, self.topics, self.payload_format) for r in records)
+            accepted.append(key)
+            self.metrics.frames.labels(arrival.port, str(entry.node_id), "accepted").inc()
+            if _wants_time(message):
+                time_syncs.add((arrival.port, entry.node_id))
+        if out:
+            try:
+                # off the event loop: put() returns once the batch is on disk (fsync)
+                await asyncio.to_thread(self.spool.put, out)
+            except SpoolFullError:
+                # not stored, so neither accepted nor acknowledged: the nodes send them again
+                self.metrics.spool_dropped.labels("refused").inc(len(out))
+                log.warning("spool full (when_full = refuse_new): %d frames not acknowledged",
+                            len(accepted))
+                acks = {k: [c for c in v if (k[1], c) not in in_batch] for k, v in acks.items()}
+                accepted = []
+            self.notify_uplink()
+        if accepted:
+            self.registry.accept_many(accepted)
+        await self._downlink(acks, time_syncs)
+
+    async def _downlink(
+        self, acks: dict[tuple[str, int], list[int]], time_syncs: set[tuple[str, int]]
+    ) -> None:
+        now = time.time()
+        for (port, node_id), counters in acks.items():
+            entry = self.registry.get(node_id)
+            if entry is None:
+                continue
+            for start in range(0, len(counters), MAX_ACKED):
+                chunk = counters[start : start + MAX_ACKED]
+                await self._send(port, entry.keys, Ack(chunk))
+        for port, node_id in time_syncs:
+            if now - self._last_time_sync.get(node_id, 0.0) < TIME_SYNC_GAP_S:
+                continue
+            entry = self.registry.get(node_id)
+            if entry is not None:
+                self._last_time_sync[node_id] = now
+                await self._send(port, entry.keys, TimeSync(int(now)))
+
+    async def _send(self, port: str, keys: NodeKeys, message: Ack | TimeSync) -> None:
+        counter = self.registry.next_downlink_counter(keys.node_id)
+        await self.send(port, encode_serial(seal(message, counter, keys)))
+
+
+def _wants_time(message: object) -> bool:
+    if isinstance(message, Event):
+        return message.code == _TIME_REQUEST
+    if isinstance(message, Status):
+        return message.fields.get("clock_synced") is False
+    return False

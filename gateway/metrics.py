@@ -1,0 +1,71 @@
+"""Prometheus metrics of one gateway, on their own registry (so tests and several gateways in
+one process do not share counters).
+
+Labels never carry anything personal. The `node` label is a registered node id, or
+"unregistered" for frames whose header names a node the registry does not know: that id comes
+from an unauthenticated header, and using it as a label would let anyone create unbounded
+series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+UNREGISTERED = "unregistered"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames = Counter(
+            "edgeveil_frames",
+            "Frames received, by port, node and outcome (accepted, duplicate or a reject reason)",
+            ["port", "node", "outcome"],
+            registry=r,
+        )
+        self.line_errors = Counter(
+            "edgeveil_line_errors",
+            "Serial chunks that were not frames (noise, console text), by port and reason",
+            ["port", "reason"],
+            registry=r,
+        )
+        self.link_up = Gauge(
+            "edgeveil_link_up", "1 while the serial port is open, 0 while waiting", ["port"],
+            registry=r,
+        )
+        self.link_disconnects = Counter(
+            "edgeveil_link_disconnects", "Times a serial port went away", ["port"], registry=r
+        )
+        self.broker_connected = Gauge(
+            "edgeveil_broker_connected", "1 while connected to the MQTT broker", registry=r
+        )
+        self.published = Counter(
+            "edgeveil_mqtt_published", "Messages acknowledged by the broker (PUBACK)", registry=r
+        )
+        self.spool_depth = Gauge(
+            "edgeveil_spool_depth", "Messages waiting in the spool", registry=r
+        )
+        self.spool_oldest_age = Gauge(
+            "edgeveil_spool_oldest_age_seconds", "Age of the oldest spooled message", registry=r
+        )
+        self.spool_dropped = Counter(
+            "edgeveil_spool_dropped",
+            "Messages the spool gave up: full (drop_oldest), too old, or refused (refuse_new)",
+            ["reason"],
+            registry=r,
+        )
+        self.privacy_denied = Counter(
+            "edgeveil_privacy_denied",
+            "Messages the privacy stage kept from leaving the gateway (personal data)",
+            registry=r,
+        )
+        self.registered_nodes = Gauge(
+            "edgeveil_registered_nodes", "Nodes in the registry", registry=r
+        )
+        self.latency = Histogram(
+            "edgeveil_latency_seconds",
+            "From a frame's arrival to the broker's PUBACK of what it produced",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300, 3600),
+            registry=r,
+        )

@@ -1,0 +1,641 @@
+"""The node registry: which nodes this gateway serves, their keys, and their counter state.
+
+One SQLite file (stdlib sqlite3, WAL journal, synchronous=FULL), readable by its owner only:
+
+    nodes     node_id INTEGER PRIMARY KEY, secret BLOB, zone TEXT, added REAL
+    replay    node_id, fingerprint, highest, bitmap      uplink replay window (SPEC.md section 10)
+    downlink  node_id, fingerprint, counter_limit        downlink counter limit (SPEC.md section 9)
+
+Why the choices:
+
+- **0600 and nothing wider.** The file holds every node's secret. It is created with mode 0600
+  before SQLite opens it (SQLite gives its -wal and -shm files the database's mode), and an
+  existing file that the group or others may access is refused with the `chmod 600` to run.
+- **synchronous=FULL.** In WAL mode anything less may roll back a commit on power loss. A lost
+  replay-window commit lets a replayed frame in; a lost downlink limit reuses a nonce.
+- **The bitmap as an 8-byte big-endian blob.** SQLite integers are signed 64-bit; the bitmap is
+  64 bits unsigned, so as an INTEGER its top bit would not fit.
+- **Downlink counters with skip-ahead**, as the node does it (firmware/edgeveil_node/counter.py,
+  SPEC.md "Nonces and counters"): the stored limit L promises that no counter at or above L was
+  ever used. Counters below L are handed out from memory; when the next one reaches L, L + 256
+  is committed first. After a crash the gateway resumes at the stored L: at most 255 counters
+  are skipped, none is reused. The reservation reads L from the file inside the write
+  transaction, so two processes sharing the file (the service and a technician command) never
+  hand out the same counter either.
+- **Counter state outlives remove().** Replay and downlink rows carry a fingerprint of the
+  secret (a domain-separated SHA-256, not a key) and are kept when a node is removed. Adding the
+  same secret again resumes them, so re-adding a node can neither reopen its replay window nor
+  reuse a downlink nonce; a different secret (re-provisioning) starts both from zero, as the
+  spec requires for new keys.
+- **Keys derived once.** get() derives a node's keys (three HKDFs and two AEAD objects) on first
+  use and caches the entry; later frames of the node cost a dict lookup.
+
+Secrets and derived keys never appear in logs, reprs or exception messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from protocol import LocalProtocolError, NodeKeys, ReplayWindow
+from protocol.keys import MAX_NODE_ID, MAX_SECRET, MIN_SECRET
+
+from .errors import RegistryError
+
+__all__ = ["DOWNLINK_STEP", "FORMAT", "MAX_ZONE_BYTES", "NodeEntry", "NodeRegistry"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "edgeveil-registry"
+FORMAT_VERSION = 1
+SCHEMA_VERSION = 1
+DOWNLINK_STEP = 256  # downlink counters reserved per commit
+MAX_COUNTER = 2**32 - 1  # SPEC.md section 9: a 4-byte partial IV
+MAX_ZONE_BYTES = 32  # as in the node's configuration (firmware/edgeveil_node/config.py)
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id INTEGER PRIMARY KEY,
+    secret BLOB NOT NULL,
+    zone TEXT NOT NULL DEFAULT '',
+    added REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replay (
+    node_id INTEGER PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    highest INTEGER NOT NULL,
+    bitmap BLOB NOT NULL CHECK (length(bitmap) = 8)
+);
+CREATE TABLE IF NOT EXISTS downlink (
+    node_id INTEGER PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    counter_limit INTEGER NOT NULL
+);
+"""
+
+
+def _fingerprint(secret: bytes) -> bytes:
+    """Tells whether counter state belongs to this secret. One-way, and not a key."""
+    return hashlib.sha256(b"edgeveil registry state v1\x00" + secret).digest()[:16]
+
+
+def _bitmap_blob(bitmap: int) -> bytes:
+    return bitmap.to_bytes(8, "big")
+
+
+class NodeEntry:
+    """A registered node as the ingest stage uses it.
+
+    `keys` is derived once per process; `window` is the one live replay window of the node:
+    get() returns the same object every time, and NodeRegistry.accept() moves it.
+    """
+
+    __slots__ = ("keys", "node_id", "window", "zone")
+
+    def __init__(self, node_id: int, zone: str, keys: NodeKeys, window: ReplayWindow) -> None:
+        self.node_id = node_id
+        self.zone = zone
+        self.keys = keys
+        self.window = window
+
+    def __repr__(self) -> str:  # never the secret or the keys
+        return f"NodeEntry(node_id={self.node_id}, zone={self.zone!r})"
+
+
+class _Downlink:
+    __slots__ = ("limit", "next")
+
+    def __init__(self, next_: int, limit: int) -> None:
+        self.next = next_
+        self.limit = limit
+
+
+class NodeRegistry:
+    """The node registry in one SQLite file. Open it with NodeRegistry.open(path).
+
+    Synchronous and short: every call is a dict lookup or one small transaction. Calls that
+    commit (add, remove, accept, accept_many, a downlink reservation every 256 counters,
+    import_file) wait for one fsync. The object is safe to share between threads (one lock),
+    but see accept_many() about the replay windows.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._entries: dict[int, NodeEntry] = {}
+        self._fingerprints: dict[int, bytes] = {}
+        self._downlink: dict[int, _Downlink] = {}
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> NodeRegistry:
+        """Open the registry at `path`, creating it (mode 0600) if it does not exist."""
+        path = Path(path)
+        _create_private(path)
+        _check_private(path)
+        try:
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open the registry {path}: {exc}") from exc
+        try:
+            _init_schema(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        log.debug("registry %s opened", path)
+        return cls(path, conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+            self._entries.clear()
+            self._downlink.clear()
+
+    def __enter__(self) -> NodeRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"NodeRegistry({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK on any exception."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    # -- the set of nodes ---------------------------------------------------------------------
+
+    def add(self, node_id: int, secret: bytes, zone: str = "", *, replace: bool = False) -> None:
+        """Register a node. RegistryError if it is registered already, unless replace=True.
+
+        Replacing with the same secret keeps the node's counter state; a new secret starts it
+        from zero (the node was re-provisioned).
+        """
+        _check_node_id(node_id, "node_id")
+        secret = _check_secret(secret, "secret")
+        _check_zone(zone, "zone")
+        with self._transaction() as cur:
+            if not replace and _exists(cur, node_id):
+                raise RegistryError(
+                    f"node {node_id} is registered already (replace it to change its secret "
+                    "or zone)"
+                )
+            self._store(cur, node_id, secret, zone, time.time())
+        self._forget(node_id)
+        log.info("registry: node %d added (zone %r)", node_id, zone)
+
+    def _store(
+        self, cur: sqlite3.Cursor, node_id: int, secret: bytes, zone: str, added: float
+    ) -> None:
+        fp = _fingerprint(secret)
+        cur.execute(
+            "INSERT INTO nodes (node_id, secret, zone, added) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (node_id) DO UPDATE SET secret = excluded.secret, zone = excluded.zone",
+            (node_id, secret, zone, added),
+        )
+        # counter state of another secret no longer applies: the new keys start from zero
+        cur.execute("DELETE FROM replay WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
+        cur.execute("DELETE FROM downlink WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
+
+    def remove(self, node_id: int) -> None:
+        """Unregister a node (RegistryError if unknown). Its counter state stays, see above."""
+        with self._transaction() as cur:
+            cur.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+            if cur.rowcount == 0:
+                raise RegistryError(f"node {node_id} is not registered")
+        self._forget(node_id)
+        log.info("registry: node %d removed", node_id)
+
+    def _forget(self, node_id: int) -> None:
+        with self._lock:
+            self._entries.pop(node_id, None)
+            self._fingerprints.pop(node_id, None)
+            self._downlink.pop(node_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT count(*) FROM nodes").fetchone()
+        return int(row[0])
+
+    def __contains__(self, node_id: object) -> bool:
+        if type(node_id) is not int:
+            return False
+        if node_id in self._entries:
+            return True
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return row is not None
+
+    def node_ids(self) -> list[int]:
+        """Every registered node id, ascending."""
+        with self._lock:
+            rows = self._conn.execute("SELECT node_id FROM nodes ORDER BY node_id").fetchall()
+        return [int(r[0]) for r in rows]
+
+    # -- what the ingest stage uses -----------------------------------------------------------
+
+    def get(self, node_id: int) -> NodeEntry | None:
+        """The node's entry, or None for a node this gateway does not serve.
+
+        The first call per node reads the file and derives the keys; later calls return the
+        same cached object (with the same live `window`).
+        """
+        entry = self._entries.get(node_id)
+        if entry is not None:
+            return entry
+        if type(node_id) is not int or not 0 <= node_id <= MAX_NODE_ID:
+            return None
+        with self._lock:
+            entry = self._entries.get(node_id)  # another thread may have loaded it meanwhile
+            if entry is not None:
+                return entry
+            row = self._conn.execute(
+                "SELECT n.secret, n.zone, r.fingerprint, r.highest, r.bitmap FROM nodes n "
+                "LEFT JOIN replay r ON r.node_id = n.node_id WHERE n.node_id = ?",
+                (node_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            secret, zone, fp_stored, highest, bitmap = row
+            secret = bytes(secret)
+            fp = _fingerprint(secret)
+            window = ReplayWindow()
+            if fp_stored is not None and bytes(fp_stored) == fp:
+                window = ReplayWindow(int(highest), int.from_bytes(bytes(bitmap), "big"))
+            try:
+                keys = NodeKeys(node_id, secret)
+            except LocalProtocolError as exc:  # its message never shows the value
+                raise RegistryError(f"node {node_id}: stored secret is unusable: {exc}") from None
+            entry = NodeEntry(node_id, str(zone), keys, window)
+            self._entries[node_id] = entry
+            self._fingerprints[node_id] = fp
+            return entry
+
+    def accept(self, node_id: int, counter: int) -> None:
+        """Record an accepted uplink counter: move the node's window and persist it.
+
+        Call it only after the frame authenticated, check() said NEW, and what the frame
+        produced is durably stored (in the spool), and before acknowledging the frame
+        (SPEC.md section 10). Durable on return.
+        """
+        self.accept_many(((node_id, counter),))
+
+    def accept_many(self, items: Iterable[tuple[int, int]]) -> None:
+        """accept() for several (node_id, counter) pairs in one transaction (one fsync).
+
+        The pairs are applied per node in ascending counter order, so a batch that holds an
+        older and a much newer frame of one node is accepted whatever its order. The windows
+        in memory change only after the commit: if it fails, nothing changed.
+
+        Threads: this may run in a worker thread (asyncio.to_thread, to keep the fsync off the
+        event loop), but the windows it moves are the objects the ingest stage reads, so do
+        not check() frames of the same nodes while it runs (for example: await it before
+        classifying the next batch).
+        """
+        pairs = sorted(set(items))
+        if not pairs:
+            return
+        with self._lock:
+            staged: dict[int, ReplayWindow] = {}
+            for node_id, counter in pairs:
+                window = staged.get(node_id)
+                if window is None:
+                    entry = self.get(node_id)
+                    if entry is None:
+                        raise RegistryError(f"accept: node {node_id} is not registered")
+                    window = ReplayWindow(entry.window.highest, entry.window.bitmap)
+                    staged[node_id] = window
+                if type(counter) is not int or not 0 <= counter <= MAX_COUNTER:
+                    raise RegistryError(f"accept: node {node_id}: counter {counter!r} invalid")
+                window.accept(counter)  # LocalProtocolError for a counter check() rejects
+            with self._transaction() as cur:
+                cur.executemany(
+                    "INSERT INTO replay (node_id, fingerprint, highest, bitmap) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                    "fingerprint = excluded.fingerprint, highest = excluded.highest, "
+                    "bitmap = excluded.bitmap",
+                    [
+                        (n, self._fingerprints[n], w.highest, _bitmap_blob(w.bitmap))
+                        for n, w in staged.items()
+                    ],
+                )
+            for node_id, window in staged.items():
+                live = self._entries[node_id].window
+                live.highest, live.bitmap = window.highest, window.bitmap
+
+    def next_downlink_counter(self, node_id: int) -> int:
+        """A downlink counter for `node_id` that was never used and never will be again.
+
+        Most calls cost nothing; every DOWNLINK_STEP-th commits a new limit first (one fsync).
+        RegistryError for an unknown node, or when the counters are exhausted (2^32 frames:
+        the node needs a new secret).
+        """
+        with self._lock:
+            state = self._downlink.get(node_id)
+            if state is None or state.next >= state.limit:
+                state = self._reserve(node_id, None if state is None else state.next)
+            value = state.next
+            state.next += 1
+            return value
+
+    def _reserve(self, node_id: int, next_: int | None) -> _Downlink:
+        if self.get(node_id) is None:
+            raise RegistryError(f"node {node_id} is not registered")
+        fp = self._fingerprints[node_id]
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT fingerprint, counter_limit FROM downlink WHERE node_id = ?", (node_id,)
+            ).fetchone()
+            stored = int(row[1]) if row is not None and bytes(row[0]) == fp else 0
+            start = stored if next_ is None else max(next_, stored)
+            if start > MAX_COUNTER:
+                raise RegistryError(
+                    f"node {node_id}: downlink counters exhausted; provision it with a new secret"
+                )
+            limit = min(start + DOWNLINK_STEP, MAX_COUNTER + 1)
+            cur.execute(
+                "INSERT INTO downlink (node_id, fingerprint, counter_limit) VALUES (?, ?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                "counter_limit = excluded.counter_limit",
+                (node_id, fp, limit),
+            )
+        state = _Downlink(start, limit)
+        self._downlink[node_id] = state
+        return state
+
+    # -- the JSON exchange format -------------------------------------------------------------
+
+    def import_file(self, path: Path, *, replace: bool = False) -> int:
+        """Add the nodes of a JSON registry file; returns how many were added or changed.
+
+        Format: {"format": "edgeveil-registry", "version": 1, "nodes": [{"node_id": int,
+        "secret": "<hex>", "zone": "..."}, ...]}; other keys are ignored. The whole file is
+        validated first (RegistryError naming the key, e.g. "nodes[3].secret: ...") and
+        stored in one transaction. A node registered with the same secret and zone is left as
+        it is; a different secret or zone needs replace=True.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RegistryError(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise RegistryError(f"{path}: not UTF-8 text") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:  # names the position, not the content
+            raise RegistryError(
+                f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            ) from None
+        try:
+            nodes = _parse_document(data)
+        except RegistryError as exc:
+            raise RegistryError(f"{path}: {exc}") from None
+        changed = 0
+        with self._transaction() as cur:
+            for index, (node_id, secret, zone) in enumerate(nodes):
+                row = cur.execute(
+                    "SELECT secret, zone FROM nodes WHERE node_id = ?", (node_id,)
+                ).fetchone()
+                if row is not None and bytes(row[0]) == secret and row[1] == zone:
+                    continue
+                if row is not None and not replace:
+                    what = "secret" if bytes(row[0]) != secret else "zone"
+                    raise RegistryError(
+                        f"{path}: nodes[{index}]: node {node_id} is registered already with "
+                        f"another {what} (import with replace to change it)"
+                    )
+                self._store(cur, node_id, secret, zone, time.time())
+                changed += 1
+        for node_id, _, _ in nodes:
+            self._forget(node_id)
+        log.info("registry: imported %s: %d nodes added or changed", path, changed)
+        return changed
+
+    def export_file(self, path: Path, node_ids: Iterable[int] | None = None) -> int:
+        """Write nodes (all, or those given) in the JSON format, mode 0600; returns how many.
+
+        The file holds secrets: it is written to a temporary file of mode 0600 next to `path`
+        and renamed over it, so no moment exists where a wider mode or half a file is visible.
+        """
+        path = Path(path)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT node_id, secret, zone FROM nodes ORDER BY node_id"
+            ).fetchall()
+        if node_ids is not None:
+            wanted = set(node_ids)
+            unknown = sorted(wanted - {int(r[0]) for r in rows})
+            if unknown:
+                raise RegistryError(f"export: node {unknown[0]} is not registered")
+            rows = [r for r in rows if r[0] in wanted]
+        document: dict[str, Any] = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "nodes": [
+                {"node_id": int(n), "secret": bytes(s).hex(), "zone": str(z)} for n, s, z in rows
+            ],
+        }
+        data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
+        _write_private(path, data)
+        log.info("registry: exported %d nodes to %s", len(rows), path)
+        return len(rows)
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def _check_node_id(value: object, key: str) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_NODE_ID:
+        shown = repr(value) if isinstance(value, int | float) else type(value).__name__
+        raise RegistryError(f"{key}: must be a whole number 0..{MAX_NODE_ID}, got {shown}")
+    return value
+
+
+def _check_secret(value: object, key: str) -> bytes:
+    if not isinstance(value, bytes | bytearray) or not MIN_SECRET <= len(value) <= MAX_SECRET:
+        raise RegistryError(f"{key}: must be {MIN_SECRET}..{MAX_SECRET} bytes")
+    return bytes(value)
+
+
+def _check_zone(value: object, key: str) -> str:
+    if not isinstance(value, str) or len(value.encode("utf-8")) > MAX_ZONE_BYTES:
+        raise RegistryError(f"{key}: must be text of at most {MAX_ZONE_BYTES} bytes")
+    return value
+
+
+def _parse_secret_hex(value: object, key: str) -> bytes:
+    # The messages never quote the value: it may be (most of) a secret.
+    lo, hi = 2 * MIN_SECRET, 2 * MAX_SECRET
+    if not isinstance(value, str):
+        raise RegistryError(f"{key}: must be text of {lo}..{hi} hex digits")
+    if not _HEX.fullmatch(value):
+        raise RegistryError(f"{key}: must contain only hex digits 0-9 a-f")
+    if not lo <= len(value) <= hi or len(value) % 2:
+        raise RegistryError(f"{key}: must be {lo}..{hi} hex digits, an even number")
+    return bytes.fromhex(value)
+
+
+def _parse_document(data: Any) -> list[tuple[int, bytes, str]]:
+    if not isinstance(data, dict):
+        raise RegistryError("must be a JSON object with format, version and nodes")
+    if data.get("format") != FORMAT:
+        raise RegistryError(f'format: must be "{FORMAT}"')
+    version = data.get("version")
+    if version != FORMAT_VERSION or type(version) is not int:
+        raise RegistryError(
+            f"version: must be {FORMAT_VERSION}, got {version!r} (a newer edgeveil wrote it?)"
+        )
+    items = data.get("nodes")
+    if not isinstance(items, list):
+        raise RegistryError("nodes: must be a list")
+    nodes: list[tuple[int, bytes, str]] = []
+    seen: dict[int, int] = {}
+    for i, item in enumerate(items):
+        where = f"nodes[{i}]"
+        if not isinstance(item, dict):
+            raise RegistryError(f"{where}: must be an object with node_id and secret")
+        if "node_id" not in item:
+            raise RegistryError(f"{where}.node_id: missing")
+        node_id = _check_node_id(item["node_id"], f"{where}.node_id")
+        if node_id in seen:
+            raise RegistryError(
+                f"{where}.node_id: {node_id} appears twice (also nodes[{seen[node_id]}])"
+            )
+        seen[node_id] = i
+        if "secret" not in item:
+            raise RegistryError(f"{where}.secret: missing")
+        secret = _parse_secret_hex(item["secret"], f"{where}.secret")
+        zone = _check_zone(item.get("zone", ""), f"{where}.zone")
+        nodes.append((node_id, secret, zone))
+    return nodes
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty file of mode 0600 unless one exists (SQLite fills it in)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise RegistryError(f"cannot create the registry {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)  # the mode exactly, whatever the umask
+    finally:
+        os.close(fd)
+
+
+def _check_private(path: Path) -> None:
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            if p == path:
+                raise RegistryError(f"the registry {path} vanished while opening it") from None
+            continue
+        except OSError as exc:
+            raise RegistryError(f"cannot use the registry {p}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise RegistryError(f"the registry {p} is not a regular file")
+        if st.st_mode & 0o077:
+            raise RegistryError(
+                f"the registry {p} holds node secrets but other users may access it "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"
+            )
+
+
+def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RegistryError(
+                f"the registry {path} has schema version {version}; this edgeveil knows "
+                f"{SCHEMA_VERSION} (a newer edgeveil wrote it)"
+            )
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RegistryError(f"the registry {path}: cannot use a WAL journal (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        # one by one: executescript() would commit on its own
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise RegistryError(
+            f"{path} is not an edgeveil registry database ({exc}); a JSON registry file is "
+            "loaded with import"
+        ) from None
+
+
+def _exists(cur: sqlite3.Cursor, node_id: int) -> bool:
+    return cur.execute("SELECT 1 FROM nodes WHERE node_id = ?", (node_id,)).fetchone() is not None
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise RegistryError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RegistryError(f"cannot write {path}: {exc.strerror}") from None
+    with contextlib.suppress(OSError):  # make the rename durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

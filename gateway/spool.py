@@ -1,0 +1,279 @@
+"""The spool: a durable FIFO of MQTT messages between the privacy stage and the uplink.
+
+    privacy ──OutMessage──► Spool.put ... Spool.peek ──► publish ──PUBACK──► Spool.delete
+
+One SQLite file (WAL journal), one table:
+
+    spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT UNIQUE, topic TEXT,
+           payload BLOB, retain INTEGER, created REAL)
+
+Why the choices:
+
+- **put() commits with synchronous=FULL**: when it returns, the batch is in the fsynced WAL and
+  survives kill -9 and power loss, so the gateway may then record the frames' counters and
+  acknowledge them. A batch is one transaction: all of it or none of it is stored.
+- **delete() and expire() commit with synchronous=NORMAL**: no fsync of their own. A power cut
+  may undo them (never corrupt the file); the undone messages are then published again, which
+  MQTT's at-least-once delivery allows and the msg_id lets consumers drop. The next put()'s
+  fsync makes them durable as well, since the WAL is written in order.
+- **AUTOINCREMENT** never reuses a seq, not even after the spool was emptied, so seq order is
+  put order across restarts.
+- **msg_id UNIQUE with INSERT OR IGNORE**: a frame retransmitted after a crash between storing
+  and recording its counter yields the same msg_id (records.message_id) and is stored once.
+- **check_same_thread=False plus a lock**: call it from a worker thread (asyncio.to_thread) to
+  keep fsyncs off the event loop; every method holds the lock for its whole transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from .config import SPOOL_POLICIES
+from .errors import EdgeveilError, SpoolFullError
+from .records import OutMessage
+
+__all__ = ["Spool"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spool ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " msg_id TEXT NOT NULL UNIQUE,"
+    " topic TEXT NOT NULL,"
+    " payload BLOB NOT NULL,"
+    " retain INTEGER NOT NULL,"
+    " created REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS spool_created ON spool (created)",
+)
+
+
+class Spool:
+    """The durable message queue. Open it with Spool.open(...); every method is thread-safe.
+
+    Counters for metrics (since open): `dropped_full` (deleted by drop_oldest to make room),
+    `refused` (new messages refused by refuse_new), `dropped_age` (expired), `duplicates`
+    (put again while still spooled, ignored). `depth` is the number of messages held.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        max_messages: int,
+        max_age_s: int,
+        when_full: str,
+    ) -> None:
+        self.path = path
+        self.max_messages = max_messages
+        self.max_age_s = max_age_s
+        self.when_full = when_full
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.dropped_full = 0
+        self.refused = 0
+        self.dropped_age = 0
+        self.duplicates = 0
+        self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+
+    @classmethod
+    def open(cls, path: Path, max_messages: int, max_age_s: int, when_full: str) -> Spool:
+        """Open the spool at `path`, creating it (mode 0600) if it does not exist."""
+        if when_full not in SPOOL_POLICIES:
+            raise ValueError(f"when_full must be one of {', '.join(SPOOL_POLICIES)}")
+        if max_messages < 1 or max_age_s < 1:
+            raise ValueError("max_messages and max_age_s must be positive")
+        path = Path(path)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise EdgeveilError(f"cannot create the spool {path}: {exc.strerror}") from None
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+        )
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise EdgeveilError(
+                    f"the spool {path} has schema version {version}; this edgeveil knows "
+                    f"{SCHEMA_VERSION} (a newer edgeveil wrote it)"
+                )
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise EdgeveilError(f"the spool {path}: cannot use a WAL journal (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            spool = cls(path, conn, max_messages, max_age_s, when_full)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise EdgeveilError(f"{path} is not an edgeveil spool database ({exc})") from exc
+        except BaseException:
+            conn.close()
+            raise
+        log.debug("spool %s opened: %d messages", path, spool.depth)
+        return spool
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.path)!r}, depth={self._depth})"
+
+    @property
+    def depth(self) -> int:
+        """How many messages the spool holds."""
+        return self._depth
+
+    def put(self, messages: Sequence[OutMessage], now: float | None = None) -> int:
+        """Store a batch in one transaction; returns how many were new. Durable on return.
+
+        A message whose msg_id is spooled already is ignored (counted in `duplicates`). When
+        the new messages do not fit: "drop_oldest" deletes the oldest to make room (counted in
+        `dropped_full`; a batch larger than the spool keeps its newest part), "refuse_new"
+        stores nothing of the batch and raises SpoolFullError (counted in `refused`). A full
+        disk raises SpoolFullError too, and stores nothing.
+        """
+        if not messages:
+            return 0
+        created = time.time() if now is None else now
+        rows = [(m.msg_id, m.topic, bytes(m.payload), int(m.retain), created) for m in messages]
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    before = conn.total_changes
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO spool (msg_id, topic, payload, retain, created) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    new = conn.total_changes - before
+                    excess = self._depth + new - self.max_messages
+                    if excess > 0 and self.when_full == "refuse_new":
+                        conn.execute("ROLLBACK")
+                        self.refused += new
+                        raise SpoolFullError(
+                            f"spool full ({self._depth} of {self.max_messages} messages): "
+                            f"refused {new} new messages"
+                        )
+                    if excess > 0:
+                        conn.execute(
+                            "DELETE FROM spool WHERE seq IN "
+                            "(SELECT seq FROM spool ORDER BY seq LIMIT ?)",
+                            (excess,),
+                        )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                    self.refused += len(rows)
+                    raise SpoolFullError(
+                        f"the disk holding the spool {self.path} is full: refused "
+                        f"{len(rows)} messages"
+                    ) from exc
+                raise
+            dropped = max(excess, 0)
+            self._depth += new - dropped
+            self.dropped_full += dropped
+            self.duplicates += len(rows) - new
+        if dropped:
+            log.warning("spool full: dropped the %d oldest messages", dropped)
+        return new
+
+    def peek(self, limit: int, after: int = 0) -> list[tuple[int, OutMessage]]:
+        """Up to `limit` of the oldest messages, oldest first, with their seq (for delete).
+
+        `after`: only messages with a larger seq, so an uplink with messages in flight can
+        fetch the next ones without getting those again."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, msg_id, topic, payload, retain FROM spool WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [
+            (int(seq), OutMessage(msg_id, topic, bytes(payload), bool(retain)))
+            for seq, msg_id, topic, payload, retain in rows
+        ]
+
+    def delete(self, seqs: Iterable[int]) -> None:
+        """Remove published messages (after their PUBACK). Unknown seqs are ignored."""
+        params = [(int(s),) for s in seqs]
+        if not params:
+            return
+        with self._lock:
+            removed = self._commit_unsynced("DELETE FROM spool WHERE seq = ?", params)
+            self._depth -= removed
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop messages older than max_age_s; returns how many (also in `dropped_age`)."""
+        cutoff = (time.time() if now is None else now) - self.max_age_s
+        with self._lock:
+            removed = self._commit_unsynced("DELETE FROM spool WHERE created < ?", [(cutoff,)])
+            self._depth -= removed
+            self.dropped_age += removed
+        if removed:
+            log.warning("spool: %d messages older than %d s expired", removed, self.max_age_s)
+        return removed
+
+    def oldest_age(self, now: float | None = None) -> float | None:
+        """Seconds since the oldest message was put (never negative), or None when empty."""
+        with self._lock:
+            row = self._conn.execute("SELECT min(created) FROM spool").fetchone()
+        if row[0] is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - float(row[0]))
+
+    def _commit_unsynced(self, sql: str, params: Sequence[tuple[int | float]]) -> int:
+        """Run a delete in one transaction without its own fsync (see the module docstring).
+
+        The caller holds the lock. Returns how many rows changed."""
+        conn = self._conn
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany(sql, params)
+                removed = conn.total_changes - before
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+        return removed

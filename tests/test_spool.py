@@ -1,0 +1,242 @@
+"""The spool: order, duplicates, full-spool policies, expiry, and durability across restarts and
+kill -9."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import SpoolFullError
+from gateway.records import OutMessage
+from gateway.spool import Spool
+
+ROOT = Path(__file__).resolve().parent.parent
+DAY = 24 * 3600
+
+
+def msg(i: int, retain: bool = False) -> OutMessage:
+    return OutMessage(
+        f"gw:1:{i}:0", f"edgeveil/site/gw/node/1/readings/{i}", b"\x00p%d" % i, retain
+    )
+
+
+def ids(pairs: list[tuple[int, OutMessage]]) -> list[str]:
+    return [m.msg_id for _, m in pairs]
+
+
+def names(*numbers: int) -> list[str]:
+    return [msg(i).msg_id for i in numbers]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "spool.sqlite"
+
+
+@pytest.fixture
+def spool(path: Path) -> Iterator[Spool]:
+    with Spool.open(path, 1000, DAY, "drop_oldest") as s:
+        yield s
+
+
+def test_file_mode_and_wal(spool: Spool, path: Path) -> None:
+    spool.put([msg(1)])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Path(f"{path}-wal").exists()
+
+
+def test_order_and_delete(spool: Spool) -> None:
+    assert spool.put([msg(3), msg(1)]) == 2
+    assert spool.put([msg(2)]) == 1
+    assert spool.depth == 3
+    pairs = spool.peek(10)
+    assert ids(pairs) == names(3, 1, 2)
+    seqs = [seq for seq, _ in pairs]
+    assert seqs == sorted(seqs)
+    assert ids(spool.peek(2)) == names(3, 1)
+    assert ids(spool.peek(10, after=seqs[0])) == names(1, 2)
+    assert spool.peek(10, after=seqs[2]) == []
+    spool.delete([seqs[1]])
+    assert ids(spool.peek(10)) == names(3, 2)
+    assert spool.depth == 2
+    spool.delete([seqs[1], 999_999])  # gone already, unknown: ignored
+    assert spool.depth == 2
+    spool.delete([])
+    spool.delete(seq for seq, _ in spool.peek(10))
+    assert spool.depth == 0
+    assert spool.peek(10) == []
+
+
+def test_messages_come_back_as_they_went_in(spool: Spool) -> None:
+    batch = [msg(1, retain=True), OutMessage("x", "t", bytes(range(256)) * 40), msg(2)]
+    spool.put(batch)
+    assert [m for _, m in spool.peek(10)] == batch
+
+
+def test_a_message_is_spooled_once(spool: Spool) -> None:
+    assert spool.put([msg(1), msg(2)]) == 2
+    assert spool.put([msg(2), msg(3), msg(3)]) == 1
+    assert spool.duplicates == 2
+    assert ids(spool.peek(10)) == names(1, 2, 3)
+    assert spool.depth == 3
+    assert spool.put([]) == 0
+
+
+def test_drop_oldest(path: Path) -> None:
+    with Spool.open(path, 5, DAY, "drop_oldest") as spool:
+        assert spool.put([msg(i) for i in range(3)]) == 3
+        assert spool.put([msg(i) for i in range(3, 7)]) == 4
+        assert ids(spool.peek(10)) == names(2, 3, 4, 5, 6)
+        assert (spool.depth, spool.dropped_full) == (5, 2)
+        # duplicates take no room
+        assert spool.put([msg(6), msg(5)]) == 0
+        assert spool.dropped_full == 2
+        # a batch larger than the spool keeps its newest part
+        assert spool.put([msg(i) for i in range(10, 17)]) == 7
+        assert ids(spool.peek(10)) == names(12, 13, 14, 15, 16)
+        assert (spool.depth, spool.dropped_full) == (5, 9)
+        assert spool.refused == 0
+
+
+def test_refuse_new(path: Path) -> None:
+    with Spool.open(path, 5, DAY, "refuse_new") as spool:
+        assert spool.put([msg(i) for i in range(3)]) == 3
+        with pytest.raises(SpoolFullError, match="spool full"):
+            spool.put([msg(2), msg(3), msg(4), msg(5)])  # 3 new, room for 2: none is stored
+        assert ids(spool.peek(10)) == names(0, 1, 2)
+        assert (spool.depth, spool.refused) == (3, 3)
+        assert spool.put([msg(3), msg(4)]) == 2
+        assert spool.put([msg(4)]) == 0  # full, but nothing new: fine
+        with pytest.raises(SpoolFullError):
+            spool.put([msg(9)])
+        assert (spool.depth, spool.refused, spool.dropped_full) == (5, 4, 0)
+        spool.delete([seq for seq, _ in spool.peek(1)])
+        assert spool.put([msg(9)]) == 1
+    with Spool.open(path, 5, DAY, "refuse_new") as spool:
+        assert ids(spool.peek(10)) == names(1, 2, 3, 4, 9)
+
+
+def test_expire_and_oldest_age(spool: Spool) -> None:
+    assert spool.oldest_age(1000.0) is None
+    spool.put([msg(1), msg(2)], now=1000.0)
+    spool.put([msg(3)], now=2000.0)
+    assert spool.oldest_age(1500.0) == 500.0
+    assert spool.oldest_age(900.0) == 0.0  # the clock went back: never negative
+    assert spool.expire(now=1000.0 + DAY) == 0
+    assert spool.expire(now=1000.5 + DAY) == 2
+    assert ids(spool.peek(10)) == names(3)
+    assert (spool.depth, spool.dropped_age) == (1, 2)
+    assert spool.oldest_age(2000.0 + DAY) == DAY
+
+
+def test_persists_across_reopen(path: Path) -> None:
+    with Spool.open(path, 1000, DAY, "drop_oldest") as spool:
+        spool.put([msg(i) for i in range(5)])
+        spool.delete([seq for seq, _ in spool.peek(2)])
+        before = spool.peek(10)
+    with Spool.open(path, 1000, DAY, "drop_oldest") as spool:
+        assert spool.peek(10) == before
+        assert spool.depth == 3
+        spool.delete([seq for seq, _ in spool.peek(10)])
+        last_seq = before[-1][0]
+    with Spool.open(path, 1000, DAY, "drop_oldest") as spool:
+        spool.put([msg(100)])
+        # seqs are never reused, not even after the spool was emptied and reopened
+        [(seq, _)] = spool.peek(10)
+        assert seq > last_seq
+        spool.put([msg(1)])  # delivered and deleted earlier: a new message now
+        assert ids(spool.peek(10)) == names(100, 1)
+
+
+def test_threads(spool: Spool) -> None:
+    def worker(base: int) -> None:
+        for i in range(20):
+            spool.put([msg(base + 2 * i), msg(base + 2 * i + 1)])
+
+    threads = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pairs = spool.peek(1000)
+    assert spool.depth == len(pairs) == 160
+    # each thread's messages in its own order, each batch adjacent
+    for k in range(4):
+        mine = [int(m.msg_id.split(":")[2]) for _, m in pairs]
+        mine = [i for i in mine if k * 1000 <= i < (k + 1) * 1000]
+        assert mine == sorted(mine)
+    positions = {m.msg_id: n for n, (_, m) in enumerate(pairs)}
+    for k in range(4):
+        for i in range(20):
+            a, b = msg(k * 1000 + 2 * i).msg_id, msg(k * 1000 + 2 * i + 1).msg_id
+            assert positions[b] == positions[a] + 1
+
+
+def test_bad_policy(path: Path) -> None:
+    with pytest.raises(ValueError, match="when_full"):
+        Spool.open(path, 10, DAY, "drop_newest")
+
+
+# -- kill -9 ------------------------------------------------------------------------------------
+
+_WRITER = """
+import sys
+from pathlib import Path
+from gateway.records import OutMessage
+from gateway.spool import Spool
+spool = Spool.open(Path(sys.argv[1]), 10**6, 10**6, "drop_oldest")
+B = int(sys.argv[2])
+print("ready", flush=True)
+i = 0
+while True:
+    spool.put([OutMessage(f"m{i * B + k}", "t", b"x" * 60) for k in range(B)])
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_every_returned_put_survives_kill_9(tmp_path: Path) -> None:
+    """A writer killed with SIGKILL at random moments loses nothing whose put() returned, and
+    keeps each batch whole: what is stored is exactly batches 0..n-1."""
+    rng = random.Random(os.environ.get("PYTEST_SEED", time.time_ns()))
+    batch = 7
+    total_returned = 0
+    runs = 10
+    procs: list[tuple[Path, subprocess.Popen[str]]] = []
+    for run in range(runs):  # started together: the interpreters start up in parallel
+        path = tmp_path / f"spool{run}.sqlite"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(batch)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append((path, proc))
+    for path, proc in procs:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.0, 0.15))
+        os.kill(proc.pid, signal.SIGKILL)
+        out = proc.communicate(timeout=10)[0]
+        assert proc.returncode == -signal.SIGKILL
+        lines = out.split("\n")[:-1]  # only whole lines: the last may have been cut
+        returned = int(lines[-1]) if lines else -1  # the highest batch whose put() returned
+        total_returned += returned + 1
+        with Spool.open(path, 10**6, 10**6, "drop_oldest") as spool:
+            stored = ids(spool.peek(10**6))
+            assert spool.depth == len(stored)
+        assert len(stored) % batch == 0, "a batch was stored in part"
+        n = len(stored) // batch
+        assert n in (returned + 1, returned + 2)  # the batch in flight may have committed
+        assert stored == [f"m{i}" for i in range(n * batch)]
+    assert total_returned > runs  # the writers did get some work done
