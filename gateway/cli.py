@@ -74,6 +74,72 @@ def _decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emulate(args: argparse.Namespace) -> int:
+    from .emulate import EmulateError, run_emulate  # noqa: PLC0415 - only this command needs it
+
+    try:
+        return run_emulate(
+            args.nodes,
+            out=args.out,
+            seed=args.seed,
+            scenario=args.scenario,
+            reading_interval=args.reading_interval,
+            faults=args.faults,
+            duration=args.duration,
+        )
+    except EmulateError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .emulate import faults_help, scenario_help  # noqa: PLC0415
+
+    emulate = commands.add_parser(
+        "emulate",
+        help="run emulated nodes on pseudo-terminals (the real node firmware, no hardware)",
+        description="Start N emulated nodes: the unchanged node firmware on CPython, each on "
+        "its own pseudo-terminal that a gateway opens like a USB-serial board. Prints one line "
+        "per node (node id, device path, zone) and the path of a node registry the gateway "
+        "imports (mode 0600: it holds the node secrets), then runs until Ctrl-C or SIGTERM, "
+        "restarting nodes that the scenario reboots or power-cuts. Node ids and secrets are "
+        "new random ones on every run; --seed makes the simulated world repeatable.",
+    )
+    emulate.add_argument(
+        "--nodes", type=int, default=1, metavar="N", help="how many nodes (default 1)"
+    )
+    emulate.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="keep the registry, each node's flash and console log here (default: a "
+        "temporary directory, removed at exit)",
+    )
+    emulate.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of the simulated world (default 0)"
+    )
+    emulate.add_argument(
+        "--scenario",
+        default="office",
+        metavar="NAME",
+        help=f"the world around the nodes (default office). {scenario_help()}",
+    )
+    emulate.add_argument(
+        "--reading-interval",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="seconds between readings (default 5; status and scans scale with it)",
+    )
+    emulate.add_argument("--faults", metavar="LIST", help=faults_help())
+    emulate.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    emulate.set_defaults(handler=_emulate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeveil",
@@ -104,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the node's secret as hex (never type secrets on a command line)",
     )
     decode.set_defaults(handler=_decode)
+
+    _add_emulate(commands)
     return parser
 
 

@@ -48,9 +48,3 @@ class FakeClock:
         monkeypatch.setattr(gc, "mem_free", lambda: 64_000, raising=False)  # type: ignore[attr-defined]
 
 
-try:  # TEMPORARY until firmware/host/shims/micropython.py lands
-    import micropython  # noqa: F401
-except ImportError:
-    import types
-
-    sys.modules["micropython"] = types.SimpleNamespace(const=lambda x: x)  # type: ignore[assignment]

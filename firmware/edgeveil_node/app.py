@@ -284,7 +284,7 @@ def main():
         wait_forever(str(exc))
         return
     keys = NodeKeys(config.node_id, config.secret)
-    hw = hardware.build(config)
+    hw = hardware.build(config, keys)
     print("edgeveil node", config.node_id, "firmware", FIRMWARE_VERSION, "starting")
     node = Node(
         config,
@@ -298,4 +298,6 @@ def main():
         hw.reset_cause,
         hw.wdt,
     )
+    for quantity in hw.failed:
+        node.send_event(_EV_SENSOR_FAULT, quantity)
     node.run()

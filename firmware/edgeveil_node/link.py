@@ -147,7 +147,8 @@ class ConsolePort:
             while tail < len(data) and data[len(data) - 1 - tail] == _CTRL_C:
                 tail += 1
             self._ctrl_c = self._ctrl_c + tail if tail == len(data) else tail
-            self._last_ms = now
+            # the stubs type ticks as an opaque _TicksMs, which the initial 0 (a valid tick) is not
+            self._last_ms = now  # type: ignore[assignment]
             return bytes(data)
         if self._ctrl_c >= 2 and time.ticks_diff(now, self._last_ms) > _CTRL_C_QUIET_MS:
             self._micropython.kbd_intr(3)
@@ -184,10 +185,11 @@ class SerialLink:
                 frame = self._decoder.next_event()
                 if frame is NEED_DATA:
                     return messages
-                header = parse_header(frame)
+                # mypy cannot narrow `frame is NEED_DATA` (a sentinel object) away: frame is bytes
+                header = parse_header(frame)  # type: ignore[arg-type]
                 if header.node_id != self._keys.node_id:
                     continue  # for another node on a shared line
-                message = open_frame(frame, self._keys, False, header)
+                message = open_frame(frame, self._keys, False, header)  # type: ignore[arg-type]
                 if self._window.check(header.counter) == 1:  # NEW; a duplicate changes nothing
                     self._window.accept(header.counter)
                     messages.append(message)

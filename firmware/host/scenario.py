@@ -148,10 +148,9 @@ _FAULT_HELP = {
 }
 
 
-def parse_faults(text: str, base: FaultProfile | None = None) -> FaultProfile:
-    """Parse "drop,garbage=0.5,power-cut=10" (or "none") into a FaultProfile; ValueError
-    with a one-line message for anything else."""
-    profile = base or FaultProfile()
+def parse_faults(text: str) -> FaultProfile:
+    """Parse "drop,garbage=0.5,power-cut=10" (or "all", or "none") into a FaultProfile (the
+    faults not named are off); ValueError with a one-line message for anything else."""
     text = text.strip()
     if text in ("", "none"):
         return FaultProfile()
@@ -177,10 +176,14 @@ def parse_faults(text: str, base: FaultProfile | None = None) -> FaultProfile:
             raise ValueError(f"{name}={raw}: {_FAULT_HELP[name]}, more than 0")
         if name == "drift" and not -500_000 < value < 500_000:
             raise ValueError(f"{name}={raw}: {_FAULT_HELP[name]}, within +-500000")
-        changes[{"reboot": "reboot_s", "power-cut": "power_cut_s", "drift": "drift_ppm"}.get(
-            name, name
-        )] = value
-    return replace(profile, **changes)
+        changes[name] = value
+    return FaultProfile(
+        garbage=changes.get("garbage", 0.0),
+        drop=changes.get("drop", 0.0),
+        reboot_s=changes.get("reboot", 0.0),
+        power_cut_s=changes.get("power-cut", 0.0),
+        drift_ppm=changes.get("drift", 0.0),
+    )
 
 
 def format_faults(faults: FaultProfile) -> str:
@@ -422,7 +425,8 @@ class Scenario:
             address = _static_address(self.seed, self.node, b)
             rssi = -70 + 10 * _unit(self.seed, self.node, "beacon", b)
             rssi += 2 * smooth_noise(t / 7.0, self.seed, "beacon-rssi", b)
-            out.append(Device(address, 1, _clamp_rssi(rssi), _adv_data(b"\xbe\xac" + bytes([b, 0]))))
+            adv = _adv_data(b"\xbe\xac" + bytes([b, 0]))
+            out.append(Device(address, 1, _clamp_rssi(rssi), adv))
         return out
 
     def motion(self, t: float, hold_s: float = 2.0) -> bool:
@@ -467,8 +471,8 @@ class Scenario:
             yield PowerEvent(at, kind, off)
             # the next event of this kind counts from when the node is back
             nxt[kind] = at + off + max(1.0, rng.expovariate(1.0 / means[kind]))
-            for other in nxt:
-                if other != kind and nxt[other] < at + off:
+            for other, when in nxt.items():
+                if other != kind and when < at + off:
                     nxt[other] = at + off + rng.random()
 
 
@@ -564,4 +568,3 @@ def scenario_names() -> list[str]:
 def describe() -> list[str]:
     """One line per scenario, for --help."""
     return [f"{p.name}: {p.description}" for p in SCENARIOS.values()]
-

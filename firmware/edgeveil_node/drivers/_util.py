@@ -1,13 +1,13 @@
-# Helpers shared by the drivers: the Sensirion CRC-8 and a millisecond sleep that also exists on
-# CPython (host runs). Nothing here allocates after import.
+# Helpers shared by the drivers: the Sensirion CRC-8 and the default sleep. Nothing here
+# allocates after import.
 
-try:
-    from time import sleep_ms
-except ImportError:  # CPython (firmware/host, tests): time has no sleep_ms
-    from time import sleep as _sleep
+import time
 
-    def sleep_ms(ms):
-        _sleep(ms / 1000)
+
+def sleep_ms(ms):
+    """time.sleep_ms, looked up at each call: a host emulator (firmware/host) installs its own
+    after the drivers are imported. Drivers take a sleep_ms argument to replace it (tests)."""
+    time.sleep_ms(ms)
 
 
 def crc8(buf, start, n=2):
@@ -21,8 +21,5 @@ def crc8(buf, start, n=2):
     for i in range(start, start + n):
         crc ^= buf[i]
         for _ in range(8):
-            if crc & 0x80:
-                crc = ((crc << 1) ^ 0x31) & 0xFF
-            else:
-                crc = (crc << 1) & 0xFF
+            crc = (((crc << 1) ^ 0x31) if crc & 0x80 else (crc << 1)) & 0xFF
     return crc

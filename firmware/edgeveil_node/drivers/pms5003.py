@@ -18,20 +18,15 @@ at least 64 bytes (UART(..., rxbuf=256)); with fewer the newest frames are lost 
 In passive mode (passive=True) the sensor only answers the "read" command (Appendix II).
 
 The fan needs about 30 s after power-up or wake-up before values are stable (data manual,
-"Instructions for use"): the node application should not trust the first readings.
+Appendix II: "at least 30 seconds after the sensor wakeup"): the first readings are not to be
+trusted.
 
 Readings (protocol/quantities.py): pm1, pm2_5, pm10 in ug/m3.
 """
 
+from micropython import const
+
 from ._util import sleep_ms as _default_sleep_ms
-
-try:
-    from micropython import const
-except ImportError:  # CPython (host runs and tests)
-
-    def const(x):
-        return x
-
 
 _DEBUG = const(False)
 

@@ -1,27 +1,25 @@
 """Sensirion SCD4x (SCD40/SCD41) photoacoustic CO2 sensor over I2C.
 
-Section numbers refer to the Sensirion SCD4x datasheet (v1.1 numbering). The chip takes 16-bit
-commands (section 3.3); answers are 16-bit words each followed by a CRC-8 (section 3.11). It
-runs in periodic measurement mode (section 3.5.1): a new value every 5 s, read with
-read_measurement after get_data_ready_status says one is there. While it is in that mode it only
-accepts read_measurement, get_data_ready_status and stop_periodic_measurement (and a few
-settings), so start() stops it first (it may still be running from before a soft reboot).
+Section and table numbers refer to the Sensirion SCD4x datasheet, version 1.5 (July 2023). The
+chip takes 16-bit commands, most significant byte first (sections 3.2, 3.3); answers are 16-bit
+words each followed by a CRC-8 (section 3.11). It runs in periodic measurement mode (section
+3.5.1): a new value every 5 s, read with read_measurement after get_data_ready_status says one
+is there. While it is in that mode it only accepts read_measurement, get_data_ready_status,
+stop_periodic_measurement and the ambient pressure commands (section 3.5, Table 9), so start()
+stops it first (it may still be running from before a soft reboot).
+
+Note: Table 11 prints the CRC of 0x01f4 as 0x7b; with the section 3.11 parameters (which give
+every other example in the datasheet) it is 0x33, and that is what a chip sends.
 
 Readings (protocol/quantities.py): co2 in ppm by default; temperature (0.1 degC) and humidity
 (0.1 %RH) only when asked for, because the SCD4x heats itself and a BME280/SHT4x on the same
 node is usually the better source.
 """
 
+from micropython import const
+
 from ._util import crc8
 from ._util import sleep_ms as _default_sleep_ms
-
-try:
-    from micropython import const
-except ImportError:  # CPython (host runs and tests)
-
-    def const(x):
-        return x
-
 
 _DEBUG = const(False)
 
@@ -30,9 +28,9 @@ _Q_TEMPERATURE = const(0)
 _Q_HUMIDITY = const(1)
 _Q_CO2 = const(7)
 
-ADDRESS = const(0x62)  # section 3.2 (fixed)
+ADDRESS = const(0x62)  # section 3.3, Table 8 (fixed)
 
-# commands (section 3.4, Table 9) and their execution times
+# commands and their execution times (section 3.4, Table 9)
 _CMD_START_PERIODIC = const(0x21B1)  # section 3.5.1
 _CMD_READ_MEASUREMENT = const(0xEC05)  # section 3.5.2: 1 ms, answer 9 bytes
 _CMD_STOP_PERIODIC = const(0x3F86)  # section 3.5.3: 500 ms before the next command
@@ -49,7 +47,7 @@ _ETIMEDOUT = const(110)
 
 
 class SCD4x:
-    QUANTITIES = (_Q_CO2,)
+    QUANTITIES = (_Q_CO2,)  # type: tuple[int, ...]
 
     def __init__(
         self,
@@ -87,7 +85,7 @@ class SCD4x:
 
     def _send(self, cmd):
         c = self._cmd
-        c[0] = cmd >> 8  # section 3.3: command MSB first
+        c[0] = cmd >> 8  # section 3.2: most significant byte first
         c[1] = cmd & 0xFF
         self._i2c.writeto(self._addr, c)
 
@@ -109,7 +107,7 @@ class SCD4x:
                 _ENODEV,
                 "SCD4x: no answer at I2C address "
                 + hex(self._addr)
-                + " (check wiring and power: the SCD4x needs up to 1 s after power-up)",
+                + " (check wiring and power; address 0x62 is fixed)",
             ) from None
         self._sleep_ms(_STOP_MS)
         self._send(_CMD_SERIAL)
@@ -117,8 +115,8 @@ class SCD4x:
         b = self._buf
         self._read(b)
         # section 3.9.2: serial = word0 << 32 | word1 << 16 | word2
-        self.serial = (((b[0] << 8) | b[1]) << 32) | (((b[3] << 8) | b[4]) << 16) | (
-            (b[6] << 8) | b[7]
+        self.serial = (
+            (((b[0] << 8) | b[1]) << 32) | (((b[3] << 8) | b[4]) << 16) | ((b[6] << 8) | b[7])
         )
         self._send(_CMD_START_PERIODIC)
         self.started = True
@@ -157,11 +155,11 @@ class SCD4x:
         self._sleep_ms(_EXEC_MS)
         b = self._buf
         self._read(b)
-        # section 3.5.2: CO2 = word[0] ppm; T = -45 + 175 * word[1] / 2^16 degC;
-        # RH = 100 * word[2] / 2^16 %RH (the same scaling as Sensirion's driver, which computes
-        # ((21875 * word) >> 13) - 45000 m degC). Tenths, rounded: 1750 / 2^16 and 1000 / 2^16.
+        # section 3.5.2, Table 11: CO2 = word[0] ppm; T = -45 + 175 * word[1] / (2^16 - 1) degC;
+        # RH = 100 * word[2] / (2^16 - 1) %RH. In tenths, rounded. (Datasheet v1.1 and
+        # Sensirion's C driver divide by 2^16: under 0.003 degC / 0.002 %RH apart.)
         readings[_Q_CO2] = (b[0] << 8) | b[1]
         if self._with_t:
-            readings[_Q_TEMPERATURE] = ((1750 * ((b[3] << 8) | b[4]) + 32768) >> 16) - 450
+            readings[_Q_TEMPERATURE] = (1750 * ((b[3] << 8) | b[4]) + 32767) // 65535 - 450
         if self._with_rh:
-            readings[_Q_HUMIDITY] = (1000 * ((b[6] << 8) | b[7]) + 32768) >> 16
+            readings[_Q_HUMIDITY] = (1000 * ((b[6] << 8) | b[7]) + 32767) // 65535

@@ -8,16 +8,10 @@ comes too early fails with OSError (ENODEV) like an absent chip.
 Readings (protocol/quantities.py): temperature 0.1 degC, humidity 0.1 %RH.
 """
 
+from micropython import const
+
 from ._util import crc8
 from ._util import sleep_ms as _default_sleep_ms
-
-try:
-    from micropython import const
-except ImportError:  # CPython (host runs and tests)
-
-    def const(x):
-        return x
-
 
 _DEBUG = const(False)
 

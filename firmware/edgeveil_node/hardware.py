@@ -1,0 +1,111 @@
+# Builds the node's hardware from its configuration: buses, drivers, the link, the watchdog.
+# Only this module (and main.py) touches `machine`; the application gets finished objects, so
+# the same application runs on a board, on a PC (firmware/host shims) and in tests.
+
+import machine
+
+from .drivers.battery import Battery
+from .drivers.ble_scan import BLEScanner
+from .drivers.bme280 import BME280
+from .drivers.pir import PIR
+from .drivers.pms5003 import PMS5003
+from .drivers.scd4x import SCD4x
+from .drivers.sht4x import SHT4x
+from .link import ConsolePort, SerialLink, UartPort
+
+# machine.reset_cause() -> protocol reset cause (protocol/messages.py RESET_CAUSES)
+_RESET_CAUSES = (
+    ("PWRON_RESET", 1),
+    ("HARD_RESET", 2),
+    ("WDT_RESET", 3),
+    ("DEEPSLEEP_RESET", 4),
+    ("SOFT_RESET", 5),
+    ("BROWNOUT_RESET", 6),
+)
+_I2C_DRIVERS = {"bme280": BME280, "sht4x": SHT4x, "scd4x": SCD4x}
+
+
+class Hardware:
+    def __init__(self):
+        self.sensors = []  # drivers with read_into(), in configuration order
+        self.pir = None
+        self.battery = None
+        self.scanner = None
+        self.link = None
+        self.wdt = None
+        self.reset_cause = 0
+        self.failed = []  # first quantity id of each sensor that did not start (-1: BLE)
+
+
+def reset_cause():
+    cause = machine.reset_cause()
+    for name, code in _RESET_CAUSES:
+        if getattr(machine, name, None) == cause:
+            return code
+    return 0
+
+
+def build(config, keys):
+    hw = Hardware()
+    hw.reset_cause = reset_cause()
+    buses = {}
+    for spec in config.sensors:
+        kind = spec["type"]
+        driver = _driver(spec, buses)  # constructing touches no bus
+        try:
+            driver.start()
+        except OSError as exc:
+            # a missing sensor must not stop the others: the application reports it
+            hw.failed.append(driver.QUANTITIES[0] if driver.QUANTITIES else -1)
+            print("edgeveil: sensor", kind, "did not start:", exc)
+            continue
+        if kind == "ble_scan":
+            hw.scanner = driver
+            continue
+        if kind == "pir":
+            hw.pir = driver
+        elif kind == "battery":
+            hw.battery = driver
+        hw.sensors.append(driver)
+    hw.link = SerialLink(_port(config.link), keys)
+    if config.watchdog_ms:
+        hw.wdt = machine.WDT(timeout=config.watchdog_ms)
+    return hw
+
+
+def _port(link):
+    if link["port"] == "console":
+        return ConsolePort()
+    kwargs = {"baudrate": link["baudrate"]}
+    for pin in ("tx", "rx"):
+        if pin in link:
+            kwargs[pin] = link[pin]
+    return UartPort(machine.UART(link["uart"], **kwargs))
+
+
+def _i2c(spec, buses):
+    key = (spec["i2c"], spec["scl"], spec["sda"])
+    if key not in buses:
+        buses[key] = machine.I2C(
+            spec["i2c"],
+            scl=machine.Pin(spec["scl"]),
+            sda=machine.Pin(spec["sda"]),
+            freq=spec["freq"],
+        )
+    return buses[key]
+
+
+def _driver(spec, buses):
+    kind = spec["type"]
+    if kind in _I2C_DRIVERS:
+        return _I2C_DRIVERS[kind](_i2c(spec, buses), spec["address"])
+    if kind == "pms5003":
+        uart = machine.UART(spec["uart"], baudrate=9600, tx=spec["tx"], rx=spec["rx"], rxbuf=256)
+        return PMS5003(uart)
+    if kind == "pir":
+        return PIR(machine.Pin(spec["pin"], machine.Pin.IN))
+    if kind == "battery":
+        return Battery(machine.ADC(machine.Pin(spec["pin"])), spec["ratio_num"], spec["ratio_den"])
+    import bluetooth  # noqa: PLC0415 - only boards with BLE have it
+
+    return BLEScanner(bluetooth.BLE(), spec["max_devices"])

@@ -1,0 +1,520 @@
+"""The uplink: drains the spool to an MQTT broker, at least once, forever.
+
+    spool ──peek──► Uplink ──PUBLISH QoS 1──► broker
+      ▲                │
+      └────delete──────┘  only after the broker's PUBACK, in spool order
+
+The spool (a file), not the broker's session, holds whatever the broker has not acknowledged:
+the MQTT session is clean (`clean_session=True`) and every connection starts again at the
+oldest spooled message. A message that was published but whose PUBACK never came is published
+again after the reconnect; consumers drop duplicates by the message id every payload carries.
+
+Availability is an MQTT last will: "offline", QoS 1, retained. After EVERY connect the uplink
+publishes "online" and the gateway metadata, both retained, before any data: a broker that
+restarted without persistence has forgotten both, and a bridge or dashboard that saw the will
+would otherwise keep showing the gateway offline. A clean stop publishes "offline" itself, as the
+will is not sent when a client disconnects properly.
+
+Connection errors never end `run()`: it logs the first error of an outage (no stack trace), then
+retries with exponential backoff and jitter, and logs the reconnect. Configuration problems
+(an unreadable password file or certificate) are raised by the constructor as ConfigError, at
+start, where the operator sees them.
+
+Built on aiomqtt (paho-mqtt underneath), which offers no "connection lost" callback: a
+connection's loss surfaces as the end of `client.messages`, which a watcher task awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+from .config import MqttConfig
+from .errors import ConfigError
+from .records import OutMessage, Topics
+
+log = logging.getLogger("edgeveil.uplink")
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
+_PUT_TIMES_KEPT = 10_000  # put times remembered for latency samples (bounded memory)
+
+
+class SpoolQueue(Protocol):
+    """What the uplink needs of the spool (gateway.spool.Spool has more).
+
+    `peek` gives the oldest messages first, with their sequence numbers; `delete` removes
+    published ones. Both are called in a worker thread (asyncio.to_thread), as ingest calls
+    `put`: they may block on the disk.
+    """
+
+    def peek(self, limit: int, /) -> Sequence[tuple[int, OutMessage]]: ...
+
+    def delete(self, seqs: list[int], /) -> object: ...
+
+
+OnPublished = Callable[[OutMessage, float | None], None]
+
+
+class _PahoLog(logging.Logger):
+    """paho-mqtt's log, one per Uplink: warnings and errors go to "edgeveil.uplink.mqtt",
+    except socket errors, which are kept to explain a lost connection in our own one line."""
+
+    _SOCKET = ("failed to receive on socket: ", "timeout on socket: ")
+
+    def __init__(self) -> None:
+        super().__init__("edgeveil.uplink.mqtt", logging.WARNING)  # no packet traces
+        self.parent = log
+        self.socket_error: str | None = None
+
+    def handle(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        for prefix in self._SOCKET:
+            if text.startswith(prefix):
+                self.socket_error = text.removeprefix(prefix)
+                return
+        super().handle(record)
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": the n-th delay lies in [d/2, d] for
+    d = min(maximum, initial * 2**n), so a fleet of gateways does not reconnect in step
+    after a broker restart."""
+
+    def __init__(
+        self, initial: float = 0.5, maximum: float = 30.0, rng: random.Random | None = None
+    ) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError("backoff needs 0 < initial <= maximum")
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    def next(self) -> float:
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 30))
+        self.attempt += 1
+        return ceiling / 2 + self._rng.random() * ceiling / 2
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Uplink:
+    """Publishes what the spool holds to one MQTT broker, reconnecting forever.
+
+    Two ways to run it:
+
+        async with Uplink(...) as uplink:      # runs in a task named "edgeveil-uplink"
+            ...                                # leaving the block is close(): "offline"
+
+        tg.create_task(uplink.run(), name="uplink")   # in the service's TaskGroup
+        ...
+        await uplink.close()                   # run() then publishes "offline" and returns
+
+    State for metrics and status (read it, do not set it): `connected` (connected and
+    "online" announced), `published` (messages acknowledged by the broker and deleted from
+    the spool), `reconnects` (connections made after the first), `last_error` (the latest
+    connection error, kept after a reconnect; None if there was none).
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        spool: SpoolQueue,
+        topics: Topics,
+        metadata: Mapping[str, Any],
+        *,
+        on_published: OnPublished | None = None,
+        window: int = 32,
+        batch: int = 256,
+        poll_interval_s: float = 1.0,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        publish_timeout_s: float | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        if window < 1 or batch < 1:
+            raise ValueError("window and batch must be at least 1")
+        self.config = config
+        self.topics = topics
+        self.client_id = config.client_id or f"edgeveil-{topics.site}-{topics.gateway_id}"
+        self._spool = spool
+        self._metadata = _metadata_json(metadata)
+        self._metadata_dirty = False
+        self._on_published = on_published
+        self._window = window
+        self._batch = max(batch, window)
+        self._poll_interval = poll_interval_s
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
+        # A safety net only: a dead connection is noticed by keepalive well before this.
+        self._publish_timeout = publish_timeout_s or 2.0 * config.keepalive_s + 10.0
+        self._connect_timeout = connect_timeout_s
+        self._paho_log = _PahoLog()
+        self._session_up = False  # past CONNACK in the current attempt
+        self._password = _read_password(config)
+        self._tls = _tls_context(config)
+
+        self.connected = False
+        self.published = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._connections = 0
+        self._outage_since: float | None = None
+        self._failed_attempts = 0
+        self._put_at: dict[str, float] = {}
+
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._done = asyncio.Event()
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the API the service uses --------------------------------------------------------------
+
+    def notify(self, messages: Iterable[OutMessage] = (), *, at: float | None = None) -> None:
+        """The spool has new messages: publish them now rather than at the next poll.
+
+        Call from the event loop's thread. Passing the messages (and `at`, their arrival as
+        time.time(), e.g. a frame's arrival) lets on_published report each one's latency;
+        without them it reports None.
+        """
+        when = time.time() if at is None else at
+        for m in messages:
+            self._put_at[m.msg_id] = when
+        while len(self._put_at) > _PUT_TIMES_KEPT:
+            del self._put_at[next(iter(self._put_at))]
+        self._wake.set()
+
+    def set_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Replace the retained metadata; it is published at once if connected."""
+        self._metadata = _metadata_json(metadata)
+        self._metadata_dirty = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, announce, drain the spool, and reconnect after any error, until close().
+
+        Connection errors never escape. Cancelling it publishes "offline" (within 2 s, if the
+        connection is up) before disconnecting, like close().
+        """
+        if self._running:
+            raise RuntimeError("Uplink.run() is already running")
+        self._running = True
+        self._done.clear()
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    await self._session()
+                except aiomqtt.MqttError as exc:
+                    reason = _describe(exc, self._paho_log.socket_error)
+                    if not self._session_up and not isinstance(exc, MqttConnectError):
+                        reason = f"cannot connect: {reason}"
+                    self._lost(reason)
+                except Exception as exc:
+                    # Not a connection problem: a bug or a failing spool. Say so loudly (once),
+                    # then retry like any outage: losing the uplink must not stop the service.
+                    self._lost(f"{type(exc).__name__}: {exc}", exc)
+                finally:
+                    self.connected = False
+                if self._stop.is_set():
+                    break
+                if time.monotonic() - started >= STABLE_AFTER_S:
+                    self._backoff.reset()
+                delay = self._backoff.next()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+        finally:
+            self._running = False
+            self._done.set()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop: finish what is in flight, publish "offline", disconnect. Idempotent."""
+        self._stop.set()
+        self._wake.set()
+        if self._running:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._done.wait()
+            except TimeoutError:
+                log.warning("MQTT uplink did not stop within %.0f s; cancelling it", timeout)
+                if self._task is not None:
+                    self._task.cancel()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self.run(), name="edgeveil-uplink")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- one connection ------------------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        c = self.config
+        client = aiomqtt.Client(
+            c.host,
+            c.port,
+            username=c.username,
+            password=self._password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
+            clean_session=True,
+            keepalive=c.keepalive_s,
+            timeout=self._connect_timeout,
+            max_inflight_messages=self._window,
+            tls_context=self._tls,
+            logger=self._paho_log,
+        )
+        # aiomqtt warns above 10 pending publishes; our window is the bound that matters.
+        client.pending_calls_threshold = self._window + 8
+        return client
+
+    async def _session(self) -> None:
+        """One connection's lifetime: returns after a clean stop, raises when it is lost."""
+        self._paho_log.socket_error = None
+        self._session_up = False
+        async with self._client() as client:
+            self._session_up = True
+            watch = asyncio.create_task(_until_lost(client), name="edgeveil-uplink-watch")
+            work = asyncio.create_task(self._work(client), name="edgeveil-uplink-work")
+            try:
+                await asyncio.wait((watch, work), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                await _cancel(work)
+                if not watch.done():
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        async with asyncio.timeout(2.0):
+                            await client.publish(
+                                self.topics.availability, OFFLINE, qos=1, retain=True
+                            )
+                await _cancel(watch)
+                raise
+            if work.done() and not work.cancelled() and work.exception() is None:
+                await _cancel(watch)
+                return
+            await _cancel(work)
+            await _cancel(watch)
+            for task in (watch, work):  # the watcher's error names the cause of a loss
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+            raise aiomqtt.MqttError("connection lost")  # both were cancelled: not expected
+
+    async def _work(self, client: aiomqtt.Client) -> None:
+        await self._announce(client)
+        while not self._stop.is_set():
+            if self._metadata_dirty:
+                self._metadata_dirty = False
+                await client.publish(
+                    self.topics.metadata, self._metadata, qos=1, retain=True,
+                    timeout=self._publish_timeout,
+                )
+            self._wake.clear()  # before the peek: a notify() during the batch is not missed
+            batch = await asyncio.to_thread(self._spool.peek, self._batch)
+            if batch:
+                await self._publish_batch(client, batch)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+        await client.publish(
+            self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0
+        )
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        t = self._publish_timeout
+        await client.publish(self.topics.availability, ONLINE, qos=1, retain=True, timeout=t)
+        self._metadata_dirty = False
+        await client.publish(self.topics.metadata, self._metadata, qos=1, retain=True, timeout=t)
+        self._connections += 1
+        if self._connections > 1:
+            self.reconnects += 1
+        self.connected = True
+        c = self.config
+        if self._outage_since is not None:
+            log.info(
+                "MQTT connected to %s:%d again after %.0f s (%d failed attempts)",
+                c.host, c.port, time.monotonic() - self._outage_since, self._failed_attempts,
+            )
+        else:
+            log.info("MQTT connected to %s:%d as %s", c.host, c.port, self.client_id)
+        self._outage_since = None
+        self._failed_attempts = 0
+
+    async def _publish_batch(
+        self, client: aiomqtt.Client, batch: Sequence[tuple[int, OutMessage]]
+    ) -> None:
+        """Publish in spool order with at most `window` awaiting their PUBACK; then delete the
+        acknowledged prefix, also when the connection fails half-way."""
+        window = asyncio.Semaphore(self._window)
+        issued: list[tuple[int, OutMessage, asyncio.Task[float]]] = []
+
+        async def publish(msg: OutMessage) -> float:
+            try:
+                await client.publish(
+                    msg.topic, msg.payload, qos=1, retain=msg.retain,
+                    timeout=self._publish_timeout,
+                )
+                return time.time()
+            finally:
+                window.release()
+
+        try:
+            for seq, msg in batch:
+                await window.acquire()
+                if self._stop.is_set():
+                    window.release()
+                    break
+                # Tasks start in creation order, so PUBLISH packets leave in spool order.
+                issued.append((seq, msg, asyncio.create_task(publish(msg))))
+            await asyncio.gather(*(task for _, _, task in issued))
+        finally:
+            await self._settle(issued)
+
+    async def _settle(self, issued: list[tuple[int, OutMessage, asyncio.Task[float]]]) -> None:
+        acked: list[tuple[int, OutMessage, float]] = []
+        for seq, msg, task in issued:
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                break
+            acked.append((seq, msg, task.result()))
+        await asyncio.gather(*(_cancel(task) for _, _, task in issued))
+        if not acked:
+            return
+        # A crash between PUBACK and this delete means duplicates, never a loss.
+        await asyncio.to_thread(self._spool.delete, [seq for seq, _, _ in acked])
+        self.published += len(acked)
+        for _, msg, acked_at in acked:
+            put_at = self._put_at.pop(msg.msg_id, None)
+            if self._on_published is not None:
+                latency = None if put_at is None else max(0.0, acked_at - put_at)
+                try:
+                    self._on_published(msg, latency)
+                except Exception:
+                    log.exception("on_published callback failed")
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _lost(self, reason: str, exc: BaseException | None = None) -> None:
+        """One warning per outage (its first error); a changed reason at info, repeats at debug.
+        Stack traces only for errors that are not about the connection (bugs)."""
+        c = self.config
+        first = self._outage_since is None
+        if first:
+            self._outage_since = time.monotonic()
+        self._failed_attempts += 1
+        if first:
+            log.warning(
+                "MQTT broker %s:%d: %s; retrying with backoff (at most %g s apart)",
+                c.host, c.port, reason, self._backoff.maximum, exc_info=exc,
+            )
+        elif reason != self.last_error:
+            log.info(
+                "MQTT broker %s:%d still unreachable: %s", c.host, c.port, reason, exc_info=exc
+            )
+        else:
+            log.debug("MQTT broker %s:%d: %s (again)", c.host, c.port, reason)
+        self.last_error = reason
+
+
+async def _until_lost(client: aiomqtt.Client) -> None:
+    """Ends (with MqttError) when the connection is lost; we subscribe to nothing, so no
+    message ever arrives and `client.messages` only ends by a disconnection."""
+    async for _ in client.messages:
+        pass
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel a task and wait for it, retrieving its outcome (no "never retrieved" noise)."""
+    if not task.done():
+        task.cancel()
+    await asyncio.wait((task,))  # raises only if the caller itself is cancelled
+    if not task.cancelled():
+        task.exception()
+
+
+def _describe(exc: aiomqtt.MqttError, socket_error: str | None = None) -> str:
+    """One line that says what went wrong and, where we know, what to do."""
+    if isinstance(exc, MqttConnectError):
+        text = f"broker refused the connection: {exc}"
+        lowered = text.lower()
+        if "authori" in lowered or "user name" in lowered or "password" in lowered:
+            text += " (check mqtt.username and mqtt.password_file)"
+        return text
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if str(exc).startswith("Disconnected during message iteration"):  # from _until_lost
+        if socket_error:
+            return f"connection lost: {socket_error}"
+        if "Keep alive timeout" in str(cause):
+            return "connection lost: the broker did not answer within the keepalive"
+        return "connection lost: closed by the broker"
+    text = str(exc) or type(exc).__name__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        text += " (check mqtt.ca_file and that the broker's certificate names mqtt.host)"
+    return text
+
+
+def _metadata_json(metadata: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _read_password(config: MqttConfig) -> str | None:
+    if config.password_file is None:
+        return None
+    try:
+        text = config.password_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            "mqtt.password_file", f"cannot read {config.password_file}: {exc.strerror}"
+        ) from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ConfigError("mqtt.password_file", f"{config.password_file} is empty")
+    return password
+
+
+def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    """TLS 1.2+, the broker's certificate checked against ca_file (else the system's CAs) and
+    mqtt.host; a client certificate when cert_file and key_file are given."""
+    if not config.tls:
+        return None
+    key = "mqtt.ca_file"
+    try:
+        ca = None if config.ca_file is None else str(config.ca_file)
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if config.cert_file is not None and config.key_file is not None:
+            key = "mqtt.cert_file"
+            context.load_cert_chain(config.cert_file, config.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(key, f"cannot load: {exc}") from None
+    return context
+
+
+__all__ = ["OFFLINE", "ONLINE", "Backoff", "OnPublished", "SpoolQueue", "Uplink"]

@@ -1,0 +1,362 @@
+"""A real Mosquitto broker for integration tests, and an MQTT subscriber that collects messages.
+
+    with Mosquitto(tmp_path / "broker") as broker:      # 127.0.0.1, a free port
+        broker.stop(); broker.start()                    # same port: outages and restarts
+        broker.pause(); broker.resume()                  # SIGSTOP/SIGCONT: no PUBACKs meanwhile
+
+    async with Subscriber(broker.host, broker.port, "edgeveil/#") as sub:
+        await sub.wait_for(lambda got: len(got) >= 3)
+
+The `mosquitto` fixture below gives a started broker for one test; a test module or conftest
+may import it (`from tests.mosquitto import mosquitto`). Every process started here is killed
+when its test ends, failed or not (and at interpreter exit, as a last resort).
+
+Mosquitto missing is a failure, never a skip: scripts/test installs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+import pytest
+
+HOST = "127.0.0.1"
+MISSING = "install mosquitto (scripts/test does it)"
+# Debian puts the broker in /usr/sbin, which is not on every user's PATH.
+_SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+
+_live: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_live):
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
+def mosquitto_binary() -> str:
+    path = shutil.which("mosquitto", path=_SEARCH)
+    if path is None:
+        pytest.fail(f"mosquitto is not installed: {MISSING}", pytrace=False)
+    return path
+
+
+def mosquitto_passwd(password_file: Path, username: str, password: str) -> None:
+    """Mosquitto 2 reads hashed passwords only; its own tool writes them."""
+    tool = shutil.which("mosquitto_passwd", path=_SEARCH)
+    if tool is None:
+        pytest.fail(f"mosquitto_passwd is not installed: {MISSING}", pytrace=False)
+    flags = ["-b", "-c"] if not password_file.exists() else ["-b"]
+    subprocess.run(
+        [tool, *flags, str(password_file), username, password],
+        check=True, capture_output=True, timeout=10,
+    )
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A listener's certificate: PEM files of the CA, the server's chain and its key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class Mosquitto:
+    """One mosquitto process on 127.0.0.1 with a generated configuration.
+
+    `tls` makes the listener TLS-only; `password_file` (from mosquitto_passwd) turns anonymous
+    access off; `persistence` keeps sessions, queued messages and retained messages across a
+    stop()/start() (in `workdir`), as a production broker would.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        tls: TlsFiles | None = None,
+        password_file: Path | None = None,
+        persistence: bool = False,
+        extra: str = "",
+    ) -> None:
+        self.binary = mosquitto_binary()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.host = HOST
+        self.port = port or free_port()
+        self.tls = tls
+        self.config_file = workdir / "mosquitto.conf"
+        self.log_file = workdir / "mosquitto.log"
+        lines = [
+            f"listener {self.port} {HOST}",
+            f"allow_anonymous {'false' if password_file else 'true'}",
+            f"persistence {'true' if persistence else 'false'}",
+            "user root",  # when run as root, do not drop to the 'mosquitto' user (tmp files)
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+        ]
+        if persistence:
+            lines.append(f"persistence_location {workdir}/")
+        if password_file is not None:
+            lines.append(f"password_file {password_file}")
+        if tls is not None:
+            lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}"]
+        if extra:
+            lines.append(extra)
+        self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    # -- process control (blocking; use the a* forms inside a running event loop) ----------------
+
+    def start(self, timeout: float = 5.0) -> None:
+        if self.running:
+            return
+        self._log = self.log_file.open("ab")
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self.config_file)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        _live.add(self._proc)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                self._reap()
+                pytest.fail(f"mosquitto exited at start:\n{self.log()}", pytrace=False)
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    pytest.fail(f"mosquitto did not listen within {timeout} s:\n{self.log()}")
+                time.sleep(0.02)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """A graceful stop (SIGTERM): clients see their connection closed."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGCONT)  # a paused broker cannot handle SIGTERM
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._reap()
+
+    def kill(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._reap()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts bytes, but the broker answers nothing."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGCONT)
+
+    async def astart(self) -> None:
+        await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            _live.discard(self._proc)
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A started broker for one test, killed when the test ends."""
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+# -- a subscriber ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+
+class Subscriber:
+    """Collects every message on `topic_filter` in `received`, in arrival order.
+
+    It reconnects by itself when the broker goes away. With `session` (a client id), the
+    session is persistent (clean_session=False) and the subscription QoS 1, so a broker with
+    persistence queues what arrives while the subscriber is away.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic_filter: str,
+        *,
+        session: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.topic_filter = topic_filter
+        self.session = session
+        self.username = username
+        self.password = password
+        self.tls_context = tls_context
+        self.received: list[Received] = []
+        self.connections = 0
+        self._changed = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                client = aiomqtt.Client(
+                    self.host, self.port, identifier=self.session,
+                    clean_session=self.session is None, username=self.username,
+                    password=self.password, tls_context=self.tls_context, timeout=5,
+                )
+                async with client:
+                    await client.subscribe(self.topic_filter, qos=1)
+                    self.connections += 1
+                    self._subscribed.set()
+                    async for m in client.messages:
+                        payload = m.payload if isinstance(m.payload, bytes) else str(
+                            m.payload
+                        ).encode()
+                        self.received.append(Received(m.topic.value, payload, m.retain, m.qos))
+                        self._changed.set()
+            except aiomqtt.MqttError:
+                self._subscribed.clear()
+                await asyncio.sleep(0.05)
+
+    async def wait_for(
+        self, condition: Callable[[list[Received]], bool], timeout: float = 5.0
+    ) -> list[Received]:
+        """Wait until condition(received) holds; returns `received`."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition(self.received):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            summary = [(r.topic, r.payload[:60], r.retain) for r in self.received[-10:]]
+            raise AssertionError(
+                f"{self.topic_filter}: condition not met within {timeout} s; "
+                f"{len(self.received)} received, the last: {summary}"
+            ) from None
+        return self.received
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [r.payload for r in self.received if r.topic == topic]
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name=f"subscriber {self.topic_filter}")
+        try:
+            async with asyncio.timeout(5):
+                await self._subscribed.wait()
+        except TimeoutError:
+            await self.__aexit__(None, None, None)
+            raise AssertionError(f"could not subscribe at {self.host}:{self.port}") from None
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_subscribed(self, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self._subscribed.wait()
+
+
+@contextlib.asynccontextmanager
+async def subscribed(broker: Mosquitto, topic_filter: str, **kwargs: Any) -> AsyncIterator[
+    Subscriber
+]:
+    async with Subscriber(broker.host, broker.port, topic_filter, **kwargs) as sub:
+        yield sub

@@ -1,0 +1,542 @@
+"""The MQTT uplink against a real Mosquitto (tests/mosquitto.py), and the embedded amqtt broker.
+
+Each test starts its own broker on a free port. The spool is an in-memory stand-in with the
+interface of gateway.spool (put, peek, delete, depth) that also records every delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.broker import EmbeddedBroker
+from gateway.config import MqttConfig
+from gateway.records import OutMessage, Topics
+from gateway.uplink import Backoff, Uplink
+
+from .mosquitto import (
+    Mosquitto,
+    Received,
+    Subscriber,
+    TlsFiles,
+    mosquitto_passwd,
+    subscribed,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = Topics("edgeveil", "test-site", "gw-1")
+METADATA = {"site": "test-site", "gateway_id": "gw-1", "version": "0.1.0", "nodes": 3}
+DATA = f"{TOPICS.base}/node/#"
+
+
+class MemorySpool:
+    """Stand-in for gateway.spool.Spool: same methods, in memory, thread-safe (the uplink
+    calls peek and delete in a worker thread)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, OutMessage] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+        self.deletes: list[list[int]] = []
+
+    def put(self, messages: Sequence[OutMessage]) -> int:
+        with self._lock:
+            for m in messages:
+                self._rows[self._next] = m
+                self._next += 1
+        return len(messages)
+
+    def peek(self, limit: int) -> list[tuple[int, OutMessage]]:
+        with self._lock:
+            return sorted(self._rows.items())[:limit]
+
+    def delete(self, seqs: list[int]) -> None:
+        with self._lock:
+            for seq in seqs:
+                del self._rows[seq]  # KeyError: deleted twice
+            self.deletes.append(list(seqs))
+
+    @property
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+
+def messages(first: int, count: int, nodes: int = 3) -> list[OutMessage]:
+    out = []
+    for i in range(first, first + count):
+        node = 100 + i % nodes
+        msg_id = f"gw-1:{node}:{i}:0"
+        payload = json.dumps([{"bn": f"urn:dev:edgeveil:test-site:{node}:", "mid": msg_id,
+                               "n": "temperature", "u": "Cel", "v": i}]).encode()
+        out.append(OutMessage(msg_id, TOPICS.node(node, "readings"), payload))
+    return out
+
+
+def mid(r: Received) -> str:
+    return str(json.loads(r.payload)[0]["mid"])
+
+
+def first_copies(received: list[Received]) -> list[Received]:
+    """What a consumer keeps when it drops duplicates by message id."""
+    seen: set[str] = set()
+    out = []
+    for r in received:
+        if mid(r) not in seen:
+            seen.add(mid(r))
+            out.append(r)
+    return out
+
+
+def by_topic(items: Sequence[OutMessage | Received]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for m in items:
+        out.setdefault(m.topic, []).append(m.payload)
+    return out
+
+
+def config(broker: Mosquitto | EmbeddedBroker, **overrides: object) -> MqttConfig:
+    return MqttConfig(host=broker.host, port=broker.port, keepalive_s=5, **overrides)  # type: ignore[arg-type]
+
+
+def uplink_for(
+    broker: Mosquitto | EmbeddedBroker, spool: MemorySpool, **kwargs: object
+) -> Uplink:
+    settings: dict[str, object] = {
+        "backoff_initial_s": 0.1, "backoff_max_s": 0.5, "poll_interval_s": 0.2,
+    }
+    settings.update(kwargs)
+    cfg = settings.pop("config", None) or config(broker)
+    return Uplink(cfg, spool, TOPICS, METADATA, **settings)  # type: ignore[arg-type]
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout} s: {what}") from None
+
+
+def last_payload(topic: str) -> Callable[[list[Received]], bytes | None]:
+    def get(received: list[Received]) -> bytes | None:
+        mine = [r.payload for r in received if r.topic == topic]
+        return mine[-1] if mine else None
+
+    return get
+
+
+availability = last_payload(TOPICS.availability)
+
+
+async def retained(broker: Mosquitto, **kwargs: object) -> dict[str, Received]:
+    """What a fresh subscriber gets at once for the gateway's availability and metadata."""
+    async with subscribed(broker, f"{TOPICS.base}/+", **kwargs) as sub:  # type: ignore[arg-type]
+        await sub.wait_for(lambda got: len(got) >= 2)
+        return {r.topic: r for r in sub.received}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "mosquitto") as b:
+        yield b
+
+
+# -- delivery ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_delivers_in_order_exactly_once_and_deletes_only_after_puback(
+    broker: Mosquitto,
+) -> None:
+    spool = MemorySpool()
+    latencies: list[float | None] = []
+    async with subscribed(broker, "edgeveil/#") as sub:
+        async with uplink_for(broker, spool, on_published=lambda m, s: latencies.append(s)) as up:
+            await sub.wait_for(lambda got: availability(got) == b"online")
+            first = messages(0, 300)
+            spool.put(first)
+            up.notify(first)
+            await sub.wait_for(lambda got: len(by_topic_data(got)) >= 300)
+            await eventually(lambda: up.published == 300, "all acknowledged")
+            assert spool.depth == 0
+
+            data = by_topic_data(sub.received)
+            assert [(r.topic, r.payload) for r in data] == [(m.topic, m.payload) for m in first]
+            assert [s for batch in spool.deletes for s in batch] == list(range(1, 301))
+            assert up.published == 300
+            assert len(latencies) == 300
+            assert all(s is not None and 0 <= s < 5 for s in latencies)
+
+            # A frozen broker still takes our bytes (the kernel does) but sends no PUBACK:
+            # nothing may leave the spool.
+            broker.pause()
+            second = messages(300, 40)
+            spool.put(second)
+            up.notify(second)
+            await asyncio.sleep(1.0)
+            assert spool.depth == 40
+            assert up.published == 300
+            broker.resume()
+            await sub.wait_for(lambda got: len(by_topic_data(got)) >= 340)
+            await eventually(lambda: up.published == 340, "all acknowledged after resume")
+            assert spool.depth == 0
+            data = by_topic_data(sub.received)
+            assert [r.payload for r in data] == [m.payload for m in first + second]
+            assert up.reconnects == 0
+            assert up.last_error is None
+        # a clean stop publishes "offline" itself (the will is not sent on a clean DISCONNECT)
+        await sub.wait_for(lambda got: availability(got) == b"offline")
+    got = await retained(broker)
+    assert got[TOPICS.availability].payload == b"offline"
+    assert got[TOPICS.availability].retain
+
+
+def by_topic_data(received: list[Received]) -> list[Received]:
+    return [r for r in received if "/node/" in r.topic]
+
+
+@pytest.mark.asyncio
+async def test_broker_outage_loses_nothing_and_uplink_reconnects_by_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Persistence on this broker keeps the SUBSCRIBER's session over the restart, so the test
+    # sees everything; the uplink's own session is clean and does not need it.
+    spool = MemorySpool()
+    with Mosquitto(tmp_path / "mosquitto", persistence=True) as broker:
+        async with (
+            subscribed(broker, DATA, session="test-consumer") as sub,
+            uplink_for(broker, spool) as up,
+        ):
+            before = messages(0, 30)
+            spool.put(before)
+            up.notify(before)
+            await sub.wait_for(lambda got: len(got) >= 30)
+
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="edgeveil.uplink"):
+                await broker.astop()
+                await eventually(lambda: not up.connected, "uplink saw the outage")
+                during = messages(30, 50)
+                for i in range(0, 50, 10):  # ingest keeps putting during the outage
+                    spool.put(during[i : i + 10])
+                    up.notify(during[i : i + 10])
+                    await asyncio.sleep(0.3)
+                assert spool.depth == 50  # nothing deleted without a PUBACK
+                assert up.last_error is not None
+                await broker.astart()
+                await eventually(lambda: up.connected, "uplink reconnected", timeout=5)
+            after = messages(80, 20)
+            spool.put(after)
+            up.notify(after)
+
+            await sub.wait_for(lambda got: len({mid(r) for r in got}) >= 100, timeout=8)
+            await eventually(lambda: up.published >= 100, "all acknowledged")
+            assert spool.depth == 0
+            assert up.reconnects == 1
+
+    kept = first_copies(sub.received)
+    assert by_topic(kept) == by_topic(before + during + after)  # all, in order per topic
+    ours = [r for r in caplog.records if r.name.startswith("edgeveil")]
+    warnings = [r for r in ours if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # one line per outage
+    assert "connection lost" in warnings[0].getMessage()
+    assert not any(r.exc_info for r in ours)  # no stack traces
+    assert any("again after" in r.getMessage() for r in ours)
+
+
+@pytest.mark.asyncio
+async def test_broker_restart_gets_online_and_metadata_retained_again(broker: Mosquitto) -> None:
+    spool = MemorySpool()
+    async with uplink_for(broker, spool) as up:
+        await eventually(lambda: up.connected, "connected")
+        got = await retained(broker)
+        assert got[TOPICS.availability].payload == b"online"
+
+        # The broker forgets retained messages on a restart (no persistence): show it with a
+        # topic of the test's own...
+        async with subscribed(broker, "probe") as probe_sub:
+            await publish_once(broker, "probe", b"x", retain=True)
+            await probe_sub.wait_for(lambda got: len(got) == 1)
+        await broker.astop()
+        await eventually(lambda: not up.connected, "uplink saw the restart")
+        await broker.astart()
+        async with subscribed(broker, "probe") as probe_sub:
+            await asyncio.sleep(0.3)
+            assert probe_sub.received == []
+
+        # ...and the uplink announces itself again, without being restarted.
+        await eventually(lambda: up.connected and up.reconnects == 1, "reconnected")
+        got = await retained(broker)
+        assert got[TOPICS.availability].payload == b"online"
+        assert got[TOPICS.availability].retain
+        assert json.loads(got[TOPICS.metadata].payload) == METADATA
+        assert got[TOPICS.metadata].retain
+
+        up.set_metadata({**METADATA, "nodes": 4})
+        async with subscribed(broker, TOPICS.metadata) as sub:
+            await sub.wait_for(lambda got: any(json.loads(r.payload)["nodes"] == 4 for r in got))
+
+
+async def publish_once(broker: Mosquitto, topic: str, payload: bytes, *, retain: bool) -> None:
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.publish(topic, payload, qos=1, retain=retain)
+
+
+# -- availability ------------------------------------------------------------------------------
+
+CHILD = """
+import asyncio, sys
+from gateway.config import MqttConfig
+from gateway.records import Topics
+from gateway.uplink import Uplink
+
+class EmptySpool:
+    def peek(self, limit):
+        return []
+    def delete(self, seqs):
+        pass
+
+async def main():
+    config = MqttConfig(host=sys.argv[1], port=int(sys.argv[2]), keepalive_s=5)
+    topics = Topics("edgeveil", "test-site", "gw-1")
+    await Uplink(config, EmptySpool(), topics, {"site": "test-site"}).run()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.asyncio
+async def test_last_will_offline_when_the_gateway_dies(broker: Mosquitto, tmp_path: Path) -> None:
+    stderr = (tmp_path / "child.err").open("wb")
+    async with subscribed(broker, f"{TOPICS.base}/+") as sub:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, broker.host, str(broker.port), cwd=ROOT, stderr=stderr,
+        )
+        try:
+            try:
+                await sub.wait_for(
+                    lambda got: availability(got) == b"online"
+                    and last_payload(TOPICS.metadata)(got) is not None,
+                    timeout=8,
+                )
+            except AssertionError:
+                stderr.flush()
+                raise AssertionError((tmp_path / "child.err").read_text()) from None
+            child.kill()  # SIGKILL: no clean shutdown, the kernel closes the socket
+            await child.wait()
+            await sub.wait_for(lambda got: availability(got) == b"offline")
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+            stderr.close()
+    got = await retained(broker)
+    assert got[TOPICS.availability].payload == b"offline"
+    assert got[TOPICS.availability].retain
+    assert json.loads(got[TOPICS.metadata].payload) == {"site": "test-site"}
+
+
+@pytest.mark.asyncio
+async def test_cancelled_run_publishes_offline(broker: Mosquitto) -> None:
+    """The TaskGroup shape: run() in a task; cancelling it still says "offline"."""
+    spool = MemorySpool()
+    up = uplink_for(broker, spool)
+    async with subscribed(broker, TOPICS.availability) as sub:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(up.run(), name="uplink")
+            await sub.wait_for(lambda got: availability(got) == b"online")
+            task.cancel()
+        assert task.cancelled()
+        await sub.wait_for(lambda got: availability(got) == b"offline")
+    got = await retained(broker)
+    assert got[TOPICS.availability].payload == b"offline"
+
+
+# -- TLS and credentials -----------------------------------------------------------------------
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_tls(directory: Path) -> TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1, written to `directory`."""
+    ca_key, ca_cert = make_ca("edgeveil test CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(IPv4Address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.key.chmod(0o600)
+    return files
+
+
+# paho leaves the socket of a failed TLS handshake to the garbage collector (ResourceWarning).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.asyncio
+async def test_tls_with_username_and_password(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path / "pki")
+    passwd = tmp_path / "passwd"
+    mosquitto_passwd(passwd, "gateway", "right horse battery")
+    mosquitto_passwd(passwd, "consumer", "consumer secret")
+    (tmp_path / "good").write_text("right horse battery\n")
+    (tmp_path / "bad").write_text("wrong horse\n")
+    _, other_ca = make_ca("some other CA")
+    (tmp_path / "other-ca.pem").write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
+
+    with Mosquitto(tmp_path / "mosquitto", tls=tls, password_file=passwd) as broker:
+        consumer_tls = ssl.create_default_context(cafile=str(tls.ca))
+        spool = MemorySpool()
+        good = config(
+            broker, tls=True, ca_file=tls.ca, username="gateway", password_file=tmp_path / "good"
+        )
+        async with (
+            subscribed(
+                broker, DATA, username="consumer", password="consumer secret",  # noqa: S106
+                tls_context=consumer_tls,
+            ) as sub,
+            uplink_for(broker, spool, config=good) as up,
+        ):
+            batch = messages(0, 10)
+            spool.put(batch)
+            up.notify(batch)
+            await sub.wait_for(lambda got: len(got) >= 10)
+            assert [r.payload for r in sub.received] == [m.payload for m in batch]
+            assert up.connected
+            assert up.last_error is None
+
+        wrong_password = config(
+            broker, tls=True, ca_file=tls.ca, username="gateway",
+            password_file=tmp_path / "bad", client_id="edgeveil-wrong-password",
+        )
+        async with uplink_for(broker, MemorySpool(), config=wrong_password) as up:
+            await eventually(lambda: up.last_error is not None, "an error")
+            assert not up.connected
+            assert "refused" in up.last_error  # type: ignore[operator]
+            assert "not authori" in up.last_error.lower()  # type: ignore[union-attr]
+            assert "mqtt.password_file" in up.last_error  # type: ignore[operator]
+            await asyncio.sleep(0.5)  # it keeps trying, and nothing crashes
+            assert not up.connected
+
+        wrong_ca = config(
+            broker, tls=True, ca_file=tmp_path / "other-ca.pem", username="gateway",
+            password_file=tmp_path / "good", client_id="edgeveil-wrong-ca",
+        )
+        async with uplink_for(broker, MemorySpool(), config=wrong_ca) as up:
+            await eventually(lambda: up.last_error is not None, "an error")
+            assert "certificate verify failed" in up.last_error  # type: ignore[operator]
+            assert not up.connected
+
+
+# -- the embedded broker -----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_embedded_broker_round_trip() -> None:
+    async with EmbeddedBroker() as eb:
+        assert eb.host == "127.0.0.1"
+        assert eb.port > 0
+        async with Subscriber(eb.host, eb.port, "edgeveil/#") as sub:
+            spool = MemorySpool()
+            async with uplink_for(eb, spool) as up:
+                batch = messages(0, 20)
+                spool.put(batch)
+                up.notify(batch)
+                await sub.wait_for(lambda got: len(by_topic_data(got)) >= 20)
+                await eventually(lambda: spool.depth == 0, "spool drained")
+            data = by_topic_data(sub.received)
+            assert [r.payload for r in data] == [m.payload for m in batch]
+            await sub.wait_for(lambda got: availability(got) == b"offline")
+            assert b"online" in sub.payloads(TOPICS.availability)
+
+
+def test_embedded_broker_listens_on_loopback_only() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        EmbeddedBroker(host="0.0.0.0")  # noqa: S104
+    EmbeddedBroker(host="::1")
+    EmbeddedBroker(host="localhost")
+
+
+# -- backoff -----------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_to_its_maximum_with_jitter() -> None:
+    b = Backoff(0.5, 30.0)
+    ceilings = [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    for ceiling in ceilings:
+        delay = b.next()
+        assert ceiling / 2 <= delay <= ceiling
+    b.reset()
+    assert b.next() <= 0.5
