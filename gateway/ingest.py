@@ -85,7 +85,7 @@ Send = Callable[[str, bytes], Awaitable[bool]]
 
 
 class Ingest:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one argument per collaborator, each named at the call
         self,
         registry: NodeRegistry,
         policy: PrivacyStage,
@@ -93,7 +93,7 @@ class Ingest:
         topics: Topics,
         payload_format: str,
         send: Send,
-        notify_uplink: Callable[[], None],
+        notify_uplink: Callable[..., None],  # Uplink.notify(messages, at=arrival)
         metrics: Metrics,
     ) -> None:
         self.registry = registry
@@ -174,11 +174,12 @@ class Ingest:
             except SpoolFullError:
                 # not stored, so neither accepted nor acknowledged: the nodes send them again
                 self.metrics.spool_dropped.labels("refused").inc(len(out))
-                log.warning("spool full (when_full = refuse_new): %d frames not acknowledged",
-                            len(accepted))
+                log.warning(
+                    "spool full (when_full = refuse_new): %d frames not acknowledged", len(accepted)
+                )
                 acks = {k: [c for c in v if (k[1], c) not in in_batch] for k, v in acks.items()}
                 accepted = []
-            self.notify_uplink()
+            self.notify_uplink(out, at=min(a.time for a in batch))
         if accepted:
             self.registry.accept_many(accepted)
         await self._downlink(acks, time_syncs)

@@ -1,0 +1,140 @@
+"""`edgeveil gateway ...`: run, check-config, status, import-nodes.
+
+Each function returns an exit status and raises UsageError for what the user got wrong (the
+CLI prints it as one line and exits 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from . import config as config_mod
+from .errors import ConfigError, EdgeveilError, RegistryError
+from .registry import NodeRegistry
+from .service import Gateway
+
+
+class UsageError(Exception):
+    """Something the user asked for cannot be done as asked: one line, exit status 2."""
+
+
+def _load(path: Path | None) -> config_mod.GatewayConfig:
+    try:
+        return config_mod.load(path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def setup_logging(level: str) -> None:
+    # key facts in the message, never payloads, secrets or device identifiers (ingest, uplink
+    # and transport log only counts, reasons, ports and node ids)
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def check_config(path: Path | None) -> int:
+    config = _load(path)
+    print(f"{path or 'defaults'}: ok")
+    print(f"  site {config.site}, gateway {config.gateway_id}, state in {config.state_dir}")
+    for port in config.serial:
+        where = port.url or (
+            f"usb {port.usb.vid:04x}:{port.usb.pid:04x}"
+            + (f" serial {port.usb.serial_number}" if port.usb and port.usb.serial_number else "")
+            if port.usb
+            else "?"
+        )
+        print(f"  serial {port.name}: {where} at {port.baudrate} baud")
+    if config.mqtt is None:
+        print("  mqtt: embedded broker on localhost (no [mqtt] table)")
+    else:
+        m = config.mqtt
+        tls = "TLS" if m.tls else "no TLS"
+        user = f", user {m.username}" if m.username else ""
+        print(f"  mqtt: {m.host}:{m.port}, {tls}{user}, payload {m.payload}")
+    s = config.spool
+    print(f"  spool: at most {s.max_messages} messages, {s.max_age_s} s, when full: {s.when_full}")
+    print(f"  metrics: {config.metrics_listen or 'off'}")
+    return 0
+
+
+def import_nodes(path: Path, config_path: Path | None, replace: bool) -> int:
+    config = _load(config_path)
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        with NodeRegistry.open(config.state_dir / "registry.db") as registry:
+            added = registry.import_file(path, replace=replace)
+            total = len(registry)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{added} nodes imported from {path}; {total} registered in {config.state_dir}")
+    return 0
+
+
+def run(path: Path | None) -> int:
+    config = _load(path)
+    setup_logging(config.log_level)
+    gateway = Gateway(config)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if task is not None:  # stop cleanly: the uplink says "offline" on its way out
+                loop.add_signal_handler(sig, task.cancel)
+        await gateway.run()
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        pass
+    except EdgeveilError as exc:
+        print(f"edgeveil gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def status(metrics_url: str) -> int:
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - local URL the user gave
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"no gateway answers at {metrics_url} ({reason}): is it running, with metrics on?")
+        return 1
+    values: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name].append((sample.labels, sample.value))
+
+    def one(name: str) -> float:
+        return sum(v for _, v in values.get(name, []))
+
+    print(
+        f"broker: {'connected' if one('edgeveil_broker_connected') else 'NOT connected'}, "
+        f"{int(one('edgeveil_mqtt_published_total'))} messages published"
+    )
+    print(
+        f"spool: {int(one('edgeveil_spool_depth'))} waiting, oldest "
+        f"{one('edgeveil_spool_oldest_age_seconds'):.0f} s"
+    )
+    for labels, value in values.get("edgeveil_link_up", []):
+        print(f"serial {labels['port']}: {'open' if value else 'WAITING for the port'}")
+    outcomes: dict[str, float] = defaultdict(float)
+    for labels, value in values.get("edgeveil_frames_total", []):
+        outcomes[labels["outcome"]] += value
+    shown = ", ".join(f"{k} {int(v)}" for k, v in sorted(outcomes.items())) or "none yet"
+    print(f"frames: {shown}")
+    print(f"nodes registered: {int(one('edgeveil_registered_nodes'))}")
+    return 0
