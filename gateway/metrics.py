@@ -31,7 +31,9 @@ class Metrics:
             registry=r,
         )
         self.link_up = Gauge(
-            "edgeveil_link_up", "1 while the serial port is open, 0 while waiting", ["port"],
+            "edgeveil_link_up",
+            "1 while the serial port is open, 0 while waiting",
+            ["port"],
             registry=r,
         )
         self.link_disconnects = Counter(

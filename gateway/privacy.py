@@ -72,8 +72,10 @@ class DefaultPolicy:
         if isinstance(message, Status):
             return [Record("status", node_id, zone, arrival, msg_id, _status(message))]
         if isinstance(message, Event):
-            name = EVENT_CODES[message.code] if message.code < len(EVENT_CODES) else (
-                f"event{message.code}"
+            name = (
+                EVENT_CODES[message.code]
+                if message.code < len(EVENT_CODES)
+                else (f"event{message.code}")
             )
             value = 1 if message.value is None else message.value
             m = Measurement(name, "", value)

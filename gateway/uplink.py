@@ -331,7 +331,10 @@ class Uplink:
             if self._metadata_dirty:
                 self._metadata_dirty = False
                 await client.publish(
-                    self.topics.metadata, self._metadata, qos=1, retain=True,
+                    self.topics.metadata,
+                    self._metadata,
+                    qos=1,
+                    retain=True,
                     timeout=self._publish_timeout,
                 )
             self._wake.clear()  # before the peek: a notify() during the batch is not missed
@@ -342,9 +345,7 @@ class Uplink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_interval):
                     await self._wake.wait()
-        await client.publish(
-            self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0
-        )
+        await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0)
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         t = self._publish_timeout
@@ -359,7 +360,10 @@ class Uplink:
         if self._outage_since is not None:
             log.info(
                 "MQTT connected to %s:%d again after %.0f s (%d failed attempts)",
-                c.host, c.port, time.monotonic() - self._outage_since, self._failed_attempts,
+                c.host,
+                c.port,
+                time.monotonic() - self._outage_since,
+                self._failed_attempts,
             )
         else:
             log.info("MQTT connected to %s:%d as %s", c.host, c.port, self.client_id)
@@ -377,7 +381,10 @@ class Uplink:
         async def publish(msg: OutMessage) -> float:
             try:
                 await client.publish(
-                    msg.topic, msg.payload, qos=1, retain=msg.retain,
+                    msg.topic,
+                    msg.payload,
+                    qos=1,
+                    retain=msg.retain,
                     timeout=self._publish_timeout,
                 )
                 return time.time()
@@ -430,7 +437,11 @@ class Uplink:
         if first:
             log.warning(
                 "MQTT broker %s:%d: %s; retrying with backoff (at most %g s apart)",
-                c.host, c.port, reason, self._backoff.maximum, exc_info=exc,
+                c.host,
+                c.port,
+                reason,
+                self._backoff.maximum,
+                exc_info=exc,
             )
         elif reason != self.last_error:
             log.info(

@@ -21,8 +21,14 @@ import pytest
 import serial
 
 from firmware.host.fleet import Fleet
-from protocol import NEED_DATA, NodeKeys, RemoteProtocolError, StreamDecoder, open_frame
-from protocol import parse_header
+from protocol import (
+    NEED_DATA,
+    NodeKeys,
+    RemoteProtocolError,
+    StreamDecoder,
+    open_frame,
+    parse_header,
+)
 from protocol.messages import MESSAGE_CLASSES
 from protocol.quantities import quantity_id
 

@@ -224,6 +224,7 @@ async def test_broker_outage_loses_nothing_and_uplink_reconnects_by_itself(
             subscribed(broker, DATA, session="test-consumer") as sub,
             uplink_for(broker, spool) as up,
         ):
+            up._paho_log.setLevel(logging.DEBUG)
             before = messages(0, 30)
             spool.put(before)
             up.notify(before)
@@ -247,7 +248,13 @@ async def test_broker_outage_loses_nothing_and_uplink_reconnects_by_itself(
             up.notify(after)
 
             await sub.wait_for(lambda got: len({mid(r) for r in got}) >= 100, timeout=8)
-            await eventually(lambda: up.published >= 100, "all acknowledged")
+            try:
+                await eventually(lambda: up.published >= 100, "all acknowledged")
+            except AssertionError:
+                for t in asyncio.all_tasks():
+                    t.print_stack()
+                print("published", up.published, "depth", spool.depth, spool.peek(5)[:1], spool.deletes)
+                raise
             assert spool.depth == 0
             assert up.reconnects == 1
 

@@ -9,7 +9,6 @@ import time
 from micropython import const
 
 from protocol import (
-    NEED_DATA,
     RemoteProtocolError,
     ReplayWindow,
     StreamDecoder,
@@ -183,13 +182,12 @@ class SerialLink:
         while True:
             try:
                 frame = self._decoder.next_event()
-                if frame is NEED_DATA:
+                if not isinstance(frame, bytes):  # NEED_DATA
                     return messages
-                # mypy cannot narrow `frame is NEED_DATA` (a sentinel object) away: frame is bytes
-                header = parse_header(frame)  # type: ignore[arg-type]
+                header = parse_header(frame)
                 if header.node_id != self._keys.node_id:
                     continue  # for another node on a shared line
-                message = open_frame(frame, self._keys, False, header)  # type: ignore[arg-type]
+                message = open_frame(frame, self._keys, False, header)
                 if self._window.check(header.counter) == 1:  # NEW; a duplicate changes nothing
                     self._window.accept(header.counter)
                     messages.append(message)

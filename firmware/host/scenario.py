@@ -405,7 +405,8 @@ class Scenario:
 
     def _present(self, t: float) -> list[_Visit]:
         crowd = self.profile.crowd
-        first = max(0, math.floor((t - 4 * crowd.dwell_s) / crowd.bucket_s))
+        # the world did not start with the fleet: people arrived before t = 0 too
+        first = math.floor((t - 4 * crowd.dwell_s) / crowd.bucket_s)
         last = math.floor(t / crowd.bucket_s)
         return [
             v for k in range(first, last + 1) for v in self._bucket(k) if v.arrive <= t < v.leave
