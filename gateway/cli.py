@@ -105,7 +105,6 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         def faults_help() -> str:
             return "Faults: garbage, drop, reboot, power-cut, drift (NAME=VALUE), all or none."
 
-
     emulate = commands.add_parser(
         "emulate",
         help="run emulated nodes on pseudo-terminals (the real node firmware, no hardware)",

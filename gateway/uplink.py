@@ -125,9 +125,10 @@ class Uplink:
         await uplink.close()                   # run() then publishes "offline" and returns
 
     State for metrics and status (read it, do not set it): `connected` (connected and
-    "online" announced), `published` (messages acknowledged by the broker and deleted from
-    the spool), `reconnects` (connections made after the first), `last_error` (the latest
-    connection error, kept after a reconnect; None if there was none).
+    "online" announced), `published` (spooled messages the broker acknowledged with a
+    PUBACK; one sent again after a reconnect counts again), `reconnects` (connections made
+    after the first), `last_error` (the latest connection error, kept after a reconnect;
+    None if there was none).
     """
 
     def __init__(
@@ -404,25 +405,35 @@ class Uplink:
             await self._settle(issued)
 
     async def _settle(self, issued: list[tuple[int, OutMessage, asyncio.Task[float]]]) -> None:
-        acked: list[tuple[int, OutMessage, float]] = []
+        """Count the acknowledged prefix, stop the rest, delete the prefix from the spool.
+
+        Everything before the delete is synchronous, so a cancellation (the connection was
+        lost) cannot separate a PUBACK from its count. `published` counts PUBACKs: a message
+        whose delete is interrupted is sent and counted again (at least once)."""
+        acked: list[tuple[int, OutMessage]] = []
         for seq, msg, task in issued:
             if not task.done() or task.cancelled() or task.exception() is not None:
                 break
-            acked.append((seq, msg, task.result()))
-        await asyncio.gather(*(_cancel(task) for _, _, task in issued))
-        if not acked:
-            return
-        # A crash between PUBACK and this delete means duplicates, never a loss.
-        await asyncio.to_thread(self._spool.delete, [seq for seq, _, _ in acked])
-        self.published += len(acked)
-        for _, msg, acked_at in acked:
-            put_at = self._put_at.pop(msg.msg_id, None)
-            if self._on_published is not None:
-                latency = None if put_at is None else max(0.0, acked_at - put_at)
-                try:
-                    self._on_published(msg, latency)
-                except Exception:
-                    log.exception("on_published callback failed")
+            acked.append((seq, msg))
+            self._published_one(msg, task.result())
+        for _, _, task in issued:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: no "exception was never retrieved" noise
+        if acked:
+            # A crash between PUBACK and this delete means duplicates, never a loss.
+            await asyncio.to_thread(self._spool.delete, [seq for seq, _ in acked])
+
+    def _published_one(self, msg: OutMessage, acked_at: float) -> None:
+        self.published += 1
+        put_at = self._put_at.pop(msg.msg_id, None)
+        if self._on_published is not None:
+            latency = None if put_at is None else max(0.0, acked_at - put_at)
+            try:
+                self._on_published(msg, latency)
+            except Exception:
+                log.exception("on_published callback failed")
 
     # -- errors --------------------------------------------------------------------------------
 

@@ -46,5 +46,3 @@ class FakeClock:
             monkeypatch.setattr(time, name, getattr(self, name), raising=False)  # type: ignore[attr-defined]
         # MicroPython's gc reports the free heap; CPython's has no such thing
         monkeypatch.setattr(gc, "mem_free", lambda: 64_000, raising=False)  # type: ignore[attr-defined]
-
-

@@ -65,7 +65,9 @@ def mosquitto_passwd(password_file: Path, username: str, password: str) -> None:
     flags = ["-b", "-c"] if not password_file.exists() else ["-b"]
     subprocess.run(
         [tool, *flags, str(password_file), username, password],
-        check=True, capture_output=True, timeout=10,
+        check=True,
+        capture_output=True,
+        timeout=10,
     )
 
 
@@ -143,7 +145,9 @@ class Mosquitto:
         self._log = self.log_file.open("ab")
         self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.config_file)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         _live.add(self._proc)
         deadline = time.monotonic() + timeout
@@ -289,18 +293,23 @@ class Subscriber:
         while True:
             try:
                 client = aiomqtt.Client(
-                    self.host, self.port, identifier=self.session,
-                    clean_session=self.session is None, username=self.username,
-                    password=self.password, tls_context=self.tls_context, timeout=5,
+                    self.host,
+                    self.port,
+                    identifier=self.session,
+                    clean_session=self.session is None,
+                    username=self.username,
+                    password=self.password,
+                    tls_context=self.tls_context,
+                    timeout=5,
                 )
                 async with client:
                     await client.subscribe(self.topic_filter, qos=1)
                     self.connections += 1
                     self._subscribed.set()
                     async for m in client.messages:
-                        payload = m.payload if isinstance(m.payload, bytes) else str(
-                            m.payload
-                        ).encode()
+                        payload = (
+                            m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                        )
                         self.received.append(Received(m.topic.value, payload, m.retain, m.qos))
                         self._changed.set()
             except aiomqtt.MqttError:
@@ -355,8 +364,8 @@ class Subscriber:
 
 
 @contextlib.asynccontextmanager
-async def subscribed(broker: Mosquitto, topic_filter: str, **kwargs: Any) -> AsyncIterator[
-    Subscriber
-]:
+async def subscribed(
+    broker: Mosquitto, topic_filter: str, **kwargs: Any
+) -> AsyncIterator[Subscriber]:
     async with Subscriber(broker.host, broker.port, topic_filter, **kwargs) as sub:
         yield sub

@@ -105,7 +105,12 @@ def _driver(spec, buses):
     if kind == "pir":
         return PIR(machine.Pin(spec["pin"], machine.Pin.IN))
     if kind == "battery":
-        return Battery(machine.ADC(machine.Pin(spec["pin"])), spec["ratio_num"], spec["ratio_den"])
+        pin = machine.Pin(spec["pin"])
+        # ESP32: without 11 dB attenuation the ADC saturates near 1 V; the RP2040 has no such
+        # setting (its ADC always spans 0..3.3 V)
+        attn = getattr(machine.ADC, "ATTN_11DB", None)
+        adc = machine.ADC(pin) if attn is None else machine.ADC(pin, atten=attn)
+        return Battery(adc, spec["ratio_num"], spec["ratio_den"])
     import bluetooth  # noqa: PLC0415 - only boards with BLE have it
 
     return BLEScanner(bluetooth.BLE(), spec["max_devices"])

@@ -1,0 +1,12 @@
+"""The node firmware on a PC: emulated boards for CPython (never deployed to a board).
+
+- shims/: MicroPython's machine, bluetooth, cryptolib and micropython modules; the directory is
+  put first on sys.path of an emulated node's process, so the unchanged firmware imports them.
+- sim/: register- and command-level models of the sensor chips, used by the driver tests and by
+  the emulated board.
+- board.py: the emulated board behind the shims (pty link, I2C buses with the chip models, pins,
+  ADC, BLE radio, clock, scheduler, watchdog), built from the node's edgeveil.json.
+- scenario.py: the seeded world around a node (environment, BLE crowd, faults).
+- node.py: one emulated node process (`python -m firmware.host.node --flash DIR`).
+- fleet.py: N supervised nodes with fresh identities and a gateway registry (`edgeveil emulate`).
+"""

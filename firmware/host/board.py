@@ -36,11 +36,11 @@ import termios
 import threading
 import time
 import traceback
-import tty
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .fleet import open_pty  # one pty recipe for a lone node and for the fleet runner
 from .scenario import Conditions, Device, LineFaults, Scenario, rng_for
 
 # MicroPython's machine.reset_cause() values (the ESP32 numbering; protocol/messages.py
@@ -287,17 +287,6 @@ class Scheduler:
 
 # ---------------------------------------------------------------------------------------------
 # The link: a pseudo-terminal
-
-
-def open_pty() -> tuple[int, int]:
-    """A new pty pair (master, slave) with the slave in raw mode: no echo, no line editing,
-    no newline translation, as a USB-serial adapter."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    attrs = termios.tcgetattr(slave)
-    attrs[4] = attrs[5] = termios.B115200
-    termios.tcsetattr(slave, termios.TCSANOW, attrs)
-    return master, slave
 
 
 def _pending(fd: int) -> int:

@@ -10,6 +10,12 @@ pseudo-terminal, with a fresh identity, supervised like boards on a bench.
         fleet.restart(1)            # the reset button (HARD_RESET)
         fleet.registry_path         # JSON the gateway imports (mode 0600: it holds secrets)
 
+Options: scenario and faults (firmware/host/scenario.py; faults as in `--faults`, e.g.
+"drop=0.1,garbage"), reading_interval (seconds), configure(index, config) to change a node's
+edgeveil.json before it starts (e.g. config["link"] = {"type": "serial", "port": "console"}),
+on_event(node, text) to hear about resets and power cuts, firmware_main to run a script of
+your own instead of firmware/main.py (it gets the same shims and board).
+
 Identities are fresh every time: node ids and 16-byte secrets from os.urandom, never fixed and
 never derived from the seed (the seed makes the world repeatable, not the keys).
 
@@ -121,10 +127,10 @@ class EmulatedNode:
 
     index: int
     node_id: int
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a log line or a test report
     zone: str
     directory: Path
-    config: dict[str, Any]
+    config: dict[str, Any] = field(repr=False)  # holds the secret too
     unique_id: bytes
     device: str = ""
     state: str = "new"  # new, running, off, failed, stopped
@@ -451,7 +457,7 @@ class Fleet:
 
     def _check(self, node: EmulatedNode) -> None:
         now = time.monotonic()
-        if node.state == "off":
+        if node.state in ("off", "failed"):
             _drain(node.master)  # a dead line: the gateway's bytes go nowhere
             if node._power_on_at is not None and now >= node._power_on_at:
                 self._spawn(node, "power_on")
@@ -488,7 +494,7 @@ class Fleet:
 
 def open_pty() -> tuple[int, int]:
     """A pty pair (master, slave), the slave raw: no echo, no line editing, no newline
-    translation, as a USB-serial adapter (board.open_pty does the same for a lone node)."""
+    translation, as a USB-serial adapter. The board of a node started alone uses it too."""
     master, slave = os.openpty()
     tty.setraw(slave)
     attrs = termios.tcgetattr(slave)
