@@ -95,15 +95,7 @@ def _emulate(args: argparse.Namespace) -> int:
 
 
 def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    try:  # the texts come from the emulator; the other commands work without it
-        from .emulate import faults_help, scenario_help  # noqa: PLC0415
-    except ImportError:
-
-        def scenario_help() -> str:
-            return "Scenarios: office, street, night, stress."
-
-        def faults_help() -> str:
-            return "Faults: garbage, drop, reboot, power-cut, drift (NAME=VALUE), all or none."
+    from .emulate import faults_help, scenario_help  # noqa: PLC0415
 
     emulate = commands.add_parser(
         "emulate",
@@ -151,6 +143,81 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     emulate.set_defaults(handler=_emulate)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    if args.protocol:
+        return run_protocol_demo()
+    if not 1 <= args.nodes <= 32:
+        raise CliError(f"--nodes must be 1..32, got {args.nodes}")
+    if args.duration is not None and args.duration <= 0:
+        raise CliError(f"--duration must be more than 0 seconds, got {args.duration}")
+    from .live import run_demo  # noqa: PLC0415 - starts the heavy parts only when asked
+
+    return run_demo(args.nodes, args.duration, args.seed)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from . import commands  # noqa: PLC0415 - the service's imports only when it is used
+
+    try:
+        if args.gateway_command == "run":
+            return commands.run(args.config)
+        if args.gateway_command == "check-config":
+            return commands.check_config(args.config)
+        if args.gateway_command == "import-nodes":
+            return commands.import_nodes(args.file, args.config, args.replace)
+        return commands.status(args.metrics)
+    except commands.UsageError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gateway = commands.add_parser(
+        "gateway",
+        help="run and inspect the gateway service",
+        description="The gateway service: serial links in, verified and anonymised data out "
+        "over MQTT, nothing lost on the way.",
+    )
+    sub = gateway.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
+    config_help = "the gateway's TOML configuration (default: built-in defaults)"
+    run = sub.add_parser(
+        "run",
+        help="run the gateway until SIGTERM or Ctrl-C",
+        description="Run the gateway service. Errors in the configuration stop it at once with a "
+        "one-line message; everything else (ports unplugged, broker away) it waits out.",
+    )
+    run.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file and summarise it",
+        description="Read and validate a configuration file without starting anything. Exit "
+        "status 0 when it is valid, 2 with the key and the problem when it is not.",
+    )
+    check.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    imp = sub.add_parser(
+        "import-nodes",
+        help="register nodes from a registry file (edgeveil emulate, provisioning)",
+        description="Add the nodes of a registry file (JSON with node ids and secrets) to the "
+        "gateway's node registry. Nodes already registered with the same secret are skipped.",
+    )
+    imp.add_argument("file", type=Path, metavar="FILE", help="the registry file to import")
+    imp.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    imp.add_argument(
+        "--replace", action="store_true", help="replace nodes whose secret or zone differs"
+    )
+    status = sub.add_parser(
+        "status",
+        help="what a running gateway is doing: links, broker, spool, frames",
+        description="Ask a running gateway (through its metrics endpoint) for its state.",
+    )
+    status.add_argument(
+        "--metrics",
+        default="http://127.0.0.1:9108/metrics",
+        metavar="URL",
+        help="the gateway's metrics URL (default http://127.0.0.1:9108/metrics)",
+    )
+    gateway.set_defaults(handler=_gateway)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeveil",
@@ -161,11 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="show the whole path on this machine (for now: the wire protocol at work)",
-        description="Seal one frame of every v1 message type with a throw-away test key, show its "
-        "size, bytes and standard COSE form, open it again, and show tampered frames rejected.",
+        help="run emulated nodes, the gateway and an embedded broker here, and show what leaves",
+        description="Start emulated nodes (the real node firmware on pseudo-terminals), the "
+        "gateway and an embedded MQTT broker on this machine, in a temporary directory, and "
+        "print every message the gateway publishes. Nothing to install or configure. "
+        "With --protocol: walk through the wire protocol instead (sealing, sizes, COSE form, "
+        "rejections).",
     )
-    demo.set_defaults(handler=lambda _args: run_protocol_demo())
+    demo.add_argument(
+        "--nodes", type=int, default=3, metavar="N", help="emulated nodes (default 3)"
+    )
+    demo.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of the simulated world"
+    )
+    demo.add_argument("--protocol", action="store_true", help="the wire protocol walk-through")
+    demo.set_defaults(handler=_demo)
+
+    _add_gateway(commands)
 
     decode = commands.add_parser(
         "decode",
