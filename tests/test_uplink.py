@@ -1,7 +1,7 @@
 """The MQTT uplink against a real Mosquitto (tests/mosquitto.py), and the embedded amqtt broker.
 
-Each test starts its own broker on a free port. The spool is an in-memory stand-in with the
-interface of gateway.spool (put, peek, delete, depth) that also records every delete.
+Each test starts its own broker on a free port. The spool is the
+real gateway.spool.Spool (SQLite, in the test's temporary directory), recording every delete.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import json
 import logging
 import ssl
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -27,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway.broker import EmbeddedBroker
 from gateway.config import MqttConfig
 from gateway.records import OutMessage, Topics
+from gateway.spool import Spool
 from gateway.uplink import Backoff, Uplink
 
 from .mosquitto import (
@@ -44,37 +45,29 @@ METADATA = {"site": "test-site", "gateway_id": "gw-1", "version": "0.1.0", "node
 DATA = f"{TOPICS.base}/node/#"
 
 
-class MemorySpool:
-    """Stand-in for gateway.spool.Spool: same methods, in memory, thread-safe (the uplink
-    calls peek and delete in a worker thread)."""
+class RecordingSpool(Spool):
+    """The real spool (SQLite), recording the seqs of every delete() call in call order."""
 
-    def __init__(self) -> None:
-        self._rows: dict[int, OutMessage] = {}
-        self._next = 1
-        self._lock = threading.Lock()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.deletes: list[list[int]] = []
 
-    def put(self, messages: Sequence[OutMessage]) -> int:
-        with self._lock:
-            for m in messages:
-                self._rows[self._next] = m
-                self._next += 1
-        return len(messages)
+    def delete(self, seqs: Iterable[int]) -> None:
+        seqs = list(seqs)
+        super().delete(seqs)
+        self.deletes.append(seqs)
 
-    def peek(self, limit: int) -> list[tuple[int, OutMessage]]:
-        with self._lock:
-            return sorted(self._rows.items())[:limit]
 
-    def delete(self, seqs: list[int]) -> None:
-        with self._lock:
-            for seq in seqs:
-                del self._rows[seq]  # KeyError: deleted twice
-            self.deletes.append(list(seqs))
+def open_spool(directory: Path) -> RecordingSpool:
+    spool = RecordingSpool.open(directory / "spool.db", 1_000_000, 3600, "drop_oldest")
+    assert isinstance(spool, RecordingSpool)
+    return spool
 
-    @property
-    def depth(self) -> int:
-        with self._lock:
-            return len(self._rows)
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[RecordingSpool]:
+    with open_spool(tmp_path) as s:
+        yield s
 
 
 def messages(first: int, count: int, nodes: int = 3) -> list[OutMessage]:
@@ -82,8 +75,17 @@ def messages(first: int, count: int, nodes: int = 3) -> list[OutMessage]:
     for i in range(first, first + count):
         node = 100 + i % nodes
         msg_id = f"gw-1:{node}:{i}:0"
-        payload = json.dumps([{"bn": f"urn:dev:edgeveil:test-site:{node}:", "mid": msg_id,
-                               "n": "temperature", "u": "Cel", "v": i}]).encode()
+        payload = json.dumps(
+            [
+                {
+                    "bn": f"urn:dev:edgeveil:test-site:{node}:",
+                    "mid": msg_id,
+                    "n": "temperature",
+                    "u": "Cel",
+                    "v": i,
+                }
+            ]
+        ).encode()
         out.append(OutMessage(msg_id, TOPICS.node(node, "readings"), payload))
     return out
 
@@ -114,11 +116,11 @@ def config(broker: Mosquitto | EmbeddedBroker, **overrides: object) -> MqttConfi
     return MqttConfig(host=broker.host, port=broker.port, keepalive_s=5, **overrides)  # type: ignore[arg-type]
 
 
-def uplink_for(
-    broker: Mosquitto | EmbeddedBroker, spool: MemorySpool, **kwargs: object
-) -> Uplink:
+def uplink_for(broker: Mosquitto | EmbeddedBroker, spool: Spool, **kwargs: object) -> Uplink:
     settings: dict[str, object] = {
-        "backoff_initial_s": 0.1, "backoff_max_s": 0.5, "poll_interval_s": 0.2,
+        "backoff_initial_s": 0.1,
+        "backoff_max_s": 0.5,
+        "poll_interval_s": 0.2,
     }
     settings.update(kwargs)
     cfg = settings.pop("config", None) or config(broker)
@@ -163,9 +165,8 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.mark.asyncio
 async def test_delivers_in_order_exactly_once_and_deletes_only_after_puback(
-    broker: Mosquitto,
+    broker: Mosquitto, spool: RecordingSpool
 ) -> None:
-    spool = MemorySpool()
     latencies: list[float | None] = []
     async with subscribed(broker, "edgeveil/#") as sub:
         async with uplink_for(broker, spool, on_published=lambda m, s: latencies.append(s)) as up:
@@ -212,11 +213,10 @@ def by_topic_data(received: list[Received]) -> list[Received]:
 
 @pytest.mark.asyncio
 async def test_broker_outage_loses_nothing_and_uplink_reconnects_by_itself(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, spool: RecordingSpool, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Persistence on this broker keeps the SUBSCRIBER's session over the restart, so the test
     # sees everything; the uplink's own session is clean and does not need it.
-    spool = MemorySpool()
     with Mosquitto(tmp_path / "mosquitto", persistence=True) as broker:
         async with (
             subscribed(broker, DATA, session="test-consumer") as sub,
@@ -260,8 +260,9 @@ async def test_broker_outage_loses_nothing_and_uplink_reconnects_by_itself(
 
 
 @pytest.mark.asyncio
-async def test_broker_restart_gets_online_and_metadata_retained_again(broker: Mosquitto) -> None:
-    spool = MemorySpool()
+async def test_broker_restart_gets_online_and_metadata_retained_again(
+    broker: Mosquitto, spool: RecordingSpool
+) -> None:
     async with uplink_for(broker, spool) as up:
         await eventually(lambda: up.connected, "connected")
         got = await retained(broker)
@@ -325,13 +326,21 @@ async def test_last_will_offline_when_the_gateway_dies(broker: Mosquitto, tmp_pa
     stderr = (tmp_path / "child.err").open("wb")
     async with subscribed(broker, f"{TOPICS.base}/+") as sub:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, broker.host, str(broker.port), cwd=ROOT, stderr=stderr,
+            sys.executable,
+            "-c",
+            CHILD,
+            broker.host,
+            str(broker.port),
+            cwd=ROOT,
+            stderr=stderr,
         )
         try:
             try:
                 await sub.wait_for(
-                    lambda got: availability(got) == b"online"
-                    and last_payload(TOPICS.metadata)(got) is not None,
+                    lambda got: (
+                        availability(got) == b"online"
+                        and last_payload(TOPICS.metadata)(got) is not None
+                    ),
                     timeout=8,
                 )
             except AssertionError:
@@ -352,9 +361,8 @@ async def test_last_will_offline_when_the_gateway_dies(broker: Mosquitto, tmp_pa
 
 
 @pytest.mark.asyncio
-async def test_cancelled_run_publishes_offline(broker: Mosquitto) -> None:
+async def test_cancelled_run_publishes_offline(broker: Mosquitto, spool: RecordingSpool) -> None:
     """The TaskGroup shape: run() in a task; cancelling it still says "offline"."""
-    spool = MemorySpool()
     up = uplink_for(broker, spool)
     async with subscribed(broker, TOPICS.availability) as sub:
         async with asyncio.TaskGroup() as tg:
@@ -388,9 +396,15 @@ def make_ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -444,7 +458,7 @@ def make_tls(directory: Path) -> TlsFiles:
 # paho leaves the socket of a failed TLS handshake to the garbage collector (ResourceWarning).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.asyncio
-async def test_tls_with_username_and_password(tmp_path: Path) -> None:
+async def test_tls_with_username_and_password(tmp_path: Path, spool: RecordingSpool) -> None:
     tls = make_tls(tmp_path / "pki")
     passwd = tmp_path / "passwd"
     mosquitto_passwd(passwd, "gateway", "right horse battery")
@@ -456,13 +470,15 @@ async def test_tls_with_username_and_password(tmp_path: Path) -> None:
 
     with Mosquitto(tmp_path / "mosquitto", tls=tls, password_file=passwd) as broker:
         consumer_tls = ssl.create_default_context(cafile=str(tls.ca))
-        spool = MemorySpool()
         good = config(
             broker, tls=True, ca_file=tls.ca, username="gateway", password_file=tmp_path / "good"
         )
         async with (
             subscribed(
-                broker, DATA, username="consumer", password="consumer secret",  # noqa: S106
+                broker,
+                DATA,
+                username="consumer",
+                password="consumer secret",  # noqa: S106
                 tls_context=consumer_tls,
             ) as sub,
             uplink_for(broker, spool, config=good) as up,
@@ -476,10 +492,14 @@ async def test_tls_with_username_and_password(tmp_path: Path) -> None:
             assert up.last_error is None
 
         wrong_password = config(
-            broker, tls=True, ca_file=tls.ca, username="gateway",
-            password_file=tmp_path / "bad", client_id="edgeveil-wrong-password",
+            broker,
+            tls=True,
+            ca_file=tls.ca,
+            username="gateway",
+            password_file=tmp_path / "bad",
+            client_id="edgeveil-wrong-password",
         )
-        async with uplink_for(broker, MemorySpool(), config=wrong_password) as up:
+        async with uplink_for(broker, spool, config=wrong_password) as up:
             await eventually(lambda: up.last_error is not None, "an error")
             assert not up.connected
             assert "refused" in up.last_error  # type: ignore[operator]
@@ -489,10 +509,14 @@ async def test_tls_with_username_and_password(tmp_path: Path) -> None:
             assert not up.connected
 
         wrong_ca = config(
-            broker, tls=True, ca_file=tmp_path / "other-ca.pem", username="gateway",
-            password_file=tmp_path / "good", client_id="edgeveil-wrong-ca",
+            broker,
+            tls=True,
+            ca_file=tmp_path / "other-ca.pem",
+            username="gateway",
+            password_file=tmp_path / "good",
+            client_id="edgeveil-wrong-ca",
         )
-        async with uplink_for(broker, MemorySpool(), config=wrong_ca) as up:
+        async with uplink_for(broker, spool, config=wrong_ca) as up:
             await eventually(lambda: up.last_error is not None, "an error")
             assert "certificate verify failed" in up.last_error  # type: ignore[operator]
             assert not up.connected
@@ -502,12 +526,11 @@ async def test_tls_with_username_and_password(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_embedded_broker_round_trip() -> None:
+async def test_embedded_broker_round_trip(spool: RecordingSpool) -> None:
     async with EmbeddedBroker() as eb:
         assert eb.host == "127.0.0.1"
         assert eb.port > 0
         async with Subscriber(eb.host, eb.port, "edgeveil/#") as sub:
-            spool = MemorySpool()
             async with uplink_for(eb, spool) as up:
                 batch = messages(0, 20)
                 spool.put(batch)

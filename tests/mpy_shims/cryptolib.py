@@ -59,7 +59,13 @@ class aes:
         self._t = bytearray(16)
 
     def encrypt(self, block, out=None):
-        s, t, w, sbox, xt = self._s, self._t, self._w, _SBOX, _XTIME
+        # One name per line: MicroPython builds a tuple (a heap allocation) for multiple
+        # assignments of more than three names, which the C module would not do.
+        s = self._s
+        t = self._t
+        w = self._w
+        sbox = _SBOX
+        xt = _XTIME
         for i in range(16):
             s[i] = block[i] ^ w[i]
         for rnd in range(1, 11):
@@ -69,7 +75,10 @@ class aes:
                     t[4 * c + r] = sbox[s[4 * ((c + r) % 4) + r]]
             if rnd < 10:  # MixColumns (FIPS-197 5.1.3)
                 for c in range(0, 16, 4):
-                    a0, a1, a2, a3 = t[c], t[c + 1], t[c + 2], t[c + 3]
+                    a0 = t[c]
+                    a1 = t[c + 1]
+                    a2 = t[c + 2]
+                    a3 = t[c + 3]
                     x = a0 ^ a1 ^ a2 ^ a3
                     t[c] = a0 ^ x ^ xt[a0 ^ a1]
                     t[c + 1] = a1 ^ x ^ xt[a1 ^ a2]
