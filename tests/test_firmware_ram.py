@@ -97,7 +97,8 @@ out["frame"] = max(costs)
 bus = SimI2C()
 bus.attach(0x76, SimBME280())
 bus.attach(0x44, SimSHT4x())
-sensors = [BME280(bus, 0x76, sleep_ms=bus.clock.sleep_ms), SHT4x(bus, 0x44, sleep_ms=bus.clock.sleep_ms)]
+sleep = bus.clock.sleep_ms
+sensors = [BME280(bus, 0x76, sleep_ms=sleep), SHT4x(bus, 0x44, sleep_ms=sleep)]
 for s in sensors:
     s.start()
 real = make_node(sensors)
