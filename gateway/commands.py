@@ -71,7 +71,12 @@ def check_config(path: Path | None) -> int:
 
 def import_nodes(path: Path, config_path: Path | None, replace: bool) -> int:
     config = _load(config_path)
-    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the state directory {config.state_dir}: {exc.strerror}"
+        ) from None
     try:
         with NodeRegistry.open(config.state_dir / "registry.db") as registry:
             added = registry.import_file(path, replace=replace)
@@ -106,17 +111,23 @@ def run(path: Path | None) -> int:
 
 
 def status(metrics_url: str) -> int:
+    if not metrics_url.startswith(("http://", "https://")):
+        raise UsageError(f"--metrics must be an http:// URL, got {metrics_url!r}")
     try:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - local URL the user gave
             text = response.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a malformed URL
         reason = getattr(exc, "reason", exc)
         print(f"no gateway answers at {metrics_url} ({reason}): is it running, with metrics on?")
         return 1
     values: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[sample.name].append((sample.labels, sample.value))
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                values[sample.name].append((sample.labels, sample.value))
+    except ValueError:
+        print(f"{metrics_url} answers, but not with Prometheus metrics: is it the gateway's?")
+        return 1
 
     def one(name: str) -> float:
         return sum(v for _, v in values.get(name, []))

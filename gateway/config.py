@@ -245,6 +245,8 @@ def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:
         isinstance(metrics_listen, str) and re.match(r"^[\w.:\[\]-]+:\d{1,5}$", metrics_listen)
     ):
         raise ConfigError("metrics.listen", f'must be "host:port" or false, got {listen!r}', source)
+    if metrics_listen is not None and not 1 <= int(metrics_listen.rpartition(":")[2]) <= 65535:
+        raise ConfigError("metrics.listen", f"port must be 1..65535, got {listen!r}", source)
     root.done()
     return GatewayConfig(
         site=site,
@@ -269,6 +271,8 @@ def load(path: Path | None) -> GatewayConfig:
         raise ConfigError("", f"{path} does not exist") from None
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path} is not UTF-8 text (a TOML file must be)") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

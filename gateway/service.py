@@ -26,6 +26,7 @@ from protocol import NEED_DATA, RemoteProtocolError, StreamDecoder
 from . import __version__, systemd
 from .broker import EmbeddedBroker
 from .config import GatewayConfig, MqttConfig
+from .errors import EdgeveilError
 from .ingest import Ingest
 from .metrics import Metrics
 from .privacy import DefaultPolicy
@@ -130,7 +131,12 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def _resources(self) -> AsyncIterator[None]:
         config = self.config
-        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgeveilError(
+                f"cannot create the state directory {config.state_dir}: {exc.strerror}"
+            ) from None
         with contextlib.ExitStack() as stack:
             self.registry = stack.enter_context(NodeRegistry.open(config.state_dir / "registry.db"))
             self.spool = stack.enter_context(
@@ -143,9 +149,15 @@ class Gateway:
             )
             if config.metrics_listen:
                 host, _, port = config.metrics_listen.rpartition(":")
-                server, _thread = start_http_server(
-                    int(port), host.strip("[]"), registry=self.metrics.registry
-                )
+                try:
+                    server, _thread = start_http_server(
+                        int(port), host.strip("[]"), registry=self.metrics.registry
+                    )
+                except OSError as exc:  # port taken, or an address this host does not have
+                    raise EdgeveilError(
+                        f"metrics.listen {config.metrics_listen}: cannot listen: "
+                        f"{exc.strerror or exc}"
+                    ) from None
                 stack.callback(server.shutdown)
             async with contextlib.AsyncExitStack() as astack:
                 if config.mqtt is None:

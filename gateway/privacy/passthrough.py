@@ -17,7 +17,7 @@ from protocol import Event, Message, Observations, Readings, Status
 from protocol.messages import EVENT_CODES, RESET_CAUSES
 from protocol.quantities import exponent, is_known, quantity_name, senml_unit
 
-from .records import Measurement, Record, message_id
+from ..records import Measurement, Record, message_id
 
 # status field -> (SenML name, SenML unit, scale to that unit)
 _STATUS = {

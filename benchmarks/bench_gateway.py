@@ -1,0 +1,967 @@
+"""Gateway benchmark, end to end: serial links in, MQTT out, with the gateway as its own process.
+
+    .venv/bin/python benchmarks/bench_gateway.py [--links 20] [--seconds 20] [--nodes 1000]
+        [--rate 1.0] [--warmup 3] [--idle 3] [--profile py-spy|cprofile]
+
+What it sets up (all in a temporary directory, all removed at the end, also on Ctrl-C):
+
+- a real Mosquitto on a free 127.0.0.1 port (tests/mosquitto.py's helper);
+- a gateway state directory with --nodes registered nodes (random secrets), of which --links
+  are senders, one per link;
+- one pseudo-terminal pair per link (raw mode); the gateway opens the slave side like a
+  USB-UART, this script is the node on the master side;
+- the gateway, `python -m gateway.cli gateway run --config F`, as a subprocess, so that its CPU
+  (utime + stime) and memory (VmRSS, VmHWM) are read from /proc/<pid>/;
+- a subscriber to the readings topics (paho, in a child process so it does not compete with the
+  replayer for one interpreter) that notes when each message id arrives.
+
+Then: a few seconds of idle (the baseline), a warm-up under load, and --seconds of measured
+load. The replayer writes pre-sealed four-reading frames to every link at --rate times the line
+rate of 115200 baud 8N1 (11,520 bytes/s), drains the gateway's acks, and notes when each
+(node, counter) was written. It prints figures next to the targets of the gateway issue (at
+most 25 % of one core for 20 links, at most 60 MB resident with 1,000 nodes registered), never
+asserts on them.
+
+--profile samples the gateway during the measured seconds: py-spy (if it is on PATH; it costs
+the gateway little but needs CPU of its own) or cProfile (the gateway runs under it, the main
+thread only, and slower: then the figures describe the profiled run). Either prints the
+functions where the gateway spends its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import math
+import multiprocessing
+import os
+import pstats
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+import urllib.request
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.mosquitto, when run as benchmarks/bench_gateway.py
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from gateway.registry import NodeRegistry  # noqa: E402
+from protocol import NodeKeys, Readings, encode_serial, seal  # noqa: E402
+from protocol.quantities import quantity_id as q  # noqa: E402
+
+LINE_BYTES_PER_S = 115200 / 10  # 8N1: a start bit, 8 data bits, a stop bit per byte
+TICK_S = 0.005  # the replayer writes what is due on every link this often
+SITE = "bench"
+GATEWAY_ID = "gateway-1"
+CPU_TARGET_PCT = 25.0  # of one core, for 20 links
+CPU_TARGET_LINKS = 20
+RSS_TARGET_MB = 60.0  # with 1,000 registered nodes
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+# -- /proc ---------------------------------------------------------------------------------------
+
+
+def cpu_ticks(pid: int | str = "self", tid: int | None = None) -> int:
+    """utime + stime of a process (all its threads) or of one thread, in clock ticks."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path, encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return {}
+    return {tid: cpu_ticks(pid, tid) for tid in tids}
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak resident) in kB."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # without guest time, which user time already includes
+    return total - idle, total
+
+
+# -- setup ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Link:
+    name: str
+    node_id: int
+    master: int
+    slave: int
+    path: str
+    frames: list[bytes] = field(default_factory=list)  # frames[i] has counter i + 1
+    sent_at: array.array[float] = field(default_factory=lambda: array.array("d"))
+    next: int = 0  # index of the next frame to offer
+    bytes_offered: int = 0
+    pending: bytearray = field(default_factory=bytearray)  # offered, not yet taken by the pty
+    ack_bytes: int = 0
+    write_stalls: int = 0  # ticks on which the pty took less than was due
+
+
+def make_ptys(count: int, stack: contextlib.ExitStack) -> list[tuple[int, int, str]]:
+    out = []
+    for _ in range(count):
+        master, slave = os.openpty()
+        stack.callback(os.close, slave)
+        stack.callback(os.close, master)
+        tty.setraw(slave)  # no echo, no line editing: a raw UART
+        os.set_blocking(master, False)
+        out.append((master, slave, os.ttyname(slave)))
+    return out
+
+
+def register_nodes(state_dir: Path, nodes: int, senders: int) -> dict[int, bytes]:
+    """Register `nodes` nodes with random secrets; returns the secrets of the senders (spread
+    over the id range)."""
+    step = nodes // senders
+    sender_ids = {1 + i * step for i in range(senders)}
+    secrets: dict[int, bytes] = {}
+    state_dir.mkdir(mode=0o700)
+    with NodeRegistry.open(state_dir / "registry.db") as registry:
+        for node_id in range(1, nodes + 1):
+            secret = os.urandom(16)
+            registry.add(node_id, secret, zone=f"zone-{node_id % 10}")
+            if node_id in sender_ids:
+                secrets[node_id] = secret
+    return secrets
+
+
+def seal_frames(node_id: int, secret: bytes, count: int) -> list[bytes]:
+    keys = NodeKeys(node_id, secret)
+    t, h, p, b = q("temperature"), q("humidity"), q("pressure"), q("battery")
+    return [
+        encode_serial(
+            seal(
+                Readings(
+                    {t: 150 + i % 200, h: 400 + i % 300, p: 10000 + i % 300, b: 3300 - i % 500}
+                ),
+                i + 1,
+                keys,
+            )
+        )
+        for i in range(count)
+    ]
+
+
+def gateway_toml(state_dir: Path, links: list[Link], mqtt_port: int, metrics_port: int) -> str:
+    lines = [
+        "[gateway]",
+        f'site = "{SITE}"',
+        f'id = "{GATEWAY_ID}"',
+        f'state_dir = "{state_dir}"',
+        'log_level = "info"',
+        "",
+        "[mqtt]",
+        'host = "127.0.0.1"',
+        f"port = {mqtt_port}",
+        "",
+        "[metrics]",
+        f'listen = "127.0.0.1:{metrics_port}"',
+    ]
+    for link in links:
+        lines += ["", "[[serial]]", f'name = "{link.name}"', f'url = "{link.path}"']
+    return "\n".join(lines) + "\n"
+
+
+# -- the subscriber (a child process) ------------------------------------------------------------
+
+
+def subscriber_main(
+    host: str, port: int, readings: str, availability: str, conn: Connection
+) -> None:
+    """Runs in a child process: subscribe, note (message id, arrival time), report on request.
+
+    Requests on `conn`: "count" -> ("count", n); "stop" -> ("result", nodes, counters, times,
+    cpu ticks). Unprompted: ("online",) once the gateway's availability says so.
+    """
+    import threading  # noqa: PLC0415 - child process only
+
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up; Ctrl-C is for it
+    mids: list[bytes] = []
+    times = array.array("d")
+    online = threading.Event()
+    subscribed = threading.Event()
+    marker = b'"mid":"'
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        client.subscribe([(readings, 0), (availability, 0)])
+
+    def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
+        subscribed.set()
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        now = time.time()
+        payload: bytes = message.payload
+        if message.topic == availability:
+            if payload == b"online":
+                online.set()
+            return
+        i = payload.find(marker) + len(marker)
+        mids.append(payload[i : payload.find(b'"', i)])
+        times.append(now)
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="edgeveil-bench-subscriber", clean_session=True
+    )
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.connect(host, port, keepalive=60)
+    client.loop_start()
+    try:
+        told_online = False
+        subscribed.wait(10)
+        conn.send(("subscribed",))
+        while True:
+            if not told_online and online.is_set():
+                told_online = True
+                conn.send(("online",))
+            if not conn.poll(0.05):
+                continue
+            request = conn.recv()
+            if request == "count":
+                conn.send(("count", len(times)))
+            elif request == "stop":
+                break
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    conn.send(("result", *_parse_mids(mids), times[: len(mids)], cpu_ticks()))
+
+
+def _parse_mids(mids: list[bytes]) -> tuple[array.array[int], array.array[int]]:
+    """b"gateway-1:5:123:0" -> node 5, counter 123."""
+    nodes, counters = array.array("q"), array.array("q")
+    for mid in mids:
+        _, node, counter, _ = mid.split(b":")
+        nodes.append(int(node))
+        counters.append(int(counter))
+    return nodes, counters
+
+
+class SubscriberProcess:
+    def __init__(self, host: str, port: int) -> None:
+        base = f"edgeveil/{SITE}/{GATEWAY_ID}"
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=subscriber_main,
+            args=(host, port, f"{base}/node/+/readings", f"{base}/availability", child),
+            name="bench-subscriber",
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+        self.online = False
+        self._expect("subscribed", 15)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def _expect(self, kind: str, timeout: float) -> tuple[Any, ...]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.conn.poll(min(0.1, max(0.0, deadline - time.monotonic()))):
+                message: tuple[Any, ...] = self.conn.recv()
+                if message[0] == "online":
+                    self.online = True
+                if message[0] == kind:
+                    return message
+            if not self.proc.is_alive():
+                raise RuntimeError("the subscriber process died")
+        raise TimeoutError(f"subscriber: no {kind!r} within {timeout} s")
+
+    def wait_online(self, timeout: float) -> None:
+        if not self.online:
+            self._expect("online", timeout)
+
+    def count(self) -> int:
+        self.conn.send("count")
+        return int(self._expect("count", 10)[1])
+
+    def stop(self) -> tuple[Any, ...]:
+        self.conn.send("stop")
+        return self._expect("result", 30)
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
+
+
+# -- the gateway process -------------------------------------------------------------------------
+
+
+class GatewayProcess:
+    def __init__(self, config: Path, log: Path, profile_out: Path | None) -> None:
+        python = str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable)
+        cmd = [python]
+        if profile_out is not None:
+            cmd += ["-m", "cProfile", "-o", str(profile_out)]
+        cmd += ["-m", "gateway.cli", "gateway", "run", "--config", str(config)]
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own gateway
+            cmd,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C is for this script, which stops the gateway
+        )
+        self.pid = self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the gateway stops cleanly, and cProfile writes its file); then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our local gateway
+        text = response.read().decode()
+    values: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name].append((sample.labels, sample.value))
+    return values
+
+
+def total(
+    metrics: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    return sum(
+        v for lab, v in metrics.get(name, []) if all(lab.get(k) == x for k, x in labels.items())
+    )
+
+
+def wait_ready(gw: GatewayProcess, url: str, links: int, sub: SubscriberProcess) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if gw.proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited at start:\n{gw.log_tail()}")
+        try:
+            up = total(scrape(url), "edgeveil_link_up")
+        except OSError:
+            up = -1
+        if up == links:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gateway not ready in 30 s ({up} links up):\n{gw.log_tail()}")
+        time.sleep(0.1)
+    sub.wait_online(max(1.0, deadline - time.monotonic()))
+
+
+# -- the replayer --------------------------------------------------------------------------------
+
+
+class Replayer:
+    """Writes frames to every link's pty master at `rate` times the line rate; drains acks."""
+
+    def __init__(self, links: list[Link], rate: float) -> None:
+        self.links = links
+        self.bytes_per_s = LINE_BYTES_PER_S * rate
+        self.running = False
+        self.ran_out = 0
+
+    def _drain(self, link: Link) -> None:
+        while True:
+            try:
+                data = os.read(link.master, 65536)
+            except BlockingIOError:
+                return
+            except OSError:  # EIO: nobody holds the slave; not expected, we hold it open
+                asyncio.get_running_loop().remove_reader(link.master)
+                return
+            if not data:
+                return
+            link.ack_bytes += len(data)
+
+    def _tick(self, link: Link, elapsed: float, now: float) -> None:
+        due = elapsed * self.bytes_per_s - link.bytes_offered
+        frames, sent_at, i = link.frames, link.sent_at, link.next
+        while i < len(frames) and len(frames[i]) <= due:
+            frame = frames[i]
+            due -= len(frame)
+            link.bytes_offered += len(frame)
+            link.pending += frame
+            sent_at[i] = now
+            i += 1
+        if i == len(frames) and due > 40:
+            self.ran_out += 1
+        link.next = i
+        if link.pending:
+            try:
+                written = os.write(link.master, link.pending)
+            except BlockingIOError:
+                written = 0
+            if written < len(link.pending):
+                link.write_stalls += 1
+            del link.pending[:written]
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for link in self.links:
+            loop.add_reader(link.master, self._drain, link)
+        self.running = True
+        start = time.monotonic()
+        try:
+            while self.running:
+                elapsed = time.monotonic() - start
+                now = time.time()
+                for link in self.links:
+                    self._tick(link, elapsed, now)
+                await asyncio.sleep(TICK_S)
+        finally:
+            for link in self.links:
+                loop.remove_reader(link.master)
+
+    def offered_between(self, t0: float, t1: float) -> int:
+        return sum(1 for link in self.links for t in link.sent_at if t0 <= t < t1)
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    wall: float
+    mono: float
+    gw_ticks: int
+    gw_threads: dict[int, int]
+    other_ticks: dict[str, int]
+    machine: tuple[int, int]
+    metrics: dict[str, list[tuple[dict[str, str], float]]]
+
+
+async def snapshot(gw_pid: int, others: dict[str, int | str], url: str) -> Snapshot:
+    mono, wall = time.monotonic(), time.time()
+    gw = cpu_ticks(gw_pid)
+    threads = thread_ticks(gw_pid)
+    other = {name: cpu_ticks(pid) for name, pid in others.items()}
+    machine = machine_ticks()
+    metrics = await asyncio.to_thread(scrape, url)
+    return Snapshot(wall, mono, gw, threads, other, machine, metrics)
+
+
+def pct(ticks: int, seconds: float) -> float:
+    return 100.0 * ticks / CLK_TCK / seconds if seconds > 0 else 0.0
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return math.nan
+    index = min(len(sorted_values) - 1, max(0, math.ceil(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def histogram_quantile(
+    before: dict[str, list[tuple[dict[str, str], float]]],
+    after: dict[str, list[tuple[dict[str, str], float]]],
+    name: str,
+    fraction: float,
+) -> tuple[float, int]:
+    """Like Prometheus' histogram_quantile over the increase between two scrapes: linear
+    interpolation inside the bucket. Returns (seconds, observations); inf above the last bound."""
+
+    def buckets(m: dict[str, list[tuple[dict[str, str], float]]]) -> dict[float, float]:
+        return {float(lab["le"]): v for lab, v in m.get(f"{name}_bucket", [])}
+
+    b0, b1 = buckets(before), buckets(after)
+    bounds = sorted(b1)
+    cumulative = [b1[b] - b0.get(b, 0.0) for b in bounds]
+    count = int(cumulative[-1]) if cumulative else 0
+    if count == 0:
+        return math.nan, 0
+    rank = fraction * count
+    lower, below = 0.0, 0.0
+    for bound, cum in zip(bounds, cumulative, strict=True):
+        if cum >= rank:
+            if math.isinf(bound):
+                return math.inf, count
+            inside = cum - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0), count
+        lower, below = bound, cum
+    return math.inf, count
+
+
+def fmt_ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    if math.isinf(seconds):
+        return "> 3600 s"
+    return f"{seconds * 1000:,.1f} ms"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+# -- profiles ------------------------------------------------------------------------------------
+
+
+def start_py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    exe = shutil.which("py-spy")
+    if exe is None:
+        print("  (py-spy is not on PATH: no profile; pip install py-spy, or --profile cprofile)")
+        return None
+    return subprocess.Popen(  # noqa: S603 - py-spy from PATH, on our own gateway
+        [
+            exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+            "--rate", "200", "--format", "raw", "--function", "--nonblocking",
+            "--output", str(out),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _short(frame: str) -> str:
+    """'publish (gateway/uplink.py:383)' -> 'publish (uplink.py:383)'."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path, _, line = where.rpartition(":")
+    return f"{name} ({Path(path).name}:{line})" if path else frame
+
+
+def report_py_spy(out: Path, top: int = 25) -> None:
+    self_t: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
+    samples = 0
+    for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        count = int(number)
+        frames = [_short(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        samples += count
+        self_t[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+        by_file[frames[-1].rpartition("(")[2].partition(":")[0]] += count
+    if not samples:
+        print("  py-spy recorded no samples")
+        return
+    print(f"\ngateway profile (py-spy, {samples} samples of busy threads, all threads):")
+    print("  by the file of the innermost frame (self time):")
+    for name, n in by_file.most_common(15):
+        print(f"    {100 * n / samples:5.1f} %  {name}")
+    print("  functions by self time:")
+    for name, n in self_t.most_common(top):
+        print(f"    {100 * n / samples:5.1f} %  {name}")
+    print("  functions by inclusive time:")
+    for name, n in incl.most_common(top + 10):
+        print(f"    {100 * n / samples:5.1f} %  {name}")
+
+
+def report_cprofile(out: Path, top: int = 25) -> None:
+    if not out.exists():
+        print("  (no cProfile output: the gateway did not stop cleanly)")
+        return
+    print("\ngateway profile (cProfile, main thread, whole run including start and idle):")
+    stats = pstats.Stats(str(out))
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    idle_s: float
+    idle_ticks: int
+    idle_mem: dict[str, int]
+    start: Snapshot
+    end: Snapshot
+    end_mem: dict[str, int]
+    offered: int
+    offered_total: int
+    drain_s: float
+    received: tuple[Any, ...]
+    ack_bytes: int
+    write_stalls: int
+    ran_out: int
+
+
+async def measure(  # noqa: PLR0917 - the run's parts, each named at the one call
+    args: argparse.Namespace,
+    links: list[Link],
+    gw: GatewayProcess,
+    sub: SubscriberProcess,
+    url: str,
+    others: dict[str, int | str],
+    profile: Path | None,
+) -> Results:
+    # idle baseline: links open, broker connected, no traffic
+    t = time.monotonic()
+    ticks = cpu_ticks(gw.pid)
+    await asyncio.sleep(args.idle)
+    idle_ticks, idle_s = cpu_ticks(gw.pid) - ticks, time.monotonic() - t
+    idle_mem = memory_kb(gw.pid)
+
+    replayer = Replayer(links, args.rate)
+    task = asyncio.create_task(replayer.run())
+    await asyncio.sleep(args.warmup)
+    spy = None
+    if profile is not None and args.profile == "py-spy":
+        spy = start_py_spy(gw.pid, args.seconds, profile)
+    start = await snapshot(gw.pid, others, url)
+    await asyncio.sleep(args.seconds - (time.monotonic() - start.mono))
+    end = await snapshot(gw.pid, others, url)
+    end_mem = memory_kb(gw.pid)
+    replayer.running = False
+    await task
+    offered_total = sum(link.next for link in links)
+
+    # drain: let the gateway and the broker deliver what was offered (at most 15 s)
+    t = time.monotonic()
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() - t < 15:
+        await asyncio.sleep(0.25)
+        n = await asyncio.to_thread(sub.count)
+        if n != last:
+            last, stable_since = n, time.monotonic()
+        if n >= offered_total or time.monotonic() - stable_since > 2.0:
+            break
+    drain_s = time.monotonic() - t
+    received = await asyncio.to_thread(sub.stop)
+    if spy is not None:
+        _, err = await asyncio.to_thread(spy.communicate)
+        if spy.returncode != 0:
+            print(f"  py-spy failed: {err.decode(errors='replace').strip()}")
+    return Results(
+        idle_s=idle_s,
+        idle_ticks=idle_ticks,
+        idle_mem=idle_mem,
+        start=start,
+        end=end,
+        end_mem=end_mem,
+        offered=replayer.offered_between(start.wall, end.wall),
+        offered_total=offered_total,
+        drain_s=drain_s,
+        received=received,
+        ack_bytes=sum(link.ack_bytes for link in links),
+        write_stalls=sum(link.write_stalls for link in links),
+        ran_out=replayer.ran_out,
+    )
+
+
+def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int) -> None:  # noqa: PLR0915 - one printed page
+    s0, s1 = r.start, r.end
+    span = s1.mono - s0.mono
+    m0, m1 = s0.metrics, s1.metrics
+
+    def delta(name: str, **labels: str) -> float:
+        return total(m1, name, **labels) - total(m0, name, **labels)
+
+    outcomes: Counter[str] = Counter()
+    for labels, value in m1.get("edgeveil_frames_total", []):
+        before = sum(v for lab, v in m0.get("edgeveil_frames_total", []) if lab == labels)
+        outcomes[labels["outcome"]] += int(value - before)
+    accepted = outcomes.get("accepted", 0)
+
+    _, nodes, counters, times, sub_ticks = r.received
+    by_node = {link.node_id: link for link in links}
+    latencies: list[float] = []
+    received_in_window = 0
+    for node, counter, at in zip(nodes, counters, times, strict=True):
+        if s0.wall <= at < s1.wall:
+            received_in_window += 1
+        link = by_node.get(node)
+        if link is None or not 0 < counter <= len(link.sent_at):
+            continue
+        sent = link.sent_at[counter - 1]
+        if s0.wall <= sent < s1.wall:
+            latencies.append(at - sent)
+    lost = r.offered - len(latencies)
+    latencies.sort()
+    # frames never delivered count as slower than any delivered one
+    ranked = latencies + [math.inf] * max(0, lost)
+
+    bytes_per_s = LINE_BYTES_PER_S * args.rate
+    frame_len = sum(len(f) for link in links for f in link.frames[:1000]) / sum(
+        min(1000, len(link.frames)) for link in links
+    )
+    print(
+        f"\nedgeveil gateway, end to end: {args.links} serial links at {args.rate:.0%} of "
+        f"115200 baud ({bytes_per_s:,.0f} B/s each, frames of {frame_len:.1f} B on the wire),"
+    )
+    print(
+        f"{args.nodes} nodes registered ({args.links} sending), Mosquitto on 127.0.0.1;"
+        f" {span:.1f} s measured after {args.warmup:g} s of warm-up; "
+        f"{os.cpu_count()} CPUs"
+    )
+    print("\nthroughput                                 per second")
+    print(f"  frames offered (replayer)               {r.offered / span:9,.0f}")
+    print(f"  frames accepted (gateway metrics)       {accepted / span:9,.0f}")
+    print(
+        f"  published, PUBACKed (gateway metrics)   "
+        f"{delta('edgeveil_mqtt_published_total') / span:9,.0f}"
+    )
+    print(f"  messages received (subscriber)          {received_in_window / span:9,.0f}")
+    others = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()) if k != "accepted")
+    line_errors = int(delta("edgeveil_line_errors_total"))
+    print(
+        f"  in the window: {accepted} accepted; other outcomes: {others or 'none'}; "
+        f"line errors {line_errors}; acks read {r.ack_bytes:,} B; "
+        f"pty write stalls {r.write_stalls}"
+    )
+    if r.ran_out:
+        print(f"  (the replayer ran out of pre-sealed frames {r.ran_out} times: rate too low)")
+
+    p50, p99 = percentile(ranked, 0.50), percentile(ranked, 0.99)
+    g50, count = histogram_quantile(m0, m1, "edgeveil_latency_seconds", 0.50)
+    g99, _ = histogram_quantile(m0, m1, "edgeveil_latency_seconds", 0.99)
+    print("\nlatency                                    p50          p99")
+    print(
+        f"  frame written -> subscriber receipt  {fmt_ms(p50):>12} {fmt_ms(p99):>12}"
+        f"   ({len(latencies):,} of {r.offered:,} frames offered in the window delivered;"
+        f" includes the broker hop)"
+    )
+    print(
+        f"  gateway arrival -> PUBACK (histogram)~{fmt_ms(g50):>11} ~{fmt_ms(g99):>11}"
+        f"   ({count:,} observations; estimated within buckets)"
+    )
+    if lost > 0:
+        print(
+            f"  {lost:,} frames offered in the window were not received within "
+            f"{r.drain_s:.1f} s after the load stopped (counted as slowest)"
+        )
+
+    idle_cpu = pct(r.idle_ticks, r.idle_s)
+    load_cpu = pct(s1.gw_ticks - s0.gw_ticks, span)
+    cpu_target = CPU_TARGET_PCT * args.links / CPU_TARGET_LINKS
+    rss_idle = r.idle_mem.get("VmRSS", 0) / 1024
+    rss_load = r.end_mem.get("VmRSS", 0) / 1024
+    hwm = r.end_mem.get("VmHWM", 0) / 1024
+    print("\ngateway process                       idle       load     target      ")
+    print(
+        f"  CPU, % of one core               {idle_cpu:8.1f} {load_cpu:10.1f}   "
+        f"<= {cpu_target:4.1f} %   {verdict(load_cpu <= cpu_target)}"
+    )
+    print(
+        f"  RSS, MB (VmRSS)                  {rss_idle:8.1f} {rss_load:10.1f}   "
+        f"<= {RSS_TARGET_MB:4.0f} MB  {verdict(max(rss_load, hwm) <= RSS_TARGET_MB)}"
+    )
+    print(f"  peak RSS, MB (VmHWM)                       {hwm:10.1f}")
+    if args.links != CPU_TARGET_LINKS:
+        print(
+            f"  (the CPU target is {CPU_TARGET_PCT:g} % for {CPU_TARGET_LINKS} links; "
+            f"prorated to {args.links} links)"
+        )
+    if args.nodes != 1000:
+        print("  (the RSS target is stated for 1,000 registered nodes)")
+    if args.profile:
+        print("  (profiled run: the profiler disturbs these figures)")
+
+    main_tid = gw_pid
+    d_threads = {
+        tid: s1.gw_threads.get(tid, 0) - s0.gw_threads.get(tid, 0) for tid in s1.gw_threads
+    }
+    main = d_threads.pop(main_tid, 0)
+    busy = sorted((v for v in d_threads.values() if v > 0), reverse=True)
+    print(
+        f"  by thread: event loop {pct(main, span):.1f} %, {len(d_threads)} other threads "
+        f"(asyncio.to_thread workers: spool and registry SQLite; metrics HTTP) "
+        f"{pct(sum(busy), span):.1f} %"
+        + (f" (busiest {', '.join(f'{pct(v, span):.1f}' for v in busy[:4])})" if busy else "")
+    )
+
+    o0, o1 = s0.other_ticks, s1.other_ticks
+    busy_m = s1.machine[0] - s0.machine[0]
+    total_m = s1.machine[1] - s0.machine[1]
+    cores = os.cpu_count() or 1
+    print(
+        "\ncontext, % of one core over the window: "
+        + ", ".join(f"{k} {pct(o1[k] - o0[k], span):.1f}" for k in o1)
+        + f"; whole machine {100 * cores * busy_m / total_m:.0f} of {100 * cores}"
+    )
+    print(
+        f"  subscriber process, whole run: {sub_ticks / CLK_TCK:.1f} s CPU; "
+        f"drained {r.drain_s:.1f} s after the load stopped"
+    )
+
+
+def make_links(
+    args: argparse.Namespace, secrets: dict[int, bytes], stack: contextlib.ExitStack
+) -> list[Link]:
+    """One pty pair and one sending node per link, with enough frames for the whole run."""
+    seconds = args.warmup + args.seconds + 2
+    per_link = math.ceil(LINE_BYTES_PER_S * args.rate * seconds / 31) + 16  # 31 B: shortest
+    links = []
+    ptys = make_ptys(args.links, stack)
+    for i, ((master, slave, path), (node_id, secret)) in enumerate(
+        zip(ptys, sorted(secrets.items()), strict=True)
+    ):
+        frames = seal_frames(node_id, secret, per_link)
+        link = Link(f"link-{i + 1:02d}", node_id, master, slave, path, frames)
+        link.sent_at = array.array("d", bytes(8 * len(frames)))
+        links.append(link)
+    return links
+
+
+def run(args: argparse.Namespace) -> None:
+    from tests.mosquitto import Mosquitto, free_port  # noqa: PLC0415 - after sys.path
+
+    with contextlib.ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="edgeveil-bench-"))
+        if args.keep:
+            print(f"  keeping {tmp}")
+        else:
+            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+
+        t = time.monotonic()
+        state = tmp / "state"
+        secrets = register_nodes(state, args.nodes, args.links)
+        print(f"  {args.nodes} nodes registered in {time.monotonic() - t:.1f} s")
+
+        t = time.monotonic()
+        links = make_links(args, secrets, stack)
+        print(
+            f"  {sum(len(link.frames) for link in links):,} frames sealed for {args.links} links "
+            f"in {time.monotonic() - t:.1f} s"
+        )
+
+        broker = Mosquitto(
+            tmp / "mosquitto", extra="max_queued_messages 0\nmax_inflight_messages 0"
+        )
+        broker.start()
+        stack.callback(broker.kill)
+        sub = SubscriberProcess(broker.host, broker.port)
+        stack.callback(sub.kill)
+
+        metrics_port = free_port()
+        config = tmp / "gateway.toml"
+        config.write_text(gateway_toml(state, links, broker.port, metrics_port), encoding="utf-8")
+        profile: Path | None = None
+        if args.profile:
+            profile = tmp / ("gateway.prof" if args.profile == "cprofile" else "py-spy.txt")
+        gw = GatewayProcess(
+            config, tmp / "gateway.log", profile if args.profile == "cprofile" else None
+        )
+        stack.callback(gw.stop)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        t = time.monotonic()
+        wait_ready(gw, url, args.links, sub)
+        print(f"  gateway pid {gw.pid} ready in {time.monotonic() - t:.1f} s; state in {state}")
+
+        others: dict[str, int | str] = {"replayer (this process)": "self"}
+        broker_proc = getattr(broker, "_proc", None)
+        if broker_proc is not None:
+            others["mosquitto"] = broker_proc.pid
+        others["subscriber"] = sub.pid
+        print(
+            f"  idle {args.idle:g} s, then load: warm-up {args.warmup:g} s, "
+            f"measured {args.seconds:g} s"
+        )
+        results = asyncio.run(measure(args, links, gw, sub, url, others, profile))
+        if gw.proc.poll() is not None:
+            print(f"the gateway exited during the run:\n{gw.log_tail()}")
+        report(args, links, results, gw.pid)
+        gw.stop()
+        if profile is not None and args.profile == "py-spy" and profile.exists():
+            report_py_spy(profile)
+        elif profile is not None and args.profile == "cprofile":
+            report_cprofile(profile)
+        warnings = [
+            line
+            for line in gw.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if " WARNING " in line or " ERROR " in line
+        ]
+        if warnings:
+            print(f"\ngateway log: {len(warnings)} warnings or errors, the first:")
+            for line in warnings[:5]:
+                print(f"  {line}")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--links", type=int, default=20, help="serial links (senders)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--nodes", type=int, default=1000, help="registered nodes")
+    parser.add_argument("--rate", type=float, default=1.0, help="fraction of the line rate")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load first")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle baseline")
+    parser.add_argument("--profile", choices=("py-spy", "cprofile"), help="profile the gateway")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if not 1 <= args.links <= args.nodes:
+        parser.error("--links must be 1..--nodes")
+    if not 0 < args.rate <= 4 or args.seconds <= 0 or args.warmup < 0 or args.idle <= 0:
+        parser.error("--rate must be in (0, 4]; --seconds and --idle > 0; --warmup >= 0")
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything stopped and removed", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
