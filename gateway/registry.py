@@ -47,13 +47,13 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from protocol import LocalProtocolError, NodeKeys, ReplayWindow
 from protocol.keys import MAX_NODE_ID, MAX_SECRET, MIN_SECRET
 
 from .errors import RegistryError
+from .sqlite import Closing, connect, create_private, transaction
 
 __all__ = ["DOWNLINK_STEP", "FORMAT", "MAX_ZONE_BYTES", "NodeEntry", "NodeRegistry"]
 
@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS downlink (
     counter_limit INTEGER NOT NULL
 );
 """
+_STATEMENTS = tuple(s for s in _SCHEMA.split(";") if s.strip())
 
 
 def _fingerprint(secret: bytes) -> bytes:
@@ -124,7 +125,7 @@ class _Downlink:
         self.limit = limit
 
 
-class NodeRegistry:
+class NodeRegistry(Closing):
     """The node registry in one SQLite file. Open it with NodeRegistry.open(path).
 
     Synchronous and short: every call is a dict lookup or one small transaction. Calls that
@@ -147,19 +148,16 @@ class NodeRegistry:
     def open(cls, path: Path) -> NodeRegistry:
         """Open the registry at `path`, creating it (mode 0600) if it does not exist."""
         path = Path(path)
-        _create_private(path)
+        create_private(path, what="registry", error_type=RegistryError)
         _check_private(path)
-        try:
-            conn = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=5.0
-            )
-        except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open the registry {path}: {exc}") from exc
-        try:
-            _init_schema(conn, path)
-        except BaseException:
-            conn.close()
-            raise
+        conn = connect(
+            path,
+            what="registry",
+            schema=_STATEMENTS,
+            version=SCHEMA_VERSION,
+            error_type=RegistryError,
+            hint="; a JSON registry file is loaded with import",
+        )
         log.debug("registry %s opened", path)
         return cls(path, conn)
 
@@ -169,32 +167,14 @@ class NodeRegistry:
             self._entries.clear()
             self._downlink.clear()
 
-    def __enter__(self) -> NodeRegistry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"NodeRegistry({str(self.path)!r})"
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK on any exception."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+        with self._lock, transaction(self._conn) as cur:
+            yield cur
 
     # -- the set of nodes ---------------------------------------------------------------------
 
@@ -547,21 +527,6 @@ def _parse_document(data: Any) -> list[tuple[int, bytes, str]]:
 # -- files --------------------------------------------------------------------------------------
 
 
-def _create_private(path: Path) -> None:
-    """Create an empty file of mode 0600 unless one exists (SQLite fills it in)."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise RegistryError(f"cannot create the registry {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)  # the mode exactly, whatever the umask
-    finally:
-        os.close(fd)
-
-
 def _check_private(path: Path) -> None:
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
@@ -579,34 +544,6 @@ def _check_private(path: Path) -> None:
                 f"the registry {p} holds node secrets but other users may access it "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"
             )
-
-
-def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RegistryError(
-                f"the registry {path} has schema version {version}; this edgeveil knows "
-                f"{SCHEMA_VERSION} (a newer edgeveil wrote it)"
-            )
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RegistryError(f"the registry {path}: cannot use a WAL journal (got {mode})")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("BEGIN IMMEDIATE")
-        # one by one: executescript() would commit on its own
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except sqlite3.DatabaseError as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise RegistryError(
-            f"{path} is not an edgeveil registry database ({exc}); a JSON registry file is "
-            "loaded with import"
-        ) from None
 
 
 def _exists(cur: sqlite3.Cursor, node_id: int) -> bool:

@@ -27,17 +27,16 @@ Why the choices:
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from .config import SPOOL_POLICIES
 from .errors import EdgeveilError, SpoolFullError
 from .records import OutMessage
+from .sqlite import Closing, closing_on_error, connect, create_private, transaction
 
 __all__ = ["Spool"]
 
@@ -57,7 +56,7 @@ _SCHEMA = (
 )
 
 
-class Spool:
+class Spool(Closing):
     """The durable message queue. Open it with Spool.open(...); every method is thread-safe.
 
     Counters for metrics (since open): `dropped_full` (deleted by drop_oldest to make room),
@@ -93,57 +92,18 @@ class Spool:
         if max_messages < 1 or max_age_s < 1:
             raise ValueError("max_messages and max_age_s must be positive")
         path = Path(path)
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise EdgeveilError(f"cannot create the spool {path}: {exc.strerror}") from None
-        conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+        create_private(path, what="spool", error_type=EdgeveilError)
+        conn = connect(
+            path, what="spool", schema=_SCHEMA, version=SCHEMA_VERSION, error_type=EdgeveilError
         )
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise EdgeveilError(
-                    f"the spool {path} has schema version {version}; this edgeveil knows "
-                    f"{SCHEMA_VERSION} (a newer edgeveil wrote it)"
-                )
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise EdgeveilError(f"the spool {path}: cannot use a WAL journal (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-            spool = cls(path, conn, max_messages, max_age_s, when_full)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise EdgeveilError(f"{path} is not an edgeveil spool database ({exc})") from exc
-        except BaseException:
-            conn.close()
-            raise
+        with closing_on_error(conn, path, what="spool", error_type=EdgeveilError):
+            spool = cls(path, conn, max_messages, max_age_s, when_full)  # reads the depth
         log.debug("spool %s opened: %d messages", path, spool.depth)
         return spool
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-    def __enter__(self) -> Spool:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r}, depth={self._depth})"
@@ -169,8 +129,7 @@ class Spool:
         with self._lock:
             conn = self._conn
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with transaction(conn):
                     before = conn.total_changes
                     conn.executemany(
                         "INSERT OR IGNORE INTO spool (msg_id, topic, payload, retain, created) "
@@ -192,11 +151,6 @@ class Spool:
                             "(SELECT seq FROM spool ORDER BY seq LIMIT ?)",
                             (excess,),
                         )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
                     self.refused += len(rows)
@@ -264,16 +218,10 @@ class Spool:
         conn = self._conn
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 before = conn.total_changes
                 conn.executemany(sql, params)
                 removed = conn.total_changes - before
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         finally:
             conn.execute("PRAGMA synchronous=FULL")
         return removed

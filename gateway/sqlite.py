@@ -54,7 +54,9 @@ def connect(
     database (...)", followed by `hint`. On any error the connection is closed.
     """
     try:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+        )
     except sqlite3.Error as exc:
         raise error_type(f"cannot open the {what} {path}: {exc}") from exc
     with closing_on_error(conn, path, what=what, error_type=error_type, hint=hint):
