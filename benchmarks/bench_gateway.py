@@ -70,6 +70,7 @@ CPU_TARGET_PCT = 25.0  # of one core, for 20 links
 CPU_TARGET_LINKS = 20
 RSS_TARGET_MB = 60.0  # with 1,000 registered nodes
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PY_SPY_HZ = 200
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
@@ -542,11 +543,11 @@ def histogram_quantile(
     return math.inf, count
 
 
-def fmt_ms(seconds: float) -> str:
+def fmt_ms(seconds: float, inf: str = "undelivered") -> str:
     if math.isnan(seconds):
         return "n/a"
     if math.isinf(seconds):
-        return "> 3600 s"
+        return inf
     return f"{seconds * 1000:,.1f} ms"
 
 
@@ -565,7 +566,7 @@ def start_py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]
     return subprocess.Popen(  # noqa: S603 - py-spy from PATH, on our own gateway
         [
             exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-            "--rate", "200", "--format", "raw", "--function", "--nonblocking",
+            "--rate", str(PY_SPY_HZ), "--format", "raw", "--function", "--gil",
             "--output", str(out),
         ],
         stdin=subprocess.DEVNULL,
@@ -582,10 +583,31 @@ def _short(frame: str) -> str:
     return f"{name} ({Path(path).name}:{line})" if path else frame
 
 
-def report_py_spy(out: Path, top: int = 25) -> None:
+# Stages of the gateway, by a frame somewhere in the stack: the innermost match wins.
+STAGES = (
+    ("acks: seal + write (Ingest._downlink)", ("Ingest._downlink (",)),
+    ("ingest: verify, privacy, SenML, spool hand-off (Ingest.process)", ("Ingest.process (",)),
+    ("serial: read + COBS/CRC (transport, Gateway._on_data)", ("_on_data (", "_read_ready (")),
+    ("MQTT: aiomqtt + paho (Uplink)", ("Uplink.", "(client.py:", "(properties.py:")),
+    ("worker threads: SQLite spool and registry (to_thread)", ("_worker (thread.py:",)),
+    ("metrics HTTP (prometheus_client)", ("(exposition.py:",)),
+    ("housekeeping", ("_housekeeping (",)),
+)
+
+
+def _stage(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, marks in STAGES:
+            if any(mark in frame for mark in marks):
+                return name
+    return "event loop itself: select, callbacks, task switching"
+
+
+def report_py_spy(out: Path, seconds: float, top: int = 25) -> None:
     self_t: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     by_file: Counter[str] = Counter()
+    by_stage: Counter[str] = Counter()
     samples = 0
     for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, number = line.rpartition(" ")
@@ -600,18 +622,27 @@ def report_py_spy(out: Path, top: int = 25) -> None:
         for f in set(frames):
             incl[f] += count
         by_file[frames[-1].rpartition("(")[2].partition(":")[0]] += count
+        by_stage[_stage(frames)] += count
     if not samples:
         print("  py-spy recorded no samples")
         return
-    print(f"\ngateway profile (py-spy, {samples} samples of busy threads, all threads):")
+    print(
+        f"\ngateway profile (py-spy --gil: {samples} samples of the thread holding the GIL, "
+        f"{samples / (PY_SPY_HZ * seconds):.0%} of the {seconds:g} s; time in C with the GIL "
+        "released, e.g. SQLite's fsync, is not in it):"
+    )
+    print("  by stage (innermost matching frame):")
+    for name, n in by_stage.most_common():
+        print(f"    {100 * n / samples:5.1f} %  {name}")
     print("  by the file of the innermost frame (self time):")
     for name, n in by_file.most_common(15):
         print(f"    {100 * n / samples:5.1f} %  {name}")
     print("  functions by self time:")
     for name, n in self_t.most_common(top):
         print(f"    {100 * n / samples:5.1f} %  {name}")
-    print("  functions by inclusive time:")
-    for name, n in incl.most_common(top + 10):
+    print("  functions by inclusive time (without the frames of nearly every sample):")
+    shown = [(name, n) for name, n in incl.most_common() if n < 0.9 * samples]
+    for name, n in shown[:top]:
         print(f"    {100 * n / samples:5.1f} %  {name}")
 
 
@@ -633,6 +664,7 @@ class Results:
     idle_s: float
     idle_ticks: int
     idle_mem: dict[str, int]
+    idle_machine: float  # % of one core busy on the whole machine while the gateway idled
     start: Snapshot
     end: Snapshot
     end_mem: dict[str, int]
@@ -656,9 +688,11 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
 ) -> Results:
     # idle baseline: links open, broker connected, no traffic
     t = time.monotonic()
-    ticks = cpu_ticks(gw.pid)
+    ticks, machine = cpu_ticks(gw.pid), machine_ticks()
     await asyncio.sleep(args.idle)
     idle_ticks, idle_s = cpu_ticks(gw.pid) - ticks, time.monotonic() - t
+    busy, all_ = (b - a for a, b in zip(machine, machine_ticks(), strict=True))
+    idle_machine = (os.cpu_count() or 1) * 100 * busy / max(1, all_)
     idle_mem = memory_kb(gw.pid)
 
     replayer = Replayer(links, args.rate)
@@ -695,6 +729,7 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
         idle_s=idle_s,
         idle_ticks=idle_ticks,
         idle_mem=idle_mem,
+        idle_machine=idle_machine,
         start=start,
         end=end,
         end_mem=end_mem,
@@ -771,24 +806,39 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
     if r.ran_out:
         print(f"  (the replayer ran out of pre-sealed frames {r.ran_out} times: rate too low)")
 
-    p50, p99 = percentile(ranked, 0.50), percentile(ranked, 0.99)
+    p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
     g50, count = histogram_quantile(m0, m1, "edgeveil_latency_seconds", 0.50)
     g99, _ = histogram_quantile(m0, m1, "edgeveil_latency_seconds", 0.99)
+    share = len(latencies) / r.offered if r.offered else 0.0
     print("\nlatency                                    p50          p99")
     print(
         f"  frame written -> subscriber receipt  {fmt_ms(p50):>12} {fmt_ms(p99):>12}"
-        f"   ({len(latencies):,} of {r.offered:,} frames offered in the window delivered;"
-        f" includes the broker hop)"
-    )
-    print(
-        f"  gateway arrival -> PUBACK (histogram)~{fmt_ms(g50):>11} ~{fmt_ms(g99):>11}"
-        f"   ({count:,} observations; estimated within buckets)"
+        f"   (of the {len(latencies):,} frames delivered, {share:.1%} of the {r.offered:,}"
+        " offered in the window; includes the broker hop)"
     )
     if lost > 0:
+        q50, q99 = percentile(ranked, 0.50), percentile(ranked, 0.99)
         print(
-            f"  {lost:,} frames offered in the window were not received within "
-            f"{r.drain_s:.1f} s after the load stopped (counted as slowest)"
+            f"    counting the {lost:,} not delivered within {r.drain_s:.1f} s after the load "
+            f"stopped as slowest: p50 {fmt_ms(q50)}, p99 {fmt_ms(q99)}"
         )
+    print(
+        f"  gateway arrival -> PUBACK (histogram)~{fmt_ms(g50, '> 1 h'):>11} "
+        f"~{fmt_ms(g99, '> 1 h'):>11}"
+        f"   ({count:,} observations; estimated within buckets)"
+    )
+    published = delta("edgeveil_mqtt_published_total")
+    if count < 0.9 * published:
+        print(
+            f"    (only {count:,} observations for {published:,.0f} messages published: the "
+            "gateway remembers the arrival of the newest 10,000 spooled messages only "
+            "(uplink._PUT_TIMES_KEPT), so with a deeper spool backlog it observes none)"
+        )
+    depth = total(m1, "edgeveil_spool_depth")
+    print(
+        f"  backlog: the spool grew by {accepted - published:,.0f} messages in the window"
+        f" (edgeveil_spool_depth, updated every 5 s: {depth:,.0f} at the end)"
+    )
 
     idle_cpu = pct(r.idle_ticks, r.idle_s)
     load_cpu = pct(s1.gw_ticks - s0.gw_ticks, span)
@@ -837,6 +887,7 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
         "\ncontext, % of one core over the window: "
         + ", ".join(f"{k} {pct(o1[k] - o0[k], span):.1f}" for k in o1)
         + f"; whole machine {100 * cores * busy_m / total_m:.0f} of {100 * cores}"
+        f" (during the idle baseline, {r.idle_machine:.0f}: load that is not ours)"
     )
     print(
         f"  subscriber process, whole run: {sub_ticks / CLK_TCK:.1f} s CPU; "
@@ -922,7 +973,7 @@ def run(args: argparse.Namespace) -> None:
         report(args, links, results, gw.pid)
         gw.stop()
         if profile is not None and args.profile == "py-spy" and profile.exists():
-            report_py_spy(profile)
+            report_py_spy(profile, args.seconds)
         elif profile is not None and args.profile == "cprofile":
             report_cprofile(profile)
         warnings = [

@@ -6,20 +6,32 @@ A Record is what may leave the gateway (the privacy stage made it); an OutMessag
 encoded for MQTT, the form the spool stores and the uplink publishes.
 
 Topics (site and gateway ids in every topic, so consumers scale out with shared subscriptions
-such as `$share/workers/edgeveil/+/+/node/+/readings`):
+such as `$share/workers/edgeveil/+/+/zone/+/environment`):
 
-    {prefix}/{site}/{gateway}/node/{node_id}/readings   scaled readings, SenML
+    {prefix}/{site}/{gateway}/zone/{zone}/{stream}      a stream's window aggregates, SenML
+    {prefix}/{site}/{gateway}/node/{node_id}/{stream}   the same, for streams grouped by node
+    {prefix}/{site}/{gateway}/node/{node_id}/readings   readings of "pass" streams, SenML
     {prefix}/{site}/{gateway}/node/{node_id}/status     node health, SenML
     {prefix}/{site}/{gateway}/node/{node_id}/event      node events, SenML
     {prefix}/{site}/{gateway}/availability              "online" / "offline", retained
     {prefix}/{site}/{gateway}/metadata                  gateway metadata, JSON, retained
+    {prefix}/{site}/{gateway}/transparency              the transparency statement, JSON, retained
+    {prefix}/{site}/{gateway}/transparency/text         the same in words (English), retained
+    {prefix}/{site}/{gateway}/privacy/budget            privacy budget spent today, JSON, retained
+
+A zone goes into a topic percent-encoded (RFC 3986: everything but letters, digits and `-._~`),
+so a zone can never add a topic level or an MQTT wildcard; a node without a zone gives an empty
+level (`.../zone//people`, which MQTT allows and `+` matches). A stream grouped by node cannot
+be named readings, status or event (the engine refuses such a policy), so its topic never
+collides with the per-message ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
-KINDS = ("readings", "status", "event")
+KINDS = ("readings", "status", "event", "aggregate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +45,12 @@ class Measurement:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """Something the privacy stage lets leave the gateway."""
+    """Something the privacy stage lets leave the gateway.
+
+    Per-message records (readings, status, event) come from one node. An "aggregate" is one
+    window of one stream: `stream` names it, `time` is the window's start, and `node_id` is 0
+    for a stream grouped by zone (the node's id for one grouped by node).
+    """
 
     kind: str  # one of KINDS
     node_id: int
@@ -41,6 +58,8 @@ class Record:
     time: float  # Unix time, seconds: the node's when it sent one, else the gateway's arrival
     msg_id: str  # stable across retransmissions and restarts: consumers drop duplicates by it
     measurements: tuple[Measurement, ...]
+    stream: str = ""  # the policy stream that released it ("" for none)
+    policy: str = ""  # the hash of the privacy policy under which it left ("" for none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +84,29 @@ class Topics:
 
     def node(self, node_id: int, kind: str) -> str:
         return f"{self.base}/node/{node_id}/{kind}"
+
+    def zone(self, zone: str, stream: str) -> str:
+        return f"{self.base}/zone/{quote(zone, safe='')}/{stream}"
+
+    def record(self, record: Record) -> str:
+        """Where a record is published: an aggregate by its grouping, others by node and kind."""
+        if record.kind != "aggregate":
+            return self.node(record.node_id, record.kind)
+        if record.node_id:  # a stream grouped by node
+            return self.node(record.node_id, record.stream)
+        return self.zone(record.zone, record.stream)
+
+    @property
+    def transparency(self) -> str:
+        return f"{self.base}/transparency"
+
+    @property
+    def transparency_text(self) -> str:
+        return f"{self.base}/transparency/text"
+
+    @property
+    def budget(self) -> str:
+        return f"{self.base}/privacy/budget"
 
     @property
     def availability(self) -> str:

@@ -165,6 +165,7 @@ class Uplink:
         self._connect_timeout = connect_timeout_s
         self._paho_log = _PahoLog()
         self._session_up = False  # past CONNACK in the current attempt
+        self._up_since: float | None = None  # when the current attempt got its CONNACK
         self._password = _read_password(config)
         self._tls = _tls_context(config)
 
@@ -172,6 +173,7 @@ class Uplink:
         self.published = 0
         self.reconnects = 0
         self.last_error: str | None = None
+        self._last_unexpected: str | None = None
         self._connections = 0
         self._outage_since: float | None = None
         self._failed_attempts = 0
@@ -217,7 +219,7 @@ class Uplink:
         self._done.clear()
         try:
             while not self._stop.is_set():
-                started = time.monotonic()
+                self._up_since = None
                 try:
                     await self._session()
                 except aiomqtt.MqttError as exc:
@@ -233,8 +235,9 @@ class Uplink:
                     self.connected = False
                 if self._stop.is_set():
                     break
-                if time.monotonic() - started >= STABLE_AFTER_S:
-                    self._backoff.reset()
+                up = self._up_since
+                if up is not None and time.monotonic() - up >= STABLE_AFTER_S:
+                    self._backoff.reset()  # not after a slow failed attempt: only a real session
                 delay = self._backoff.next()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -301,6 +304,7 @@ class Uplink:
         self._session_up = False
         async with self._client() as client:
             self._session_up = True
+            self._up_since = time.monotonic()
             watch = asyncio.create_task(_until_lost(client), name="edgeveil-uplink-watch")
             work = asyncio.create_task(self._work(client), name="edgeveil-uplink-work")
             try:
@@ -439,25 +443,30 @@ class Uplink:
 
     def _lost(self, reason: str, exc: BaseException | None = None) -> None:
         """One warning per outage (its first error); a changed reason at info, repeats at debug.
-        Stack traces only for errors that are not about the connection (bugs)."""
+
+        `exc` is an error that is not about the connection (a bug, a failing spool): logged
+        as an error with its stack trace, once for as long as it stays the same."""
         c = self.config
         first = self._outage_since is None
         if first:
             self._outage_since = time.monotonic()
         self._failed_attempts += 1
-        if first:
+        if exc is not None:
+            if reason != self._last_unexpected:
+                log.error("MQTT uplink: %s; retrying with backoff", reason, exc_info=exc)
+                self._last_unexpected = reason
+            else:
+                log.debug("MQTT uplink: %s (again)", reason)
+        elif first:
             log.warning(
                 "MQTT broker %s:%d: %s; retrying with backoff (at most %g s apart)",
                 c.host,
                 c.port,
                 reason,
                 self._backoff.maximum,
-                exc_info=exc,
             )
         elif reason != self.last_error:
-            log.info(
-                "MQTT broker %s:%d still unreachable: %s", c.host, c.port, reason, exc_info=exc
-            )
+            log.info("MQTT broker %s:%d still unreachable: %s", c.host, c.port, reason)
         else:
             log.debug("MQTT broker %s:%d: %s (again)", c.host, c.port, reason)
         self.last_error = reason

@@ -10,19 +10,31 @@ from typing import Any
 import pytest
 
 
-def edgeveil(*args: str) -> subprocess.CompletedProcess[str]:
+def edgeveil(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
         text=True,
         check=False,
-        timeout=60,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 
 
+def test_live_demo_shows_what_leaves_the_gateway() -> None:
+    """The README's first command: emulated nodes, the gateway and a broker, printed live."""
+    result = edgeveil("demo", "--nodes", "2", "--duration", "8", timeout=90)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.endswith("availability                 online") for line in lines)
+    assert sum("/readings" in line or "/environment" in line for line in lines) >= 2
+    published = [line for line in lines if line[:2].isdigit()]  # "HH:MM:SS  topic  content"
+    assert not any("observations" in line for line in published)  # personal data never leaves
+    assert "Traceback" not in result.stderr
+
+
 def test_demo_shows_every_message_and_the_rejections() -> None:
-    result = edgeveil("demo")
+    result = edgeveil("demo", "--protocol")
     assert result.returncode == 0, result.stderr
     for name in (
         "readings",

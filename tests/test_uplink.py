@@ -1,7 +1,7 @@
 """The MQTT uplink against a real Mosquitto (tests/mosquitto.py), and the embedded amqtt broker.
 
-Each test starts its own broker on a free port. The spool is the
-real gateway.spool.Spool (SQLite, in the test's temporary directory), recording every delete.
+Each test starts its own broker on a free port. The spool is the real gateway.spool.Spool
+(SQLite, in the test's temporary directory), recording every delete.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import ssl
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -296,6 +297,33 @@ async def test_broker_restart_gets_online_and_metadata_retained_again(
 async def publish_once(broker: Mosquitto, topic: str, payload: bytes, *, retain: bool) -> None:
     async with aiomqtt.Client(broker.host, broker.port) as client:
         await client.publish(topic, payload, qos=1, retain=retain)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_spool_is_logged_and_retried_never_fatal(
+    broker: Mosquitto, spool: RecordingSpool, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakySpool:
+        fail = 2
+
+        def peek(self, limit: int) -> list[tuple[int, OutMessage]]:
+            if self.fail:
+                self.fail -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+            return spool.peek(limit)
+
+        def delete(self, seqs: list[int]) -> None:
+            spool.delete(seqs)
+
+    batch = messages(0, 5)
+    spool.put(batch)
+    async with subscribed(broker, DATA) as sub, uplink_for(broker, FlakySpool()) as up:
+        await sub.wait_for(lambda got: len(got) >= 5)
+        await eventually(lambda: spool.depth == 0, "spool drained")
+        assert up.last_error == "OperationalError: disk I/O error"
+    errors = [r for r in caplog.records if r.name == "edgeveil.uplink" and r.levelno >= 40]
+    assert len(errors) == 1  # once, with its stack trace: a failing disk is worth one
+    assert errors[0].exc_info
 
 
 # -- availability ------------------------------------------------------------------------------
