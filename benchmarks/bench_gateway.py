@@ -22,10 +22,10 @@ rate of 115200 baud 8N1 (11,520 bytes/s), drains the gateway's acks, and notes w
 most 25 % of one core for 20 links, at most 60 MB resident with 1,000 nodes registered), never
 asserts on them.
 
---profile samples the gateway during the measured seconds: py-spy (if it is on PATH; it costs
-the gateway little but needs CPU of its own) or cProfile (the gateway runs under it, the main
-thread only, and slower: then the figures describe the profiled run). Either prints the
-functions where the gateway spends its time.
+--profile samples the gateway during the measured seconds: py-spy (if it is on PATH; samples of
+whichever thread holds the GIL, 200 a second, grouped by gateway stage) or cProfile (the gateway
+runs under it: the main thread only, the whole run, and much slower). Either prints where the
+gateway spends its time; both disturb the figures printed with them.
 """
 
 from __future__ import annotations
@@ -293,9 +293,12 @@ class SubscriberProcess:
             name="bench-subscriber",
             daemon=True,
         )
-        self.proc.start()
-        child.close()
+        self._child = child
         self.online = False
+
+    def start(self) -> None:
+        self.proc.start()
+        self._child.close()
         self._expect("subscribed", 15)
 
     @property
@@ -329,7 +332,7 @@ class SubscriberProcess:
         return self._expect("result", 30)
 
     def kill(self) -> None:
-        if self.proc.is_alive():
+        if self.proc.pid is not None and self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5)
             if self.proc.is_alive():
@@ -369,6 +372,14 @@ class GatewayProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+    def print_warnings(self, first: int = 5) -> None:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        warnings = [ln for ln in text.splitlines() if " WARNING " in ln or " ERROR " in ln]
+        if warnings:
+            print(f"\ngateway log: {len(warnings)} warnings or errors, the first:")
+            for line in warnings[:first]:
+                print(f"  {line}")
 
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -836,8 +847,8 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
         )
     depth = total(m1, "edgeveil_spool_depth")
     print(
-        f"  backlog: the spool grew by {accepted - published:,.0f} messages in the window"
-        f" (edgeveil_spool_depth, updated every 5 s: {depth:,.0f} at the end)"
+        f"  backlog: {accepted - published:,.0f} more frames accepted than messages published"
+        f" in the window (edgeveil_spool_depth, updated every 5 s: {depth:,.0f} at the end)"
     )
 
     idle_cpu = pct(r.idle_ticks, r.idle_s)
@@ -938,10 +949,11 @@ def run(args: argparse.Namespace) -> None:
         broker = Mosquitto(
             tmp / "mosquitto", extra="max_queued_messages 0\nmax_inflight_messages 0"
         )
-        broker.start()
         stack.callback(broker.kill)
+        broker.start()
         sub = SubscriberProcess(broker.host, broker.port)
         stack.callback(sub.kill)
+        sub.start()
 
         metrics_port = free_port()
         config = tmp / "gateway.toml"
@@ -976,15 +988,7 @@ def run(args: argparse.Namespace) -> None:
             report_py_spy(profile, args.seconds)
         elif profile is not None and args.profile == "cprofile":
             report_cprofile(profile)
-        warnings = [
-            line
-            for line in gw.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-            if " WARNING " in line or " ERROR " in line
-        ]
-        if warnings:
-            print(f"\ngateway log: {len(warnings)} warnings or errors, the first:")
-            for line in warnings[:5]:
-                print(f"  {line}")
+        gw.print_warnings()
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
