@@ -7,9 +7,11 @@ for something a user typed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocol import (
     LocalProtocolError,
@@ -22,6 +24,9 @@ from protocol.messages import MESSAGE_CLASSES
 
 from . import __version__
 from .demo import run_protocol_demo
+
+if TYPE_CHECKING:
+    from .privacy.policy import Policy
 
 EXIT_USAGE = 2
 
@@ -218,6 +223,104 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     gateway.set_defaults(handler=_gateway)
 
 
+def _load_policy(path: Path | None, config_path: Path | None) -> tuple[Policy, str]:
+    """The policy of --policy, else the one the gateway configuration names ([privacy]
+    policy), else the shipped default; and where it came from. Errors: one-line CliError."""
+    from . import config  # noqa: PLC0415 - only the policy commands need these
+    from .errors import ConfigError  # noqa: PLC0415
+    from .privacy import engine, policy  # noqa: PLC0415
+
+    try:
+        if path is None and config_path is not None:
+            path = config.load(config_path).privacy_policy
+        loaded = policy.default() if path is None else policy.load(path)
+        engine.check(loaded)  # what the gateway would refuse to run is not explained either
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    except UnicodeDecodeError:
+        raise CliError(f"{path} is not UTF-8 text (a TOML file must be)") from None
+    except (TypeError, ValueError) as exc:  # a value of the wrong type the schema did not name
+        raise CliError(
+            f"{path}: a value has the wrong type ({exc}); compare it with "
+            "gateway/policies/default.toml"
+        ) from None
+    return loaded, str(path) if path is not None else "default policy"
+
+
+def _policy(args: argparse.Namespace) -> int:
+    loaded, where = _load_policy(args.policy, args.config)
+    if args.policy_command == "check":
+        print(f"{where}: ok")
+        print(f"  {loaded.name}: {len(loaded.streams)} streams, fingerprint {loaded.hash}")
+        for stream in loaded.streams:
+            what = ", ".join(stream.quantities) or stream.message
+            how = (
+                "pass, per node"
+                if stream.action == "pass"
+                else f"aggregate per {stream.group_by} every {stream.window_minutes} min"
+            )
+            print(f"  {stream.name}: {what} ({how})")
+        unset = [
+            name
+            for name, value in vars(loaded.register).items()
+            if str(value).startswith("not set")
+        ]
+        if unset:
+            print(f"  register not filled in: {', '.join(unset)}")
+        return 0
+    from .privacy import explain  # noqa: PLC0415 - OpenDP only when a statement is written
+
+    if args.format == "json":
+        print(json.dumps(explain.statement_json(loaded), indent=2, ensure_ascii=False))
+    else:
+        print(explain.statement_text(loaded, args.language), end="")
+    return 0
+
+
+def _add_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    policy = commands.add_parser(
+        "policy",
+        help="check a privacy policy, or explain it in plain language",
+        description="The privacy policy says, per stream of data, what may leave the gateway. "
+        "Which policy: --policy FILE; else the one the gateway configuration of --config names "
+        "([privacy] policy); else the default policy shipped with edgeveil.",
+    )
+    sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
+    policy_help = "the policy's TOML file (default: the one --config names, else the shipped one)"
+    config_help = "without --policy: the policy this gateway configuration names ([privacy] policy)"
+    explain = sub.add_parser(
+        "explain",
+        help="the transparency statement: what is measured, what leaves, what never does",
+        description="Write the transparency statement for residents: what the sensors measure, "
+        "what leaves the gateway and how often, what never leaves, how long data is kept, the "
+        "protections for counts of people and devices, the register fields and the policy's "
+        "fingerprint. The same text the gateway publishes.",
+    )
+    explain.add_argument("--policy", type=Path, metavar="FILE", help=policy_help)
+    explain.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    explain.add_argument(
+        "--language",
+        choices=("en", "nl"),
+        default="en",
+        help="en (English, the default) or nl (Dutch)",
+    )
+    explain.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default) or json: the same facts as data, with the texts in both languages",
+    )
+    check = sub.add_parser(
+        "check",
+        help="validate a policy file and summarise it",
+        description="Read and validate a policy file. Exit status 0 when it is valid, 2 with "
+        "the key and the problem when it is not.",
+    )
+    check.add_argument("--policy", type=Path, metavar="FILE", help=policy_help)
+    check.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    policy.set_defaults(handler=_policy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeveil",
@@ -248,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     _add_gateway(commands)
+    _add_policy(commands)
 
     decode = commands.add_parser(
         "decode",

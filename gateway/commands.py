@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from . import config as config_mod
 from .errors import ConfigError, EdgeveilError, RegistryError
 from .registry import NodeRegistry
-from .service import Gateway
+from .service import Gateway, load_policy
 
 
 class UsageError(Exception):
@@ -66,6 +66,12 @@ def check_config(path: Path | None) -> int:
     s = config.spool
     print(f"  spool: at most {s.max_messages} messages, {s.max_age_s} s, when full: {s.when_full}")
     print(f"  metrics: {config.metrics_listen or 'off'}")
+    try:
+        policy = load_policy(config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    origin = config.privacy_policy or "the default policy"
+    print(f"  privacy: {policy.name!r} from {origin}, hash {policy.hash[:12]}")
     return 0
 
 
@@ -98,6 +104,7 @@ def run(path: Path | None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             if task is not None:  # stop cleanly: the uplink says "offline" on its way out
                 loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload_policy)  # systemctl reload
         await gateway.run()
 
     try:

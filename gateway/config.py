@@ -73,6 +73,9 @@ class GatewayConfig:
     mqtt: MqttConfig | None = None  # None: start the embedded broker (demo and first steps)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     metrics_listen: str | None = "127.0.0.1:9108"
+    # the privacy policy file ([privacy] policy); None: the shipped default policy
+    # (gateway/policies/default.toml). Read at start and again on SIGHUP.
+    privacy_policy: Path | None = None
     source: str = ""  # the file this came from, for messages
 
 
@@ -247,6 +250,9 @@ def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:
         raise ConfigError("metrics.listen", f'must be "host:port" or false, got {listen!r}', source)
     if metrics_listen is not None and not 1 <= int(metrics_listen.rpartition(":")[2]) <= 65535:
         raise ConfigError("metrics.listen", f"port must be 1..65535, got {listen!r}", source)
+    privacy_table = root.table("privacy") or _Table({}, "privacy", source)
+    privacy_policy = privacy_table.path_("policy")
+    privacy_table.done()
     root.done()
     return GatewayConfig(
         site=site,
@@ -257,6 +263,7 @@ def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:
         mqtt=mqtt,
         spool=spool,
         metrics_listen=metrics_listen,
+        privacy_policy=privacy_policy,
         source=source,
     )
 

@@ -126,6 +126,7 @@ class Ingest:
     async def process(self, batch: list[Arrival]) -> None:
         out: list[OutMessage] = []
         accepted: list[tuple[int, int]] = []
+        counted: list[tuple[str, str, bool]] = []  # port, node, left nothing: for metrics
         in_batch: set[tuple[int, int]] = set()
         acks: dict[tuple[str, int], list[int]] = defaultdict(list)
         time_syncs: set[tuple[str, int]] = set()
@@ -160,29 +161,38 @@ class Ingest:
             records = self.policy.process(
                 entry.node_id, entry.zone, header.counter, message, arrival.time
             )
-            if not records:
-                self.metrics.privacy_denied.inc()
+            # no records: dropped by the policy, or taken into a window
+            counted.append((arrival.port, str(entry.node_id), not records))
             out.extend(senml.encode(r, self.topics, self.payload_format) for r in records)
             accepted.append(key)
-            self.metrics.frames.labels(arrival.port, str(entry.node_id), "accepted").inc()
             if _wants_time(message):
                 time_syncs.add((arrival.port, entry.node_id))
         if out:
             try:
                 # off the event loop: put() returns once the batch is on disk (fsync)
                 await asyncio.to_thread(self.spool.put, out)
-            except SpoolFullError:
+            except SpoolFullError as exc:
                 # not stored, so neither accepted nor acknowledged: the nodes send them again
+                # (and again: logged like a rejection, once per burst, not once per batch)
                 self.metrics.spool_dropped.labels("refused").inc(len(out))
-                log.warning(
-                    "spool full (when_full = refuse_new): %d frames not acknowledged", len(accepted)
+                self.burst_log.rejected(
+                    "*", "spool_full", f"{exc}; {len(accepted)} frames not acknowledged"
                 )
                 acks = {k: [c for c in v if (k[1], c) not in in_batch] for k, v in acks.items()}
-                accepted = []
+                accepted, counted = [], []
             self.notify_uplink(out, at=min(a.time for a in batch))
         if accepted:
             self.registry.accept_many(accepted)
+        self._count(counted)
         await self._downlink(acks, time_syncs)
+
+    def _count(self, counted: list[tuple[str, str, bool]]) -> None:
+        """Count frames once they are stored: a frame the full spool refused comes again, and
+        is counted then (not twice)."""
+        for port, node, left_nothing in counted:
+            self.metrics.frames.labels(port, node, "accepted").inc()
+            if left_nothing:
+                self.metrics.privacy_denied.inc()
 
     async def _downlink(
         self, acks: dict[tuple[str, int], list[int]], time_syncs: set[tuple[str, int]]

@@ -20,9 +20,13 @@ import aiomqtt
 
 from firmware.host.fleet import Fleet
 
+from . import policies
 from .config import GatewayConfig, SerialPortConfig
 from .registry import NodeRegistry
 from .service import Gateway
+
+# the default policy on a demo's clock (one-minute windows; environmental readings pass)
+DEMO_POLICY = Path(policies.__file__).parent / "demo.toml"
 
 
 def describe(topic: str, payload: bytes) -> str:
@@ -34,8 +38,10 @@ def describe(topic: str, payload: bytes) -> str:
         data: Any = json.loads(payload)
     except ValueError:
         return f"{tail:<28} ({len(payload)} bytes)"
-    if isinstance(data, dict):  # metadata
-        return f"{tail:<28} {data.get('software', '')}, {data.get('nodes', '?')} nodes"
+    if tail.endswith("transparency/text"):
+        return f"{tail:<28} {payload.decode(errors='replace').splitlines()[0]}"
+    if isinstance(data, dict):  # metadata, transparency statement, privacy budget
+        return f"{tail:<28} {_document(tail, data)}"
     parts = []
     for entry in data:
         value = entry.get("v", entry.get("vs", entry.get("vb")))
@@ -44,6 +50,21 @@ def describe(topic: str, payload: bytes) -> str:
             value, unit = round(value * 1e9), "µg/m³"
         parts.append(f"{entry.get('n')} {value}{' ' + unit if unit else ''}")
     return f"{tail:<28} {', '.join(parts)}"
+
+
+def _document(tail: str, data: dict[str, Any]) -> str:
+    if tail.endswith("transparency"):
+        policy = data.get("policy", {})
+        name = policy.get("name", "?") if isinstance(policy, dict) else "?"
+        return f"statement of the privacy policy {name!r}"
+    if tail.endswith("privacy/budget"):
+        spent = [
+            f"{stream} {zone} {numbers.get('spent')} of {info.get('daily_cap')}"
+            for stream, info in data.get("streams", {}).items()
+            for zone, numbers in info.get("zones", {}).items()
+        ]
+        return f"epsilon spent today: {', '.join(spent) or 'none yet'}"
+    return f"{data.get('software', '')}, {data.get('nodes', '?')} nodes"
 
 
 async def _watch(gateway: Gateway, duration: float | None) -> int:
@@ -80,14 +101,22 @@ async def _demo(nodes: int, duration: float | None, seed: int, workdir: Path) ->
                 for i, node in enumerate(fleet.nodes)
             ),
             metrics_listen=None,
+            privacy_policy=DEMO_POLICY,
         )
         print(
             f"edgeveil demo: {nodes} emulated nodes on pseudo-terminals, the gateway, an "
             "embedded MQTT broker. Ctrl-C stops."
         )
+        print(
+            "Privacy policy: gateway/policies/demo.toml (readings pass; people counted per "
+            "minute, with noise and k)"
+        )
         for node in fleet.nodes:
             print(f"  node {node.node_id} on {node.device} (zone {node.zone})")
-        print("What leaves the gateway (observations of BLE devices never do):\n", flush=True)
+        print(
+            "What leaves the gateway (BLE device addresses never do: at most a noisy count):\n",
+            flush=True,
+        )
         gateway = Gateway(config)
         service = asyncio.create_task(gateway.run(), name="gateway")
         try:

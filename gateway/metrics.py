@@ -59,7 +59,24 @@ class Metrics:
         )
         self.privacy_denied = Counter(
             "edgeveil_privacy_denied",
-            "Messages the privacy stage kept from leaving the gateway (personal data)",
+            "Accepted messages that left nothing of their own: dropped by the privacy policy, or "
+            "taken into a window whose aggregate leaves later (each accepted message is either "
+            "this or one MQTT message)",
+            registry=r,
+        )
+        self.privacy_dropped = Counter(
+            "edgeveil_privacy_dropped",
+            "What the privacy stage dropped, by reason: unselected (messages no policy stream "
+            "selects), unselected_quantity (reading values no stream selects), late (values or "
+            "sightings for a window released already), overflow (beyond a window's bounds)",
+            ["reason"],
+            registry=r,
+        )
+        self.privacy_releases = Counter(
+            "edgeveil_privacy_releases",
+            "Windows the privacy stage released, and counts it suppressed (below k) or withheld "
+            "(daily privacy budget spent)",
+            ["outcome"],
             registry=r,
         )
         self.registered_nodes = Gauge(

@@ -48,8 +48,8 @@ class Record:
     """Something the privacy stage lets leave the gateway.
 
     Per-message records (readings, status, event) come from one node. An "aggregate" is one
-    window of one stream: `stream` names it, `time` is the window's start, and `node_id` is 0
-    for a stream grouped by zone (the node's id for one grouped by node).
+    window of one stream: `stream` names it, `time` is the window's start, `group_by` says
+    whether it covers a zone (`node_id` is then 0) or one node (`node_id`).
     """
 
     kind: str  # one of KINDS
@@ -60,6 +60,7 @@ class Record:
     measurements: tuple[Measurement, ...]
     stream: str = ""  # the policy stream that released it ("" for none)
     policy: str = ""  # the hash of the privacy policy under which it left ("" for none)
+    group_by: str = ""  # aggregates: "zone" or "node"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class Topics:
         """Where a record is published: an aggregate by its grouping, others by node and kind."""
         if record.kind != "aggregate":
             return self.node(record.node_id, record.kind)
-        if record.node_id:  # a stream grouped by node
+        if record.group_by == "node":
             return self.node(record.node_id, record.stream)
         return self.zone(record.zone, record.stream)
 

@@ -4,15 +4,27 @@
     (serial)    (bytes    (verify,   (what may   (SQLite,   (aiomqtt,
                  ->frames) replay)    leave)      durable)   QoS 1)
 
-Long-lived resources (registry, spool, embedded broker, metrics server) are opened in an exit
-stack; the background loops are named tasks in one asyncio.TaskGroup. None of them ends on bad
-input: a transport waits for its port, the uplink for its broker, ingest drops bad frames.
+Long-lived resources (registry, spool, privacy ledger, embedded broker, metrics server) are
+opened in an exit stack; the background loops are named tasks in one asyncio.TaskGroup. None of
+them ends on bad input: a transport waits for its port, the uplink for its broker, ingest drops
+bad frames.
+
+The privacy stage is a PolicyEngine (gateway/privacy/engine.py) driven by the policy file of
+`[privacy] policy` (default: the shipped default policy). Its task "privacy-windows" releases
+due windows every second (gateway clock, UTC-aligned windows) into the spool, and publishes,
+retained, the transparency statement of the policy in force (`{base}/transparency`, JSON, and
+`{base}/transparency/text`, English) and after each release the day's privacy budget
+(`{base}/privacy/budget`). Both are spooled like any message (and spooled again after a
+reconnect, as a broker without persistence forgets retained messages). SIGHUP
+(`reload_policy()`) reads the policy file again and applies it without losing window state
+(PolicyEngine.reload); a policy file with an error is logged and the running policy kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,14 +35,18 @@ from prometheus_client import start_http_server
 
 from protocol import NEED_DATA, RemoteProtocolError, StreamDecoder
 
-from . import __version__, systemd
+from . import __version__, senml, systemd
 from .broker import EmbeddedBroker
 from .config import GatewayConfig, MqttConfig
-from .errors import EdgeveilError
+from .errors import ConfigError, EdgeveilError, SpoolFullError
 from .ingest import Ingest
 from .metrics import Metrics
-from .privacy import DefaultPolicy
-from .records import OutMessage, Topics
+from .privacy import PolicyEngine, PrivacyLedger
+from .privacy import policy as policy_mod
+from .privacy.engine import check as check_policy
+from .privacy.explain import statement_json, statement_text
+from .privacy.policy import Policy
+from .records import OutMessage, Record, Topics
 from .registry import NodeRegistry
 from .spool import Spool
 from .transport import SerialTransport
@@ -39,6 +55,19 @@ from .uplink import Uplink
 log = logging.getLogger("edgeveil.gateway")
 
 HOUSEKEEPING_S = 5.0
+RELEASE_TICK_S = 1.0  # how often the privacy engine's due windows are released
+
+
+def load_policy(config: GatewayConfig) -> Policy:
+    """The configured privacy policy, one the engine can apply; ConfigError (naming the file
+    and, where it can, the key) if it is not."""
+    path = config.privacy_policy
+    try:
+        policy = policy_mod.default() if path is None else policy_mod.load(path)
+    except (TypeError, ValueError) as exc:  # a value of a type the schema does not check
+        raise ConfigError("", f"a value has the wrong type ({exc})", str(path)) from None
+    check_policy(policy)
+    return policy
 
 
 class Gateway:
@@ -50,6 +79,10 @@ class Gateway:
     mqtt: MqttConfig  # the broker in use: configured, or the embedded one
     uplink: Uplink
     ingest: Ingest
+    policy: Policy
+    ledger: PrivacyLedger
+    engine: PolicyEngine
+    topics: Topics
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -59,6 +92,8 @@ class Gateway:
         self.transports: dict[str, SerialTransport] = {}
         self._decoders: dict[str, StreamDecoder] = {}
         self.link_states: dict[str, str] = {}
+        self._reload = asyncio.Event()
+        self._privacy_seen = {"dropped": dict[str, int](), "releases": dict[str, int]()}
 
     # -- link layer: bytes from a transport become frames for ingest ---------------------------
 
@@ -113,8 +148,98 @@ class Gateway:
             for reason, count in (("full", spool.dropped_full), ("age", spool.dropped_age)):
                 m.spool_dropped.labels(reason).inc(count - dropped[reason])
                 dropped[reason] = count
+            self._privacy_metrics()
             systemd.notify("WATCHDOG=1")  # the loop is alive: it got here
             await asyncio.sleep(interval)
+
+    def _privacy_metrics(self) -> None:
+        engine, seen = self.engine, self._privacy_seen
+        for table, counter, counts in (
+            ("dropped", self.metrics.privacy_dropped, engine.dropped),
+            ("releases", self.metrics.privacy_releases, engine.releases),
+        ):
+            for key, count in list(counts.items()):
+                counter.labels(key).inc(count - seen[table].get(key, 0))
+                seen[table][key] = count
+
+    # -- privacy: windows, statement, budget, reload -------------------------------------------
+
+    def reload_policy(self) -> None:
+        """Read the policy file again and apply it (SIGHUP). Call from the event loop."""
+        self._reload.set()
+
+    async def _privacy_windows(self) -> None:
+        """Every second: apply a requested reload, release due windows, publish the budget."""
+        await self._publish_privacy_state()
+        reconnects = self.uplink.reconnects
+        while True:
+            await asyncio.sleep(RELEASE_TICK_S - time.time() % RELEASE_TICK_S + 0.001)
+            if self._reload.is_set():
+                self._reload.clear()
+                await self._reload_policy()
+            due = self.engine.detach_due(time.time())  # in memory, on the loop like process()
+            if due:
+                records = await asyncio.to_thread(self.engine.release, due)  # ledger: fsync
+                if records:
+                    await self._spool_records(records)
+                await self._publish_budget()
+            if self.uplink.reconnects != reconnects:  # the broker may have lost retained state
+                reconnects = self.uplink.reconnects
+                await self._publish_privacy_state()
+
+    async def _reload_policy(self) -> None:
+        try:
+            policy = await asyncio.to_thread(load_policy, self.config)
+            due = self.engine.apply(policy)
+        except ConfigError as exc:
+            log.error("privacy policy not reloaded, the running one stays: %s", exc)
+            return
+        records = await asyncio.to_thread(self.engine.release, due)
+        self.policy = policy
+        self.uplink.set_metadata(self.metadata())
+        if records:
+            await self._spool_records(records)
+        await self._publish_privacy_state()
+
+    async def _spool_records(self, records: list[Record]) -> None:
+        out = [senml.encode(r, self.topics, self.mqtt.payload) for r in records]
+        await self._spool(out)
+
+    async def _spool(self, out: list[OutMessage]) -> None:
+        try:
+            await asyncio.to_thread(self.spool.put, out)
+        except SpoolFullError as exc:
+            self.metrics.spool_dropped.labels("refused").inc(len(out))
+            log.warning("privacy releases not stored: %s", exc)
+            return
+        self.uplink.notify(out)
+
+    async def _publish_privacy_state(self) -> None:
+        """The transparency statement of the policy in force and today's budget, retained."""
+        policy, gw = self.policy, self.config.gateway_id
+        statement = json.dumps(statement_json(policy), sort_keys=True, ensure_ascii=False)
+        text = statement_text(policy, "en")
+        tag = policy.hash[:16]
+        await self._spool(
+            [
+                OutMessage(
+                    f"{gw}:transparency:{tag}", self.topics.transparency, statement.encode(), True
+                ),
+                OutMessage(
+                    f"{gw}:transparency-text:{tag}",
+                    self.topics.transparency_text,
+                    text.encode(),
+                    True,
+                ),
+            ]
+        )
+        await self._publish_budget()
+
+    async def _publish_budget(self) -> None:
+        report = await asyncio.to_thread(self.engine.budget_report)
+        payload = json.dumps(report, sort_keys=True, ensure_ascii=False).encode()
+        msg_id = f"{self.config.gateway_id}:privacy-budget:{time.time_ns()}"
+        await self._spool([OutMessage(msg_id, self.topics.budget, payload, True)])
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -125,7 +250,7 @@ class Gateway:
             "nodes": len(self.registry),
             "serial_ports": [p.name for p in self.config.serial],
             "payload": self.mqtt.payload,
-            "privacy_policy": "default: readings, status and events pass; observations denied",
+            "privacy_policy": {"name": self.policy.name, "hash": self.policy.hash},
         }
 
     @contextlib.asynccontextmanager
@@ -137,8 +262,10 @@ class Gateway:
             raise EdgeveilError(
                 f"cannot create the state directory {config.state_dir}: {exc.strerror}"
             ) from None
+        self.policy = load_policy(config)
         with contextlib.ExitStack() as stack:
             self.registry = stack.enter_context(NodeRegistry.open(config.state_dir / "registry.db"))
+            self.ledger = stack.enter_context(PrivacyLedger.open(config.state_dir / "privacy.db"))
             self.spool = stack.enter_context(
                 Spool.open(
                     config.state_dir / "spool.db",
@@ -173,13 +300,18 @@ class Gateway:
     async def run(self) -> None:
         async with self._resources():
             config = self.config
-            topics = Topics(self.mqtt.topic_prefix, config.site, config.gateway_id)
+            topics = self.topics = Topics(self.mqtt.topic_prefix, config.site, config.gateway_id)
+            self.engine = PolicyEngine(self.policy, config.gateway_id, self.ledger)
+            for node_id in self.registry.node_ids():  # their windows are released from the start
+                entry = self.registry.get(node_id)
+                if entry is not None:
+                    self.engine.add_node(node_id, entry.zone)
             self.uplink = Uplink(
                 self.mqtt, self.spool, topics, self.metadata(), on_published=self._published
             )
             self.ingest = Ingest(
                 self.registry,
-                DefaultPolicy(config.gateway_id),
+                self.engine,
                 self.spool,
                 topics,
                 self.mqtt.payload,
@@ -192,22 +324,29 @@ class Gateway:
                 self.metrics.link_up.labels(port.name).set(0)
                 self.transports[port.name] = SerialTransport(port, self._on_data, self._on_state)
             log.info(
-                "gateway %s/%s: %d nodes registered, %d serial ports, broker %s:%d",
+                "gateway %s/%s: %d nodes registered, %d serial ports, broker %s:%d, "
+                "privacy policy %r (%s)",
                 config.site,
                 config.gateway_id,
                 len(self.registry),
                 len(config.serial),
                 self.mqtt.host,
                 self.mqtt.port,
+                self.policy.name,
+                self.policy.hash[:12],
             )
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.uplink.run(), name="uplink")
-                tg.create_task(self.ingest.run(), name="ingest")
-                for transport in self.transports.values():
-                    tg.create_task(transport.run(), name=transport.task_name)
-                tg.create_task(self._housekeeping(), name="housekeeping")
-                systemd.notify("READY=1")
-                self.ready.set()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.uplink.run(), name="uplink")
+                    tg.create_task(self.ingest.run(), name="ingest")
+                    tg.create_task(self._privacy_windows(), name="privacy-windows")
+                    for transport in self.transports.values():
+                        tg.create_task(transport.run(), name=transport.task_name)
+                    tg.create_task(self._housekeeping(), name="housekeeping")
+                    systemd.notify("READY=1")
+                    self.ready.set()
+            finally:
+                self.engine.close()  # pseudonym keys destroyed; open windows are not released
 
 
 def with_ports(config: GatewayConfig, devices: dict[str, str]) -> GatewayConfig:

@@ -12,6 +12,13 @@ retention, the register fields and the policy's hash. Free-text fields of the po
 values, a stream's own `retention` text) are quoted as written, in whatever language their
 author used; the schema's default retention text is rendered in the statement's language.
 
+The statement describes what the privacy engine (engine.py) does with the policy, not just
+what the file says: the key rotation is the engine's (`key_rotation_minutes` rounded down to
+whole windows, pseudonyms.rotation_seconds); `k` on a readings stream withholds summaries of
+fewer than k readings, on observations it withholds counts below k; the daily cap is booked
+per stream and zone (or node) and UTC day (ledger.py), so it also gives the most counts a day
+can have. Policies the engine refuses (`engine.check`) are refused by `edgeveil policy` too.
+
 The output is deterministic: the same policy gives the same text, byte for byte (no dates, no
 dictionary-order surprises), so a published statement can be compared and cited.
 """
@@ -28,7 +35,9 @@ from typing import Any
 from protocol.messages import EVENT_CODES
 
 from . import dp
+from .ledger import KEEP_DAYS
 from .policy import MESSAGES, QUANTITY_NAMES, Policy, Register, Stream
+from .pseudonyms import rotation_seconds
 
 LANGUAGES = ("en", "nl")
 ALPHA = 0.05  # accuracy is quoted at 95 % confidence
@@ -156,28 +165,28 @@ _T: dict[str, dict[str, str]] = {
     "h_retention": {"en": "How long data is kept", "nl": "Hoe lang gegevens worden bewaard"},
     "h_hash": {"en": "Policy fingerprint", "nl": "Vingerafdruk van het beleid"},
     "personal_yes": {
-        "en": "yes: the sensors see personal data ({what}); it is anonymised at the gateway "
-        "and never leaves it",
-        "nl": "ja: de sensoren zien persoonsgegevens ({what}); die worden in de gateway "
-        "geanonimiseerd en verlaten de gateway nooit",
+        "en": "Yes. The sensors see personal data ({what}); it is anonymised at the gateway "
+        "and never leaves it.",
+        "nl": "Ja. De sensoren zien persoonsgegevens ({what}); die worden in de gateway "
+        "geanonimiseerd en verlaten de gateway nooit.",
     },
     "personal_forwarded": {
-        "en": "yes: the sensors see personal data ({what}). The gateway replaces the addresses "
+        "en": "Yes. The sensors see personal data ({what}). The gateway replaces the addresses "
         "by pseudonyms that change {every} and passes those pseudonyms on; pseudonymised data "
-        "is still personal data",
-        "nl": "ja: de sensoren zien persoonsgegevens ({what}). De gateway vervangt de adressen "
+        "is still personal data.",
+        "nl": "Ja. De sensoren zien persoonsgegevens ({what}). De gateway vervangt de adressen "
         "door pseudoniemen die {every} veranderen en geeft die pseudoniemen door; "
-        "gepseudonimiseerde gegevens blijven persoonsgegevens",
+        "gepseudonimiseerde gegevens blijven persoonsgegevens.",
     },
     "personal_what": {
         "en": "Bluetooth addresses of nearby devices",
         "nl": "Bluetooth-adressen van apparaten in de buurt",
     },
     "personal_no": {
-        "en": "no personal data: nothing this policy lets through is about people or their "
-        "devices",
-        "nl": "geen persoonsgegevens: niets wat dit beleid doorlaat gaat over mensen of hun "
-        "apparaten",
+        "en": "No personal data: nothing this policy lets through is about people or their "
+        "devices.",
+        "nl": "Geen persoonsgegevens: niets wat dit beleid doorlaat, gaat over mensen of hun "
+        "apparaten.",
     },
     "register_unset": {
         "en": "Some of these fields are not filled in yet. Until they are, this policy is not "
@@ -192,9 +201,16 @@ _T: dict[str, dict[str, str]] = {
         "nl": "Ook merken ze telefoons en andere Bluetooth-apparaten in de buurt op: die worden "
         "geteld, nooit herkend.",
     },
+    "measured_devices_forwarded": {
+        "en": "They also notice nearby phones and other Bluetooth devices: these are counted and "
+        "given pseudonyms (see below), never identified by their address.",
+        "nl": "Ook merken ze telefoons en andere Bluetooth-apparaten in de buurt op: die worden "
+        "geteld en krijgen een pseudoniem (zie hieronder), maar worden nooit herkend aan hun "
+        "adres.",
+    },
     "measured_health": {
-        "en": "The sensor boxes also report on their own state: battery, running time, memory "
-        "and restarts.",
+        "en": "In addition, the sensor boxes report on their own state: battery, running time, "
+        "memory and restarts.",
         "nl": "Daarnaast melden de sensorkastjes hoe het met ze gaat: batterij, looptijd, "
         "geheugen en herstarts.",
     },
@@ -204,10 +220,13 @@ _T: dict[str, dict[str, str]] = {
     },
     "zone": {
         "en": "A zone is an area, such as a street or a square, with one or more sensor boxes.",
-        "nl": "Een zone is een gebied, zoals een straat of plein, met een of meer "
-        "sensorkastjes.",
+        "nl": "Een zone is een gebied, zoals een straat of plein, met een of meer sensorkastjes.",
     },
     "granularity": {"en": "per {unit} {every}", "nl": "per {unit} {every}"},
+    "k_readings": {
+        "en": "Summaries of fewer than {k} readings are not published.",
+        "nl": "Samenvattingen van minder dan {k} metingen worden niet gepubliceerd.",
+    },
     "k": {
         "en": "Counts below {k} are not published (a small number could point to one person).",
         "nl": "Aantallen onder de {k} worden niet gepubliceerd (een klein aantal kan naar één "
@@ -221,17 +240,16 @@ _T: dict[str, dict[str, str]] = {
         "it is enough for at most {releases} per {unit} per day (days count in UTC).",
         "nl": "Aan elk aantal wordt willekeurige ruis toegevoegd, zodat de cijfers vrijwel niets "
         "verraden over één afzonderlijk apparaat (differentiële privacy): epsilon {epsilon} per "
-        "aantal, hooguit {cap} per dag per {unit}. Epsilon is een maat voor hoeveel een aantal "
+        "telling, hooguit {cap} per dag per {unit}. Epsilon is een maat voor hoeveel een aantal "
         "kan verraden: hoe kleiner, hoe beter de privacy. Is dat budget op, dan worden die dag "
-        "geen aantallen meer gepubliceerd; het is genoeg voor hooguit {releases} per {unit} per "
+        "geen tellingen meer gepubliceerd; het is genoeg voor hooguit {releases} per {unit} per "
         "dag (dagen in UTC-tijd).",
     },
-    "releases": {"en": "{n} counts", "nl": "{n} aantallen"},
-    "release_one": {"en": "1 count", "nl": "1 aantal"},
+    "releases": {"en": "{n} counts", "nl": "{n} tellingen"},
+    "release_one": {"en": "1 count", "nl": "1 telling"},
     "accuracy": {
         "en": "Counts are accurate to about ±{n} with 95% confidence.",
-        "nl": "De gepubliceerde aantallen zijn met 95% zekerheid nauwkeurig tot op ongeveer "
-        "±{n}.",
+        "nl": "De gepubliceerde aantallen zijn met 95% zekerheid nauwkeurig tot op ongeveer ±{n}.",
     },
     "pseudonyms": {
         "en": "Bluetooth addresses are replaced at the gateway by pseudonyms, made with a secret "
@@ -242,10 +260,12 @@ _T: dict[str, dict[str, str]] = {
     "pseudonyms_forwarded": {
         "en": "Bluetooth addresses are replaced at the gateway by pseudonyms, made with a secret "
         "key that is replaced {every}. These pseudonyms are passed on as well: within {window} "
-        "they show that the same device was seen again.",
+        "they show that the same device was seen again. Whoever receives them can count them, "
+        "so the noise no longer protects these counts.",
         "nl": "Bluetooth-adressen worden in de gateway vervangen door pseudoniemen, gemaakt met "
         "een geheime sleutel die {every} wordt vervangen. Die pseudoniemen worden ook "
-        "doorgegeven: binnen {window} laten ze zien dat hetzelfde apparaat opnieuw is gezien.",
+        "doorgegeven: binnen {window} laten ze zien dat hetzelfde apparaat opnieuw is gezien. "
+        "Wie ze ontvangt, kan ze tellen: de ruis beschermt deze aantallen dan niet meer.",
     },
     "never_ids": {
         "en": "Bluetooth addresses or other identifiers of phones and devices, and the "
@@ -283,9 +303,13 @@ _T: dict[str, dict[str, str]] = {
         "en": "Anything not listed above: the gateway drops it.",
         "nl": "Alles wat hierboven niet staat: de gateway gooit het weg.",
     },
-    "never_rest_examples": {
-        "en": "With this policy that includes {what}.",
-        "nl": "Bij dit beleid gaat het onder meer om {what}.",
+    "never_rest_quantities": {
+        "en": "With this policy that includes these measurements: {what}.",
+        "nl": "Bij dit beleid gaat het onder meer om deze metingen: {what}.",
+    },
+    "never_rest_messages": {
+        "en": "It also drops {what}.",
+        "nl": "Ook gooit de gateway {what} weg.",
     },
     "dropped_status": {
         "en": "the sensor boxes' reports on their own state",
@@ -293,10 +317,10 @@ _T: dict[str, dict[str, str]] = {
     },
     "dropped_event": {
         "en": "the sensor boxes' events (restarts, faults, movement)",
-        "nl": "gebeurtenissen van de sensorkastjes (herstarts, storingen, beweging)",
+        "nl": "de gebeurtenissen van de sensorkastjes (herstarts, storingen, beweging)",
     },
     "kept_window": {
-        "en": "Not stored: the readings behind each summary stay in the gateway's working "
+        "en": "Not stored: the measurements behind each summary stay in the gateway's working "
         "memory (RAM) only until the end of their {window}, and are discarded once the "
         "summary is out.",
         "nl": "Niet opgeslagen: de metingen achter elke samenvatting blijven alleen tot het "
@@ -316,6 +340,12 @@ _T: dict[str, dict[str, str]] = {
         "nl": "Wat de gateway doorgeeft, wacht in zijn uitgaande berichten op schijf tot de "
         "ontvangende server het heeft bevestigd, en wordt daarna van de gateway gewist.",
     },
+    "kept_budget": {
+        "en": "For {days} days the gateway keeps how much of each day's budget was used, per "
+        "{unit}: numbers only, nothing about devices.",
+        "nl": "De gateway houdt {days} dagen lang bij hoeveel van het dagbudget per {unit} is "
+        "gebruikt: alleen getallen, niets over apparaten.",
+    },
     "kept_keys": {
         "en": "Pseudonym keys exist only in the gateway's working memory (RAM), never on disk. "
         "Each key is replaced {every} and then destroyed; after that nobody, not even the "
@@ -327,13 +357,24 @@ _T: dict[str, dict[str, str]] = {
     },
     "hash": {
         "en": "This is the SHA-256 fingerprint of the policy. Any change to the policy changes "
-        "the fingerprint; what the gateway publishes under this policy carries the same one.",
+        "the fingerprint; what the gateway publishes under this policy carries the same "
+        "fingerprint.",
         "nl": "Dit is de SHA-256-vingerafdruk van het beleid. Elke wijziging in het beleid "
         "verandert de vingerafdruk; wat de gateway onder dit beleid publiceert, draagt "
-        "dezelfde.",
+        "dezelfde vingerafdruk.",
     },
-    "health_label": {"en": "reports on their own state", "nl": "berichten over hun toestand"},
-    "events_label": {"en": "events", "nl": "gebeurtenissen"},
+    "health_label": {
+        "en": "the sensor boxes' state reports",
+        "nl": "toestandsberichten van de sensorkastjes",
+    },
+    "events_label": {
+        "en": "the sensor boxes' events",
+        "nl": "gebeurtenissen van de sensorkastjes",
+    },
+    "health_events_label": {
+        "en": "the sensor boxes' state reports and events",
+        "nl": "toestandsberichten en gebeurtenissen van de sensorkastjes",
+    },
     "devices_label": {"en": "nearby devices", "nl": "apparaten in de buurt"},
 }
 
@@ -353,7 +394,7 @@ def _t(key: str, lang: str, **values: Any) -> str:
 
 
 def _join(items: Iterable[str], lang: str, *, either: bool = False) -> str:
-    """"a, b and c" ("a, b en c"); with either: "a, b or c" ("a, b of c")."""
+    """Words as a list: "a, b and c" ("a, b en c"); with either: "a, b or c"."""
     words = list(dict.fromkeys(items))  # in order, without repeats
     if len(words) <= 1:
         return "".join(words)
@@ -427,7 +468,7 @@ def _what(stream: Stream, lang: str) -> str:
         return _DEVICES[lang]
     if stream.message == "status":
         return _HEALTH[lang]
-    kinds = [_EVENTS[code][lang] for code in EVENT_CODES if code != "motion"]
+    kinds = [words[lang] for code, words in _EVENTS.items() if code in EVENT_CODES]
     if lang == "en":
         return f"events of each sensor box ({_join(kinds, lang)}) and {_MOTION_EVENTS[lang]}"
     return f"gebeurtenissen van elk sensorkastje ({_join(kinds, lang)}) en {_MOTION_EVENTS[lang]}"
@@ -471,6 +512,13 @@ def _granularity(stream: Stream, lang: str) -> str:
     return _t("granularity", lang, unit=unit, every=_every(stream.window_minutes, lang))
 
 
+def _rotation(stream: Stream) -> int:
+    """Minutes a pseudonym key lives: the engine's period (the policy's key_rotation_minutes,
+    rounded down to whole windows), so the statement never promises a longer life than the
+    engine gives a key, nor a shorter one."""
+    return rotation_seconds(stream) // 60
+
+
 def _releases_per_day(stream: Stream) -> int | None:
     if stream.noise is None:
         return None
@@ -484,10 +532,12 @@ def _accuracy(stream: Stream) -> int | None:
 
 
 def _released(stream: Stream, lang: str) -> str:
-    """The sentence of what leaves for one stream: "Temperature, ...: the average, ...\""""
+    """The sentence of what leaves for one stream ("Temperature, ...: the average ...")."""
     if stream.action == "pass":
         return f"{_cap(_what(stream, lang))}: {_granularity(stream, lang)}."
-    return f"{_cap(_what(stream, lang))}: {_statistics(stream, lang)}, {_granularity(stream, lang)}."
+    return (
+        f"{_cap(_what(stream, lang))}: {_statistics(stream, lang)}, {_granularity(stream, lang)}."
+    )
 
 
 def _details(stream: Stream, lang: str) -> list[str]:
@@ -495,7 +545,7 @@ def _details(stream: Stream, lang: str) -> list[str]:
     out: list[str] = []
     unit = _UNIT["node" if stream.action == "pass" else stream.group_by][lang]
     if stream.k is not None:
-        out.append(_t("k", lang, k=stream.k))
+        out.append(_t("k_readings" if stream.message == "readings" else "k", lang, k=stream.k))
     if stream.noise is not None:
         releases = _releases_per_day(stream) or 0
         out.append(
@@ -512,9 +562,9 @@ def _details(stream: Stream, lang: str) -> list[str]:
         )
         out.append(_t("accuracy", lang, n=_accuracy(stream)))
     if stream.personal:
-        every = _every(stream.rotation_minutes, lang)
+        every = _every(_rotation(stream), lang)
         if stream.forward_pseudonyms:
-            window = _duration(stream.rotation_minutes, lang)
+            window = _duration(_rotation(stream), lang)
             out.append(_t("pseudonyms_forwarded", lang, every=every, window=window))
         else:
             out.append(_t("pseudonyms", lang, every=every))
@@ -527,7 +577,7 @@ def _personal_data(policy: Policy, lang: str) -> str:
     what = _t("personal_what", lang)
     forwarding = [s for s in policy.streams if s.personal and s.forward_pseudonyms]
     if forwarding:
-        every = _every(min(s.rotation_minutes for s in forwarding), lang)
+        every = _every(min(_rotation(s) for s in forwarding), lang)
         return _t("personal_forwarded", lang, what=what, every=every)
     return _t("personal_yes", lang, what=what)
 
@@ -546,9 +596,7 @@ def _register_values(policy: Policy, lang: str) -> dict[str, str]:
 
 
 def _register_complete(register: Register) -> bool:
-    return not any(
-        str(getattr(register, f.name)).startswith("not set") for f in fields(Register)
-    )
+    return not any(str(getattr(register, f.name)).startswith("not set") for f in fields(Register))
 
 
 def _measured(policy: Policy, lang: str) -> list[str]:
@@ -564,7 +612,9 @@ def _measured(policy: Policy, lang: str) -> list[str]:
         words = _quantity_words(quantities, lang, more=True)
         sentences.append(_t("measured", lang, what=_join(words, lang)))
     messages = {s.message for s in policy.streams}
-    if "observations" in messages:
+    if any(s.personal and s.forward_pseudonyms for s in policy.streams):
+        sentences.append(_t("measured_devices_forwarded", lang))
+    elif "observations" in messages:
         sentences.append(_t("measured_devices", lang))
     if "status" in messages:
         sentences.append(_t("measured_health", lang))
@@ -589,11 +639,13 @@ def _never(policy: Policy, lang: str) -> list[str]:
     elif single:
         what = _join([q for s in single for q in _quantity_words(s.quantities, lang)], lang)
         out.append(_t("never_single_except", lang, what=what))
-    rest = _t("never_rest", lang)
-    examples = _dropped_words(policy, lang)
-    if examples:
-        rest += " " + _t("never_rest_examples", lang, what=_join(examples, lang))
-    out.append(rest)
+    rest = [_t("never_rest", lang)]
+    quantities, messages = _dropped_words(policy, lang)
+    if quantities:
+        rest.append(_t("never_rest_quantities", lang, what=_join(quantities, lang)))
+    if messages:
+        rest.append(_t("never_rest_messages", lang, what=_join(messages, lang)))
+    out.append(" ".join(rest))
     return out
 
 
@@ -606,18 +658,15 @@ def _dropped(policy: Policy) -> tuple[list[str], list[str]]:
     return quantities, messages
 
 
-def _dropped_words(policy: Policy, lang: str) -> list[str]:
+def _dropped_words(policy: Policy, lang: str) -> tuple[list[str], list[str]]:
+    """What no stream selects, in words: (measurements, other messages). Observations are
+    said in their own line; the battery only when the state reports (which carry it) are
+    dropped as well, lest the two lines seem to contradict each other."""
     quantities, messages = _dropped(policy)
-    selected_m = {s.message for s in policy.streams}
-    if "status" in selected_m:  # the battery is in the health reports: not worth a mention
+    if "status" not in messages:
         quantities = [q for q in quantities if q != "battery"]
-    pattern = {"en": "{} readings", "nl": "metingen van {}"}[lang]
-    words = [pattern.format(w) for w in _quantity_words(quantities, lang)]
-    if "status" in messages:
-        words.append(_t("dropped_status", lang))
-    if "event" in messages:
-        words.append(_t("dropped_event", lang))
-    return words  # observations: said in their own line
+    words = [_t(f"dropped_{m}", lang) for m in messages if m in ("status", "event")]
+    return _quantity_words(quantities, lang), words
 
 
 def _kept(policy: Policy, lang: str) -> list[str]:
@@ -635,15 +684,24 @@ def _kept(policy: Policy, lang: str) -> list[str]:
         out.append(_t("kept_window", lang, window=window))
     passed = [s for s in policy.streams if s.action == "pass" and s.retention == _DEFAULT_RETENTION]
     if passed:
-        what = _cap(_join([_label(s, lang) for s in passed], lang))
-        out.append(_t("kept_pass", lang, what=what))
+        labels = [_label(s, lang) for s in passed]
+        if {"status", "event"} <= {s.message for s in passed}:
+            labels = [_label(s, lang) for s in passed if s.message not in ("status", "event")]
+            labels.append(_t("health_events_label", lang))
+        out.append(_t("kept_pass", lang, what=_cap(_join(labels, lang))))
     for s in policy.streams:
         if s.retention != _DEFAULT_RETENTION:
-            out.append(_t("kept_custom", lang, what=_cap(_label(s, lang)), text=s.retention))
+            text = s.retention.strip()
+            text += "" if text.endswith((".", "!", "?")) else "."
+            out.append(_t("kept_custom", lang, what=_cap(_label(s, lang)), text=text))
     out.append(_t("kept_outbox", lang))
+    noisy = [s for s in policy.streams if s.noise is not None]
+    if noisy:
+        units = [_UNIT["node" if s.action == "pass" else s.group_by][lang] for s in noisy]
+        out.append(_t("kept_budget", lang, days=KEEP_DAYS, unit=_join(units, lang, either=True)))
     personal = [s for s in policy.streams if s.personal]
     if personal:
-        every = _every(min(s.rotation_minutes for s in personal), lang)
+        every = _every(min(_rotation(s) for s in personal), lang)
         out.append(_t("kept_keys", lang, every=every))
     return out
 
@@ -762,7 +820,7 @@ def _stream_json(stream: Stream) -> dict[str, Any]:
         "max_contribution": noise.max_contribution if noise else None,
         "max_releases_per_day": _releases_per_day(stream),
         "accuracy_95": _accuracy(stream),
-        "key_rotation_minutes": stream.rotation_minutes if stream.personal else None,
+        "key_rotation_minutes": _rotation(stream) if stream.personal else None,
         "pseudonym_bits": stream.pseudonym_bits if stream.personal else None,
         "forward_pseudonyms": stream.forward_pseudonyms,
         "retention": stream.retention,

@@ -1,19 +1,14 @@
-"""The privacy stage: decides what of a verified message may leave the gateway, and in what form.
-
-Nothing personal crosses this stage (ARCHITECTURE.md): what comes out are Records, and only
-Records reach the spool, the logs' payload-free lines and MQTT. Until a policy file says
-otherwise (the privacy engine, its own issue), the gateway applies the default below:
-
-- readings, status and events pass through, converted from scaled integers to SenML units;
-- observations (device identifiers seen by a node's BLE scanner) are personal data and are
-  DENIED: they are verified, counted and acknowledged, and then dropped. Nothing of them leaves.
+"""The "pass" action: one record per message, per node, converted from the wire's scaled
+integers to SenML units. The privacy engine uses it for streams with `action = "pass"` (node
+health and events in the default policy); nothing personal can take this path (the policy
+refuses `pass` for observations).
 """
 
 from __future__ import annotations
 
-from typing import Protocol as TypingProtocol
+from collections.abc import Container
 
-from protocol import Event, Message, Observations, Readings, Status
+from protocol import Event, Readings, Status
 from protocol.messages import EVENT_CODES, RESET_CAUSES
 from protocol.quantities import exponent, is_known, quantity_name, senml_unit
 
@@ -31,14 +26,6 @@ _STATUS = {
 }
 
 
-class PrivacyStage(TypingProtocol):
-    """What the ingest stage calls for every new, verified message."""
-
-    def process(
-        self, node_id: int, zone: str, counter: int, message: Message, arrival: float
-    ) -> list[Record]: ...
-
-
 def scaled(n: int, exp: int) -> float | int:
     """n * 10**exp without binary noise (215, -1 -> 21.5, not 21.500000000000004)."""
     if exp >= 0:
@@ -46,41 +33,58 @@ def scaled(n: int, exp: int) -> float | int:
     return round(n * 10.0**exp, -exp)
 
 
-class DefaultPolicy:
-    """Pass-through for environmental data and node health; default-deny for personal data."""
+def readings_record(  # noqa: PLR0917 - the message's coordinates, as PrivacyStage.process has them
+    gateway_id: str,
+    node_id: int,
+    zone: str,
+    counter: int,
+    message: Readings,
+    arrival: float,
+    quantities: Container[int] | None = None,
+    policy: str = "",
+) -> Record | None:
+    """The readings of `quantities` (all if None) as one record; None if none is selected."""
+    time = float(message.time) if message.time is not None else arrival
+    values = tuple(
+        Measurement(quantity_name(q), senml_unit(q), scaled(v, exponent(q)))
+        if is_known(q)
+        else Measurement(quantity_name(q), "", v)
+        for q, v in sorted(message.values.items())
+        if quantities is None or q in quantities
+    )
+    if not values:
+        return None
+    msg_id = message_id(gateway_id, node_id, counter)
+    return Record("readings", node_id, zone, time, msg_id, values, policy=policy)
 
-    def __init__(self, gateway_id: str) -> None:
-        self.gateway_id = gateway_id
-        self.denied = 0  # observation messages dropped, for metrics
 
-    def process(
-        self, node_id: int, zone: str, counter: int, message: Message, arrival: float
-    ) -> list[Record]:
-        msg_id = message_id(self.gateway_id, node_id, counter)
-        if isinstance(message, Observations):
-            self.denied += 1
-            return []
-        if isinstance(message, Readings):
-            time = float(message.time) if message.time is not None else arrival
-            values = tuple(
-                Measurement(quantity_name(q), senml_unit(q), scaled(v, exponent(q)))
-                if is_known(q)
-                else Measurement(quantity_name(q), "", v)
-                for q, v in sorted(message.values.items())
-            )
-            return [Record("readings", node_id, zone, time, msg_id, values)]
-        if isinstance(message, Status):
-            return [Record("status", node_id, zone, arrival, msg_id, _status(message))]
-        if isinstance(message, Event):
-            name = (
-                EVENT_CODES[message.code]
-                if message.code < len(EVENT_CODES)
-                else (f"event{message.code}")
-            )
-            value = 1 if message.value is None else message.value
-            m = Measurement(name, "", value)
-            return [Record("event", node_id, zone, arrival, msg_id, (m,))]
-        return []  # gateway-to-node messages never arrive here (the envelope rejects them)
+def status_record(  # noqa: PLR0917
+    gateway_id: str,
+    node_id: int,
+    zone: str,
+    counter: int,
+    message: Status,
+    arrival: float,
+    policy: str = "",
+) -> Record:
+    msg_id = message_id(gateway_id, node_id, counter)
+    return Record("status", node_id, zone, arrival, msg_id, _status(message), policy=policy)
+
+
+def event_record(  # noqa: PLR0917
+    gateway_id: str,
+    node_id: int,
+    zone: str,
+    counter: int,
+    message: Event,
+    arrival: float,
+    policy: str = "",
+) -> Record:
+    name = EVENT_CODES[message.code] if message.code < len(EVENT_CODES) else f"event{message.code}"
+    value = 1 if message.value is None else message.value
+    m = Measurement(name, "", value)
+    msg_id = message_id(gateway_id, node_id, counter)
+    return Record("event", node_id, zone, arrival, msg_id, (m,), policy=policy)
 
 
 def _status(status: Status) -> tuple[Measurement, ...]:

@@ -35,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from protocol.messages import EVENT_CODES
 from protocol.quantities import QUANTITIES
 
 from ..errors import ConfigError
@@ -73,6 +74,7 @@ class Stream:
     key_rotation_minutes: int | None = None  # None: every window
     forward_pseudonyms: bool = False
     retention: str = "not stored: released once per window, then discarded"
+    events: tuple[str, ...] = ()  # event streams: which event names; () = all
 
     @property
     def personal(self) -> bool:
@@ -133,6 +135,22 @@ def _fail(key: str, problem: str, source: str) -> ConfigError:
     return ConfigError(key, problem, source)
 
 
+def _names(
+    data: dict[str, Any], key: str, default: tuple[str, ...], where: str, source: str
+) -> tuple[str, ...]:
+    value = data.get(key, list(default))
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _fail(f"{where}.{key}", 'must be a list of names, e.g. ["a", "b"]', source)
+    return tuple(value)
+
+
+def _number(data: dict[str, Any], key: str, default: float, where: str, source: str) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(f"{where}.{key}", f"must be a number, got {value!r}", source)
+    return float(value)
+
+
 def _stream(data: Any, index: int, source: str) -> Stream:  # noqa: PLR0912, PLR0915 - one check per key
     where = f"streams[{index}]"
     if not isinstance(data, dict):
@@ -148,7 +166,7 @@ def _stream(data: Any, index: int, source: str) -> Stream:  # noqa: PLR0912, PLR
     message = data.get("message")
     if message not in MESSAGES:
         raise _fail(f"{where}.message", f"must be one of {', '.join(MESSAGES)}", source)
-    quantities = tuple(data.get("quantities", ()))
+    quantities = _names(data, "quantities", (), where, source)
     for q in quantities:
         if q not in QUANTITY_NAMES:
             raise _fail(f"{where}.quantities", f"unknown quantity {q!r}", source)
@@ -172,7 +190,7 @@ def _stream(data: Any, index: int, source: str) -> Stream:  # noqa: PLR0912, PLR
     if group_by not in GROUP_BY:
         raise _fail(f"{where}.group_by", f"must be one of {', '.join(GROUP_BY)}", source)
     default_stats = (DISTINCT,) if message == "observations" else ("mean",)
-    statistics = tuple(data.get("statistics", default_stats))
+    statistics = _names(data, "statistics", default_stats, where, source)
     allowed = (DISTINCT,) if message == "observations" else STATISTICS
     for s in statistics:
         if s not in allowed:
@@ -188,11 +206,14 @@ def _stream(data: Any, index: int, source: str) -> Stream:  # noqa: PLR0912, PLR
         for key in n:
             if key not in Noise.__dataclass_fields__:
                 raise _fail(f"{where}.noise.{key}", "unknown key", source)
+        contribution = n.get("max_contribution", 1)
+        if not isinstance(contribution, int) or isinstance(contribution, bool):
+            raise _fail(f"{where}.noise.max_contribution", "must be a whole number", source)
         noise = Noise(
             mechanism=n.get("mechanism", "discrete_laplace"),
-            epsilon=float(n.get("epsilon", 0.5)),
-            daily_cap=float(n.get("daily_cap", 2.0)),
-            max_contribution=int(n.get("max_contribution", 1)),
+            epsilon=_number(n, "epsilon", 0.5, f"{where}.noise", source),
+            daily_cap=_number(n, "daily_cap", 2.0, f"{where}.noise", source),
+            max_contribution=contribution,
         )
         if noise.mechanism not in MECHANISMS:
             raise _fail(f"{where}.noise.mechanism", f"must be one of {MECHANISMS}", source)
@@ -222,6 +243,14 @@ def _stream(data: Any, index: int, source: str) -> Stream:  # noqa: PLR0912, PLR
     retention = data.get("retention", Stream.retention)
     if not isinstance(retention, str):
         raise _fail(f"{where}.retention", "must be text", source)
+    events = _names(data, "events", (), where, source)
+    if events and message != "event":
+        raise _fail(f"{where}.events", "only event streams select events", source)
+    for e in events:
+        if e not in EVENT_CODES:
+            raise _fail(
+                f"{where}.events", f"unknown event {e!r} (known: {', '.join(EVENT_CODES)})", source
+            )
     return Stream(
         name=name,
         message=message,
@@ -236,6 +265,7 @@ def _stream(data: Any, index: int, source: str) -> Stream:  # noqa: PLR0912, PLR
         key_rotation_minutes=rotation,
         forward_pseudonyms=forward,
         retention=retention,
+        events=events,
     )
 
 
@@ -285,6 +315,8 @@ def load(path: Path) -> Policy:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read the policy {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"the policy {path} is not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
