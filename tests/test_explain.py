@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from gateway.privacy import dp, policy
 from gateway.privacy.explain import LANGUAGES, statement_json, statement_text
 from gateway.privacy.policy import QUANTITY_NAMES, Policy
 from protocol.messages import EVENT_CODES
+
+from .command import edgeveil
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -374,18 +375,6 @@ def test_json_without_personal_data() -> None:
 
 
 # -- the command ---------------------------------------------------------------------------------
-
-
-def edgeveil(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

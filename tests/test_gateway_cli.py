@@ -25,22 +25,11 @@ import pytest
 from gateway import config as config_mod
 from gateway.service import Gateway
 
+from .command import edgeveil
 from .mosquitto import Mosquitto, free_port, mosquitto  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-
-
-def edgeveil(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        cwd=cwd,
-    )
 
 
 def edgeveil_together(
@@ -379,10 +368,14 @@ async def test_status_of_a_running_gateway_and_of_nothing(
 
     try:
         async with running_gateway(config_mod.load(path)):
-            # the broker gauge is refreshed by the gateway's housekeeping (every 5 s): poll
+            # the broker and spool gauges are refreshed by the gateway's housekeeping (every
+            # 5 s), and the retained statement passes through the spool first: poll for both
             result = await status()
-            async with asyncio.timeout(20):
-                while "broker: connected" not in result.stdout:
+            async with asyncio.timeout(30):
+                while (
+                    "broker: connected" not in result.stdout
+                    or "spool: 0 waiting" not in result.stdout
+                ):
                     await asyncio.sleep(0.2)
                     result = await status()
             assert result.returncode == 0, result.stderr

@@ -65,6 +65,7 @@ from protocol import (
 )
 from protocol.quantities import QUANTITIES, quantity_id
 
+from .command import edgeveil
 from .mosquitto import Mosquitto, Received, subscribed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,18 +255,6 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
                 await task
             with contextlib.suppress(asyncio.CancelledError):
                 await ready
-
-
-def edgeveil(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
 
 
 def import_nodes(registry_file: Path, config_file: Path) -> None:
