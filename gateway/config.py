@@ -272,16 +272,22 @@ def load(path: Path | None) -> GatewayConfig:
     """Read and validate a TOML file; None gives the defaults (embedded broker, no ports)."""
     if path is None:
         return GatewayConfig()
+    return parse(read_toml(path), str(path))
+
+
+def read_toml(path: Path, what: str = "") -> dict[str, Any]:
+    """A TOML file's contents; ConfigError in one line when it cannot be read or parsed.
+    `what` names the file for the user ("the policy"), when it is not the configuration."""
+    name = f"{what} {path}" if what else str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError("", f"{path} does not exist") from None
+        raise ConfigError("", f"{name} does not exist") from None
     except OSError as exc:
-        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError("", f"cannot read {name}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError("", f"{path} is not UTF-8 text (a TOML file must be)") from None
+        raise ConfigError("", f"{name} is not UTF-8 text (a TOML file must be)") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}", str(path)) from None
-    return parse(data, str(path))

@@ -38,6 +38,7 @@ from typing import Any
 from protocol.messages import EVENT_CODES
 from protocol.quantities import QUANTITIES
 
+from ..config import read_toml
 from ..errors import ConfigError
 
 MESSAGES = ("readings", "observations", "status", "event")
@@ -311,17 +312,7 @@ def parse(data: dict[str, Any], source: str = "") -> Policy:  # noqa: PLR0912 - 
 
 
 def load(path: Path) -> Policy:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("", f"cannot read the policy {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("", f"the policy {path} is not UTF-8 text") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"not valid TOML: {exc}", str(path)) from None
-    return parse(data, str(path))
+    return parse(read_toml(path, "the policy"), str(path))
 
 
 def default() -> Policy:
