@@ -750,7 +750,7 @@ def test_privacy_policy_in_the_gateway_configuration(tmp_path: Path) -> None:
     assert config.privacy_policy == path and load_policy(config).name == "test policy"
     with pytest.raises(ConfigError, match=r"privacy\.polcy: unknown key"):
         config_mod.parse({"privacy": {"polcy": "x"}})
-    with pytest.raises(ConfigError, match="the policy .* does not exist"):
+    with pytest.raises(ConfigError, match=r"the policy .* does not exist"):
         load_policy(config_mod.parse({"privacy": {"policy": str(tmp_path / "none.toml")}}))
     path.write_text(POLICY.replace("epsilon = 0.5", 'epsilon = "half"'))
     with pytest.raises(ConfigError, match=r"noise\.epsilon: must be a number"):
