@@ -186,7 +186,7 @@ def seal_frames(node_id: int, secret: bytes, count: int) -> list[bytes]:
 # The benchmark measures the per-frame path (one MQTT message per readings frame), so its
 # gateway runs a policy that passes readings per node (the demo policy does the same for
 # environmental readings); the default policy would turn them into 15-minute aggregates.
-READINGS_PASS_THROUGH = """name = "benchmark: readings pass per node"
+READINGS_POLICY = """name = "benchmark: readings pass per node"
 [[streams]]
 name = "readings"
 message = "readings"
@@ -197,7 +197,7 @@ action = "pass"
 
 def gateway_toml(state_dir: Path, links: list[Link], mqtt_port: int, metrics_port: int) -> str:
     policy = state_dir.parent / "policy.toml"
-    policy.write_text(READINGS_PASS_THROUGH, encoding="utf-8")
+    policy.write_text(READINGS_POLICY, encoding="utf-8")
     lines = [
         "[gateway]",
         f'site = "{SITE}"',
