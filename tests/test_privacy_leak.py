@@ -572,7 +572,7 @@ async def test_no_device_identifier_leaves_the_gateway_in_any_notation(
     print(
         f"\nleak scan: {len(observed)} identifiers sent in {frames} observation frames by "
         f"{NODES} nodes ({len(identifiers)} in range); people counts on MQTT: "
-        f"{sorted((z, v) for z, _, v in people)}; {len(run.received)} MQTT messages, "
+        f"{sorted(((z, v) for z, _, v in people), key=str)}; {len(run.received)} MQTT messages, "
         f"{len(run.corpora)} corpora ({', '.join(sorted(run.state_files))}), {result.size} "
         f"bytes, {len(result.hex_runs)} distinct hex runs, scanned in {took:.1f} s; "
         f"{result.expected(6):.2f} hex coincidences of >= 6 digits expected by chance "
