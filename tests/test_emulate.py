@@ -34,7 +34,6 @@ from protocol.quantities import quantity_id
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_LINE = re.compile(r"^node (\d+) (/dev/pts/\d+) zone (\S+)$")
-APP_READY = (ROOT / "firmware" / "edgeveil_node" / "hardware.py").exists()
 
 
 def _nodes_under(text: str) -> list[int]:
@@ -273,7 +272,6 @@ def firmware_fleet(tmp_path: Path) -> Iterator[Fleet]:
         yield fleet
 
 
-@pytest.mark.skipif(not APP_READY, reason="waits for the node application (edgeveil_node.hardware)")
 def test_firmware_sends_sealed_frames_the_registry_secret_opens(firmware_fleet: Fleet) -> None:
     registry = json.loads(firmware_fleet.registry_path.read_text())
     entry = registry["nodes"][0]
