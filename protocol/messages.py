@@ -330,11 +330,23 @@ class Observations(Message):
         return msg
 
     def to_dict(self) -> "dict[str, Any]":
+        """With the addresses in hex: for vectors and a technician's decode, never for logs."""
         return {
             "type": self.NAME,
             "radio": self.radio,
             "sightings": [[addr.hex(), rssi] for addr, rssi in self.sightings],
         }
+
+    def __repr__(self) -> str:
+        # Device addresses are personal data: a repr can end up in a log line or a traceback,
+        # so it shows how many devices were seen, never which.
+        return (
+            "Observations(radio="
+            + str(self.radio)
+            + ", sightings="
+            + str(len(self.sightings))
+            + ")"
+        )
 
 
 class _FieldMessage(Message):

@@ -234,3 +234,10 @@ def test_bodies_with_look_alike_types_are_malformed(msg_type: int, body: object)
 def test_unencodable_text_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         seal(Status({"firmware": "\ud800"}), 1, KEYS)
+
+
+def test_observations_repr_never_shows_an_address() -> None:
+    address = bytes([0x02, 0x11, 0x22, 0x33, 0x44, 0x55])
+    text = repr(Observations(0, [(address, -60)]))
+    assert text == "Observations(radio=0, sightings=1)"
+    assert address.hex() not in text
