@@ -183,29 +183,36 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "over MQTT, nothing lost on the way.",
     )
     sub = gateway.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
-    config_help = "the gateway's TOML configuration (default: built-in defaults)"
-    run = sub.add_parser(
+    # --config, the same on every command that reads the configuration
+    with_config = argparse.ArgumentParser(add_help=False)
+    with_config.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the gateway's TOML configuration (default: built-in defaults)",
+    )
+    sub.add_parser(
         "run",
+        parents=[with_config],
         help="run the gateway until SIGTERM or Ctrl-C",
         description="Run the gateway service. Errors in the configuration stop it at once with a "
         "one-line message; everything else (ports unplugged, broker away) it waits out.",
     )
-    run.add_argument("--config", type=Path, metavar="FILE", help=config_help)
-    check = sub.add_parser(
+    sub.add_parser(
         "check-config",
+        parents=[with_config],
         help="validate a configuration file and summarise it",
         description="Read and validate a configuration file without starting anything. Exit "
         "status 0 when it is valid, 2 with the key and the problem when it is not.",
     )
-    check.add_argument("--config", type=Path, metavar="FILE", help=config_help)
     imp = sub.add_parser(
         "import-nodes",
+        parents=[with_config],
         help="register nodes from a registry file (edgeveil emulate, provisioning)",
         description="Add the nodes of a registry file (JSON with node ids and secrets) to the "
         "gateway's node registry. Nodes already registered with the same secret are skipped.",
     )
     imp.add_argument("file", type=Path, metavar="FILE", help="the registry file to import")
-    imp.add_argument("--config", type=Path, metavar="FILE", help=config_help)
     imp.add_argument(
         "--replace", action="store_true", help="replace nodes whose secret or zone differs"
     )
@@ -286,18 +293,29 @@ def _add_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "([privacy] policy); else the default policy shipped with edgeveil.",
     )
     sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
-    policy_help = "the policy's TOML file (default: the one --config names, else the shipped one)"
-    config_help = "without --policy: the policy this gateway configuration names ([privacy] policy)"
+    # --policy and --config, the same on both commands
+    which = argparse.ArgumentParser(add_help=False)
+    which.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the policy's TOML file (default: the one --config names, else the shipped one)",
+    )
+    which.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="without --policy: the policy this gateway configuration names ([privacy] policy)",
+    )
     explain = sub.add_parser(
         "explain",
+        parents=[which],
         help="the transparency statement: what is measured, what leaves, what never does",
         description="Write the transparency statement for residents: what the sensors measure, "
         "what leaves the gateway and how often, what never leaves, how long data is kept, the "
         "protections for counts of people and devices, the register fields and the policy's "
         "fingerprint. The same text the gateway publishes.",
     )
-    explain.add_argument("--policy", type=Path, metavar="FILE", help=policy_help)
-    explain.add_argument("--config", type=Path, metavar="FILE", help=config_help)
     explain.add_argument(
         "--language",
         choices=("en", "nl"),
@@ -310,14 +328,13 @@ def _add_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default="text",
         help="text (default) or json: the same facts as data, with the texts in both languages",
     )
-    check = sub.add_parser(
+    sub.add_parser(
         "check",
+        parents=[which],
         help="validate a policy file and summarise it",
         description="Read and validate a policy file. Exit status 0 when it is valid, 2 with "
         "the key and the problem when it is not.",
     )
-    check.add_argument("--policy", type=Path, metavar="FILE", help=policy_help)
-    check.add_argument("--config", type=Path, metavar="FILE", help=config_help)
     policy.set_defaults(handler=_policy)
 
 
