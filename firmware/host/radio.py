@@ -305,8 +305,12 @@ class Channel:
                 self._resolve(tx, gw.name)
         # keep what can still overlap a frame not settled yet (and downlinks a while longer,
         # for a receive window that is asked about late)
-        horizon = now_us - self._longest_us - KEEP_DOWNLINKS_US
-        self._on_air = [t for t in self._on_air if t.end_us > horizon]
+        horizon = now_us - self._longest_us
+        self._on_air = [
+            t
+            for t in self._on_air
+            if t.end_us > horizon or (t.downlink and t.end_us > horizon - KEEP_DOWNLINKS_US)
+        ]
         return done
 
     def receive(
