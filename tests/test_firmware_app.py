@@ -281,7 +281,7 @@ def test_observations_are_chunked_per_frame(tmp_path: Path, clock: FakeClock) ->
         ({"secret": "zz" * 16}, "secret: must contain only hex digits"),
         ({"sensors": [{"type": "bme280", "i2c": 0}]}, 'sensors[0] (bme280): missing "scl"'),
         ({"sensors": [{"type": "dht22"}]}, "sensors[0].type: must be one of"),
-        ({"link": {"type": "lora"}}, "link: only"),
+        ({"link": {"type": "wifi"}}, 'link.type: must be one of "serial", "lora"'),
         ({"retransmit": {"queue": 100}}, "retransmit.queue: must be 1..48"),
     ],
 )

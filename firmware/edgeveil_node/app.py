@@ -1,6 +1,11 @@
 # The node application: a scheduler that reads sensors, seals what it measured and sends it,
 # keeps frames until the gateway acknowledges them, and reports its own health.
 #
+# Links differ in what they promise (link.py, lora_link.py): a serial gateway acknowledges every
+# frame, a LoRa link may run without acks (fire and forget: nothing is queued for retransmission
+# and no time is asked for, since no answer can arrive) and limits the frame size per spreading
+# factor (readings and status too big for one frame are split into several).
+#
 # One loop, no threads: each step polls the link, handles what the gateway sent, runs the cycles
 # that are due (readings, status, BLE scan windows, PIR events), sends what the retransmission
 # queue says is due, and feeds the watchdog. Everything it needs is passed in, so the same class
@@ -13,7 +18,17 @@ import time
 
 from micropython import const
 
-from protocol import Ack, ConfigUpdate, Event, Observations, Readings, Status, TimeSync, seal
+from protocol import (
+    MAX_FRAME,
+    Ack,
+    ConfigUpdate,
+    Event,
+    Observations,
+    Readings,
+    Status,
+    TimeSync,
+    seal,
+)
 
 from . import config as config_mod
 from .counter import CounterError, FrameCounter
@@ -67,6 +82,8 @@ class Node:
         self._settings_file = settings_file
         r = config.retransmit
         self.queue = RetransmitQueue(r["queue"], r["ack_timeout_ms"], r["max_retries"])
+        self.acks = getattr(link, "acks", True)  # False: the gateway never answers
+        self.max_frame = getattr(link, "max_frame", MAX_FRAME)
         self.intervals = dict(config.intervals)
         self.config_version = 0
         self.ble_scan = scanner is not None
@@ -89,7 +106,16 @@ class Node:
     def send(self, message, droppable):
         counter = self.counter.take()  # persisted before use: see counter.py
         frame = seal(message, counter, self.keys)
+        if len(frame) > self.max_frame:
+            parts = _halves(message)
+            if parts:  # the counter just taken stays unused: gaps are fine (SPEC.md 9)
+                for part in parts:
+                    self.send(part, droppable)
+                return
         self.sealed += 1
+        if not self.acks:
+            self.link.send(frame)  # the link drops what it cannot send, and counts it
+            return
         self.queue.add(counter, frame, droppable, time.ticks_ms())
         self._flush(time.ticks_ms())
 
@@ -97,6 +123,10 @@ class Node:
         self.send(Event(code, value), False)
 
     def _flush(self, now):
+        if len(self.queue):
+            # a radio link receives its acks while it sends (in the window after each frame):
+            # take them before deciding what is due again
+            self._receive()
         for pending in self.queue.due(now):
             self.link.send(pending.frame)
 
@@ -130,7 +160,7 @@ class Node:
             "reset_cause": self.reset_cause,
             "frames_sent": self.sealed,
             "retransmissions": self.queue.retransmissions,
-            "dropped": self.queue.dropped + self.queue.given_up,
+            "dropped": self.queue.dropped + self.queue.given_up + getattr(self.link, "dropped", 0),
             "queue_depth": len(self.queue),
             "firmware": FIRMWARE_VERSION,
             "clock_synced": self._clock_offset is not None,
@@ -169,6 +199,10 @@ class Node:
             self.send_event(_EV_MOTION, count)
 
     # -- what the gateway sends ------------------------------------------------------------
+
+    def _receive(self):
+        for message in self.link.poll():
+            self.handle(message)
 
     def handle(self, message):
         if isinstance(message, Ack):
@@ -227,8 +261,7 @@ class Node:
         """One pass of the scheduler. Returns the milliseconds until something is due."""
         if self.wdt is not None:
             self.wdt.feed()
-        for message in self.link.poll():
-            self.handle(message)
+        self._receive()
         now = time.ticks_ms()
         if time.ticks_diff(now, self._next_reading) >= 0:
             self._next_reading = time.ticks_add(now, _ms(self.intervals["reading_s"]))
@@ -240,7 +273,11 @@ class Node:
             self.scan_cycle(now)
         if self.pir is not None:
             self.motion_check(now)
-        if self._clock_offset is None and time.ticks_diff(now, self._next_time_request) >= 0:
+        if (
+            self.acks
+            and self._clock_offset is None
+            and time.ticks_diff(now, self._next_time_request) >= 0
+        ):
             self._next_time_request = time.ticks_add(now, _TIME_REQUEST_GAP_MS)
             self.send_event(_EV_TIME_REQUEST)
         self._flush(time.ticks_ms())
@@ -251,6 +288,9 @@ class Node:
         retry = self.queue.next_due_ms(now)
         if retry is not None:
             wait = min(wait, retry)
+        held = self.link.next_due_ms() if hasattr(self.link, "next_due_ms") else None
+        if held is not None:  # a frame the duty cycle holds back
+            wait = min(wait, held)
         return max(0, wait)
 
     def run(self):
@@ -262,6 +302,25 @@ class Node:
                 machine.lightsleep(wait)
             else:
                 time.sleep_ms(min(wait, _POLL_MS))
+
+
+def _halves(message):
+    """Readings or a status split into two messages of half the values each, or None."""
+    if isinstance(message, Readings):
+        items = message.values
+    elif isinstance(message, Status):
+        items = message.fields
+    else:
+        return None
+    if len(items) < 2:
+        return None
+    keys = sorted(items)
+    half = len(keys) // 2
+    first = {k: items[k] for k in keys[:half]}
+    second = {k: items[k] for k in keys[half:]}
+    if isinstance(message, Readings):
+        return Readings(first, message.time), Readings(second, message.time)
+    return Status(first), Status(second)
 
 
 def wait_forever(problem):

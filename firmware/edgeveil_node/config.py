@@ -9,6 +9,8 @@
 #   "zone": "plein-noord",                 where the node hangs, up to 32 bytes
 #   "link": {"type": "serial", "port": "uart", "uart": 1, "baudrate": 115200, "tx": 17, "rx": 16}
 #        or {"type": "serial", "port": "console"}   (the USB REPL line itself)
+#        or {"type": "lora", "chip": "sx1276", "spi": 1, "sck": 5, "mosi": 27, "miso": 19,
+#            "cs": 18, "dio0": 26, "reset": 14, "freq_khz": 868100, "sf": 9, ...}  (_lora_link)
 #   "sensors": [{"type": "bme280", "i2c": 0, "scl": 22, "sda": 21, "address": 118}, ...],
 #   "intervals": {"reading_s": 300, "status_s": 3600, "scan_s": 300, "scan_window_s": 10},
 #   "retransmit": {"ack_timeout_ms": 2000, "max_retries": 5, "queue": 16},
@@ -18,6 +20,9 @@
 
 import binascii
 import json
+
+from .airtime import max_frame, time_on_air_us
+from .dutycycle import SUB_BANDS, describe_sub_bands, sub_band
 
 CONFIG_FILE = "edgeveil.json"
 
@@ -35,6 +40,7 @@ _SENSOR_KEYS = {
 _INTERVALS = {"reading_s": 300, "status_s": 3600, "scan_s": 300, "scan_window_s": 10}
 _RETRANSMIT = {"ack_timeout_ms": 2000, "max_retries": 5, "queue": 16}
 _PORTS = ("uart", "console")
+_LINK_TYPES = ("serial", "lora")
 
 
 class ConfigError(Exception):
@@ -109,8 +115,10 @@ def _secret(value):
 
 
 def _link(link):
-    if type(link) is not dict or link.get("type") != "serial":
-        raise ConfigError('link: only {"type": "serial", ...} is supported by this firmware')
+    if type(link) is not dict or link.get("type") not in _LINK_TYPES:
+        raise ConfigError('link.type: must be one of "serial", "lora"')
+    if link["type"] == "lora":
+        return _lora_link(link)
     port = link.get("port", "console")
     if port not in _PORTS:
         raise ConfigError("link.port: must be one of " + ", ".join(_PORTS) + ", got " + repr(port))
@@ -122,6 +130,109 @@ def _link(link):
             if pin in link:
                 out[pin] = _int(link[pin], "link." + pin, 0, 63)
     return out
+
+
+# The LoRa link's settings beyond the pins, with their defaults (README "LoRa link").
+_LORA_DEFAULTS = {
+    "region": "EU868",
+    "freq_khz": 868100,
+    "sf": 9,
+    "bw_khz": 125,
+    "coding_rate": 5,
+    "preamble_len": 8,
+    # 0x12: private LoRa networks (micropython-lib's default). 0x34 is LoRaWAN's public sync
+    # word: use it only when the gateway's concentrator is set to lorawan_public, knowing that
+    # every public LoRaWAN gateway in range then forwards our frames to its network server.
+    "syncword": 0x12,
+    "output_power": 14,
+    "acks": False,
+    "daily_airtime_s": 0,
+}
+# Pins per chip: required, then optional. SX127x signals on DIO0 (and DIO1 for RX timeout);
+# SX126x needs BUSY and signals on DIO1 (its datasheet 8.3.1, 13.3).
+_LORA_PINS = {
+    "sx1276": (("cs",), ("sck", "mosi", "miso", "dio0", "dio1", "reset")),
+    "sx1262": (("cs", "busy"), ("sck", "mosi", "miso", "dio1", "reset")),
+}
+_LORA_OTHER = ("type", "chip", "spi", "tcxo_mv", "rx_freq_khz", "rx_sf")
+
+
+def _lora_link(link):
+    chip = link.get("chip")
+    if chip not in _LORA_PINS:
+        raise ConfigError(
+            'link.chip: must be "sx1276" (SX1276/77/78/79, RFM95W) or "sx1262", got '
+            + repr(chip)
+        )
+    out = {"type": "lora", "chip": chip, "spi": _int(link.get("spi", 1), "link.spi", 0, 3)}
+    required, optional = _LORA_PINS[chip]
+    for pin in required:
+        if pin not in link:
+            raise ConfigError("link (lora, " + chip + '): missing pin "' + pin + '"')
+        out[pin] = _int(link[pin], "link." + pin, 0, 63)
+    for pin in optional:
+        if pin in link:
+            out[pin] = _int(link[pin], "link." + pin, 0, 63)
+    if "dio1" in out and "dio0" not in out and chip == "sx1276":
+        raise ConfigError("link.dio1: an SX1276 needs dio0 as well to use dio1 (RX timeout)")
+    if chip == "sx1262" and "tcxo_mv" in link:
+        # DIO3 powers a TCXO on many SX1262 modules; the module's documentation gives the voltage
+        out["tcxo_mv"] = _int(link["tcxo_mv"], "link.tcxo_mv", 1600, 3300)
+    for key in link:
+        if key not in _LORA_DEFAULTS and key not in out and key not in _LORA_OTHER:
+            raise ConfigError("link." + key + ": unknown setting for a " + chip + " LoRa link")
+    if link.get("region", "EU868") != "EU868":
+        raise ConfigError('link.region: only "EU868" is supported, got ' + repr(link["region"]))
+    out["region"] = "EU868"
+    bw = link.get("bw_khz", 125)
+    if bw not in (125, 250, 500) or type(bw) is not int:
+        raise ConfigError("link.bw_khz: must be 125, 250 or 500, got " + repr(bw))
+    out["bw_khz"] = bw
+    out["sf"] = _int(link.get("sf", 9), "link.sf", 7, 12)
+    out["coding_rate"] = _int(link.get("coding_rate", 5), "link.coding_rate", 5, 8)
+    out["preamble_len"] = _int(link.get("preamble_len", 8), "link.preamble_len", 6, 65535)
+    out["syncword"] = _int(link.get("syncword", 0x12), "link.syncword", 0, 255)
+    band = _lora_band(link.get("freq_khz", 868100), bw, "link.freq_khz")
+    out["freq_khz"] = link.get("freq_khz", 868100)
+    most = SUB_BANDS[band][3]
+    out["output_power"] = _int(link.get("output_power", 14), "link.output_power", -9, most)
+    acks = link.get("acks", False)
+    if type(acks) is not bool:
+        raise ConfigError("link.acks: must be true or false")
+    out["acks"] = acks
+    if "rx_freq_khz" in link:
+        _lora_band(link["rx_freq_khz"], bw, "link.rx_freq_khz")
+        out["rx_freq_khz"] = link["rx_freq_khz"]
+    if "rx_sf" in link:
+        out["rx_sf"] = _int(link["rx_sf"], "link.rx_sf", 7, 12)
+    daily = _int(link.get("daily_airtime_s", 0), "link.daily_airtime_s", 0, 86400)
+    longest = time_on_air_us(max_frame(out["sf"]), out["sf"], bw * 1000, out["coding_rate"])
+    longest_s = -(-longest // 1000000)
+    if daily and daily < longest_s:
+        raise ConfigError(
+            "link.daily_airtime_s: must be 0 (no budget) or at least "
+            + str(longest_s)
+            + " (one frame of the longest size at SF"
+            + str(out["sf"])
+            + "), got "
+            + str(daily)
+        )
+    out["daily_airtime_s"] = daily
+    return out
+
+
+def _lora_band(freq, bw, where):
+    if type(freq) is not int or sub_band(freq, bw) is None:
+        raise ConfigError(
+            where
+            + ": the "
+            + str(bw)
+            + " kHz channel around "
+            + repr(freq)
+            + " must lie in an EU868 sub-band: "
+            + describe_sub_bands()
+        )
+    return sub_band(freq, bw)
 
 
 def _sensor(spec, where):

@@ -12,6 +12,7 @@ from .drivers.pms5003 import PMS5003
 from .drivers.scd4x import SCD4x
 from .drivers.sht4x import SHT4x
 from .link import ConsolePort, SerialLink, UartPort
+from .lora_link import LoRaLink, modem_config
 
 # machine.reset_cause() -> protocol reset cause (protocol/messages.py RESET_CAUSES)
 _RESET_CAUSES = (
@@ -67,7 +68,10 @@ def build(config, keys):
         elif kind == "battery":
             hw.battery = driver
         hw.sensors.append(driver)
-    hw.link = SerialLink(_port(config.link), keys)
+    if config.link["type"] == "lora":
+        hw.link = LoRaLink(_lora_modem(config.link), keys, config.link)
+    else:
+        hw.link = SerialLink(_port(config.link), keys)
     if config.watchdog_ms:
         hw.wdt = machine.WDT(timeout=config.watchdog_ms)
     return hw
@@ -81,6 +85,44 @@ def _port(link):
         if pin in link:
             kwargs[pin] = link[pin]
     return UartPort(machine.UART(link["uart"], **kwargs))
+
+
+def _lora_modem(link):
+    """The modem of micropython-lib's `lora` packages (lora-sx127x or lora-sx126x, with
+    lora-sync), imported here so that a serial-only board does not need them."""
+    kwargs = {}
+    for pin in ("sck", "mosi", "miso"):
+        if pin in link:
+            kwargs[pin] = machine.Pin(link[pin])
+    spi = machine.SPI(link["spi"], **kwargs)
+    cs = machine.Pin(link["cs"], machine.Pin.OUT, value=1)  # NSS idles high
+
+    def optional_pin(name, mode):
+        return machine.Pin(link[name], mode) if name in link else None
+
+    reset = optional_pin("reset", machine.Pin.OUT)
+    if link["chip"] == "sx1276":
+        from lora import SX1276  # noqa: PLC0415
+
+        return SX1276(
+            spi,
+            cs,
+            dio0=optional_pin("dio0", machine.Pin.IN),
+            dio1=optional_pin("dio1", machine.Pin.IN),
+            reset=reset,
+            lora_cfg=modem_config(link),
+        )
+    from lora import SX1262  # noqa: PLC0415
+
+    return SX1262(
+        spi,
+        cs,
+        busy=machine.Pin(link["busy"], machine.Pin.IN),
+        dio1=optional_pin("dio1", machine.Pin.IN),
+        dio3_tcxo_millivolts=link.get("tcxo_mv"),
+        reset=reset,
+        lora_cfg=modem_config(link),
+    )
 
 
 def _i2c(spec, buses):

@@ -1,7 +1,7 @@
 # The serial link: sealed frames out (COBS + CRC framing from protocol/), acknowledgements,
 # time and configuration in. Frames wait in a bounded queue until the gateway acknowledges them,
 # and are sent again with exponential backoff. A link is anything with send(frame) and poll();
-# LoRa will plug in behind the same two methods.
+# LoRa (lora_link.py) plugs in behind the same two methods.
 
 import sys
 import time
@@ -20,6 +20,20 @@ from protocol import (
 _MAX_BACKOFF_SHIFT = const(5)  # at most 32 x the ack timeout between two tries
 _CTRL_C = const(3)
 _CTRL_C_QUIET_MS = const(250)
+
+
+def accept_downlink(frame, keys, window):
+    """The message of a frame from the gateway, or None when the frame is for another node (a
+    shared line, a radio channel) or a duplicate (which changes nothing). Raises
+    RemoteProtocolError when the frame does not verify or is a replay."""
+    header = parse_header(frame)
+    if header.node_id != keys.node_id:
+        return None
+    message = open_frame(frame, keys, False, header)
+    if window.check(header.counter) != 1:  # not NEW
+        return None
+    window.accept(header.counter)
+    return message
 
 
 class Pending:
@@ -184,12 +198,8 @@ class SerialLink:
                 frame = self._decoder.next_event()
                 if not isinstance(frame, bytes):  # NEED_DATA
                     return messages
-                header = parse_header(frame)
-                if header.node_id != self._keys.node_id:
-                    continue  # for another node on a shared line
-                message = open_frame(frame, self._keys, False, header)
-                if self._window.check(header.counter) == 1:  # NEW; a duplicate changes nothing
-                    self._window.accept(header.counter)
+                message = accept_downlink(frame, self._keys, self._window)
+                if message is not None:
                     messages.append(message)
             except RemoteProtocolError:
                 self.rejected += 1

@@ -1,0 +1,226 @@
+# The LoRa link: sealed frames out over a LoRa modem, one radio packet per frame (no COBS: the
+# packet's own length delimits it and its CRC drops most corrupted packets, SPEC.md section 1),
+# acknowledgements and time in through a receive window after an uplink when acks are on.
+#
+# Same interface as SerialLink (send(frame), poll() -> verified gateway messages), plus what
+# the application asks of a radio: `acks` (False: fire and forget, nothing is retransmitted),
+# `max_frame` (readings and status are split to fit) and next_due_ms() (when a frame held back
+# by the duty cycle may go). The modem is any object with micropython-lib's `lora` modem API
+# (SX1276, SX1262, or the simulator's modem): only send(), recv() and configure() are used.
+#
+# Before a frame goes on air:
+# - its size is checked against the spreading factor's limit (airtime.max_frame): too big is
+#   dropped and counted (dropped_too_big), never sent;
+# - the duty-cycle limiter is asked: a frame that would exceed the sub-band's hourly share waits
+#   in a small queue (deferred_duty_cycle counts frames that had to wait) and goes once it fits;
+# - over the daily airtime budget, readings and observations are dropped (dropped_budget: by the
+#   time the budget returns they are stale); status and events wait for it.
+#
+# Receive window: like LoRaWAN class A's RX1, the modem listens 1 s after the end of the uplink
+# (RP002: RECEIVE_DELAY1), on the uplink's frequency and spreading factor unless configured
+# (rx_freq_khz, rx_sf), with inverted IQ as LoRaWAN downlinks use (so that nodes do not hear
+# each other's uplinks in their windows). A frame received there may be followed at once by a
+# second one (an ack and then a time_sync); the window stays open for it, at most two frames.
+
+import time
+
+from micropython import const
+
+from protocol import RemoteProtocolError, ReplayWindow, parse_header
+
+from .airtime import max_frame, time_on_air_us
+from .dutycycle import DutyCycleLimiter
+from .link import accept_downlink
+
+RX_DELAY_MS = const(1000)  # RX1 opens 1 s after the end of the uplink (LoRaWAN RECEIVE_DELAY1)
+_RX_EARLY_MS = const(20)  # listen a little before the gateway starts: our clock is in ms
+_MAX_DOWNLINKS = const(2)  # frames one receive window takes: an ack, then a time_sync
+_QUEUE = const(8)  # frames waiting for airtime
+_READINGS = const(0)  # message types that go stale and may be dropped (protocol/messages.py)
+_OBSERVATIONS = const(1)
+
+
+def modem_config(link):
+    """The micropython-lib `lora_cfg` for a validated "link" configuration (config.py)."""
+    return {
+        "freq_khz": link["freq_khz"],
+        "sf": link["sf"],
+        "bw": link["bw_khz"],
+        "coding_rate": link["coding_rate"],
+        "preamble_len": link["preamble_len"],
+        "syncword": link["syncword"],
+        "output_power": link["output_power"],
+        "crc_en": True,
+        "implicit_header": False,
+        "invert_iq_tx": False,
+        "invert_iq_rx": True,  # downlinks come with inverted IQ, as in LoRaWAN
+    }
+
+
+def sightings_per_frame(limit):
+    """BLE sightings that fit one observations frame of at most `limit` bytes: at worst a 17-byte
+    frame overhead (header 1, kid 4, counter 4, tag 8), 2 bytes of array head and radio, and 10
+    bytes per sighting (array head, 6-byte address as a byte string, 2-byte RSSI; SPEC.md 7.2)."""
+    return (limit - 19) // 10
+
+
+class LoRaLink:
+    def __init__(self, modem, keys, link, limiter=None):
+        self._modem = modem
+        self._keys = keys
+        self.freq_khz = link["freq_khz"]
+        self.sf = link["sf"]
+        self.bw_khz = link["bw_khz"]
+        self._coding_rate = link["coding_rate"]
+        self._preamble_len = link["preamble_len"]
+        self.acks = link["acks"]
+        self.max_frame = max_frame(self.sf)
+        self.MAX_SIGHTINGS = sightings_per_frame(self.max_frame)
+        if limiter is None:
+            limiter = DutyCycleLimiter(link["daily_airtime_s"] * 1000)
+        self.limiter = limiter
+        rx_sf = link.get("rx_sf", self.sf)
+        rx_freq = link.get("rx_freq_khz", self.freq_khz)
+        self._rx_cfg = None  # the receive window's settings when they differ from the uplink's
+        if rx_sf != self.sf or rx_freq != self.freq_khz:
+            self._rx_cfg = {"freq_khz": rx_freq, "sf": rx_sf}
+        # long enough to receive the longest downlink whole: the modem ends a receive at its
+        # timeout even in the middle of a packet
+        longest = time_on_air_us(max_frame(rx_sf), rx_sf, self.bw_khz * 1000, self._coding_rate)
+        self.rx_window_ms = 2 * _RX_EARLY_MS + longest // 1000 + 1
+        self._waiting = []  # [frame, droppable, deferred] oldest first
+        self._inbox = []  # frames received in the last windows, not yet verified
+        self._window = ReplayWindow()  # downlink counters of this boot
+        self._rx_packet = None  # reused by modem.recv() for a packet of the same length
+        self._ticks = time.ticks_ms()
+        self._elapsed_ms = 0  # monotonic: ticks wrap, the limiter's hour and day must not
+        self._retry_at = 0  # elapsed ms before which a waiting frame need not be tried again
+        self.sent = 0
+        self.dropped_too_big = 0
+        self.deferred_duty_cycle = 0
+        self.dropped_budget = 0
+        self.dropped_queue = 0  # pushed out of a full queue while frames waited for airtime
+        self.dropped = 0  # all of the dropped_* above, for the status message
+        self.rx_rejected = 0  # downlinks with a bad CRC or that do not verify
+        self.received = 0
+
+    def airtime_us(self, length):
+        return time_on_air_us(
+            length, self.sf, self.bw_khz * 1000, self._coding_rate, self._preamble_len
+        )
+
+    def _now(self):
+        now = time.ticks_ms()
+        self._elapsed_ms += time.ticks_diff(now, self._ticks)
+        self._ticks = now
+        return self._elapsed_ms
+
+    # -- uplink ----------------------------------------------------------------------------
+
+    def send(self, frame):
+        if len(frame) > self.max_frame:
+            self.dropped_too_big += 1
+            self.dropped += 1
+            return
+        for item in self._waiting:
+            if item[0] == frame:
+                return  # a retransmission of a frame that still waits for airtime
+        if len(self._waiting) >= _QUEUE:
+            self._drop_oldest()
+        droppable = parse_header(frame).msg_type in (_READINGS, _OBSERVATIONS)
+        self._waiting.append([frame, droppable, False])
+        self._retry_at = 0
+        self._transmit()
+
+    def _drop_oldest(self):
+        victim = 0
+        for i, item in enumerate(self._waiting):
+            if item[1]:
+                victim = i
+                break
+        self._waiting.pop(victim)
+        self.dropped_queue += 1
+        self.dropped += 1
+
+    def _transmit(self):
+        """Send waiting frames, oldest first, as long as the limits allow."""
+        while self._waiting:
+            item = self._waiting[0]
+            airtime = self.airtime_us(len(item[0]))
+            now = self._now()
+            budget = self.limiter.budget_wait_ms(airtime, now)
+            if budget is None or (budget and item[1]):
+                self._waiting.pop(0)
+                self.dropped_budget += 1
+                self.dropped += 1
+                continue
+            band = self.limiter.band_wait_ms(self.freq_khz, self.bw_khz, airtime, now)
+            if band is None:  # longer than the sub-band's whole hour: not at SF12 or below
+                self._waiting.pop(0)
+                self.dropped_too_big += 1
+                self.dropped += 1
+                continue
+            if band and not item[2]:
+                item[2] = True
+                self.deferred_duty_cycle += 1
+            if band or budget:  # a status or event waits for the daily budget too
+                self._retry_at = now + (band if band > budget else budget)
+                return
+            self.limiter.spend(self.freq_khz, self.bw_khz, airtime, now)
+            self._waiting.pop(0)
+            tx_end = self._modem.send(item[0])
+            self.sent += 1
+            if self.acks:
+                self._listen(tx_end)
+
+    def next_due_ms(self):
+        """Milliseconds until a waiting frame may go, or None when none waits."""
+        if not self._waiting:
+            return None
+        return max(0, self._retry_at - self._now())
+
+    # -- downlink --------------------------------------------------------------------------
+
+    def _listen(self, tx_end):
+        """RX1 after an uplink that ended at `tx_end` (ticks_ms, as modem.send() returns it)."""
+        opens = time.ticks_add(tx_end, RX_DELAY_MS - _RX_EARLY_MS)
+        if self._rx_cfg is not None:
+            self._modem.configure(self._rx_cfg)
+        try:
+            for _ in range(_MAX_DOWNLINKS):
+                wait = time.ticks_diff(opens, time.ticks_ms())
+                if wait > 0:
+                    time.sleep_ms(wait)
+                packet = self._modem.recv(timeout_ms=self.rx_window_ms, rx_packet=self._rx_packet)
+                if packet is None:
+                    return
+                self._rx_packet = packet
+                if getattr(packet, "crc_error", False):
+                    self.rx_rejected += 1
+                else:
+                    self.received += 1
+                    self._inbox.append(bytes(packet))
+                opens = time.ticks_ms()  # a second frame follows at once, if at all
+        finally:
+            if self._rx_cfg is not None:
+                self._modem.configure({"freq_khz": self.freq_khz, "sf": self.sf})
+
+    def poll(self):
+        """Verified messages from the gateway received since the last call. Also sends frames
+        that waited for airtime once the limits allow."""
+        if self._waiting and self._now() >= self._retry_at:
+            self._transmit()
+        if not self._inbox:
+            return ()
+        frames = self._inbox
+        self._inbox = []
+        messages = []
+        for frame in frames:
+            try:
+                message = accept_downlink(frame, self._keys, self._window)
+            except RemoteProtocolError:
+                self.rx_rejected += 1
+                continue
+            if message is not None:
+                messages.append(message)
+        return messages
