@@ -41,6 +41,42 @@ class SerialPortConfig:
 
 
 @dataclass(frozen=True)
+class PacketForwarderConfig:
+    """A UDP server for Semtech packet forwarders (SX1302/SX1303 concentrator gateways)."""
+
+    name: str
+    host: str = "0.0.0.0"  # noqa: S104 - concentrators on the site network reach it
+    port: int = 1700
+    gateways: tuple[str, ...] = ()  # allowed gateway EUIs, 16 upper-case hex digits
+    acks: bool = False  # acknowledgements and time sync as downlinks (airtime, duty cycle)
+    dedupe_ms: int = 200  # copies of one frame from several gateways merged within this
+    tx_power_dbm: int = 14
+
+
+@dataclass(frozen=True)
+class SpiRadioConfig:
+    """A single-channel LoRa HAT on SPI (SX1276 or SX1262), driven through LoRaRF."""
+
+    name: str
+    chip: str  # "sx1276" or "sx1262"
+    freq_hz: int
+    sf: int = 7
+    bw_khz: int = 125
+    codr: str = "4/5"
+    sync_word: int = 0x12  # private LoRa networks; 0x34 is LoRaWAN's
+    bus: int = 0
+    cs: int = 0
+    reset_pin: int = 22
+    irq_pin: int = 4  # DIO0 (SX1276) or DIO1 (SX1262), BCM numbering
+    busy_pin: int | None = None  # SX1262 only
+    txen_pin: int | None = None
+    rxen_pin: int | None = None
+    dio2_rf_switch: bool = False  # SX1262 modules whose DIO2 drives the antenna switch
+    acks: bool = False
+    tx_power_dbm: int = 14
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     host: str = "localhost"
     port: int = 1883
@@ -70,6 +106,8 @@ class GatewayConfig:
     state_dir: Path = Path("edgeveil-state")
     log_level: str = "info"
     serial: tuple[SerialPortConfig, ...] = ()
+    packet_forwarders: tuple[PacketForwarderConfig, ...] = ()  # [[lora.packet_forwarder]]
+    spi_radios: tuple[SpiRadioConfig, ...] = ()  # [[lora.spi]]
     mqtt: MqttConfig | None = None  # None: start the embedded broker (demo and first steps)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     metrics_listen: str | None = "127.0.0.1:9108"
@@ -128,6 +166,13 @@ class _Table:
                 f"got {value!r}",
                 self.source,
             )
+        return value
+
+    def choice_int(self, name: str, default: int, choices: tuple[int, ...]) -> int:
+        value: int = self.get(name, int, default)
+        if value not in choices:
+            listed = ", ".join(str(c) for c in choices)
+            raise ConfigError(self.key(name), f"must be one of {listed}; got {value}", self.source)
         return value
 
     def path_(self, name: str) -> Path | None:
@@ -192,6 +237,106 @@ def _hex_id(t: _Table, name: str) -> int:
     return number
 
 
+_EUI = re.compile(r"^[0-9A-Fa-f]{16}$")
+_LISTEN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[\w.-]+):(\d{1,5})$")
+SPI_CHIPS = ("sx1276", "sx1262")
+LORA_CODING_RATES = ("4/5", "4/6", "4/7", "4/8")
+
+
+def _packet_forwarder(item: Any, index: int, source: str) -> PacketForwarderConfig:
+    t = _Table(item, f"lora.packet_forwarder[{index}]", source)
+    name = t.name("name", f"lora{index + 1}")
+    listen: str = t.get("listen", str, "0.0.0.0:1700")
+    match = _LISTEN.match(listen)
+    if match is None or not 1 <= int(match[2]) <= 65535:
+        raise ConfigError(
+            t.key("listen"), f'must be "host:port" (e.g. "0.0.0.0:1700"), got {listen!r}', source
+        )
+    gateways: list[Any] = t.get("gateways", list, [])
+    if not gateways:
+        raise ConfigError(
+            t.key("gateways"),
+            'list the EUIs of your concentrators, e.g. ["AA555A0000000000"] (the gateway logs '
+            "the EUI of every unknown one that sends to it)",
+            source,
+        )
+    for eui in gateways:
+        if not isinstance(eui, str) or not _EUI.match(eui):
+            raise ConfigError(
+                t.key("gateways"),
+                f"{eui!r} is not a gateway EUI (16 hex digits, as gateway_ID in the packet "
+                "forwarder's global_conf.json)",
+                source,
+            )
+    config = PacketForwarderConfig(
+        name=name,
+        host=match[1].strip("[]"),
+        port=int(match[2]),
+        gateways=tuple(dict.fromkeys(eui.upper() for eui in gateways)),
+        acks=t.get("acks", bool, False),
+        dedupe_ms=t.integer("dedupe_ms", 200, 0, 5000),
+        tx_power_dbm=t.integer("tx_power_dbm", 14, 0, 27),
+    )
+    t.done()
+    return config
+
+
+def _spi_radio(item: Any, index: int, source: str) -> SpiRadioConfig:
+    t = _Table(item, f"lora.spi[{index}]", source)
+    name = t.name("name", f"radio{index + 1}")
+    chip = t.choice("chip", "sx1276", SPI_CHIPS)
+    if "freq_khz" not in t.data:
+        raise ConfigError(
+            t.key("freq_khz"), "missing: the channel the nodes send on, e.g. 868100", source
+        )
+    freq_khz = t.integer("freq_khz", 868_100, 137_000, 1_020_000)
+    pins = t.table("pins") or _Table({}, t.key("pins"), source)
+    reset_pin = pins.integer("reset", 17 if chip == "sx1276" else 18, 0, 27)
+    irq_pin = pins.integer("irq", 4 if chip == "sx1276" else 16, 0, 27)
+    busy_pin: int | None = pins.get("busy", int, None)
+    txen_pin: int | None = pins.get("txen", int, None)
+    rxen_pin: int | None = pins.get("rxen", int, None)
+    pins.done()
+    for key, pin in (("busy", busy_pin), ("txen", txen_pin), ("rxen", rxen_pin)):
+        if pin is not None and not 0 <= pin <= 27:
+            raise ConfigError(pins.key(key), f"must be a BCM GPIO number 0..27, got {pin}", source)
+    if chip == "sx1262" and busy_pin is None:
+        raise ConfigError(
+            pins.key("busy"), "missing: an SX1262 needs its BUSY pin (BCM number)", source
+        )
+    config = SpiRadioConfig(
+        name=name,
+        chip=chip,
+        freq_hz=freq_khz * 1000,
+        sf=t.integer("sf", 7, 5 if chip == "sx1262" else 6, 12),
+        bw_khz=t.choice_int("bw_khz", 125, (125, 250, 500)),
+        codr=t.choice("codr", "4/5", LORA_CODING_RATES),
+        sync_word=t.integer("sync_word", 0x12, 0, 0xFF),
+        bus=t.integer("bus", 0, 0, 6),
+        cs=t.integer("cs", 0, 0, 2),
+        reset_pin=reset_pin,
+        irq_pin=irq_pin,
+        busy_pin=busy_pin,
+        txen_pin=txen_pin,
+        rxen_pin=rxen_pin,
+        dio2_rf_switch=t.get("dio2_rf_switch", bool, False),
+        acks=t.get("acks", bool, False),
+        tx_power_dbm=t.integer("tx_power_dbm", 14, 0, 22 if chip == "sx1262" else 20),
+    )
+    t.done()
+    return config
+
+
+def _lora(t: _Table) -> tuple[tuple[PacketForwarderConfig, ...], tuple[SpiRadioConfig, ...]]:
+    forwarders: list[Any] = t.get("packet_forwarder", list, [])
+    radios: list[Any] = t.get("spi", list, [])
+    t.done()
+    return (
+        tuple(_packet_forwarder(item, i, t.source) for i, item in enumerate(forwarders)),
+        tuple(_spi_radio(item, i, t.source) for i, item in enumerate(radios)),
+    )
+
+
 def _mqtt(t: _Table) -> MqttConfig:
     config = MqttConfig(
         host=t.get("host", str, "localhost"),
@@ -226,10 +371,17 @@ def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:
     gw.done()
     serial_items: list[Any] = root.get("serial", list, [])
     ports = tuple(_serial(item, i, source) for i, item in enumerate(serial_items))
-    names = [p.name for p in ports]
+    lora_table = root.table("lora")
+    forwarders, spi_radios = ((), ()) if lora_table is None else _lora(lora_table)
+    # every link is a "port" in metrics and logs: one name space for serial and LoRa
+    names = [p.name for p in ports] + [f.name for f in forwarders] + [r.name for r in spi_radios]
     for n in names:
         if names.count(n) > 1:
-            raise ConfigError("serial", f"two ports are named {n!r}; names must differ", source)
+            raise ConfigError(
+                "serial" if n in {p.name for p in ports} else "lora",
+                f"two links are named {n!r}; names must differ",
+                source,
+            )
     mqtt_table = root.table("mqtt")
     mqtt = None if mqtt_table is None else _mqtt(mqtt_table)
     spool_table = root.table("spool") or _Table({}, "spool", source)
@@ -260,6 +412,8 @@ def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:
         state_dir=state_dir,
         log_level=log_level,
         serial=ports,
+        packet_forwarders=forwarders,
+        spi_radios=spi_radios,
         mqtt=mqtt,
         spool=spool,
         metrics_listen=metrics_listen,

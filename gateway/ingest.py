@@ -29,7 +29,6 @@ from protocol import (
     RemoteProtocolError,
     Status,
     TimeSync,
-    encode_serial,
     open_frame,
     parse_header,
     seal,
@@ -39,6 +38,7 @@ from protocol.replay import DUPLICATE
 
 from . import senml
 from .errors import SpoolFullError
+from .lora.radio import RadioMeta
 from .metrics import UNREGISTERED, Metrics
 from .privacy import PrivacyStage
 from .records import OutMessage, Topics
@@ -58,6 +58,7 @@ class Arrival:
     port: str
     frame: bytes
     time: float
+    radio: RadioMeta | None = None  # LoRa links: how it was heard, for the downlink
 
 
 class BurstLog:
@@ -81,7 +82,9 @@ class BurstLog:
         self._last[key] = now
 
 
-Send = Callable[[str, bytes], Awaitable[bool]]
+# send(port, sealed frame, radio metadata of the uplink answered or None): the link layer
+# frames it for its medium (COBS on serial, a txpk on LoRa); False when it was not sent
+Send = Callable[[str, bytes, RadioMeta | None], Awaitable[bool]]
 
 
 class Ingest:
@@ -108,10 +111,11 @@ class Ingest:
         self.burst_log = BurstLog()
         self._last_time_sync: dict[int, float] = {}
 
-    def submit(self, port: str, frame: bytes) -> None:
-        """Called by the link layer for each frame; never blocks, never raises."""
+    def submit(self, port: str, frame: bytes, radio: RadioMeta | None = None) -> None:
+        """Called by the link layer for each frame; never blocks, never raises. LoRa links
+        pass the radio metadata; it stays in the gateway (downlink routing only)."""
         try:
-            self.queue.put_nowait(Arrival(port, frame, time.time()))
+            self.queue.put_nowait(Arrival(port, frame, time.time(), radio))
         except asyncio.QueueFull:
             # the node keeps it and sends it again: nothing acknowledged is lost
             self.metrics.frames.labels(port, UNREGISTERED, "overloaded").inc()
@@ -123,12 +127,13 @@ class Ingest:
                 batch.append(self.queue.get_nowait())
             await self.process(batch)
 
-    async def process(self, batch: list[Arrival]) -> None:
+    async def process(self, batch: list[Arrival]) -> None:  # noqa: PLR0915 - one pass, in order
         out: list[OutMessage] = []
         accepted: list[tuple[int, int]] = []
         counted: list[tuple[str, str, bool]] = []  # port, node, left nothing: for metrics
         in_batch: set[tuple[int, int]] = set()
         acks: dict[tuple[str, int], list[int]] = defaultdict(list)
+        radios: dict[tuple[str, int], RadioMeta | None] = {}  # the latest uplink heard
         time_syncs: set[tuple[str, int]] = set()
         for arrival in batch:
             try:
@@ -154,6 +159,7 @@ class Ingest:
                 continue
             key = (entry.node_id, header.counter)
             acks[(arrival.port, entry.node_id)].append(header.counter)
+            radios[(arrival.port, entry.node_id)] = arrival.radio
             if verdict == DUPLICATE or key in in_batch:
                 self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
                 continue
@@ -184,7 +190,7 @@ class Ingest:
         if accepted:
             self.registry.accept_many(accepted)
         self._count(counted)
-        await self._downlink(acks, time_syncs)
+        await self._downlink(acks, time_syncs, radios)
 
     def _count(self, counted: list[tuple[str, str, bool]]) -> None:
         """Count frames once they are stored: a frame the full spool refused comes again, and
@@ -195,27 +201,35 @@ class Ingest:
                 self.metrics.privacy_denied.inc()
 
     async def _downlink(
-        self, acks: dict[tuple[str, int], list[int]], time_syncs: set[tuple[str, int]]
+        self,
+        acks: dict[tuple[str, int], list[int]],
+        time_syncs: set[tuple[str, int]],
+        radios: dict[tuple[str, int], RadioMeta | None],
     ) -> None:
         now = time.time()
+        # Time sync first: a LoRa uplink has room for one downlink (RX1), and a node asking
+        # for the time would otherwise never get it past its acks. The ack it misses then
+        # (at most once per TIME_SYNC_GAP_S) comes with its retransmission.
+        for port, node_id in time_syncs:
+            if now - self._last_time_sync.get(node_id, 0.0) < TIME_SYNC_GAP_S:
+                continue
+            entry = self.registry.get(node_id)
+            radio = radios.get((port, node_id))
+            if entry is not None and await self._send(port, entry.keys, TimeSync(int(now)), radio):
+                self._last_time_sync[node_id] = now
         for (port, node_id), counters in acks.items():
             entry = self.registry.get(node_id)
             if entry is None:
                 continue
             for start in range(0, len(counters), MAX_ACKED):
                 chunk = counters[start : start + MAX_ACKED]
-                await self._send(port, entry.keys, Ack(chunk))
-        for port, node_id in time_syncs:
-            if now - self._last_time_sync.get(node_id, 0.0) < TIME_SYNC_GAP_S:
-                continue
-            entry = self.registry.get(node_id)
-            if entry is not None:
-                self._last_time_sync[node_id] = now
-                await self._send(port, entry.keys, TimeSync(int(now)))
+                await self._send(port, entry.keys, Ack(chunk), radios.get((port, node_id)))
 
-    async def _send(self, port: str, keys: NodeKeys, message: Ack | TimeSync) -> None:
+    async def _send(
+        self, port: str, keys: NodeKeys, message: Ack | TimeSync, radio: RadioMeta | None
+    ) -> bool:
         counter = self.registry.next_downlink_counter(keys.node_id)
-        await self.send(port, encode_serial(seal(message, counter, keys)))
+        return await self.send(port, seal(message, counter, keys), radio)
 
 
 def _wants_time(message: object) -> bool:

@@ -82,6 +82,52 @@ class Metrics:
         self.registered_nodes = Gauge(
             "edgeveil_registered_nodes", "Nodes in the registry", registry=r
         )
+        # LoRa links. The `gateway` label is a concentrator EUI from the allow-list or an SPI
+        # radio's name: bounded. Link quality is per gateway, never per node (RSSI and SNR
+        # per node could locate it).
+        self.lora_datagrams = Counter(
+            "edgeveil_lora_datagrams",
+            "Packet forwarder datagrams, by link and outcome: push_data, pull_data, tx_ack, "
+            "unknown_gateway (EUI not allowed: ignored), or a reason it was malformed",
+            ["port", "outcome"],
+            registry=r,
+        )
+        self.lora_packets = Counter(
+            "edgeveil_lora_packets",
+            "Radio packets, by link, gateway and outcome: forwarded (to ingest), merged (a copy "
+            "another gateway heard too), late (a copy after its frame went on), or a rejection "
+            "reason (crc_error, base64, not_lora ...)",
+            ["port", "gateway", "outcome"],
+            registry=r,
+        )
+        self.lora_rssi = Histogram(
+            "edgeveil_lora_rssi_dbm",
+            "RSSI of received packets, per gateway (link quality; never per node)",
+            ["port", "gateway"],
+            buckets=(-130, -120, -115, -110, -105, -100, -90, -80, -70, -50, -30),
+            registry=r,
+        )
+        self.lora_snr = Histogram(
+            "edgeveil_lora_snr_db",
+            "SNR of received packets, per gateway (link quality; never per node)",
+            ["port", "gateway"],
+            buckets=(-20, -15, -10, -7.5, -5, -2.5, 0, 2.5, 5, 7.5, 10, 15),
+            registry=r,
+        )
+        self.lora_downlinks = Counter(
+            "edgeveil_lora_downlinks",
+            "Downlinks (acks, time sync), by link and outcome: sent, too_late (RX1 missed), "
+            "duty_cycle (sub-band limit reached), slot_taken (one downlink per uplink), "
+            "no_route (gateway sent no PULL_DATA yet), or a TX_ACK result (tx_ok, TOO_LATE ...)",
+            ["port", "outcome"],
+            registry=r,
+        )
+        self.lora_airtime = Counter(
+            "edgeveil_lora_downlink_airtime_seconds",
+            "Time on air of the downlinks sent, per gateway (EU868 duty cycle: see README)",
+            ["port", "gateway"],
+            registry=r,
+        )
         self.latency = Histogram(
             "edgeveil_latency_seconds",
             "From a frame's arrival to the broker's PUBACK of what it produced",

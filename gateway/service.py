@@ -33,13 +33,16 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from protocol import NEED_DATA, RemoteProtocolError, StreamDecoder
+from protocol import NEED_DATA, RemoteProtocolError, StreamDecoder, encode_serial
 
 from . import __version__, senml, systemd
 from .broker import EmbeddedBroker
 from .config import GatewayConfig, MqttConfig
 from .errors import ConfigError, EdgeveilError, SpoolFullError
 from .ingest import Ingest
+from .lora.forwarder import ForwarderTransport
+from .lora.radio import RadioMeta
+from .lora.spi import SpiTransport
 from .metrics import Metrics
 from .privacy import PolicyEngine, PrivacyLedger
 from .privacy import policy as policy_mod
@@ -89,7 +92,7 @@ class Gateway:
         self.metrics = Metrics()
         self.started = time.time()
         self.ready = asyncio.Event()
-        self.transports: dict[str, SerialTransport] = {}
+        self.transports: dict[str, SerialTransport | ForwarderTransport | SpiTransport] = {}
         self._decoders: dict[str, StreamDecoder] = {}
         self.link_states: dict[str, str] = {}
         self._reload = asyncio.Event()
@@ -122,9 +125,13 @@ class Gateway:
                 self.metrics.link_disconnects.labels(port).inc()
             self.metrics.link_up.labels(port).set(0)
 
-    async def _send(self, port: str, data: bytes) -> bool:
+    async def _send(self, port: str, frame: bytes, radio: RadioMeta | None) -> bool:
+        """A sealed downlink to the link its node was last heard on: COBS-framed on a serial
+        line, a txpk in RX1 through the best gateway on LoRa."""
         transport = self.transports.get(port)
-        return await transport.write(data) if transport is not None else False
+        if isinstance(transport, SerialTransport):
+            return await transport.write(encode_serial(frame))
+        return await transport.send(frame, radio) if transport is not None else False
 
     def _published(self, message: OutMessage, seconds: float | None) -> None:
         self.metrics.published.inc()
@@ -249,6 +256,8 @@ class Gateway:
             "started": int(self.started),
             "nodes": len(self.registry),
             "serial_ports": [p.name for p in self.config.serial],
+            "lora_links": [f.name for f in self.config.packet_forwarders]
+            + [r.name for r in self.config.spi_radios],
             "payload": self.mqtt.payload,
             "privacy_policy": {"name": self.policy.name, "hash": self.policy.hash},
         }
@@ -323,13 +332,26 @@ class Gateway:
                 self._decoders[port.name] = StreamDecoder()
                 self.metrics.link_up.labels(port.name).set(0)
                 self.transports[port.name] = SerialTransport(port, self._on_data, self._on_state)
+            # LoRa: the radio's packet length delimits frames, so no link decoder; the radio
+            # metadata goes with each frame to ingest (downlink routing) and nowhere else
+            for forwarder in config.packet_forwarders:
+                self.metrics.link_up.labels(forwarder.name).set(0)
+                self.transports[forwarder.name] = ForwarderTransport(
+                    forwarder, self.ingest.submit, self._on_state, metrics=self.metrics
+                )
+            for radio in config.spi_radios:
+                self.metrics.link_up.labels(radio.name).set(0)
+                self.transports[radio.name] = SpiTransport(
+                    radio, self.ingest.submit, self._on_state, metrics=self.metrics
+                )
             log.info(
-                "gateway %s/%s: %d nodes registered, %d serial ports, broker %s:%d, "
+                "gateway %s/%s: %d nodes registered, %d serial ports, %d LoRa links, broker %s:%d, "
                 "privacy policy %r (%s)",
                 config.site,
                 config.gateway_id,
                 len(self.registry),
                 len(config.serial),
+                len(config.packet_forwarders) + len(config.spi_radios),
                 self.mqtt.host,
                 self.mqtt.port,
                 self.policy.name,

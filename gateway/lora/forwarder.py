@@ -1,0 +1,350 @@
+"""LoRa through concentrator gateways: the server side of the Semtech UDP packet forwarder.
+
+`ForwarderTransport.run()` listens on UDP (default 0.0.0.0:1700) for the packet forwarders
+of SX1301/SX1302/SX1303 gateways (RAK5146, SX1302 CoreCell, any gateway running Semtech's
+packet forwarder or its forks). For each datagram (gateway.lora.semtech parses it):
+
+- from a gateway EUI not in the allow-list: counted, never answered, logged once per EUI;
+- PUSH_DATA: PUSH_ACK at once (same version and token), then each good rxpk goes through the
+  duplicate merger (gateway.lora.dedupe) to `on_frame(port, frame, RadioMeta)`; bad rxpk
+  are counted by reason (crc_error, base64 ...);
+- PULL_DATA: PULL_ACK, and the datagram's source address is remembered as that gateway's
+  downlink route (the gateway may be behind NAT: PULL_DATA keeps the route open);
+- TX_ACK: counted by result (tx_ok, TOO_LATE, COLLISION_PACKET ...);
+- anything malformed: counted by reason, logged once per burst, dropped.
+
+Downlinks (`send()`, only with `acks = true`): the sealed frame as a txpk in a PULL_RESP to
+the gateway that heard the node best, in RX1: the uplink's tmst + 1 s, same frequency and
+data rate, inverted IQ (as LoRaWAN downlinks: nodes do not hear each other's uplinks as
+downlinks). At most one downlink per uplink (the node's receive window holds one packet); it
+is not sent when RX1 can no longer be reached, or when it would take the gateway's sub-band
+over its EU868 duty-cycle limit (gateway.lora.radio). A node that gets no ack sends its
+frame again, so a downlink not sent costs a retransmission, never data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..config import PacketForwarderConfig
+from ..ingest import BurstLog
+from ..metrics import Metrics
+from ..transport import Backoff, PortState
+from .dedupe import Deduplicator
+from .radio import DutyCycle, RadioMeta, time_on_air
+from .semtech import (
+    TX_ERRORS,
+    MalformedDatagram,
+    PullData,
+    PushData,
+    TxAck,
+    Txpk,
+    parse_datagram,
+    pull_ack,
+    pull_resp,
+    push_ack,
+)
+
+__all__ = ["RX1_DELAY_US", "ForwarderTransport", "OnFrame"]
+
+log = logging.getLogger(__name__)
+
+OnFrame = Callable[[str, bytes, RadioMeta], None]
+Address = tuple[str, int]
+
+RX1_DELAY_US = 1_000_000  # the node opens RX1 1 s after its uplink ends
+# A PULL_RESP must reach the gateway this long before its TX time (the packet forwarder's
+# just-in-time queue needs ~30 ms; the rest is network). Later than this: not sent.
+RX1_LEAD_S = 0.1
+MAX_LORA_PAYLOAD = 255
+_MAX_REMEMBERED = 1024  # unknown EUIs logged, downlink slots and tokens remembered
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, received: Callable[[bytes, Address], None]) -> None:
+        self._received = received
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP "port unreachable" after a PULL_RESP to a gateway that went away: harmless
+        log.debug("packet forwarder UDP: %s", exc)
+
+
+class ForwarderTransport:
+    """One UDP server for packet forwarders; `run()` serves until cancelled.
+
+    on_frame(port, frame, meta) is called from the event loop once per frame (after merging
+    the copies several gateways heard); on_state(port, state) on every state change, "open"
+    (listening) or "waiting" (cannot bind now; retried with backoff).
+    """
+
+    def __init__(
+        self,
+        config: PacketForwarderConfig,
+        on_frame: OnFrame,
+        on_state: Callable[[str, str], None] | None = None,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self._on_frame = on_frame
+        self._on_state = on_state
+        self.metrics = metrics or Metrics()
+        self._allowed = frozenset(config.gateways)
+        self._state: PortState = "waiting"
+        self._waiting_reason: str | None = "not started"
+        self._udp: asyncio.DatagramTransport | None = None
+        self._routes: dict[str, tuple[Address, int]] = {}  # EUI -> PULL_DATA address, version
+        self._unknown_logged: set[str] = set()
+        self._slots: OrderedDict[tuple[str, int], None] = OrderedDict()  # (EUI, tmst) used
+        self._tokens: OrderedDict[bytes, str] = OrderedDict()  # PULL_RESP token -> EUI
+        self._duty: dict[str, DutyCycle] = {}
+        self._dedupe = Deduplicator(self._release, config.dedupe_ms / 1000)
+        self._burst_log = BurstLog()
+        self.counts: Counter[str] = Counter()
+
+    # -- public, the same shape as SerialTransport ---------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def task_name(self) -> str:
+        return f"lora-udp:{self.config.name}"
+
+    @property
+    def state(self) -> PortState:
+        return self._state
+
+    @property
+    def waiting_reason(self) -> str | None:
+        return None if self._state == "open" else self._waiting_reason
+
+    @property
+    def address(self) -> Address | None:
+        """The address listened on now (the port chosen by the OS when configured as 0)."""
+        if self._udp is None:
+            return None
+        host, port = self._udp.get_extra_info("sockname")[:2]
+        return host, port
+
+    def stats(self) -> dict[str, int]:
+        """The counters (datagrams, packets and downlinks by outcome), for status and tests."""
+        return dict(self.counts)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(0.5, 30.0)
+        where = f"{self.config.host}:{self.config.port}"
+        try:
+            while True:
+                try:
+                    udp, _ = await loop.create_datagram_endpoint(
+                        lambda: _Udp(self._datagram),
+                        local_addr=(self.config.host, self.config.port),
+                    )
+                except OSError as exc:
+                    self._set_state("waiting", f"cannot listen on UDP {where}: {exc.strerror}")
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                self._udp = udp
+                self._set_state("open", None)
+                log.info(
+                    "lora %s: packet forwarder server on UDP %s, %d gateways allowed, acks %s",
+                    self.name,
+                    where,
+                    len(self._allowed),
+                    "on" if self.config.acks else "off",
+                )
+                await loop.create_future()  # until cancelled
+        finally:
+            self._dedupe.close()  # frames held for merging go on: nothing is lost
+            if self._udp is not None:
+                self._udp.close()
+                self._udp = None
+
+    async def send(self, frame: bytes, meta: RadioMeta | None) -> bool:
+        """Send a sealed downlink frame in the RX1 window of the uplink `meta` describes,
+        through the gateway that heard it. False when it is not sent (counted by reason)."""
+        udp, route = self._udp, self._routes.get(meta.link) if meta is not None else None
+        if not self.config.acks or meta is None or meta.tmst is None or udp is None:
+            return False
+        airtime = time_on_air(len(frame), meta.rate, meta.codr)
+        refusal = self._refusal(frame, meta, meta.tmst, airtime)
+        if refusal is not None or route is None:
+            self._count_downlink(refusal or "no_route")
+            return False
+        _remember(self._slots, (meta.link, meta.tmst), None)
+        address, version = route
+        txpk = Txpk(
+            data=frame,
+            freq_hz=meta.freq_hz,
+            rate=meta.rate,
+            power_dbm=self.config.tx_power_dbm,
+            tmst=(meta.tmst + RX1_DELAY_US) & 0xFFFFFFFF,
+            codr=meta.codr,
+        )
+        datagram = pull_resp(txpk, version)
+        _remember(self._tokens, datagram[1:3], meta.link)
+        udp.sendto(datagram, address)
+        self._count_downlink("sent")
+        self.metrics.lora_airtime.labels(self.name, meta.link).inc(airtime)
+        return True
+
+    def _refusal(self, frame: bytes, meta: RadioMeta, tmst: int, airtime: float) -> str | None:
+        """Why this downlink cannot go out, or None; the duty cycle is charged when it can."""
+        if meta.link not in self._routes:
+            return "no_route"
+        if len(frame) > MAX_LORA_PAYLOAD:
+            return "too_big"
+        if time.monotonic() - meta.received > RX1_DELAY_US / 1e6 - RX1_LEAD_S:
+            return "too_late"
+        if (meta.link, tmst) in self._slots:
+            return "slot_taken"
+        if not self._duty.setdefault(meta.link, DutyCycle()).allow(meta.freq_hz, airtime):
+            return "duty_cycle"
+        return None
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _datagram(self, data: bytes, addr: Address) -> None:
+        try:
+            event = parse_datagram(data)
+        except MalformedDatagram as exc:
+            self._count_datagram(exc.reason)
+            self._burst_log.rejected(self.name, exc.reason, f"{exc.detail} (from {addr[0]})")
+            return
+        if event.gateway not in self._allowed:
+            self._unknown(event.gateway, addr)
+            return
+        if isinstance(event, PushData):
+            self._reply(push_ack(event), addr)  # at once: the forwarder measures ackr by it
+            self._count_datagram("push_data")
+            self._push_data(event)
+        elif isinstance(event, PullData):
+            self._reply(pull_ack(event), addr)
+            self._count_datagram("pull_data")
+            if self._routes.get(event.gateway, (None, 0))[0] != addr:
+                log.info("lora %s: gateway %s downlink route %s", self.name, event.gateway, addr[0])
+            self._routes[event.gateway] = (addr, event.version)
+        elif isinstance(event, TxAck):
+            self._count_datagram("tx_ack")
+            self._tx_ack(event)
+
+    def _push_data(self, event: PushData) -> None:
+        gateway = event.gateway
+        for rejected in event.rejected:
+            self._count_packet(gateway, rejected.reason)
+            self._burst_log.rejected(
+                self.name,
+                rejected.reason,
+                f"rxpk {rejected.index} from {gateway}: {rejected.detail}",
+            )
+        now = time.monotonic()
+        for rxpk in event.rxpk:
+            self.metrics.lora_rssi.labels(self.name, gateway).observe(rxpk.rssi)
+            if rxpk.lsnr is not None:
+                self.metrics.lora_snr.labels(self.name, gateway).observe(rxpk.lsnr)
+            meta = RadioMeta(
+                link=gateway,
+                rssi=rxpk.rssi,
+                snr=rxpk.lsnr,
+                freq_hz=rxpk.freq_hz,
+                rate=rxpk.rate,
+                codr=rxpk.codr,
+                tmst=rxpk.tmst,
+                received=now,
+            )
+            merged, late = self._dedupe.merged, self._dedupe.late
+            self._dedupe.offer(rxpk.data, meta)
+            if self._dedupe.merged != merged:
+                self._count_packet(gateway, "merged")
+            elif self._dedupe.late != late:
+                self._count_packet(gateway, "late")
+
+    def _release(self, frame: bytes, meta: RadioMeta) -> None:
+        self._count_packet(meta.link, "forwarded")
+        try:
+            self._on_frame(self.name, frame, meta)
+        except Exception:  # a bug downstream must not stop the radio link
+            self.counts["callback_errors"] += 1
+            log.exception("lora %s: on_frame failed", self.name)
+
+    def _tx_ack(self, event: TxAck) -> None:
+        self._tokens.pop(event.token, None)
+        if event.error is None:
+            self._count_downlink("tx_ok")
+            if event.warning is not None:
+                log.info(
+                    "lora %s: gateway %s sent a downlink with a limitation: %s %s",
+                    self.name,
+                    event.gateway,
+                    event.warning,
+                    event.value,
+                )
+            return
+        reason = event.error if event.error in TX_ERRORS else "other"
+        self._count_downlink(reason)
+        self._burst_log.rejected(
+            self.name, f"tx_{reason}", f"gateway {event.gateway} did not send a downlink"
+        )
+
+    def _unknown(self, eui: str, addr: Address) -> None:
+        self._count_datagram("unknown_gateway")
+        if eui in self._unknown_logged or len(self._unknown_logged) >= _MAX_REMEMBERED:
+            return
+        self._unknown_logged.add(eui)
+        log.warning(
+            "lora %s: ignoring gateway %s (from %s): not in lora.packet_forwarder gateways; "
+            "add its EUI there if it is yours",
+            self.name,
+            eui,
+            addr[0],
+        )
+
+    def _reply(self, datagram: bytes, addr: Address) -> None:
+        if self._udp is not None:
+            self._udp.sendto(datagram, addr)
+
+    # -- counting and state ------------------------------------------------------------------
+
+    def _count_datagram(self, outcome: str) -> None:
+        self.counts[f"datagram:{outcome}"] += 1
+        self.metrics.lora_datagrams.labels(self.name, outcome).inc()
+
+    def _count_packet(self, gateway: str, outcome: str) -> None:
+        self.counts[f"packet:{outcome}"] += 1
+        self.metrics.lora_packets.labels(self.name, gateway, outcome).inc()
+
+    def _count_downlink(self, outcome: str) -> None:
+        self.counts[f"downlink:{outcome}"] += 1
+        self.metrics.lora_downlinks.labels(self.name, outcome).inc()
+
+    def _set_state(self, state: PortState, reason: str | None) -> None:
+        changed = state != self._state or reason != self._waiting_reason
+        self._state, self._waiting_reason = state, reason
+        if state == "waiting" and changed:
+            log.warning("lora %s: waiting: %s", self.name, reason)
+        if self._on_state is not None and changed:
+            try:
+                self._on_state(self.name, state)
+            except Exception:
+                log.exception("lora %s: on_state failed", self.name)
+
+
+def _remember(table: OrderedDict[_K, _V], key: _K, value: _V) -> None:
+    """Insert, dropping the oldest entries beyond _MAX_REMEMBERED (bounded memory)."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > _MAX_REMEMBERED:
+        table.popitem(last=False)
