@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     decode.set_defaults(handler=_decode)
 
     _add_emulate(commands)
+    from .node.cli import add_node_commands  # noqa: PLC0415 - argparse only; handlers lazy
+
+    add_node_commands(commands)
     return parser
 
 

