@@ -338,6 +338,10 @@ class Channel:
                 return tx
         return None
 
+    def transmissions_from(self, source: str) -> list[Transmission]:
+        """Recent frames of `source` (those the channel still holds), oldest first."""
+        return sorted((t for t in self._on_air if t.source == source), key=lambda t: t.start_us)
+
     # -- the model ---------------------------------------------------------------------------
 
     def _resolve(self, tx: Transmission, receiver: str) -> None:
