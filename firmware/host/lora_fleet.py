@@ -351,6 +351,11 @@ class LoraFleet:
 
         return on_downlink
 
+    @property
+    def transmissions(self) -> list[Transmission]:
+        """Every frame the nodes sent, in order, with what the channel made of it."""
+        return list(self._transmissions)
+
     # -- results -----------------------------------------------------------------------------
 
     def report(self, duration_s: float) -> LoraReport:
