@@ -64,8 +64,9 @@ class Arrival:
 class BurstLog:
     """Logs the first rejection of a kind, then at most one summary line per `every` seconds."""
 
-    def __init__(self, every: float = 60.0) -> None:
+    def __init__(self, every: float = 60.0, what: str = "frame rejected") -> None:
         self.every = every
+        self.what = what
         self._last: dict[tuple[str, str], float] = {}
         self._held: dict[tuple[str, str], int] = defaultdict(int)
 
@@ -78,7 +79,7 @@ class BurstLog:
             return
         held = self._held.pop(key, 0)
         more = f" (and {held} more since the last report)" if held else ""
-        log.warning("port %s: frame rejected: %s: %s%s", port, reason, detail, more)
+        log.warning("port %s: %s: %s: %s%s", port, self.what, reason, detail, more)
         self._last[key] = now
 
 

@@ -52,7 +52,7 @@ from .semtech import (
 
 __all__ = ["RX1_DELAY_US", "ForwarderTransport", "OnFrame"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgeveil.lora")
 
 OnFrame = Callable[[str, bytes, RadioMeta], None]
 Address = tuple[str, int]
@@ -109,7 +109,7 @@ class ForwarderTransport:
         self._tokens: OrderedDict[bytes, str] = OrderedDict()  # PULL_RESP token -> EUI
         self._duty: dict[str, DutyCycle] = {}
         self._dedupe = Deduplicator(self._release, config.dedupe_ms / 1000)
-        self._burst_log = BurstLog()
+        self._burst_log = BurstLog(what="datagram or packet dropped")
         self.counts: Counter[str] = Counter()
 
     # -- public, the same shape as SerialTransport ---------------------------------------
@@ -296,7 +296,7 @@ class ForwarderTransport:
         reason = event.error if event.error in TX_ERRORS else "other"
         self._count_downlink(reason)
         self._burst_log.rejected(
-            self.name, f"tx_{reason}", f"gateway {event.gateway} did not send a downlink"
+            self.name, f"downlink {reason}", f"gateway {event.gateway} did not send it (TX_ACK)"
         )
 
     def _unknown(self, eui: str, addr: Address) -> None:

@@ -41,7 +41,7 @@ from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
 
 __all__ = ["Chip", "ChipUnavailable", "SpiTransport", "open_lorarf"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgeveil.lora")
 
 PREAMBLE = 8  # symbols, as LoRaWAN
 _TX_TIMEOUT_S = 5.0  # longer than any 255-byte packet at SF12/125 kHz (about 2.8 s)
