@@ -86,12 +86,31 @@ def _emulate(args: argparse.Namespace) -> int:
         raise CliError(f"the node emulator (firmware.host) is not installed: {exc}") from exc
 
     try:
+        if args.link == "lora":
+            from .emulate import LORA_READING_INTERVAL_S, run_emulate_lora  # noqa: PLC0415
+
+            interval = args.reading_interval
+            if interval is None:
+                interval = LORA_READING_INTERVAL_S
+            return run_emulate_lora(
+                args.nodes,
+                gateways=args.gateways,
+                forwarder=args.forwarder,
+                sf=args.sf,
+                area_m=args.area_m,
+                out=args.out,
+                seed=args.seed,
+                reading_interval=interval,
+                capture=not args.no_capture,
+                random_loss=args.random_loss,
+                duration=args.duration,
+            )
         return run_emulate(
             args.nodes,
             out=args.out,
             seed=args.seed,
             scenario=args.scenario,
-            reading_interval=args.reading_interval,
+            reading_interval=5 if args.reading_interval is None else args.reading_interval,
             faults=args.faults,
             duration=args.duration,
         )
@@ -134,11 +153,55 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     emulate.add_argument(
         "--reading-interval",
         type=int,
-        default=5,
+        default=None,
         metavar="SECONDS",
-        help="seconds between readings (default 5; status and scans scale with it)",
+        help="seconds between readings (default 5, with --link lora 60; status and scans "
+        "scale with it)",
     )
     emulate.add_argument("--faults", metavar="LIST", help=faults_help())
+    lora = emulate.add_argument_group(
+        "LoRa (--link lora)",
+        "Nodes on a simulated radio channel (path loss, SNR floors, collisions with capture; "
+        "see README, 'Emulated LoRa nodes'), heard by emulated packet forwarders that send to "
+        "a gateway's [[lora.packet_forwarder]] over UDP (Semtech protocol), in real time.",
+    )
+    lora.add_argument(
+        "--link",
+        choices=("serial", "lora"),
+        default="serial",
+        help="serial: firmware processes on pseudo-terminals (default); lora: see below",
+    )
+    lora.add_argument(
+        "--gateways", type=int, default=1, metavar="G", help="packet forwarders (default 1)"
+    )
+    lora.add_argument(
+        "--forwarder",
+        default="127.0.0.1:1700",
+        metavar="HOST:PORT",
+        help="the gateway's packet forwarder server (default 127.0.0.1:1700)",
+    )
+    lora.add_argument(
+        "--sf", type=int, default=9, metavar="SF", help="spreading factor 7..12 (default 9)"
+    )
+    lora.add_argument(
+        "--area-m",
+        type=float,
+        default=2000.0,
+        metavar="METRES",
+        help="side of the square the nodes are spread over (default 2000)",
+    )
+    lora.add_argument(
+        "--random-loss",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="extra loss probability per frame and gateway (default 0)",
+    )
+    lora.add_argument(
+        "--no-capture",
+        action="store_true",
+        help="overlapping frames on one channel and SF are all lost (default: capture at 6 dB)",
+    )
     emulate.add_argument(
         "--duration",
         type=float,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ from firmware.host.radio import Channel, Radio, airtime_us
 from firmware.host.sim.lora_modem import RxPacket, SimModem, SimulatedTime
 from gateway.registry import NodeRegistry
 from protocol import Ack, NodeKeys, Readings, open_frame, parse_header, seal
+
+from .command import ROOT, edgeveil
 
 SF9 = Radio(868_100_000, sf=9)
 LORA_CFG = {"freq_khz": 868100, "sf": 9, "bw": "125", "coding_rate": 5, "invert_iq_rx": True}
@@ -263,3 +267,48 @@ async def test_fleet_node_verifies_a_downlink_in_its_receive_window(server: Mini
     assert report.delivered >= 1
     assert any(isinstance(m, Ack) and m.counters == [0] for m in node.heard), server.tx_acks
     assert node.rejected == 0
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_emulate_link_lora_sends_to_the_forwarder_it_is_given(server: MiniServer) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "emulate", "--link", "lora", "--nodes", "4",
+        "--gateways", "2", "--reading-interval", "1", "--duration", "2.5",
+        "--forwarder", f"127.0.0.1:{server.port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    nodes = {int(line.split()[1]) for line in lines if line.startswith("node ")}
+    gateways = {line.split()[1] for line in lines if line.startswith("gateway ")}
+    assert len(nodes) == 4 and len(gateways) == 2
+    assert lines[-1].startswith("registry ")  # a temporary file, removed at exit
+    # each node sends its first reading within the first second, and no second one: the 1 %
+    # duty cycle makes it wait 20 s after 0.2 s on air
+    summary = re.search(r"(\d+) frames sent, (\d+) received by a gateway", err.decode())
+    assert summary is not None, err
+    assert int(summary[1]) == 4
+    frames = {base64.b64decode(rx["data"]) for rx in server.rxpk}
+    assert len(frames) == int(summary[2])  # what the channel delivered, and only that
+    assert {parse_header(f).node_id for f in frames} <= nodes
+    assert {eui.hex().upper() for eui in server.euis} <= gateways
+
+
+def test_emulate_link_lora_bad_options_are_one_line_errors() -> None:
+    for args, message in (
+        (["--sf", "13"], "--sf must be 7..12, got 13"),
+        (
+            ["--forwarder", "localhost"],
+            "--forwarder: 'localhost' is not HOST:PORT (e.g. 127.0.0.1:1700)",
+        ),
+        (["--nodes", "0"], "--nodes must be 1..5000 with --link lora, got 0"),
+        (["--area-m", "0"], "--area-m must be 10..100000 metres, got 0"),
+        (["--gateways", "0"], "--gateways must be 1..16, got 0"),
+    ):
+        result = edgeveil("emulate", "--link", "lora", *args)
+        assert result.returncode == 2, result
+        assert result.stderr.strip() == f"edgeveil emulate: error: {message}"
