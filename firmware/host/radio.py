@@ -26,8 +26,9 @@ The model (each choice is a parameter; the defaults are cited):
   SNR = RSSI - noise floor. A frame is demodulated when its SNR is at least the SX1276's floor
   for its spreading factor (SX1276 datasheet rev. 7, section 4.1.1.2, table 13: SF7 -7.5 dB in
   steps of 2.5 dB to SF12 -20 dB).
-- Airtime: SX1276 datasheet section 4.1.1.7 (explicit header, CRC on, low data rate
-  optimisation when a symbol lasts 16 ms or more, as micropython-lib's `lora` does).
+- Airtime: the firmware's own calculation (firmware/edgeveil_node/airtime.py: SX1276
+  datasheet section 4.1.1.7, explicit header, CRC on, low data rate optimisation when a symbol
+  lasts 16 ms or more, as micropython-lib's `lora` does).
 - Collisions: frames that overlap in time on the same frequency, spreading factor and bandwidth
   interfere. With capture (the default) a frame survives if its power at the receiver is at
   least 6 dB above the sum of the others overlapping it (the co-SF threshold of Bor et al. 2016
@@ -45,10 +46,15 @@ The model (each choice is a parameter; the defaults are cited):
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import random
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BOR_2016",
@@ -133,17 +139,37 @@ class Radio:
         return (self.freq_hz, self.sf, self.bw_hz) == (other.freq_hz, other.sf, other.bw_hz)
 
 
-def airtime_us(radio: Radio, payload_len: int) -> int:
-    """Time on air of one frame (SX1276 datasheet section 4.1.1.7, explicit header, CRC on).
+def _firmware_airtime() -> Any:
+    """The node firmware's own airtime module (firmware/edgeveil_node/airtime.py), so that node
+    and simulator agree by construction. It imports MicroPython's `micropython` for const();
+    the host shim stands in for the import only, so no other code in this process takes
+    CPython for MicroPython afterwards."""
+    path = Path(__file__).resolve().parent.parent / "edgeveil_node" / "airtime.py"
+    spec = importlib.util.spec_from_file_location("edgeveil_firmware_airtime", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the firmware's airtime module from {path}")
+    module = importlib.util.module_from_spec(spec)
+    saved = sys.modules.get("micropython")
+    sys.modules["micropython"] = importlib.import_module("firmware.host.shims.micropython")
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            del sys.modules["micropython"]
+        else:
+            sys.modules["micropython"] = saved
+    return module
 
-    TEMPORARY: to be replaced by firmware/edgeveil_node/airtime.py (the firmware's own airtime
-    module) once it lands, so that node and simulator agree by construction."""
-    t_sym_us = (1 << radio.sf) * 1_000_000 / radio.bw_hz
-    low_data_rate = t_sym_us >= 16_000
-    bits = 8 * payload_len - 4 * radio.sf + 28 + 16  # + 16: the payload CRC
-    per_symbol = 4 * (radio.sf - (2 if low_data_rate else 0))
-    payload_symbols = 8 + max(math.ceil(bits / per_symbol) * radio.coding_rate, 0)
-    return round((radio.preamble + 4.25 + payload_symbols) * t_sym_us)
+
+_AIRTIME = _firmware_airtime()
+
+
+def airtime_us(radio: Radio, payload_len: int) -> int:
+    """Time on air of one frame (SX1276 datasheet section 4.1.1.7, explicit header, CRC on)."""
+    us: int = _AIRTIME.time_on_air_us(
+        payload_len, radio.sf, radio.bw_hz, radio.coding_rate, radio.preamble
+    )
+    return us
 
 
 def noise_floor_dbm(bw_hz: int) -> float:
