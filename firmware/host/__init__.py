@@ -9,4 +9,9 @@
 - scenario.py: the seeded world around a node (environment, BLE crowd, faults).
 - node.py: one emulated node process (`python -m firmware.host.node --flash DIR`).
 - fleet.py: N supervised nodes with fresh identities and a gateway registry (`edgeveil emulate`).
+- radio.py: the LoRa channel simulator (path loss, SNR floors, collisions with capture).
+- sim/lora_modem.py: a modem with micropython-lib's `lora` API that transmits into the channel.
+- forwarder.py: an emulated Semtech UDP packet forwarder (the concentrator gateway's side).
+- lora_fleet.py: N emulated LoRa nodes and G forwarders on one channel, in simulated or real
+  time (`edgeveil emulate --link lora`).
 """
