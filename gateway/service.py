@@ -92,7 +92,8 @@ class Gateway:
         self.metrics = Metrics()
         self.started = time.time()
         self.ready = asyncio.Event()
-        self.transports: dict[str, SerialTransport | ForwarderTransport | SpiTransport] = {}
+        self.transports: dict[str, SerialTransport] = {}
+        self.lora: dict[str, ForwarderTransport | SpiTransport] = {}  # LoRa links by name
         self._decoders: dict[str, StreamDecoder] = {}
         self.link_states: dict[str, str] = {}
         self._reload = asyncio.Event()
@@ -128,10 +129,11 @@ class Gateway:
     async def _send(self, port: str, frame: bytes, radio: RadioMeta | None) -> bool:
         """A sealed downlink to the link its node was last heard on: COBS-framed on a serial
         line, a txpk in RX1 through the best gateway on LoRa."""
-        transport = self.transports.get(port)
-        if isinstance(transport, SerialTransport):
-            return await transport.write(encode_serial(frame))
-        return await transport.send(frame, radio) if transport is not None else False
+        serial = self.transports.get(port)
+        if serial is not None:
+            return await serial.write(encode_serial(frame))
+        lora = self.lora.get(port)
+        return await lora.send(frame, radio) if lora is not None else False
 
     def _published(self, message: OutMessage, seconds: float | None) -> None:
         self.metrics.published.inc()
@@ -336,12 +338,12 @@ class Gateway:
             # metadata goes with each frame to ingest (downlink routing) and nowhere else
             for forwarder in config.packet_forwarders:
                 self.metrics.link_up.labels(forwarder.name).set(0)
-                self.transports[forwarder.name] = ForwarderTransport(
+                self.lora[forwarder.name] = ForwarderTransport(
                     forwarder, self.ingest.submit, self._on_state, metrics=self.metrics
                 )
             for radio in config.spi_radios:
                 self.metrics.link_up.labels(radio.name).set(0)
-                self.transports[radio.name] = SpiTransport(
+                self.lora[radio.name] = SpiTransport(
                     radio, self.ingest.submit, self._on_state, metrics=self.metrics
                 )
             log.info(
@@ -362,7 +364,7 @@ class Gateway:
                     tg.create_task(self.uplink.run(), name="uplink")
                     tg.create_task(self.ingest.run(), name="ingest")
                     tg.create_task(self._privacy_windows(), name="privacy-windows")
-                    for transport in self.transports.values():
+                    for transport in (*self.transports.values(), *self.lora.values()):
                         tg.create_task(transport.run(), name=transport.task_name)
                     tg.create_task(self._housekeeping(), name="housekeeping")
                     systemd.notify("READY=1")

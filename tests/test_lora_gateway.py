@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway import config as config_mod
 from gateway.config import GatewayConfig, MqttConfig, PacketForwarderConfig, SpiRadioConfig
@@ -154,7 +156,7 @@ async def test_packet_forwarder_uplink_to_mqtt_with_merged_copies_and_ack_in_rx1
         )
         topic = f"edgeveil/{SITE}/{GATEWAY_ID}/node/#"
         async with subscribed(broker, topic) as sub, running_gateway(config) as gateway:
-            transport = gateway.transports["lora"]
+            transport = gateway.lora["lora"]
             assert isinstance(transport, ForwarderTransport)
             await until(lambda: transport.address is not None, "listening", 10)
             server = transport.address
@@ -333,6 +335,35 @@ async def test_held_copies_are_released_when_the_transport_stops() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert got == [b"held"]  # never lost
+
+
+@settings(max_examples=100)
+@given(
+    st.sampled_from([b"", b"\x02\x01\x02\x00" + bytes.fromhex(EUI_A)]),
+    st.binary(max_size=150) | st.text(max_size=150).map(str.encode),
+)
+@example(
+    b"\x02\x01\x02\x00" + bytes.fromhex(EUI_A),
+    b'{"rxpk":[{"tmst":1,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","rssi":-9,'
+    b'"data":"AQID"},{"stat":-1}]}',
+)
+def test_whatever_arrives_is_counted_once_and_never_raises(head: bytes, tail: bytes) -> None:
+    # the datagram handler itself, without a socket: it runs in the event loop as UDP calls it
+    got: list[bytes] = []
+
+    async def feed() -> dict[str, int]:
+        config = PacketForwarderConfig(
+            name="fuzz", host="127.0.0.1", port=0, gateways=(EUI_A,), dedupe_ms=0
+        )
+        transport = ForwarderTransport(config, lambda _p, frame, _m: got.append(frame))
+        transport._datagram(head + tail, ("127.0.0.1", 9))  # not merged: released at once
+        return transport.stats()
+
+    stats = asyncio.run(feed())
+    assert sum(v for k, v in stats.items() if k.startswith("datagram:")) == 1
+    assert len(got) == stats.get("packet:forwarded", 0)
+    if tail.startswith(b'{"rxpk":[{"tmst":1'):
+        assert got == [b"\x01\x02\x03"] and stats["packet:missing_field"] == 1
 
 
 # -- single-channel SPI HAT --------------------------------------------------------------------
