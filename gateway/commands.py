@@ -56,6 +56,18 @@ def check_config(path: Path | None) -> int:
             else "?"
         )
         print(f"  serial {port.name}: {where} at {port.baudrate} baud")
+    for fwd in config.packet_forwarders:
+        acks = "acks on" if fwd.acks else "acks off"
+        print(
+            f"  lora {fwd.name}: packet forwarder server on UDP {fwd.host}:{fwd.port}, "
+            f"{len(fwd.gateways)} gateways allowed, {acks}"
+        )
+    for hat in config.spi_radios:
+        acks = "acks on" if hat.acks else "acks off"
+        print(
+            f"  lora {hat.name}: {hat.chip.upper()} on /dev/spidev{hat.bus}.{hat.cs}, "
+            f"{hat.freq_hz / 1e6:.3f} MHz SF{hat.sf}BW{hat.bw_khz}, {acks}"
+        )
     if config.mqtt is None:
         print("  mqtt: embedded broker on localhost (no [mqtt] table)")
     else:

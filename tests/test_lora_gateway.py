@@ -578,3 +578,6 @@ def test_check_config_accepts_the_example_with_lora_links() -> None:
         "gateway", "check-config", "--config", str(ROOT / "examples" / "gateway.toml")
     )
     assert result.returncode == 0, result.stderr
+    assert "lora site-lora: packet forwarder server on UDP 0.0.0.0:1700, 1 gateways allowed" in (
+        result.stdout
+    )
