@@ -28,6 +28,7 @@ from gateway import config as config_mod
 from gateway.config import GatewayConfig, MqttConfig, PacketForwarderConfig, SpiRadioConfig
 from gateway.errors import ConfigError
 from gateway.lora import forwarder as forwarder_mod
+from gateway.lora.dedupe import Deduplicator
 from gateway.lora.forwarder import ForwarderTransport
 from gateway.lora.radio import DataRate, RadioMeta
 from gateway.lora.spi import ChipUnavailable, SpiTransport, open_lorarf
@@ -364,6 +365,29 @@ def test_whatever_arrives_is_counted_once_and_never_raises(head: bytes, tail: by
     assert len(got) == stats.get("packet:forwarded", 0)
     if tail.startswith(b'{"rxpk":[{"tmst":1'):
         assert got == [b"\x01\x02\x03"] and stats["packet:missing_field"] == 1
+
+
+@pytest.mark.asyncio
+async def test_merger_keeps_the_best_copy_drops_late_ones_and_stays_bounded() -> None:
+    released: list[tuple[bytes, str, int]] = []
+    merger = Deduplicator(lambda f, m: released.append((f, m.link, m.copies)), 30.0, 2)
+
+    def copy(link: str, rssi: float) -> RadioMeta:
+        return RadioMeta(link, rssi, None, 868_100_000, DataRate(7, 125), "4/5", 1, 0.0)
+
+    merger.offer(b"a", copy("far", -120))
+    merger.offer(b"a", copy("near", -60))
+    merger.offer(b"a", copy("mid", -90))
+    assert released == [] and merger.pending == 1
+    merger.close()  # what the window's end does (and a stopping transport)
+    assert released == [(b"a", "near", 3)]
+    merger.offer(b"a", copy("slow backhaul", -50))  # after its frame went on: dropped
+    assert merger.late == 1
+    for frame in (b"x", b"y", b"z"):  # a third pending frame pushes the oldest out early
+        merger.offer(frame, copy("near", -70))
+    assert released[1] == (b"x", "near", 1) and merger.pending == 2
+    merger.close()
+    assert [r[0] for r in released] == [b"a", b"x", b"y", b"z"]
 
 
 # -- single-channel SPI HAT --------------------------------------------------------------------
