@@ -306,21 +306,19 @@ class Node:
 
 def _halves(message):
     """Readings or a status split into two messages of half the values each, or None."""
-    if isinstance(message, Readings):
-        items = message.values
-    elif isinstance(message, Status):
-        items = message.fields
-    else:
-        return None
-    if len(items) < 2:
-        return None
+    if isinstance(message, Readings) and len(message.values) > 1:
+        first, second = _split(message.values)
+        return Readings(first, message.time), Readings(second, message.time)
+    if isinstance(message, Status) and len(message.fields) > 1:
+        first, second = _split(message.fields)
+        return Status(first), Status(second)
+    return None
+
+
+def _split(items):
     keys = sorted(items)
     half = len(keys) // 2
-    first = {k: items[k] for k in keys[:half]}
-    second = {k: items[k] for k in keys[half:]}
-    if isinstance(message, Readings):
-        return Readings(first, message.time), Readings(second, message.time)
-    return Status(first), Status(second)
+    return {k: items[k] for k in keys[:half]}, {k: items[k] for k in keys[half:]}
 
 
 def wait_forever(problem):

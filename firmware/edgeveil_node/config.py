@@ -161,10 +161,18 @@ def _lora_link(link):
     chip = link.get("chip")
     if chip not in _LORA_PINS:
         raise ConfigError(
-            'link.chip: must be "sx1276" (SX1276/77/78/79, RFM95W) or "sx1262", got '
-            + repr(chip)
+            'link.chip: must be "sx1276" (SX1276/77/78/79, RFM95W) or "sx1262", got ' + repr(chip)
         )
     out = {"type": "lora", "chip": chip, "spi": _int(link.get("spi", 1), "link.spi", 0, 3)}
+    _lora_pins(link, chip, out)
+    for key in link:
+        if key not in _LORA_DEFAULTS and key not in out and key not in _LORA_OTHER:
+            raise ConfigError("link." + key + ": unknown setting for a " + chip + " LoRa link")
+    _lora_radio(link, out)
+    return out
+
+
+def _lora_pins(link, chip, out):
     required, optional = _LORA_PINS[chip]
     for pin in required:
         if pin not in link:
@@ -178,9 +186,9 @@ def _lora_link(link):
     if chip == "sx1262" and "tcxo_mv" in link:
         # DIO3 powers a TCXO on many SX1262 modules; the module's documentation gives the voltage
         out["tcxo_mv"] = _int(link["tcxo_mv"], "link.tcxo_mv", 1600, 3300)
-    for key in link:
-        if key not in _LORA_DEFAULTS and key not in out and key not in _LORA_OTHER:
-            raise ConfigError("link." + key + ": unknown setting for a " + chip + " LoRa link")
+
+
+def _lora_radio(link, out):
     if link.get("region", "EU868") != "EU868":
         raise ConfigError('link.region: only "EU868" is supported, got ' + repr(link["region"]))
     out["region"] = "EU868"
@@ -218,7 +226,6 @@ def _lora_link(link):
             + str(daily)
         )
     out["daily_airtime_s"] = daily
-    return out
 
 
 def _lora_band(freq, bw, where):

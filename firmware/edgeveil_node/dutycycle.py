@@ -70,6 +70,9 @@ class AirtimeWindow:
 
     def _advance(self, now_ms):
         number = now_ms // self.width_ms
+        if number < self._newest:
+            # buckets after now_ms were already emptied for reuse: the count would be wrong
+            raise ValueError("time went back: now_ms must never decrease")
         count = len(self._buckets)
         if number - self._newest >= count:
             for i in range(count):
@@ -79,8 +82,7 @@ class AirtimeWindow:
             for n in range(self._newest + 1, number + 1):
                 self._total -= self._buckets[n % count]
                 self._buckets[n % count] = 0
-        if number > self._newest:
-            self._newest = number
+        self._newest = number
 
     def used_us(self, now_ms):
         self._advance(now_ms)

@@ -12,7 +12,7 @@
 # - its size is checked against the spreading factor's limit (airtime.max_frame): too big is
 #   dropped and counted (dropped_too_big), never sent;
 # - the duty-cycle limiter is asked: a frame that would exceed the sub-band's hourly share waits
-#   in a small queue (deferred_duty_cycle counts frames that had to wait) and goes once it fits;
+#   in a small queue (deferred_duty_cycle counts frames queued to wait) and goes once it fits;
 # - over the daily airtime budget, readings and observations are dropped (dropped_budget: by the
 #   time the budget returns they are stale); status and events wait for it.
 #
@@ -88,7 +88,8 @@ class LoRaLink:
         # timeout even in the middle of a packet
         longest = time_on_air_us(max_frame(rx_sf), rx_sf, self.bw_khz * 1000, self._coding_rate)
         self.rx_window_ms = 2 * _RX_EARLY_MS + longest // 1000 + 1
-        self._waiting = []  # [frame, droppable, deferred] oldest first
+        self._waiting = []  # (frame, droppable) oldest first
+        self._held_by_band = False  # the oldest waiting frame waits for the duty cycle
         self._inbox = []  # frames received in the last windows, not yet verified
         self._window = ReplayWindow()  # downlink counters of this boot
         self._rx_packet = None  # reused by modem.recv() for a packet of the same length
@@ -128,9 +129,11 @@ class LoRaLink:
         if len(self._waiting) >= _QUEUE:
             self._drop_oldest()
         droppable = parse_header(frame).msg_type in (_READINGS, _OBSERVATIONS)
-        self._waiting.append([frame, droppable, False])
+        self._waiting.append((frame, droppable))
         self._retry_at = 0
         self._transmit()
+        if self._held_by_band and self._waiting and self._waiting[-1][0] is frame:
+            self.deferred_duty_cycle += 1
 
     def _drop_oldest(self):
         victim = 0
@@ -160,9 +163,7 @@ class LoRaLink:
                 self.dropped_too_big += 1
                 self.dropped += 1
                 continue
-            if band and not item[2]:
-                item[2] = True
-                self.deferred_duty_cycle += 1
+            self._held_by_band = bool(band)
             if band or budget:  # a status or event waits for the daily budget too
                 self._retry_at = now + (band if band > budget else budget)
                 return
