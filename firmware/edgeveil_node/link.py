@@ -19,7 +19,9 @@ from protocol import (
 
 _MAX_BACKOFF_SHIFT = const(5)  # at most 32 x the ack timeout between two tries
 _CTRL_C = const(3)
+_CR = const(13)
 _CTRL_C_QUIET_MS = const(250)
+_FRAME_GAP_MS = const(50)
 
 
 def accept_downlink(frame, keys, window):
@@ -127,46 +129,64 @@ class ConsolePort:
     """A link over the USB REPL line itself (sys.stdin/stdout), where console text and frames
     share the wire (protocol/framing.py tells them apart).
 
-    Ctrl-C must stay usable by a technician (mpremote sends it to stop the application), but a
-    frame from the gateway may contain the byte 0x03. So the keyboard interrupt is switched off
-    while the application runs, and two or more 0x03 bytes followed by a quiet line (no frame
-    ever ends like that: it ends with 0x00) are taken as a technician's Ctrl-C.
+    Ctrl-C must stay usable by a technician (mpremote sends "\\r\\x03" to stop the application
+    before it takes the raw REPL), but a frame from the gateway may contain the byte 0x03. So the
+    keyboard interrupt is switched off while the application runs and this port decides: a 0x03
+    inside a frame (between its 0x00 delimiters) is data; outside a frame it is a Ctrl-C when it
+    follows a carriage return or another 0x03, or when the line stays quiet after it. The port
+    stops reading at that byte, so what the technician's tool sent next (the raw REPL request)
+    stays on the line for the REPL.
     """
 
-    def __init__(self):
+    def __init__(self, stream_in=None, stream_out=None):
         import select  # noqa: PLC0415
 
         import micropython  # noqa: PLC0415 - the REPL port only
 
         micropython.kbd_intr(-1)
         self._micropython = micropython
-        self._in = sys.stdin.buffer
-        self._out = sys.stdout.buffer
+        self._in = stream_in if stream_in is not None else sys.stdin.buffer
+        self._out = stream_out if stream_out is not None else sys.stdout.buffer
         self._poll = select.poll()
         self._poll.register(self._in, select.POLLIN)
-        self._ctrl_c = 0
-        self._last_ms = 0
+        self._in_frame = False
+        self._frame_len = 0
+        self._previous = 0
+        self._last_ms = time.ticks_ms()
+        self._ctrl_c_ms = None  # a lone Ctrl-C waiting for the quiet that confirms it
 
     def write(self, data):
         self._out.write(data)
 
+    def _interrupt(self):
+        self._micropython.kbd_intr(3)
+        raise KeyboardInterrupt
+
     def read(self):
-        data = bytearray()
-        while self._poll.poll(0) and len(data) < 256:
-            data += self._in.read(1)
         now = time.ticks_ms()
-        if data:
-            tail = 0
-            while tail < len(data) and data[len(data) - 1 - tail] == _CTRL_C:
-                tail += 1
-            self._ctrl_c = self._ctrl_c + tail if tail == len(data) else tail
-            # the stubs type ticks as an opaque _TicksMs, which the initial 0 (a valid tick) is not
-            self._last_ms = now  # type: ignore[assignment]
-            return bytes(data)
-        if self._ctrl_c >= 2 and time.ticks_diff(now, self._last_ms) > _CTRL_C_QUIET_MS:
-            self._micropython.kbd_intr(3)
-            raise KeyboardInterrupt
-        return None
+        if self._in_frame and time.ticks_diff(now, self._last_ms) > _FRAME_GAP_MS:
+            self._in_frame = False  # the gateway writes a frame at once: a pause ends it
+        data = bytearray()
+        while len(data) < 256 and self._poll.poll(0):
+            byte = self._in.read(1)[0]
+            self._last_ms = now
+            if byte == _CTRL_C and not self._in_frame:
+                if self._previous in (_CTRL_C, _CR):
+                    self._interrupt()
+                self._ctrl_c_ms = now
+            else:
+                self._ctrl_c_ms = None
+            if byte == 0:
+                opening = not self._in_frame or not self._frame_len
+                self._in_frame = opening
+                self._frame_len = 0
+            elif self._in_frame:
+                self._frame_len += 1
+            self._previous = byte
+            data.append(byte)
+        if self._ctrl_c_ms is not None and time.ticks_diff(now, self._ctrl_c_ms) > _CTRL_C_QUIET_MS:
+            self._interrupt()
+        return bytes(data) if data else None
 
 
 class SerialLink:

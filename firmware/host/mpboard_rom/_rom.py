@@ -37,9 +37,12 @@ _poll.register(_stdin, select.POLLIN)
 
 
 def _leftover():
-    """Bytes the program left unread on the line: they go back to the REPL, as on a board."""
+    """Bytes the program left unread on the line: they go back to the REPL, as on a board.
+    The emulator holds new input from here on; what it already passed on is read until the
+    line has been quiet for 20 ms (a pty hands bytes over asynchronously)."""
+    _host.call("finishing")
     data = bytearray()
-    while _poll.poll(0) and len(data) < 4096:
+    while _poll.poll(20) and len(data) < 4096:
         data += _stdin.read(1)
     return hexlify(data).decode()
 
@@ -47,7 +50,8 @@ def _leftover():
 def _traceback(exc):
     text = io.StringIO()
     sys.print_exception(exc, text)
-    return text.getvalue()
+    # the ROM's own frames are not part of the program's traceback on a board
+    return "".join(line + "\n" for line in text.getvalue().split("\n") if line and "/rom/" not in line)
 
 
 def _run(request, scope):
