@@ -8,11 +8,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from edgeveil_node.link import ConsolePort
 
 from protocol import Ack, NodeKeys, encode_serial, seal
 from tests.firmware_env import FakeClock
-
-from edgeveil_node.link import ConsolePort  # noqa: E402  (firmware on sys.path via firmware_env)
 
 
 class Line:
@@ -49,7 +48,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 def _port(line: Line) -> ConsolePort:
-    return ConsolePort(stream_in=line.stdin, stream_out=open(os.devnull, "wb"))  # noqa: SIM115
+    return ConsolePort(stream_in=line.stdin, stream_out=open(os.devnull, "wb"))
 
 
 def _frame_with_ctrl_c() -> bytes:
@@ -61,7 +60,9 @@ def _frame_with_ctrl_c() -> bytes:
     raise AssertionError("no frame with 0x03 after CR or 0x03 in 1000 counters")
 
 
-def test_mpremote_interrupt_stops_the_node_and_leaves_its_request(line: Line, clock: FakeClock) -> None:
+def test_mpremote_interrupt_stops_the_node_and_keeps_its_request(
+    line: Line, clock: FakeClock
+) -> None:
     port = _port(line)
     line.send(b"\r\x03\r\x01")  # what mpremote sends to take the raw REPL
     with pytest.raises(KeyboardInterrupt):
