@@ -29,7 +29,9 @@ from .errors import NodeCommandError
 
 __all__ = ["Board", "BoardDisconnected", "open_board", "port_error"]
 
-RAW_REPL_TIMEOUT_S = 5  # a board running the application answers Ctrl-C within milliseconds
+RAW_REPL_TIMEOUT_S = 3  # a board running the application answers Ctrl-C within milliseconds
+RAW_REPL_ATTEMPTS = 3  # a board still starting up (just reset) may miss the first Ctrl-C
+READ_TIMEOUT_S = 0.5
 WRITE_CHUNK = 1024  # raw bytes per round trip: small enough for a board's compiler heap
 
 
@@ -172,23 +174,36 @@ def open_board(port: str) -> Iterator[Board]:
     try:
         # mpremote prints what it received when the raw REPL does not answer: keep it quiet
         with contextlib.redirect_stdout(io.StringIO()):
-            transport = SerialTransport(port, baudrate=115200)
+            # a read timeout: on a pty mpremote reads without checking for data first
+            transport = SerialTransport(port, baudrate=115200, timeout=READ_TIMEOUT_S)
     except TransportError as exc:
         raise NodeCommandError(f"cannot open {port}: {exc}") from None
     board = Board(port, transport)
     try:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                transport.enter_raw_repl(soft_reset=False, timeout_overall=RAW_REPL_TIMEOUT_S)
-        except (TransportError, serial.SerialException, OSError):
-            raise NodeCommandError(
-                f"the board on {port} does not answer as MicroPython: flash MicroPython first "
-                "(edgeveil node flash --port ... --firmware ...), or press its reset button "
-                "and try again"
-            ) from None
+        _enter_raw_repl(port, transport)
         yield board
     finally:
         board.close()
+
+
+def _enter_raw_repl(port: str, transport: SerialTransport) -> None:
+    for _ in range(RAW_REPL_ATTEMPTS):
+        try:
+            # mpremote prints what it received when the raw REPL does not answer
+            with contextlib.redirect_stdout(io.StringIO()):
+                transport.enter_raw_repl(soft_reset=False, timeout_overall=RAW_REPL_TIMEOUT_S)
+        except TransportError:
+            continue
+        except (serial.SerialException, OSError) as exc:
+            raise BoardDisconnected(
+                f"the board on {port} went away ({exc}): check the cable"
+            ) from None
+        return
+    raise NodeCommandError(
+        f"the board on {port} does not answer as MicroPython: flash MicroPython first "
+        "(edgeveil node flash --port ... --firmware ...), or press its reset button and try "
+        "again"
+    )
 
 
 _HASH_SCRIPT = """\

@@ -339,10 +339,10 @@ class DeployResult:
 def read_board(board: Board) -> dict[str, Any]:
     """What deploy and doctor need to know first: version, machine, .mpy word."""
     info = board.exec_json(
-        "import sys, json\n"
+        "import sys, os, json\n"
         "print(json.dumps({'version': sys.version, 'release': '.'.join(str(v) for v in "
-        "sys.implementation.version[:3]), 'machine': getattr(sys.implementation, "
-        "'_machine', sys.platform), 'platform': sys.platform, "
+        "sys.implementation.version[:3]), 'machine': os.uname()[4], "
+        "'platform': sys.platform, "
         "'mpy': getattr(sys.implementation, '_mpy', 0)}))\n"
     )
     if not isinstance(info, dict):
@@ -435,7 +435,8 @@ def deploy(
                 "nothing was switched over, the board boots its previous version; check the "
                 "cable and the board's flash, then run deploy again"
             )
-        on_step(f"verified: {len(changed)} files by SHA-256")
+        if changed:
+            on_step(f"verified: {len(changed)} files by SHA-256")
         manifest = json.dumps({"files": hashes}, sort_keys=True).encode()
         board.write_file(MANIFEST + STAGED, manifest)
         switching = True

@@ -40,7 +40,7 @@ _RESET_CAUSES = {
 _SCRIPT = """\
 import sys, os, gc, json, time
 r = {'release': '.'.join(str(v) for v in sys.implementation.version[:3]),
-     'machine': getattr(sys.implementation, '_machine', sys.platform)}
+     'machine': os.uname()[4]}
 try:
     s = os.statvfs('/')
     r['flash_free'] = s[0] * s[3]
