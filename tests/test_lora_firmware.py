@@ -282,7 +282,8 @@ class FakeModem:
 def lora_settings(**overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"type": "lora", "chip": "sx1276", "cs": 18, "dio0": 26, "sf": 12}
     data.update(overrides)
-    return config_mod._link(data)  # validated, with every default filled in
+    link: dict[str, Any] = config_mod._link(data)  # validated, every default filled in
+    return link
 
 
 @pytest.fixture
@@ -463,8 +464,8 @@ def test_node_without_acks_sends_once_and_splits_what_does_not_fit(
     assert first_cycle == {q: 100_000 + q for q in range(9)}
     statuses = [m for m in messages if isinstance(m, Status)]
     merged: dict[str, Any] = {}
-    for m in statuses:
-        merged.update(m.fields)
+    for status in statuses:
+        merged.update(status.fields)
     assert {"uptime_s", "free_heap", "firmware", "clock_synced"} <= set(merged)
 
 
@@ -636,3 +637,48 @@ def test_micropython_computes_the_same_airtime_and_limits(
     hours = [t // HOUR_MS for t in guest["sent"]]
     assert hours[0] == 0 and 1 in hours and hours[-1] >= 24
     assert all(h <= 1 or h >= 24 for h in hours)
+
+
+# -- the link on the simulated radio channel ------------------------------------------------------
+
+
+def test_link_runs_on_the_simulated_modem_and_hears_its_rx1_downlink(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The link with the simulator's modem (firmware/host/sim/lora_modem.py), which has only
+    micropython-lib's API: the uplink reaches a gateway station on the channel, and an ack the
+    gateway puts on the air 1 s after the uplink's end, with inverted IQ as the packet forwarder
+    server sends it, comes back through poll(). One with normal IQ is not heard."""
+    from firmware.host.radio import Channel, Radio, airtime_us
+    from firmware.host.sim.lora_modem import SimModem, SimulatedTime
+
+    sim = SimulatedTime(5_000_000)
+    time_module = sys.modules["time"]
+    for name, fn in {
+        "ticks_ms": lambda: sim.now_us() // 1000,
+        "ticks_diff": lambda a, b: a - b,
+        "ticks_add": lambda a, b: a + b,
+        "sleep_ms": lambda ms: sim.sleep_us(ms * 1000),
+    }.items():
+        monkeypatch.setattr(time_module, name, fn, raising=False)
+    channel = Channel(seed=3)
+    channel.add_gateway("gw", 0, 0)
+    channel.add_node("node", 800, 0)
+    settings = lora_settings(sf=9, acks=True)
+    link = LoRaLink(SimModem(channel, "node", sim, modem_config(settings)), KEYS, settings)
+    radio = Radio(868_100_000, sf=9)
+
+    def exchange(counter: int, inverted_iq: bool) -> list[Any]:
+        frame = uplink(counter)
+        tx_end = sim.now_us() + airtime_us(radio, len(frame))
+        ack = seal(Ack([counter]), counter, KEYS)
+        channel.transmit("gw", ack, radio, tx_end + 1_000_000, inverted_iq=inverted_iq)
+        link.send(frame)
+        heard = channel.transmissions_from("node")[-1]
+        channel.settle(sim.now_us())
+        assert "gw" in heard.receptions and heard.payload == frame
+        return list(link.poll())
+
+    assert exchange(1, inverted_iq=True) == [Ack([1])]
+    assert exchange(2, inverted_iq=False) == []
+    assert link.sent == 2 and link.received == 1 and link.rx_rejected == 0
