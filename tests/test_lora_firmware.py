@@ -682,3 +682,41 @@ def test_link_runs_on_the_simulated_modem_and_hears_its_rx1_downlink(
     assert exchange(1, inverted_iq=True) == [Ack([1])]
     assert exchange(2, inverted_iq=False) == []
     assert link.sent == 2 and link.received == 1 and link.rx_rejected == 0
+
+
+@pytest.mark.micropython
+def test_micropython_runs_the_link_and_its_duty_cycle() -> None:
+    """The link itself on the real interpreter, with a modem double that takes no time: a burst
+    of SF12 readings is cut off at 1 % of the hour, the rest wait or make room."""
+    from .micropython import run_micropython
+
+    code = f"""
+from edgeveil_node import config
+from edgeveil_node.lora_link import LoRaLink
+from protocol import NodeKeys, Readings, seal
+
+class Modem:
+    def __init__(self):
+        self.sent = []
+    def send(self, packet, tx_at_ms=None):
+        self.sent.append(bytes(packet))
+        return 0
+    def recv(self, timeout_ms=None, rx_length=0xFF, rx_packet=None):
+        return None
+    def configure(self, lora_cfg):
+        pass
+
+keys = NodeKeys({NODE_ID}, bytes(range(16, 32)))
+settings = config._link({{"type": "lora", "chip": "sx1276", "cs": 18, "sf": 12}})
+modem = Modem()
+link = LoRaLink(modem, keys, settings)
+for n in range(1, 41):
+    link.send(seal(Readings({{0: 215, 1: 455}}), n, keys))
+link.send(seal(Readings({{q: 30000 + q for q in range(12)}}), 41, keys))
+print(len(modem.sent), link.deferred_duty_cycle, link.dropped_queue, link.dropped_too_big)
+"""
+    out = run_micropython(
+        code, packages=("protocol", "firmware/edgeveil_node:edgeveil_node")
+    ).split()
+    fits = 36_000_000 // airtime.time_on_air_us(19, 12, 125000)
+    assert [int(v) for v in out[-4:]] == [fits, 40 - fits, 40 - fits - 8, 1]
