@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["add_node_commands"]
 
+EXIT_USAGE = 2  # as gateway.cli: a problem the user can fix
 _GUIDE = "See the technician's guide in the README (from a fresh board to a reporting node)."
 
 
@@ -211,15 +213,16 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch `edgeveil node COMMAND`; NodeCommandError becomes the CLI's one-line error."""
-    from gateway.cli import CliError  # noqa: PLC0415 - the CLI imports this module
-
+    """Dispatch `edgeveil node COMMAND`. A NodeCommandError is printed as gateway.cli prints
+    its CliError (one line, exit status 2): raising CliError from here would not reach
+    gateway.cli.main when it runs as __main__ (python -m gateway.cli), a module of its own."""
     from .errors import NodeCommandError  # noqa: PLC0415
 
     try:
         result: int = _HANDLERS[args.node_command](args)
     except NodeCommandError as exc:
-        raise CliError(str(exc)) from None
+        print(f"edgeveil node {args.node_command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return result
 
 

@@ -143,7 +143,7 @@ class Judge:
             duplicate = True
         if duplicate:
             self.counts["duplicate"] += 1
-            return True, f"{who}: duplicate (a retransmission, the gateway acknowledges once)"
+            return True, f"{who}: duplicate, a retransmission (no gateway acknowledged it yet)"
         window.accept(header.counter)
         self.counts["verified"] += 1
         # an observation's device list is personal data: its size only
