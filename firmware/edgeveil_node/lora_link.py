@@ -86,7 +86,9 @@ class LoRaLink:
             self._rx_cfg = {"freq_khz": rx_freq, "sf": rx_sf}
         # long enough to receive the longest downlink whole: the modem ends a receive at its
         # timeout even in the middle of a packet
-        longest = time_on_air_us(max_frame(rx_sf), rx_sf, self.bw_khz * 1000, self._coding_rate)
+        longest = time_on_air_us(
+            max_frame(rx_sf), rx_sf, self.bw_khz * 1000, self._coding_rate, self._preamble_len
+        )
         self.rx_window_ms = 2 * _RX_EARLY_MS + longest // 1000 + 1
         self._waiting = []  # (frame, droppable) oldest first
         self._held_by_band = False  # the oldest waiting frame waits for the duty cycle
