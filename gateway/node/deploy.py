@@ -405,13 +405,16 @@ def deploy(
     wanted[MANIFEST] = b""  # placeholder: written once the rest is in place
     previous = _read_manifest(board)
     shadowing = [p[: -len(".mpy")] + ".py" for p in wanted if p.endswith(".mpy")]
-    on_board = board.sha256(sorted(set(wanted) | set(previous) | set(shadowing)))
+    leftovers = [p + STAGED for p in wanted]  # of a deploy that was interrupted
+    on_board = board.sha256(sorted({*wanted, *previous, *shadowing, *leftovers}))
     del wanted[MANIFEST]
     hashes = {path: hashlib.sha256(data).hexdigest() for path, data in wanted.items()}
     changed = [p for p in wanted if force or on_board.get(p) != hashes[p]]
-    stale = sorted(
-        p for p in set(previous) | set(shadowing) if p not in wanted and on_board.get(p) is not None
-    )
+    # files of the previous deploy no longer wanted, .py files that would shadow a .mpy, and
+    # staged copies an interrupted deploy left of files that are not written again now
+    unused = {*previous, *shadowing} - set(wanted)
+    unused |= {p + STAGED for p in wanted if p not in changed}
+    stale = sorted(p for p in unused if on_board.get(p) is not None)
     total = sum(len(wanted[p]) for p in changed)
     on_step(
         f"copy: {len(changed)} of {len(wanted)} files changed ({total} bytes), "
