@@ -29,7 +29,7 @@ from .errors import NodeCommandError
 
 __all__ = ["Board", "BoardDisconnected", "open_board", "port_error"]
 
-RAW_REPL_TIMEOUT_S = 3  # a board running the application answers Ctrl-C within milliseconds
+RAW_REPL_TIMEOUT_S = 2  # a board running the application answers Ctrl-C within milliseconds
 RAW_REPL_ATTEMPTS = 3  # a board still starting up (just reset) may miss the first Ctrl-C
 READ_TIMEOUT_S = 0.5
 WRITE_CHUNK = 1024  # raw bytes per round trip: small enough for a board's compiler heap
