@@ -135,7 +135,7 @@ class Node:
     def unix_time(self):
         if self._clock_offset is None:
             return None
-        return time.time() + self._clock_offset
+        return int(time.time()) + self._clock_offset  # int: the unix port gives floats
 
     # -- cycles ----------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ class Node:
         if isinstance(message, Ack):
             self.queue.ack(message.counters)
         elif isinstance(message, TimeSync):
-            self._clock_offset = message.time - time.time()
+            self._clock_offset = message.time - int(time.time())
         elif isinstance(message, ConfigUpdate):
             self.apply_config(message)
 

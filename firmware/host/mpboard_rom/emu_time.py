@@ -33,3 +33,8 @@ def sleep_us(us):
 
 def sleep(seconds):
     sleep_ms(int(seconds * 1000))
+
+
+def time():
+    # whole seconds, as on the esp32 and rp2 ports (the unix build this runs on gives floats)
+    return int(_time.time())

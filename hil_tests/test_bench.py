@@ -1,0 +1,246 @@
+"""The technician's path on a bench board, step by step (see conftest.py for real vs emulated):
+provision -> deploy -> the node boots and runs -> a gateway receives and verifies its frames ->
+the monitor shows them; and what must hold on any board: the frame counter survives a power
+cut, a frame whose acknowledgement is lost is sent again.
+
+The tests share one deployed node and run in file order, as the steps on a bench do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import serial
+
+from protocol import (
+    NEED_DATA,
+    Ack,
+    NodeKeys,
+    StreamDecoder,
+    encode_serial,
+    open_frame,
+    parse_header,
+)
+from protocol.errors import RemoteProtocolError
+from tests.command import edgeveil
+from tests.mosquitto import Mosquitto, subscribed
+
+from .conftest import Bench
+
+HERE = Path(__file__).resolve().parent
+SITE, GATEWAY_ID = "bench", "gw-bench"
+EVERYTHING_PASSES = """name = "bench: everything passes"
+
+[[streams]]
+name = "readings"
+message = "readings"
+quantities = ["temperature", "humidity", "pressure"]
+action = "pass"
+
+[[streams]]
+name = "health"
+message = "status"
+action = "pass"
+
+[[streams]]
+name = "events"
+message = "event"
+action = "pass"
+"""
+
+
+@dataclass
+class Node:
+    node_id: int
+    keys: NodeKeys
+    config: Path
+    registry: Path
+    state_dir: Path
+
+
+@dataclass
+class Seen:
+    counter: int
+    kind: str
+    content: dict[str, object]
+    frame: bytes
+
+
+class Line:
+    """The bench's view of the serial line: every frame the node sends, verified with its key;
+    console text is skipped (the framing tells them apart)."""
+
+    def __init__(self, port: str, keys: NodeKeys) -> None:
+        self.serial = serial.Serial(port, 115200, timeout=0.1)
+        self.keys = keys
+        self.decoder = StreamDecoder()
+        self.rejected: list[str] = []
+
+    def close(self) -> None:
+        self.serial.close()
+
+    def frames(self, seconds: float, until: object = None) -> list[Seen]:
+        seen: list[Seen] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.decoder.feed(self.serial.read(4096))
+            while True:
+                try:
+                    frame = self.decoder.next_event()
+                except RemoteProtocolError:
+                    continue  # console text and boot noise
+                if frame is NEED_DATA or not isinstance(frame, bytes):
+                    break
+                try:
+                    header = parse_header(frame)
+                    message = open_frame(frame, self.keys, True, header)
+                except RemoteProtocolError as exc:
+                    self.rejected.append(exc.reason_name)
+                    continue
+                d = message.to_dict()
+                seen.append(Seen(header.counter, str(d["type"]), d, frame))
+            if until is not None and until(seen):  # type: ignore[operator]
+                break
+        return seen
+
+    def ack(self, counters: list[int], downlink_counter: int) -> None:
+        from protocol import seal  # noqa: PLC0415
+
+        self.serial.write(encode_serial(seal(Ack(counters), downlink_counter, self.keys)))
+
+
+@pytest.fixture(scope="module")
+def node(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Node:
+    work = tmp_path_factory.mktemp("technician")
+    state_dir = work / "state"
+    state_dir.mkdir(mode=0o700)
+    registry = state_dir / "registry.db"
+    config = work / "node.json"
+    result = edgeveil(
+        "node", "provision", "--zone", "bench-north", "--registry", str(registry),
+        "--out", str(config), "--template", str(HERE / "node-template.json"),
+        "--sensor", bench.sensor,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(config.read_text())
+    assert str(data["node_id"]) in result.stdout  # the label names the node
+    assert data["secret"] not in result.stdout  # and never shows its secret
+    deploy = edgeveil(
+        "node", "deploy", "--port", bench.port, "--config", str(config),
+        "--cache", str(work / "cache"), timeout=600,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    keys = NodeKeys(data["node_id"], bytes.fromhex(data["secret"]))
+    return Node(data["node_id"], keys, config, registry, state_dir)
+
+
+@pytest.fixture
+def line(bench: Bench, node: Node) -> Iterator[Line]:
+    line = Line(bench.port, node.keys)
+    yield line
+    line.close()
+
+
+def _has(kind: str, n: int = 1) -> object:
+    return lambda seen: sum(s.kind == kind for s in seen) >= n
+
+
+def test_deployed_node_boots_and_sends_verified_frames(line: Line) -> None:
+    seen = line.frames(40, until=_has("readings"))
+    kinds = [s.kind for s in seen]
+    assert "readings" in kinds, f"no readings from the node in 40 s (saw {kinds})"
+    reading = next(s for s in seen if s.kind == "readings")
+    values = reading.content["values"]
+    assert isinstance(values, dict)
+    assert {"temperature", "humidity", "pressure"} <= set(values)
+    assert not line.rejected
+
+
+def test_lost_acknowledgement_means_the_frame_is_sent_again(line: Line) -> None:
+    # nobody acknowledges on the bench: every frame must come back, byte for byte
+    first = line.frames(30, until=_has("readings"))
+    reading = next(s for s in first if s.kind == "readings")
+    again = line.frames(10, until=lambda seen: any(s.frame == reading.frame for s in seen))
+    assert any(s.frame == reading.frame for s in again), "the unacknowledged frame never came back"
+    # acknowledged now: it stops (ack timeout 1.5 s doubling; 8 s covers the next tries)
+    line.ack([reading.counter], downlink_counter=int(time.time()))
+    later = line.frames(8)
+    assert not any(s.frame == reading.frame for s in later[1:]), "sent again after its ack"
+
+
+def test_counter_survives_a_power_cut(bench: Bench, node: Node) -> None:
+    line = Line(bench.port, node.keys)
+    try:
+        before = line.frames(30, until=_has("readings"))
+    finally:
+        line.close()
+    assert before
+    highest = max(s.counter for s in before)
+    bench.power_cycle()
+    line = Line(bench.port, node.keys)
+    try:
+        after = line.frames(40, until=_has("readings"))
+    finally:
+        line.close()
+    boot = [s for s in after if s.kind == "event" and s.content.get("event") == "boot"]
+    assert boot, f"no boot event after the power cut (saw {[s.kind for s in after]})"
+    assert min(s.counter for s in after) > highest, "a counter value came back after the cut"
+
+
+def test_gateway_receives_and_verifies_the_nodes_frames(
+    bench: Bench, node: Node, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(EVERYTHING_PASSES, encoding="utf-8")
+    with Mosquitto(tmp_path / "broker") as broker:
+        config = tmp_path / "gateway.toml"
+        config.write_text(
+            f'[gateway]\nsite = "{SITE}"\nid = "{GATEWAY_ID}"\nstate_dir = "{node.state_dir}"\n'
+            f'[[serial]]\nname = "bench"\nurl = "{bench.port}"\n'
+            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+            f'[metrics]\nlisten = false\n[privacy]\npolicy = "{policy}"\n',
+            encoding="utf-8",
+        )
+        received = asyncio.run(_readings_through_gateway(broker, config))
+    payload = json.loads(received)
+    names = {record.get("n") for record in payload if isinstance(record, dict)}
+    assert names & {"temperature", "humidity", "pressure"}, payload
+
+
+async def _readings_through_gateway(broker: Mosquitto, config: Path) -> bytes:
+    async with subscribed(broker, f"edgeveil/{SITE}/{GATEWAY_ID}/#") as sub:
+        gateway = subprocess.Popen(  # noqa: S603 - our own command
+            [sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for message in sub.received:
+                    if "/node/" in message.topic and b"temperature" in message.payload:
+                        return message.payload
+                await asyncio.sleep(0.2)
+                assert gateway.poll() is None, gateway.communicate()[0]
+            topics = [m.topic for m in sub.received]
+            raise AssertionError(f"no readings on MQTT within 60 s: {topics}")
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=20)
+
+
+def test_monitor_shows_the_nodes_frames(bench: Bench, node: Node) -> None:
+    result = edgeveil(
+        "node", "monitor", "--port", bench.port, "--registry", str(node.registry),
+        "--duration", "15", timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert str(node.node_id) in result.stdout, result.stdout
+    assert "readings" in result.stdout, result.stdout
