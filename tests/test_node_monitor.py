@@ -109,6 +109,13 @@ def test_monitor_port_problems_are_one_line(tmp_path: Path) -> None:
     assert "plug the board in" in absent.stderr
     master, slave = os.openpty()
     try:
+        silent = edgeveil(
+            "node", "monitor", "--port", os.ttyname(slave), "--registry", str(export),
+            "--duration", "0.5",
+        )  # fmt: skip
+        assert silent.returncode == 1
+        assert "frames: 0 verified" in silent.stdout
+        assert "no frames: a node with a uart link sends them on its own pins" in silent.stdout
         with serial.Serial(os.ttyname(slave), exclusive=True):  # another program has it
             busy = edgeveil(
                 "node", "monitor", "--port", os.ttyname(slave), "--registry", str(export)

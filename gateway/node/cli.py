@@ -186,7 +186,7 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         description="Show what the node sends, interleaved with timestamps: its console "
         "lines, and each frame with node id, counter and content once verified with the "
         "node's key from the registry, or the reason it is rejected. A summary of the counts "
-        "ends the run. Exit status 1 if any frame was rejected.",
+        "ends the run. Exit status 1 if a frame was rejected or none came.",
     )
     _port_option(monitor)
     monitor.add_argument(

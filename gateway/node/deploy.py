@@ -374,6 +374,25 @@ def _switch_order(paths: list[str]) -> list[str]:
     return sorted(paths, key=lambda p: (last.get(p, 0), p))
 
 
+def _plan(
+    board: Board, wanted: dict[str, bytes], force: bool
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """Compare with the board: (SHA-256 of every wanted file, files to write, files to
+    remove). One round trip hashes every file concerned."""
+    previous = _read_manifest(board)
+    shadowing = [p[: -len(".mpy")] + ".py" for p in wanted if p.endswith(".mpy")]
+    staged = [p + STAGED for p in [*wanted, MANIFEST]]  # left by an interrupted deploy
+    on_board = board.sha256(sorted({*wanted, *previous, *shadowing, *staged}))
+    hashes = {path: hashlib.sha256(data).hexdigest() for path, data in wanted.items()}
+    changed = [p for p in wanted if force or on_board.get(p) != hashes[p]]
+    # files of the previous deploy no longer wanted, .py files that would shadow a .mpy, and
+    # staged copies of files that are not written again now
+    unused = {*previous, *shadowing} - set(wanted)
+    unused |= {p + STAGED for p in wanted if p not in changed}
+    stale = sorted(p for p in unused if on_board.get(p) is not None)
+    return hashes, changed, stale
+
+
 def deploy(
     board: Board,
     config_bytes: bytes,
@@ -402,19 +421,7 @@ def deploy(
     on_step(f"build: {len(result.files)} files, modules as {kind}")
 
     wanted = result.files
-    wanted[MANIFEST] = b""  # placeholder: written once the rest is in place
-    previous = _read_manifest(board)
-    shadowing = [p[: -len(".mpy")] + ".py" for p in wanted if p.endswith(".mpy")]
-    leftovers = [p + STAGED for p in wanted]  # of a deploy that was interrupted
-    on_board = board.sha256(sorted({*wanted, *previous, *shadowing, *leftovers}))
-    del wanted[MANIFEST]
-    hashes = {path: hashlib.sha256(data).hexdigest() for path, data in wanted.items()}
-    changed = [p for p in wanted if force or on_board.get(p) != hashes[p]]
-    # files of the previous deploy no longer wanted, .py files that would shadow a .mpy, and
-    # staged copies an interrupted deploy left of files that are not written again now
-    unused = {*previous, *shadowing} - set(wanted)
-    unused |= {p + STAGED for p in wanted if p not in changed}
-    stale = sorted(p for p in unused if on_board.get(p) is not None)
+    hashes, changed, stale = _plan(board, wanted, force)
     total = sum(len(wanted[p]) for p in changed)
     on_step(
         f"copy: {len(changed)} of {len(wanted)} files changed ({total} bytes), "
@@ -426,6 +433,7 @@ def deploy(
     try:
         board.makedirs(_parents([*changed, MANIFEST]))
         advance = progress(total) if progress is not None else (lambda _n: None)
+        path = MANIFEST
         for path in _switch_order(changed):
             board.write_file(path + STAGED, wanted[path], advance)
             written.append(path)
@@ -460,6 +468,14 @@ def deploy(
             f"{exc}; {done} under temporary names, none switched over: the board still "
             "boots its previous version; plug it back in and run deploy again (it copies "
             "only what is missing)"
+        ) from None
+    except NodeCommandError as exc:
+        if switching:
+            raise
+        board.remove([p + STAGED for p in written])  # best effort: the board still answers
+        raise NodeCommandError(
+            f"{exc} (while writing {path}); nothing was switched over, the board boots its "
+            "previous version; if its flash is full, edgeveil node doctor shows how full"
         ) from None
     if stale:
         on_step(f"removed: {', '.join(stale)}")

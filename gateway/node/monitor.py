@@ -191,7 +191,8 @@ def monitor(
     out: Callable[[str], None] = print,
 ) -> int:
     """Show the line until Ctrl-C, `duration` seconds, or (once) the first frame. Exit
-    status: 0 when every frame verified, 1 otherwise (or when the board went away)."""
+    status: 0 when frames came and every one verified; 1 when one was rejected, none came,
+    or the board went away."""
     import serial  # noqa: PLC0415 - pyserial only for the commands that open ports
 
     from .board import port_error  # noqa: PLC0415
@@ -238,6 +239,12 @@ def monitor(
             line.close()
             registry.close()
         out(judge.summary(console, noise))
+        if not sum(judge.counts.values()):
+            out(
+                "no frames: a node with a uart link sends them on its own pins, not on USB; "
+                "else check that it runs (console lines above, or edgeveil node doctor)"
+            )
+            status = 1
     return status
 
 
