@@ -101,7 +101,7 @@ PROFILES = {
 }
 
 
-class _PowerOff(Exception):  # noqa: N818 - ends an interpreter from inside a host call
+class _PowerOff(Exception):
     pass
 
 
@@ -186,7 +186,7 @@ class Interpreter:
             self._run()
         except _PowerOff as exc:
             reason = str(exc) or "power_off"
-        except Exception as exc:  # noqa: BLE001 - a trap or exit of the VM ends this power-on
+        except Exception as exc:
             reason = "power_off" if self.stopping else _crash_reason(exc)
         self.board.post(_Ended(self, reason))
 
@@ -251,7 +251,7 @@ class Interpreter:
             reply = {"ok": True, "value": self.board.host_function(self, name, args)}
         except _PowerOff:
             raise
-        except Exception as exc:  # noqa: BLE001 - becomes an OSError in the guest
+        except Exception as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         data = json.dumps(reply).encode()
         if len(data) > cap:
@@ -330,7 +330,13 @@ class Board:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self.master, bytes(data))
 
-    def host_function(self, interpreter: Interpreter, name: str, args: list[Any]) -> Any:  # noqa: PLR0911, C901
+    def host_function(self, interpreter: Interpreter, name: str, args: list[Any]) -> Any:
+        """A call from the board's ROM: the REPL's side of running code, or its hardware."""
+        if name in ("next", "done", "finishing", "tick", "kbd_intr"):
+            return self._line_call(interpreter, name, args)
+        return self._hardware_call(interpreter, name, args)
+
+    def _line_call(self, interpreter: Interpreter, name: str, args: list[Any]) -> Any:
         if name == "next":
             request = interpreter.requests.get()
             if request is None:
@@ -349,6 +355,10 @@ class Board:
             if fire:
                 self._interrupt = False
             return fire
+        self._kbd_intr = int(args[0])  # kbd_intr
+        return None
+
+    def _hardware_call(self, interpreter: Interpreter, name: str, args: list[Any]) -> Any:
         if name == "board":
             return {
                 "name": self.profile.name,
@@ -359,9 +369,6 @@ class Board:
                 "battery_mv": self.profile.battery_mv,
                 "aes": self.aes,
             }
-        if name == "kbd_intr":
-            self._kbd_intr = int(args[0])
-            return None
         if name == "statvfs":
             return self._statvfs()
         if name == "uname":
@@ -444,12 +451,14 @@ class Board:
         elif self._interrupt_deadline is not None and now >= self._interrupt_deadline:
             # the program did not reach a sleep: stop it the hard way
             self._interrupt_deadline = None
-            self._restart_interpreter()
-            self._finish(_Done(self.interpreter, "KeyboardInterrupt: \r\n", b"", False))  # type: ignore[arg-type]
+            stopped = self.busy
+            interpreter = self._restart_interpreter()
+            self.busy = stopped
+            self._finish(_Done(interpreter, "KeyboardInterrupt: \n", b"", False))
 
     # -- power ----------------------------------------------------------------------------
 
-    def _new_interpreter(self, reset_cause: int) -> None:
+    def _new_interpreter(self, reset_cause: int) -> Interpreter:
         if self.interpreter is not None:
             self.interpreter.stop()
         self._kbd_intr = 3
@@ -457,11 +466,12 @@ class Board:
         self._interrupt_deadline = None
         self.interpreter = Interpreter(self, reset_cause)
         self.interpreter.start()
+        return self.interpreter
 
-    def _restart_interpreter(self) -> None:
+    def _restart_interpreter(self) -> Interpreter:
         cause = self.interpreter.reset_cause if self.interpreter else PWRON_RESET
         self.busy = None
-        self._new_interpreter(cause)
+        return self._new_interpreter(cause)
 
     def _power_on(self, cause: int, text: bytes = b"") -> None:
         self._wdt_timeout = self._wdt_deadline = None
@@ -507,7 +517,8 @@ class Board:
     # -- running code ---------------------------------------------------------------------
 
     def _submit(self, request: _Request) -> None:
-        assert self.interpreter is not None
+        if self.interpreter is None:
+            return  # the board stays off after repeated crashes
         with self._input_lock:
             self._program_input_open = True
         self.busy = request
@@ -721,8 +732,8 @@ class EmulatedBoard:
         self.process = subprocess.Popen(  # noqa: S603 - our own module
             args, stdout=subprocess.PIPE, text=True, cwd=HERE.parent.parent
         )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
+        stdout = self.process.stdout
+        line = stdout.readline() if stdout is not None else ""
         if not line.startswith("device: "):
             self.kill()
             raise RuntimeError(f"the emulated board did not start: {line!r}")
