@@ -16,6 +16,12 @@ edgeveil.json before it starts (e.g. config["link"] = {"type": "serial", "port":
 on_event(node, text) to hear about resets and power cuts, firmware_main to run a script of
 your own instead of firmware/main.py (it gets the same shims and board).
 
+LoRa nodes: configure each node's link as LoRa (medium.lora_node_config) and give the address
+of a running RadioMedium (firmware/host/medium.py) as radio_medium: the boards' `lora` modems
+transmit into its channel; the pty stays each node's USB console. start_gap_s switches the
+nodes on one after the other: boards switched on at the same instant send their first frames
+at the same instant, and on one radio channel those collide.
+
 Identities are fresh every time: node ids and 16-byte secrets from os.urandom, never fixed and
 never derived from the seed (the seed makes the world repeatable, not the keys).
 
@@ -53,7 +59,7 @@ from typing import Any
 
 from .scenario import FaultProfile, PowerEvent, Scenario, format_faults, parse_faults
 
-__all__ = ["EmulatedNode", "Fleet", "FleetError", "default_config", "write_private"]
+__all__ = ["ENV_MEDIUM", "EmulatedNode", "Fleet", "FleetError", "default_config", "write_private"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -62,6 +68,7 @@ REGISTRY_FORMAT = "edgeveil-registry"
 REGISTRY_VERSION = 1
 READY_TIMEOUT_S = 15.0
 
+ENV_MEDIUM = "EDGEVEIL_RADIO_MEDIUM"  # the radio medium of LoRa boards (medium.py), HOST:PORT
 # board.EXIT_STATUS, repeated here so that this module does not import the board (it runs in
 # the runner, which never touches emulated hardware)
 _EXIT_CAUSES = {72: "hard", 73: "watchdog", 74: "deep_sleep", 75: "soft"}
@@ -194,6 +201,8 @@ class Fleet:
         protocol_backend: str = "micropython",
         ready_timeout: float = READY_TIMEOUT_S,
         firmware_main: str | Path | None = None,
+        radio_medium: str | None = None,
+        start_gap_s: float = 0.0,
     ) -> None:
         if n < 1:
             raise ValueError("a fleet needs at least 1 node")
@@ -212,6 +221,8 @@ class Fleet:
         self.protocol_backend = protocol_backend
         self.ready_timeout = ready_timeout
         self.firmware_main = Path(firmware_main).resolve() if firmware_main is not None else None
+        self.radio_medium = radio_medium
+        self.start_gap_s = start_gap_s
         self._own_directory = directory is None
         self.directory = (
             Path(directory)
@@ -248,7 +259,9 @@ class Fleet:
             os.chmod(self.directory, 0o700)
             self.world_start = time.time()
             self.nodes = [self._create(i) for i in range(self.n)]
-            for node in self.nodes:
+            for i, node in enumerate(self.nodes):
+                if i and self.start_gap_s > 0:
+                    time.sleep(self.start_gap_s)  # boards not switched on at one instant
                 self._spawn(node, "power_on")
             for node in self.nodes:
                 self._wait_ready(node, self.ready_timeout)
@@ -350,6 +363,8 @@ class Fleet:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
+        if self.radio_medium is not None:
+            env[ENV_MEDIUM] = self.radio_medium  # where the board's `lora` modem transmits
         with open(node.log_path, "ab") as log:
             log.write(f"--- life {node.boots + 1}: reset cause {cause}\n".encode())
             log.flush()

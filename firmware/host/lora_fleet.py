@@ -37,7 +37,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +165,7 @@ class LoraFleet:
         self.channel = Channel(
             seed=seed, path_loss=path_loss, capture=capture, random_loss=random_loss
         )
-        self.gateways = [self._place_gateway(i, gateways) for i in range(gateways)]
+        self.gateways = [place_gateway(self.channel, i, gateways, area_m) for i in range(gateways)]
         self.nodes: list[LoraNode] = []
         taken: set[int] = set()
         for i in range(n):
@@ -176,19 +176,6 @@ class LoraFleet:
         self._transmissions: list[Transmission] = []
 
     # -- the map -----------------------------------------------------------------------------
-
-    def _place_gateway(self, index: int, count: int) -> LoraGateway:
-        centre = self.area_m / 2
-        if count == 1:
-            x, y = centre, centre
-        else:  # on a circle around the centre, evenly
-            angle = 2 * math.pi * index / count
-            x = centre + self.area_m / 4 * math.cos(angle)
-            y = centre + self.area_m / 4 * math.sin(angle)
-        eui = new_eui()
-        name = f"gw-{eui.hex()}"
-        self.channel.add_gateway(name, x, y)
-        return LoraGateway(name, x, y, eui)
 
     def _place_node(self, index: int, node_id: int) -> LoraNode:
         x, y = self.rng.uniform(0, self.area_m), self.rng.uniform(0, self.area_m)
@@ -227,7 +214,7 @@ class LoraFleet:
                 server,
                 eui=gw.eui,
                 now_us=self.clock.now_us,
-                on_downlink=self._downlink_from(gw),
+                on_downlink=downlink_handler(self.channel, gw.name),
                 keepalive_s=self.keepalive_s,
             )
             for gw in self.gateways
@@ -323,34 +310,6 @@ class LoraFleet:
             for fwd in gw.forwarders:
                 fwd.push(frames)
 
-    def _downlink_from(self, gw: LoraGateway) -> Any:
-        def on_downlink(txpk: dict[str, Any], start_us: int) -> str:
-            datr = str(txpk["datr"])
-            sf_text, _, bw_text = datr.removeprefix("SF").partition("BW")
-            radio = Radio(
-                round(float(txpk["freq"]) * 1e6),
-                sf=int(sf_text),
-                bw_hz=int(bw_text) * 1000,
-                coding_rate=int(str(txpk.get("codr", "4/5")).split("/")[1]),
-            )
-            payload = base64.b64decode(txpk["data"], validate=True)
-            mine = self.channel.transmissions_from(gw.name)
-            end = start_us + airtime_us(radio, len(payload))
-            if any(t.start_us < end and start_us < t.end_us for t in mine):
-                return "COLLISION_PACKET"
-            power = txpk.get("powe", 14)
-            self.channel.transmit(
-                gw.name,
-                payload,
-                radio,
-                start_us,
-                tx_power_dbm=float(power),
-                inverted_iq=bool(txpk.get("ipol", True)),
-            )
-            return "NONE"
-
-        return on_downlink
-
     @property
     def transmissions(self) -> list[Transmission]:
         """Every frame the nodes sent, in order, with what the channel made of it."""
@@ -382,6 +341,54 @@ class LoraFleet:
             offered_load=airtime / (duration_s * 1e6) if duration_s else 0.0,
             downlinks_heard=sum(len(n.heard) for n in self.nodes),
         )
+
+
+def place_gateway(channel: Channel, index: int, count: int, area_m: float) -> LoraGateway:
+    """Gateway `index` of `count` on the channel's map: one in the centre of the area, more on
+    a circle around it (a quarter of the area's side away), evenly; each with a fresh EUI."""
+    centre = area_m / 2
+    if count == 1:
+        x, y = centre, centre
+    else:
+        angle = 2 * math.pi * index / count
+        x = centre + area_m / 4 * math.cos(angle)
+        y = centre + area_m / 4 * math.sin(angle)
+    eui = new_eui()
+    name = f"gw-{eui.hex()}"
+    channel.add_gateway(name, x, y)
+    return LoraGateway(name, x, y, eui)
+
+
+def downlink_handler(channel: Channel, gateway: str) -> Callable[[dict[str, Any], int], str]:
+    """What a packet forwarder of `gateway` does with a txpk: put it on the channel's air at
+    start_us (inverted IQ unless the txpk says otherwise); the TX_ACK error, "NONE" if sent."""
+
+    def on_downlink(txpk: dict[str, Any], start_us: int) -> str:
+        datr = str(txpk["datr"])
+        sf_text, _, bw_text = datr.removeprefix("SF").partition("BW")
+        radio = Radio(
+            round(float(txpk["freq"]) * 1e6),
+            sf=int(sf_text),
+            bw_hz=int(bw_text) * 1000,
+            coding_rate=int(str(txpk.get("codr", "4/5")).split("/")[1]),
+        )
+        payload = base64.b64decode(txpk["data"], validate=True)
+        mine = channel.transmissions_from(gateway)
+        end = start_us + airtime_us(radio, len(payload))
+        if any(t.start_us < end and start_us < t.end_us for t in mine):
+            return "COLLISION_PACKET"
+        power = txpk.get("powe", 14)
+        channel.transmit(
+            gateway,
+            payload,
+            radio,
+            start_us,
+            tx_power_dbm=float(power),
+            inverted_iq=bool(txpk.get("ipol", True)),
+        )
+        return "NONE"
+
+    return on_downlink
 
 
 def _fresh_node_id(taken: set[int]) -> int:

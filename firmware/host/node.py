@@ -252,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _log(
         f"node on {board.device}, flash {flash}, reset cause {args.reset_cause},"
-        f" scenario {scenario.name} (seed {args.seed}), link {board.link_spec.get('port')},"
+        f" scenario {scenario.name} (seed {args.seed}),"
+        f" link {board.link_spec.get('port') or board.link_spec.get('type')},"
         f" drift {board.clock.drift:.6f}"
     )
     if board.link.console:

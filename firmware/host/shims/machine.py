@@ -188,6 +188,42 @@ class ADC:
 
 
 # ---------------------------------------------------------------------------------------------
+# SPI
+
+
+class SPI:
+    """An SPI bus. Its only device on an emulated board is a LoRa chip, which the `lora` shim
+    (firmware/host/shims/lora) emulates whole, registers and all: the bus carries nothing."""
+
+    MSB = 0
+    LSB = 1
+
+    def __init__(self, id: int, baudrate: int = 1_000_000, **_kw: Any) -> None:
+        if not isinstance(id, int) or not 0 <= id <= 3:
+            raise ValueError("SPI(" + repr(id) + ") doesn't exist")
+        self.id = id
+        self.baudrate = baudrate
+
+    def init(self, baudrate: int = 1_000_000, **_kw: Any) -> None:
+        self.baudrate = baudrate
+
+    def deinit(self) -> None:
+        pass
+
+    def read(self, nbytes: int, write: int = 0) -> bytes:
+        return bytes(nbytes)  # no device drives MISO
+
+    def readinto(self, buf: Any, write: int = 0) -> None:
+        buf[:] = bytes(len(buf))
+
+    def write(self, buf: Any) -> None:
+        pass
+
+    def write_readinto(self, write_buf: Any, read_buf: Any) -> None:
+        read_buf[:] = bytes(len(read_buf))
+
+
+# ---------------------------------------------------------------------------------------------
 # I2C
 
 

@@ -1,0 +1,304 @@
+"""The real node firmware over LoRa: emulated boards (firmware/host/node.py, one process each,
+the unchanged firmware on the host shims) whose `lora` modem transmits into the radio medium
+(firmware/host/medium.py) -> the channel simulator -> an emulated packet forwarder -> real UDP
+on localhost -> the gateway's packet forwarder server (Gateway with [[lora.packet_forwarder]])
+-> a real Mosquitto -> a subscriber. Downlinks go back the same way: PULL_RESP txpk at tmst ->
+the channel -> the node's RX1 window.
+
+The channel decides what the gateway receives; the tests hold the rest to it: what arrives on
+MQTT is exactly what the channel delivered, nothing more (a frame the channel lost in a
+collision never arrives), nothing less.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware.host.fleet import Fleet
+from firmware.host.medium import RadioMedium, lora_node_config, now_us
+from firmware.host.radio import COLLISION, Transmission
+from gateway.config import GatewayConfig, MqttConfig, PacketForwarderConfig
+from gateway.lora.forwarder import RX1_DELAY_US
+from gateway.registry import NodeRegistry
+from gateway.service import Gateway
+from protocol import Ack, NodeKeys, Readings, TimeSync, open_frame, parse_header
+
+from .mosquitto import Mosquitto, Subscriber, subscribed
+from .test_gateway_e2e import deadline, mid_of, parse_mid, running_gateway, until, write_policy
+from .test_lora_e2e import free_udp_port
+
+SITE = "lora-fw"
+GATEWAY_ID = "gw-lora-fw"
+BASE = f"edgeveil/{SITE}/{GATEWAY_ID}"
+
+
+@dataclass
+class Site:
+    fleet: Fleet
+    medium: RadioMedium
+    gateway: Gateway
+    sub: Subscriber
+    keys: dict[str, NodeKeys]  # by station name on the channel
+
+    def uplinks(self, station: str | None = None) -> list[Transmission]:
+        return [tx for tx in self.medium.uplinks if station in (None, tx.source)]
+
+    def on_mqtt(self, kind: str = "") -> list[tuple[int, int]]:
+        """(node id, frame counter) of each message on MQTT (topics ending in `kind`)."""
+        out = []
+        for r in self.sub.received:
+            if "/node/" in r.topic and r.topic.endswith(kind):
+                _, node, counter = parse_mid(mid_of(r))
+                out.append((node, counter))
+        return out
+
+    def readings_sent(self, station: str) -> list[tuple[Transmission, Readings]]:
+        """The node's readings frames on the air, opened with its keys."""
+        out = []
+        for tx in self.uplinks(station):
+            message = open_frame(tx.payload, self.keys[station])
+            if isinstance(message, Readings):
+                out.append((tx, message))
+        return out
+
+    def heard(self, station: str) -> list[tuple[Transmission, Any]]:
+        """Downlinks for the node that it received in its windows, opened with its keys."""
+        keys = self.keys[station]
+        return [
+            (tx, open_frame(tx.payload, keys, False))
+            for s, tx in self.medium.heard
+            if s == station and parse_header(tx.payload).node_id == keys.node_id
+        ]
+
+    async def check_mqtt_matches_channel(self) -> None:
+        """Every uplink that ended a while ago is on MQTT if and only if the channel let the
+        gateway receive it; anything later on MQTT was delivered too."""
+        await asyncio.sleep(0.5)
+        cutoff = now_us() - 500_000  # settled (100 ms behind) and forwarded by now
+        older = [tx for tx in self.uplinks() if tx.end_us < cutoff]
+        assert all(tx.settled for tx in older)
+        delivered = {frame_id(tx) for tx in older if tx.receptions}
+        # a frame sent again (acks on) may be lost once and delivered once
+        everything = {frame_id(tx) for tx in self.uplinks() if tx.receptions}
+        lost = {frame_id(tx) for tx in older} - everything
+        await until(
+            lambda: delivered <= set(self.on_mqtt()),
+            "every frame the channel delivered is on MQTT",
+            timeout=10,
+            detail=lambda: delivered - set(self.on_mqtt()),
+        )
+        got = set(self.on_mqtt())
+        assert not lost & got, f"frames the channel lost arrived: {lost & got}"
+        assert got <= everything, f"on MQTT, never delivered: {got - everything}"
+
+def frame_id(tx: Transmission) -> tuple[int, int]:
+    header = parse_header(tx.payload)
+    return header.node_id, header.counter
+
+
+@contextlib.asynccontextmanager
+async def lora_site(
+    tmp_path: Path,
+    *,
+    nodes: int,
+    acks: bool,
+    sf: int,
+    place: Callable[[int], tuple[float, float]],
+    reading_s: int = 3,
+    firmware_main: Path | None = None,
+) -> AsyncIterator[Site]:
+    port = free_udp_port()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    keys: dict[str, NodeKeys] = {}
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        async with RadioMedium(servers=[("127.0.0.1", port)], seed=5, keepalive_s=1.0) as medium:
+            config = GatewayConfig(
+                site=SITE,
+                gateway_id=GATEWAY_ID,
+                state_dir=state,
+                mqtt=MqttConfig(host=broker.host, port=broker.port),
+                metrics_listen=None,
+                privacy_policy=write_policy(tmp_path),
+                packet_forwarders=(
+                    PacketForwarderConfig(
+                        name="lora",
+                        host="127.0.0.1",
+                        port=port,
+                        gateways=tuple(gw.eui.hex().upper() for gw in medium.gateways),
+                        acks=acks,
+                    ),
+                ),
+            )
+
+            def configure(index: int, cfg: dict[str, Any]) -> dict[str, Any]:
+                # on the map and in the gateway's registry before the board's first frame
+                node_id, secret = cfg["node_id"], bytes.fromhex(cfg["secret"])
+                medium.add_node(node_id, *place(index))
+                keys[f"node-{node_id}"] = NodeKeys(node_id, secret)
+                with NodeRegistry.open(state / "registry.db") as registry:
+                    registry.add(node_id, secret, cfg["zone"])
+                cfg = lora_node_config(cfg, sf=sf, acks=acks)
+                cfg["intervals"].update(reading_s=reading_s, status_s=60)
+                return cfg
+
+            async with subscribed(broker, f"{BASE}/node/#") as sub, running_gateway(config) as gw:
+                await sub.wait_subscribed()
+                # the gateway knows the forwarders' downlink route before the first frame
+                await until(
+                    lambda: all(f.stats.pull_acked for g in medium.gateways for f in g.forwarders),
+                    "the packet forwarders reached the gateway",
+                    timeout=10,
+                )
+                fleet = Fleet(
+                    nodes,
+                    start_gap_s=0.0 if firmware_main is not None else 0.5,
+                    directory=tmp_path / "fleet",
+                    configure=configure,
+                    radio_medium=medium.address,
+                    firmware_main=firmware_main,
+                )
+                await asyncio.to_thread(fleet.start)
+                try:
+                    yield Site(fleet, medium, gw, sub, keys)
+                finally:
+                    await asyncio.to_thread(fleet.stop)
+
+
+def near_the_gateway(index: int) -> tuple[float, float]:
+    """Nodes 300..500 m from the gateway (the area's centre, 1000/1000): all in range."""
+    return 1000.0 + 300 + 100 * index, 1000.0
+
+
+@pytest.mark.asyncio
+@deadline(60)
+async def test_firmware_lora_nodes_readings_arrive_on_mqtt_as_the_channel_delivered(
+    tmp_path: Path,
+) -> None:
+    async with lora_site(tmp_path, nodes=3, acks=False, sf=7, place=near_the_gateway) as site:
+
+        def readings_per_node() -> Counter[int]:
+            return Counter(node for node, _ in site.on_mqtt("/readings"))
+
+        await until(
+            lambda: len(readings_per_node()) == 3 and min(readings_per_node().values()) >= 2,
+            "two readings of each of the 3 firmware nodes on MQTT",
+            timeout=30,
+            detail=lambda: (readings_per_node(), site.medium.report()),
+        )
+        await site.check_mqtt_matches_channel()
+        for station in site.keys:  # sealed by the firmware: they open with the node's keys
+            sent = site.readings_sent(station)
+            assert len(sent) >= 2, station
+            assert all(r.values and r.time is None for _, r in sent)  # no acks: no time sync
+
+
+@pytest.mark.asyncio
+@deadline(60)
+async def test_acks_and_time_sync_reach_the_firmware_in_rx1(tmp_path: Path) -> None:
+    async with lora_site(tmp_path, nodes=2, acks=True, sf=7, place=near_the_gateway) as site:
+
+        def acked_in_rx1(station: str) -> list[Transmission]:
+            """The node's uplinks whose RX1 brought an ack of that very frame."""
+            heard = site.heard(station)
+            return [
+                tx
+                for tx in site.uplinks(station)
+                if any(
+                    down.start_us == tx.end_us + RX1_DELAY_US
+                    and isinstance(m, Ack)
+                    and frame_id(tx)[1] in m.counters
+                    for down, m in heard
+                )
+            ]
+
+        def synced_and_acked(station: str) -> bool:
+            synced = [tx for tx, m in site.heard(station) if isinstance(m, TimeSync)]
+            acked = acked_in_rx1(station)
+            # a readings frame sent after the sync carries the node's clock, and was acked
+            return bool(synced) and any(
+                tx.start_us > synced[0].end_us and message.time is not None and tx in acked
+                for tx, message in site.readings_sent(station)
+            )
+
+        await until(
+            lambda: all(synced_and_acked(s) for s in site.keys),
+            "each node heard a time sync and an ack in RX1, and stamps its readings",
+            timeout=40,
+            detail=site.medium.report,
+        )
+        await asyncio.sleep(2.5)  # longer than the firmware's ack timeout (2 s)
+        for station in site.keys:
+            # a frame acknowledged in its RX1 is never sent again: the ack emptied the queue
+            uplinks = site.uplinks(station)
+            for tx in acked_in_rx1(station):
+                again = [t for t in uplinks if frame_id(t) == frame_id(tx) and t is not tx]
+                assert not [t for t in again if t.start_us > tx.start_us], (
+                    f"{station}: frame {frame_id(tx)[1]} acknowledged in RX1, sent again"
+                )
+            # each downlink the node heard came in RX1: 1 s after one of its uplinks
+            ends = {tx.end_us for tx in uplinks}
+            for tx, _ in site.heard(station):
+                assert tx.start_us - RX1_DELAY_US in ends
+        await site.check_mqtt_matches_channel()
+
+
+START_TOGETHER = """\
+# Boot at the moment given in the environment (time.monotonic(), one clock for every process),
+# then run the firmware: boards switched on by one power supply.
+import os
+import time
+
+start = float(os.environ["EDGEVEIL_TEST_BOOT_AT"])
+time.sleep(max(0.0, start - time.monotonic()))
+from edgeveil_node.app import main
+
+main()
+"""
+
+
+@pytest.mark.asyncio
+@deadline(60)
+async def test_two_nodes_that_overlap_lose_their_frames_as_the_channel_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "boot_together.py"
+    script.write_text(START_TOGETHER, encoding="utf-8")
+    monkeypatch.setenv("EDGEVEIL_TEST_BOOT_AT", repr(time.monotonic() + 4.0))
+
+    def same_distance(index: int) -> tuple[float, float]:
+        return (1000.0 + 400, 1000.0) if index == 0 else (1000.0 - 400, 1000.0)
+
+    # SF11: a boot event is ~0.7 s on air, far longer than the boards' start-ups differ
+    async with lora_site(
+        tmp_path,
+        nodes=2,
+        acks=False,
+        sf=11,
+        place=same_distance,
+        reading_s=30,
+        firmware_main=script,
+    ) as site:
+        await until(
+            lambda: len(site.uplinks()) >= 2 and all(tx.settled for tx in site.uplinks()[:2]),
+            "the boot events of both nodes were on the air",
+            timeout=30,
+            detail=site.medium.report,
+        )
+        a, b = site.uplinks()[:2]
+        assert a.source != b.source and a.overlaps(b), "the boards did not start together"
+        # same distance, same power: neither is 6 dB above the other, both are lost
+        for tx in (a, b):
+            assert not tx.receptions and set(tx.losses.values()) == {COLLISION}, tx.losses
+        await site.check_mqtt_matches_channel()
+        assert frame_id(a) not in site.on_mqtt() and frame_id(b) not in site.on_mqtt()
+        assert site.medium.report().losses[COLLISION] >= 2
