@@ -104,6 +104,10 @@ def _emulate(args: argparse.Namespace) -> int:
                 capture=not args.no_capture,
                 random_loss=args.random_loss,
                 duration=args.duration,
+                radio_only=args.radio_only,
+                acks=args.acks,
+                scenario=args.scenario,
+                faults=args.faults,
             )
         return run_emulate(
             args.nodes,
@@ -163,7 +167,11 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "LoRa (--link lora)",
         "Nodes on a simulated radio channel (path loss, SNR floors, collisions with capture; "
         "see README, 'Emulated LoRa nodes'), heard by emulated packet forwarders that send to "
-        "a gateway's [[lora.packet_forwarder]] over UDP (Semtech protocol), in real time.",
+        "a gateway's [[lora.packet_forwarder]] over UDP (Semtech protocol), in real time. Up "
+        "to 20 nodes, each is the real node firmware in its own process (its pseudo-terminal "
+        "is its console) with an emulated LoRa modem; with more nodes, or --radio-only, the "
+        "nodes are their radio side only (sealed readings, no firmware), which scales to "
+        "thousands.",
     )
     lora.add_argument(
         "--link",
@@ -196,6 +204,18 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=0.0,
         metavar="P",
         help="extra loss probability per frame and gateway (default 0)",
+    )
+    lora.add_argument(
+        "--radio-only",
+        action="store_true",
+        help="nodes without the firmware: identity, modem and sealed readings only (the "
+        "default above 20 nodes)",
+    )
+    lora.add_argument(
+        "--acks",
+        action="store_true",
+        help="firmware nodes ask for acknowledgements and time in RX1 (the gateway's "
+        "[[lora.packet_forwarder]] needs acks = true too); default: fire and forget",
     )
     lora.add_argument(
         "--no-capture",

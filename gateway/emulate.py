@@ -15,9 +15,13 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from firmware.host.fleet import EmulatedNode, Fleet, FleetError
 from firmware.host.scenario import FAULT_NAMES, SCENARIOS, FaultProfile, parse_faults
+
+if TYPE_CHECKING:
+    from firmware.host.medium import RadioMedium
 
 MAX_NODES = 256
 MAX_INTERVAL_S = 86400
@@ -130,6 +134,7 @@ def run_emulate(
 # -- LoRa -------------------------------------------------------------------------------------
 
 MAX_LORA_NODES = 5000
+MAX_FIRMWARE_LORA_NODES = 20  # a process and ~30 MB each; beyond, nodes are radio-side only
 MAX_LORA_GATEWAYS = 16
 LORA_READING_INTERVAL_S = 60  # one channel at SF9 carries ~200 nodes at this rate (G ~0.7)
 
@@ -182,11 +187,18 @@ def run_emulate_lora(
     capture: bool = True,
     random_loss: float = 0.0,
     duration: float | None = None,
+    radio_only: bool = False,
+    acks: bool = False,
+    scenario: str = "office",
+    faults: str | None = None,
 ) -> int:
     """Emulated LoRa nodes on the simulated channel, heard by `gateways` emulated packet
     forwarders that send to the gateway at `forwarder` (Semtech UDP), in real time. Prints the
     nodes, the gateways and the registry, runs until Ctrl-C, SIGTERM or `duration` seconds,
-    then prints what the channel delivered."""
+    then prints what the channel delivered.
+
+    Up to MAX_FIRMWARE_LORA_NODES nodes run the real firmware, one process each (see
+    _run_firmware_lora); more nodes, or radio_only, are LoraFleet's radio-side nodes."""
     import asyncio  # noqa: PLC0415 - this command only
     import shutil  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
@@ -196,6 +208,38 @@ def run_emulate_lora(
     server = check_lora_options(
         nodes, gateways, forwarder, sf, area_m, random_loss, reading_interval, duration
     )
+    if not radio_only and nodes > MAX_FIRMWARE_LORA_NODES:
+        radio_only = True
+        print(
+            f"{nodes} nodes: more than {MAX_FIRMWARE_LORA_NODES} run radio-side only (no "
+            "firmware; as --radio-only)",
+            file=sys.stderr,
+            flush=True,
+        )
+    if radio_only and acks:
+        raise EmulateError(
+            "--acks needs firmware nodes: leave out --radio-only and use at most "
+            f"{MAX_FIRMWARE_LORA_NODES} nodes"
+        )
+    if not radio_only:
+        fault_profile = check_options(nodes, round(reading_interval), scenario, faults, duration)
+        return _run_firmware_lora(
+            nodes,
+            server=server,
+            forwarder=forwarder,
+            gateways=gateways,
+            sf=sf,
+            area_m=area_m,
+            out=out,
+            seed=seed,
+            reading_interval=round(reading_interval),
+            capture=capture,
+            random_loss=random_loss,
+            duration=duration,
+            acks=acks,
+            scenario=scenario,
+            faults=fault_profile,
+        )
     directory = out if out is not None else Path(tempfile.mkdtemp(prefix="edgeveil-lora-"))
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -256,3 +300,129 @@ def run_emulate_lora(
         file=sys.stderr,
     )
     return 0
+
+
+def _run_firmware_lora(
+    nodes: int,
+    *,
+    server: tuple[str, int],
+    forwarder: str,
+    gateways: int,
+    sf: int,
+    area_m: float,
+    out: Path | None,
+    seed: int,
+    reading_interval: int,
+    capture: bool,
+    random_loss: float,
+    duration: float | None,
+    acks: bool,
+    scenario: str,
+    faults: FaultProfile | None,
+) -> int:
+    """Real-firmware LoRa nodes: a Fleet of boards (one process each, its pty the console)
+    whose `lora` modems transmit into a RadioMedium in this process (firmware/host/medium.py):
+    the channel in real time, the packet forwarders, the downlinks back to RX1."""
+    import asyncio  # noqa: PLC0415 - this command only
+    import contextlib  # noqa: PLC0415
+    import random  # noqa: PLC0415
+
+    from firmware.host.medium import RadioMedium, lora_node_config  # noqa: PLC0415
+
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmulateError(f"--out {out}: cannot create it: {exc.strerror}") from exc
+    rng = random.Random(seed)  # noqa: S311 - where nodes stand, not keys
+    spots: list[tuple[float, float]] = []
+    medium = RadioMedium(
+        servers=[server],
+        gateways=gateways,
+        area_m=area_m,
+        seed=seed,
+        capture=capture,
+        random_loss=random_loss,
+    )
+
+    def configure(index: int, config: dict[str, Any]) -> dict[str, Any]:
+        spots.append(medium.random_spot(rng))
+        medium.add_node(config["node_id"], *spots[index])  # on the map before it transmits
+        return lora_node_config(config, sf=sf, acks=acks)
+
+    def on_event(node: EmulatedNode, text: str) -> None:
+        print(f"node {node.node_id}: {text}", file=sys.stderr, flush=True)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if task is not None:
+                loop.add_signal_handler(sig, task.cancel)
+        async with medium:
+            fleet = Fleet(
+                nodes,
+                seed=seed,
+                directory=out,
+                scenario=scenario,
+                faults=faults,
+                reading_interval=reading_interval,
+                configure=configure,
+                on_event=on_event,
+                radio_medium=medium.address,
+                # switched on one after the other, spread over (at most) a reading interval:
+                # boards that start together send together, and collide every time
+                start_gap_s=min(1.0, reading_interval / nodes),
+            )
+            starting = asyncio.ensure_future(asyncio.to_thread(fleet.start))
+            try:
+                try:
+                    await asyncio.shield(starting)
+                except FleetError as exc:
+                    raise EmulateError(str(exc)) from exc
+                _print_firmware_lora(fleet, medium, spots, forwarder, sf, reading_interval, acks)
+                await asyncio.sleep(duration if duration is not None else 10 * 365 * 86400.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await starting  # a Ctrl-C while the boards start: let them finish, then stop
+                await asyncio.to_thread(fleet.stop)
+
+    with contextlib.suppress(asyncio.CancelledError):  # Ctrl-C, SIGTERM: reported below
+        asyncio.run(main())
+    report = medium.report()
+    losses = ", ".join(f"{n} {reason}" for reason, n in sorted(report.losses.items())) or "none"
+    print(
+        f"{report.sent} frames sent, {report.delivered} received by a gateway (delivery ratio "
+        f"{report.delivery_ratio:.3f}; lost: {losses}); {report.downlinks} downlinks sent, "
+        f"{report.downlinks_heard} heard by a node",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _print_firmware_lora(  # noqa: PLR0917 - what the banner shows, each named at the call
+    fleet: Fleet,
+    medium: RadioMedium,
+    spots: list[tuple[float, float]],
+    forwarder: str,
+    sf: int,
+    reading_interval: int,
+    acks: bool,
+) -> None:
+    for node, (x, y) in zip(fleet.nodes, spots, strict=True):
+        print(f"node {node.node_id} {node.device} x {x:.0f} y {y:.0f} zone {node.zone}")
+    for gw in medium.gateways:
+        print(f"gateway {gw.eui.hex().upper()} x {gw.x_m:.0f} y {gw.y_m:.0f} -> {forwarder}")
+    print(f"registry {fleet.registry_path}", flush=True)
+    euis = ", ".join(f'"{gw.eui.hex().upper()}"' for gw in medium.gateways)
+    n = len(fleet.nodes)
+    print(
+        f"{n} emulated LoRa node{'s' if n > 1 else ''} running the node firmware (SF{sf}, "
+        f"868.1 MHz, a reading every {reading_interval} s, acks {'on' if acks else 'off'}; "
+        f"consoles on the device paths and in {fleet.directory}/node-*/console.log) and "
+        f"{len(medium.gateways)} packet forwarder{'s' if len(medium.gateways) > 1 else ''} "
+        f"sending to {forwarder}; the gateway's [[lora.packet_forwarder]] needs "
+        f"gateways = [{euis}]{' and acks = true' if acks else ''}; Ctrl-C stops them",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -13,7 +13,11 @@ collision never arrives), nothing less.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
+import re
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from firmware.host.fleet import Fleet
 from firmware.host.medium import RadioMedium, lora_node_config, now_us
@@ -32,9 +37,11 @@ from gateway.registry import NodeRegistry
 from gateway.service import Gateway
 from protocol import Ack, NodeKeys, Readings, TimeSync, open_frame, parse_header
 
+from .command import ROOT
 from .mosquitto import Mosquitto, Subscriber, subscribed
 from .test_gateway_e2e import deadline, mid_of, parse_mid, running_gateway, until, write_policy
 from .test_lora_e2e import free_udp_port
+from .test_lora_sim import MiniServer
 
 SITE = "lora-fw"
 GATEWAY_ID = "gw-lora-fw"
@@ -99,6 +106,7 @@ class Site:
         got = set(self.on_mqtt())
         assert not lost & got, f"frames the channel lost arrived: {lost & got}"
         assert got <= everything, f"on MQTT, never delivered: {got - everything}"
+
 
 def frame_id(tx: Transmission) -> tuple[int, int]:
     header = parse_header(tx.payload)
@@ -302,3 +310,58 @@ async def test_two_nodes_that_overlap_lose_their_frames_as_the_channel_says(
         await site.check_mqtt_matches_channel()
         assert frame_id(a) not in site.on_mqtt() and frame_id(b) not in site.on_mqtt()
         assert site.medium.report().losses[COLLISION] >= 2
+
+
+# -- edgeveil emulate --link lora ----------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[MiniServer]:
+    """A network server that takes the forwarder's PUSH_DATA (tests/test_lora_sim.py)."""
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        MiniServer, local_addr=("127.0.0.1", 0)
+    )
+    yield protocol
+    transport.close()
+
+
+@pytest.mark.asyncio
+@deadline(60)
+async def test_emulate_link_lora_runs_firmware_nodes_whose_frames_reach_the_forwarder_server(
+    server: MiniServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "emulate"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "emulate", "--link", "lora", "--nodes", "2",
+        "--sf", "7", "--area-m", "500", "--reading-interval", "2", "--duration", "6",
+        "--forwarder", f"127.0.0.1:{server.port}", "--out", str(out),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 40)
+    assert proc.returncode == 0, stderr
+    lines = stdout.decode().splitlines()
+    node_lines = [line.split() for line in lines if line.startswith("node ")]
+    assert len(node_lines) == 2
+    assert all(fields[2].startswith("/dev/pts/") for fields in node_lines)  # the console
+    assert "running the node firmware" in stderr.decode()
+    registry = json.loads((out / "registry.json").read_text())
+    keys = {
+        n["node_id"]: NodeKeys(n["node_id"], bytes.fromhex(n["secret"])) for n in registry["nodes"]
+    }
+    assert set(keys) == {int(fields[1]) for fields in node_lines}
+    # what the forwarder sent: frames the firmware sealed (a boot event first), each opening
+    # with its node's secret from the registry
+    messages: dict[int, list[str]] = {}
+    for rx in server.rxpk:
+        frame = base64.b64decode(rx["data"])
+        header = parse_header(frame)
+        message = open_frame(frame, keys[header.node_id], True, header)
+        messages.setdefault(header.node_id, []).append(type(message).__name__)
+        assert rx["datr"] == "SF7BW125"
+    assert set(messages) == set(keys)
+    assert all("Readings" in kinds for kinds in messages.values()), messages
+    summary = re.search(r"(\d+) frames sent, (\d+) received by a gateway", stderr.decode())
+    assert summary is not None, stderr
+    assert int(summary[2]) == len(server.rxpk)  # what the channel delivered, and only that
+    for node_dir in out.glob("node-*"):
+        assert "link lora" in (node_dir / "console.log").read_text()

@@ -276,7 +276,7 @@ async def test_fleet_node_verifies_a_downlink_in_its_receive_window(server: Mini
 async def test_emulate_link_lora_sends_to_the_forwarder_it_is_given(server: MiniServer) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "emulate", "--link", "lora", "--nodes", "4",
-        "--gateways", "2", "--reading-interval", "1", "--duration", "2.5",
+        "--gateways", "2", "--reading-interval", "1", "--duration", "2.5", "--radio-only",
         "--forwarder", f"127.0.0.1:{server.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
