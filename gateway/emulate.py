@@ -5,6 +5,11 @@ Prints one line per node (``node <id> <device> zone <zone>``), then the path of 
 registry (JSON, mode 0600: it holds the node secrets) that a gateway imports, and runs until
 Ctrl-C or SIGTERM, restarting nodes that the scenario reboots or power-cuts. Open a node's
 device path with pyserial as you would a USB-serial board.
+
+With --link lora the nodes are on a simulated radio channel instead, heard by emulated packet
+forwarders that send to a gateway over UDP: up to MAX_FIRMWARE_LORA_NODES of them run the real
+firmware (board processes with a LoRa modem on the radio medium, firmware/host/medium.py);
+more, or --radio-only, are radio-side nodes (firmware/host/lora_fleet.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ same protocol/ code the firmware runs, with a frame counter of its own. Running 
 firmware application per node (the serial `Fleet` starts one process per board) costs a process
 and ~30 MB each; 200 of them in simulated time would need one shared clock across processes.
 In one process, one event queue drives every node in simulated time, which can run faster than
-real time (tests, benchmarks) or at the pace of the wall clock (`edgeveil emulate`).
+real time (tests, benchmarks) or at the pace of the wall clock (`edgeveil emulate`). For the
+whole firmware on LoRa (a few boards, real time), see firmware/host/medium.py: board processes
+whose `lora` modem transmits into a RadioMedium, which shares place_gateway() and
+downlink_handler() with this fleet.
 
 Traffic: each node sends a readings frame every `reading_interval` seconds (first at a random
 phase, then with +-10 % jitter, as independent boards drift apart) and never more often than
