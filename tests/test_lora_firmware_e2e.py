@@ -28,9 +28,16 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from firmware.host.fleet import Fleet
-from firmware.host.medium import RadioMedium, lora_node_config, now_us
-from firmware.host.radio import COLLISION, Transmission
+from firmware.host.fleet import ENV_MEDIUM, Fleet
+from firmware.host.medium import (
+    MediumModem,
+    RadioMedium,
+    lora_node_config,
+    medium_from_environment,
+    now_us,
+)
+from firmware.host.radio import COLLISION, Radio, Transmission
+from firmware.host.sim.lora_modem import RxPacket
 from gateway.config import GatewayConfig, MqttConfig, PacketForwarderConfig
 from gateway.lora.forwarder import RX1_DELAY_US
 from gateway.registry import NodeRegistry
@@ -365,3 +372,58 @@ async def test_emulate_link_lora_runs_firmware_nodes_whose_frames_reach_the_forw
     assert int(summary[2]) == len(server.rxpk)  # what the channel delivered, and only that
     for node_dir in out.glob("node-*"):
         assert "link lora" in (node_dir / "console.log").read_text()
+
+
+# -- the medium and the board's modem, in one process --------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_board_modem_transmits_at_its_start_time_and_hears_a_downlink_in_its_window() -> None:
+    async with RadioMedium(seed=1) as medium:
+        medium.add_node(7, 1300, 1000)
+        gw = medium.gateways[0].name
+        cfg = {"freq_khz": 868100, "sf": 7, "bw": "125", "invert_iq_rx": True}
+
+        def board() -> tuple[int, Any, Any]:
+            modem = MediumModem(7, medium.address, cfg)
+            start = now_us()
+            modem.send(b"uplink")
+            # a downlink 0.2 s from now, and one on another SF the window does not hear
+            sf7 = modem.radio
+            medium.channel.transmit(gw, b"other sf", Radio(sf7.freq_hz, sf=8), now_us() + 100_000)
+            medium.channel.transmit(gw, b"downlink", sf7, now_us() + 200_000)
+            heard = modem.recv(timeout_ms=1000)
+            nothing = modem.recv(timeout_ms=100)
+            return start, heard, nothing
+
+        start, heard, nothing = await asyncio.to_thread(board)
+    (tx,) = medium.uplinks
+    assert tx.source == "node-7" and tx.payload == b"uplink"
+    assert 0 <= tx.start_us - start < 50_000  # stamped by the board, not by the datagram
+    assert tx.receptions and not tx.inverted_iq
+    assert isinstance(heard, RxPacket) and bytes(heard) == b"downlink"
+    expected = medium.channel.receive("node-7", tx.radio, 0, now_us())
+    assert expected is not None
+    assert heard.rssi == round(expected.receptions["node-7"].rssi_dbm)
+    assert nothing is None
+    assert [bytes(t.payload) for s, t in medium.heard] == [b"downlink"]
+
+
+@pytest.mark.asyncio
+async def test_medium_ignores_strangers_and_garbage_and_a_board_without_medium_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with RadioMedium(seed=1) as medium:
+        stranger = MediumModem(99, medium.address, {"sf": 7})
+        await asyncio.to_thread(stranger.send, b"not on the map")
+        assert await asyncio.to_thread(stranger.recv, 50) is None  # answered, nothing heard
+        assert medium.handle(b"{not json") is None
+        assert medium.handle(json.dumps({"op": "tx", "station": "x"}).encode()) is None
+    assert medium.uplinks == []
+    assert sum(medium.rejected.values()) == 2
+    assert "node-99 is not on the map" in caplog.text
+    with pytest.raises(ValueError, match="Invalid lora_cfg bw"):
+        MediumModem(1, "127.0.0.1:9", {"bw": "62.5"})
+    monkeypatch.delenv(ENV_MEDIUM, raising=False)
+    with pytest.raises(OSError, match=f"no LoRa radio here: {ENV_MEDIUM} is not set"):
+        medium_from_environment()
