@@ -293,3 +293,30 @@ def test_config_errors_name_the_key(change: dict[str, Any], message: str) -> Non
 def test_missing_config_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(config_mod.ConfigError, match="provision this node"):
         config_mod.load(str(tmp_path / "edgeveil.json"))
+
+
+def test_watchdog_is_fed_between_frames_of_a_slow_link(tmp_path: Path, clock: FakeClock) -> None:
+    # a LoRa link blocks ~1.3 s per frame (airtime + receive window): a burst of frames in one
+    # pass of the scheduler must not run past the watchdog
+    class Watchdog:
+        def __init__(self) -> None:
+            self.starved_ms = 0
+            self.last_feed = clock.ms
+
+        def feed(self) -> None:
+            self.starved_ms = max(self.starved_ms, clock.ms - self.last_feed)
+            self.last_feed = clock.ms
+
+    wdt = Watchdog()
+    node, link = make_node(tmp_path, sensors=[FakeSensor()], wdt=wdt)
+    slow_send = link.send
+
+    def send(frame: bytes) -> None:
+        clock.sleep_ms(1300)
+        slow_send(frame)
+
+    link.send = send  # type: ignore[method-assign]
+    node.step()  # boot event, readings, status, time request: four frames at once
+    assert len(link.frames) >= 4
+    wdt.feed()
+    assert wdt.starved_ms <= 1300 + 100

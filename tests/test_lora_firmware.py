@@ -230,11 +230,11 @@ def test_sub_bands_hold_the_whole_channel() -> None:
 class RxPacket(bytearray):
     """micropython-lib's RxPacket: the payload, with signal metadata."""
 
-    def __init__(self, data: bytes, crc_error: bool = False) -> None:
+    def __init__(self, data: bytes, valid_crc: bool = True) -> None:
         super().__init__(data)
         self.rssi = -90
         self.snr = 20
-        self.crc_error = crc_error
+        self.valid_crc = valid_crc
         self.ticks_ms = 0
 
 
@@ -382,7 +382,7 @@ def test_ack_and_time_sync_in_the_receive_window(clock: FakeClock) -> None:
     forged[-1] ^= 1
     modem.downlinks = [downlink(1, Ack([1])), RxPacket(bytes(forged))]
     link.send(uplink(2))
-    modem.downlinks = [downlink(4, Ack([3]), other), RxPacket(b"\x00\x01", crc_error=True)]
+    modem.downlinks = [downlink(4, Ack([3]), other), RxPacket(b"\x00\x01", valid_crc=False)]
     link.send(uplink(3))
     assert link.poll() == []
     modem.downlinks = [downlink(5, Ack([4]))]

@@ -128,6 +128,10 @@ class Node:
             # take them before deciding what is due again
             self._receive()
         for pending in self.queue.due(now):
+            if self.wdt is not None:
+                # a radio link blocks for the frame's airtime and its receive window (over a
+                # second at SF12): a burst of frames must not starve the watchdog
+                self.wdt.feed()
             self.link.send(pending.frame)
 
     # -- clock -----------------------------------------------------------------------------

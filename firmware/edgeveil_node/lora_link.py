@@ -198,7 +198,7 @@ class LoRaLink:
                 if packet is None:
                     return
                 self._rx_packet = packet
-                if getattr(packet, "crc_error", False):
+                if not packet.valid_crc:  # micropython-lib's RxPacket (lora/modem.py)
                     self.rx_rejected += 1
                 else:
                     self.received += 1

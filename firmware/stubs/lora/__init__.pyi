@@ -11,7 +11,7 @@ class RxPacket(bytearray):
     ticks_ms: int
     snr: int  # dB x 4
     rssi: int  # dBm
-    crc_error: bool
+    valid_crc: bool
 
 class _SyncModem:
     rx_crc_error: bool
