@@ -164,6 +164,19 @@ def test_deployed_node_boots_and_sends_verified_frames(line: Line) -> None:
     assert not line.rejected
 
 
+def test_doctor_finds_no_problem_and_the_node_resumes(bench: Bench, node: Node) -> None:
+    result = edgeveil("node", "doctor", "--port", bench.port, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"node {node.node_id}" in result.stdout  # the configuration on the board is this node's
+    line = Line(bench.port, node.keys)
+    try:
+        # well before the node's 30 s watchdog would restart it anyway
+        seen = line.frames(15, until=_has("readings"))
+    finally:
+        line.close()
+    assert any(s.kind == "readings" for s in seen), "the node did not resume after doctor"
+
+
 def test_lost_acknowledgement_means_the_frame_is_sent_again(line: Line) -> None:
     # nobody acknowledges on the bench: every frame must come back, byte for byte
     first = line.frames(30, until=_has("readings"))

@@ -154,6 +154,13 @@ class Board:
         with contextlib.suppress(TransportError, serial.SerialException, OSError):
             self._transport.exec_raw_no_follow("import machine\nmachine.reset()\n")
 
+    def restart_application(self) -> None:
+        """Leave the REPL with a soft reboot (Ctrl-D at the friendly prompt): boot.py and
+        main.py run again, so a node interrupted for a check goes back to reporting."""
+        with contextlib.suppress(TransportError, serial.SerialException, OSError):
+            self._transport.exit_raw_repl()
+            self._transport.serial.write(b"\x04")
+
     def close(self) -> None:
         with contextlib.suppress(TransportError, serial.SerialException, OSError):
             if self._transport.in_raw_repl:

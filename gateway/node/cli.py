@@ -206,9 +206,15 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         description="Check a board on the spot and say, for each problem, what to do: "
         "MicroPython version, free flash and heap, cryptolib AES, the deployed "
         "configuration, the clock and the last reset cause. Exit status 1 if there is a "
-        "problem (warnings do not count).",
+        "problem (warnings do not count). The checks stop the node application; a soft "
+        "reboot starts it again at the end.",
     )
     _port_option(doctor)
+    doctor.add_argument(
+        "--stay-stopped",
+        action="store_true",
+        help="leave the board in its REPL instead of restarting the application",
+    )
     node.set_defaults(handler=run)
 
 
@@ -346,6 +352,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
     with open_board(args.port) as board:
         found = doctor.diagnose(board)
+        if not args.stay_stopped:
+            board.restart_application()
     checks = doctor.run_checks(found)
     for check in checks:
         print(check.line())
