@@ -127,7 +127,8 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     emulate = commands.add_parser(
         "emulate",
-        help="run emulated nodes on pseudo-terminals (the real node firmware, no hardware)",
+        help="run emulated nodes: the real node firmware, over pseudo-terminals or a simulated "
+        "LoRa channel (no hardware)",
         description="Start N emulated nodes: the unchanged node firmware on CPython, each on "
         "its own pseudo-terminal that a gateway opens like a USB-serial board. Prints one line "
         "per node (node id, device path, zone) and the path of a node registry the gateway "
