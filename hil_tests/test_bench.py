@@ -31,30 +31,13 @@ from protocol import (
 )
 from protocol.errors import RemoteProtocolError
 from tests.command import edgeveil
+from tests.gateway_harness import write_policy
 from tests.mosquitto import Mosquitto, subscribed
 
 from .conftest import Bench
 
 HERE = Path(__file__).resolve().parent
 SITE, GATEWAY_ID = "bench", "gw-bench"
-EVERYTHING_PASSES = """name = "bench: everything passes"
-
-[[streams]]
-name = "readings"
-message = "readings"
-quantities = ["temperature", "humidity", "pressure"]
-action = "pass"
-
-[[streams]]
-name = "health"
-message = "status"
-action = "pass"
-
-[[streams]]
-name = "events"
-message = "event"
-action = "pass"
-"""
 
 
 @dataclass
@@ -211,8 +194,7 @@ def test_counter_survives_a_power_cut(bench: Bench, node: Node) -> None:
 def test_gateway_receives_and_verifies_the_nodes_frames(
     bench: Bench, node: Node, tmp_path: Path
 ) -> None:
-    policy = tmp_path / "policy.toml"
-    policy.write_text(EVERYTHING_PASSES, encoding="utf-8")
+    policy = write_policy(tmp_path)  # everything passes: the bench checks delivery, not privacy
     with Mosquitto(tmp_path / "broker") as broker:
         config = tmp_path / "gateway.toml"
         config.write_text(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import random
@@ -39,9 +38,8 @@ import sys
 import time
 import tty
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -63,9 +61,17 @@ from protocol import (
     parse_header,
     seal,
 )
-from protocol.quantities import QUANTITIES, quantity_id
+from protocol.quantities import quantity_id
 
 from .command import edgeveil
+from .gateway_harness import (
+    deadline,
+    mid_of,
+    parse_mid,
+    running_gateway,
+    until,
+    write_policy,
+)
 from .mosquitto import Mosquitto, Received, subscribed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,38 +79,11 @@ SITE = "e2e-site"
 GATEWAY_ID = "gw-e2e"
 BASE = f"edgeveil/{SITE}/{GATEWAY_ID}"
 NODE_DATA = f"{BASE}/node/#"
-TestFunction = Callable[..., Awaitable[None]]
 ILLUMINANCE = quantity_id("illuminance")  # unit lx, exponent 0: the value arrives as sent
 
 # These tests are about delivery, so the privacy policy lets every reading, status and event
 # leave per node, as it came (the default policy aggregates readings per zone over 15 minutes).
 # No stream selects observations (the nodes' BLE sightings): they are dropped (default deny).
-DELIVERY_POLICY = f"""name = "e2e delivery"
-
-[[streams]]
-name = "readings"
-message = "readings"
-quantities = {json.dumps([q[1] for q in QUANTITIES])}
-action = "pass"
-
-[[streams]]
-name = "health"
-message = "status"
-action = "pass"
-
-[[streams]]
-name = "events"
-message = "event"
-action = "pass"
-"""
-
-
-def write_policy(directory: Path) -> Path:
-    path = directory / "delivery-policy.toml"
-    path.write_text(DELIVERY_POLICY, encoding="utf-8")
-    return path
-
-
 # -- leaks -------------------------------------------------------------------------------------
 
 
@@ -151,42 +130,6 @@ def no_leftovers() -> Iterator[None]:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-async def until(
-    condition: Callable[[], bool],
-    what: str,
-    timeout: float,
-    detail: Callable[[], object] = lambda: "",
-    *,
-    hold: float = 0.0,
-) -> None:
-    """Poll `condition` until it holds (for `hold` seconds without a break, if given); fail
-    with `what` and `detail()` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    since: float | None = None
-    while True:
-        now = time.monotonic()
-        if condition():
-            since = now if since is None else since
-            if now - since >= hold:
-                return
-        else:
-            since = None
-        if now > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}; {detail()}")
-        await asyncio.sleep(0.02)
-
-
-def mid_of(r: Received) -> str:
-    return str(json.loads(r.payload)[0]["mid"])
-
-
-def parse_mid(mid: str) -> tuple[str, int, int]:
-    """(gateway, node id, frame counter) of a message id."""
-    gateway, node, counter, part = mid.split(":")
-    assert part == "0", mid
-    return gateway, int(node), int(counter)
-
-
 def first_copies(received: list[Received]) -> list[Received]:
     """What a consumer keeps when it drops duplicates by message id, in arrival order."""
     seen: set[str] = set()
@@ -218,43 +161,6 @@ def frames_by_node(gateway: Gateway, outcome: str) -> dict[int, int]:
 def metric(gateway: Gateway, name: str, **labels: str) -> float:
     value = gateway.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-def deadline(seconds: float) -> Callable[[TestFunction], TestFunction]:
-    """Fail a test that runs longer than `seconds` (its clean-up still runs) instead of hanging:
-    every wait inside has its own timeout, this is the last resort."""
-
-    def wrap(test: TestFunction) -> TestFunction:
-        @functools.wraps(test)
-        async def run(*args: Any, **kwargs: Any) -> None:
-            async with asyncio.timeout(seconds):
-                await test(*args, **kwargs)
-
-        return run
-
-    return wrap
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
-    """The gateway service as a task of this event loop; cancelled (a clean stop) at the end."""
-    gateway = Gateway(config)
-    task = asyncio.create_task(gateway.run(), name="gateway")
-    ready = asyncio.create_task(gateway.ready.wait(), name="gateway ready")
-    try:
-        await asyncio.wait((task, ready), timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # raises what stopped it
-        assert gateway.ready.is_set(), "the gateway did not start within 15 s"
-        yield gateway
-    finally:
-        ready.cancel()
-        task.cancel()
-        async with asyncio.timeout(15):  # a gateway that does not stop is a failure
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(asyncio.CancelledError):
-                await ready
 
 
 def import_nodes(registry_file: Path, config_file: Path) -> None:

@@ -23,8 +23,8 @@ from firmware.host.lora_fleet import LoraFleet
 from gateway.config import GatewayConfig, MqttConfig, PacketForwarderConfig
 from gateway.registry import NodeRegistry
 
+from .gateway_harness import deadline, parse_mid, running_gateway, until, write_policy
 from .mosquitto import Mosquitto, subscribed
-from .test_gateway_e2e import deadline, parse_mid, running_gateway, until, write_policy
 
 SITE = "lora-site"
 GATEWAY_ID = "gw-lora"

@@ -45,8 +45,8 @@ from gateway.service import Gateway
 from protocol import Ack, NodeKeys, Readings, TimeSync, open_frame, parse_header
 
 from .command import ROOT
+from .gateway_harness import deadline, mid_of, parse_mid, running_gateway, until, write_policy
 from .mosquitto import Mosquitto, Subscriber, subscribed
-from .test_gateway_e2e import deadline, mid_of, parse_mid, running_gateway, until, write_policy
 from .test_lora_e2e import free_udp_port
 from .test_lora_sim import MiniServer
 

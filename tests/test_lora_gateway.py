@@ -38,8 +38,8 @@ from protocol import Ack, NodeKeys, Readings, open_frame, seal
 from protocol.quantities import quantity_id
 
 from .command import edgeveil
+from .gateway_harness import running_gateway, until, write_policy
 from .mosquitto import Mosquitto, subscribed
-from .test_gateway_e2e import running_gateway, until, write_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE, GATEWAY_ID = "lora-site", "gw-lora"

@@ -1,0 +1,119 @@
+"""Helpers for tests that run the gateway service: a policy that passes everything, waiting
+for conditions, message ids, a per-test deadline, the gateway as a task of the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.service import Gateway
+from protocol.quantities import QUANTITIES
+
+from .mosquitto import Received
+
+TestFunction = Callable[..., Awaitable[None]]
+
+DELIVERY_POLICY = f"""name = "e2e delivery"
+
+[[streams]]
+name = "readings"
+message = "readings"
+quantities = {json.dumps([q[1] for q in QUANTITIES])}
+action = "pass"
+
+[[streams]]
+name = "health"
+message = "status"
+action = "pass"
+
+[[streams]]
+name = "events"
+message = "event"
+action = "pass"
+"""
+
+
+def write_policy(directory: Path) -> Path:
+    path = directory / "delivery-policy.toml"
+    path.write_text(DELIVERY_POLICY, encoding="utf-8")
+    return path
+
+
+async def until(
+    condition: Callable[[], bool],
+    what: str,
+    timeout: float,
+    detail: Callable[[], object] = lambda: "",
+    *,
+    hold: float = 0.0,
+) -> None:
+    """Poll `condition` until it holds (for `hold` seconds without a break, if given); fail
+    with `what` and `detail()` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while True:
+        now = time.monotonic()
+        if condition():
+            since = now if since is None else since
+            if now - since >= hold:
+                return
+        else:
+            since = None
+        if now > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}; {detail()}")
+        await asyncio.sleep(0.02)
+
+
+def mid_of(r: Received) -> str:
+    return str(json.loads(r.payload)[0]["mid"])
+
+
+def parse_mid(mid: str) -> tuple[str, int, int]:
+    """(gateway, node id, frame counter) of a message id."""
+    gateway, node, counter, part = mid.split(":")
+    assert part == "0", mid
+    return gateway, int(node), int(counter)
+
+
+def deadline(seconds: float) -> Callable[[TestFunction], TestFunction]:
+    """Fail a test that runs longer than `seconds` (its clean-up still runs) instead of hanging:
+    every wait inside has its own timeout, this is the last resort."""
+
+    def wrap(test: TestFunction) -> TestFunction:
+        @functools.wraps(test)
+        async def run(*args: Any, **kwargs: Any) -> None:
+            async with asyncio.timeout(seconds):
+                await test(*args, **kwargs)
+
+        return run
+
+    return wrap
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
+    """The gateway service as a task of this event loop; cancelled (a clean stop) at the end."""
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run(), name="gateway")
+    ready = asyncio.create_task(gateway.ready.wait(), name="gateway ready")
+    try:
+        await asyncio.wait((task, ready), timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raises what stopped it
+        assert gateway.ready.is_set(), "the gateway did not start within 15 s"
+        yield gateway
+    finally:
+        ready.cancel()
+        task.cancel()
+        async with asyncio.timeout(15):  # a gateway that does not stop is a failure
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready
