@@ -99,6 +99,7 @@ class Ingest:
         send: Send,
         notify_uplink: Callable[..., None],  # Uplink.notify(messages, at=arrival)
         metrics: Metrics,
+        sends_downlinks: Callable[[str], bool] = lambda _port: True,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -108,6 +109,9 @@ class Ingest:
         self.send = send
         self.notify_uplink = notify_uplink
         self.metrics = metrics
+        # whether a link sends downlinks at all (a LoRa link with acks off does not): asked
+        # before sealing, so no downlink counter is spent on a frame that never leaves
+        self.sends_downlinks = sends_downlinks
         self.queue: asyncio.Queue[Arrival] = asyncio.Queue(QUEUE_LIMIT)
         self.burst_log = BurstLog()
         self._last_time_sync: dict[int, float] = {}
@@ -229,6 +233,8 @@ class Ingest:
     async def _send(
         self, port: str, keys: NodeKeys, message: Ack | TimeSync, radio: RadioMeta | None
     ) -> bool:
+        if not self.sends_downlinks(port):
+            return False
         counter = self.registry.next_downlink_counter(keys.node_id)
         return await self.send(port, seal(message, counter, keys), radio)
 

@@ -126,6 +126,10 @@ class Gateway:
                 self.metrics.link_disconnects.labels(port).inc()
             self.metrics.link_up.labels(port).set(0)
 
+    def _sends_downlinks(self, port: str) -> bool:
+        lora = self.lora.get(port)
+        return lora is None or lora.sends_downlinks
+
     async def _send(self, port: str, frame: bytes, radio: RadioMeta | None) -> bool:
         """A sealed downlink to the link its node was last heard on: COBS-framed on a serial
         line, a txpk in RX1 through the best gateway on LoRa."""
@@ -329,6 +333,7 @@ class Gateway:
                 self._send,
                 self.uplink.notify,
                 self.metrics,
+                self._sends_downlinks,
             )
             for port in config.serial:
                 self._decoders[port.name] = StreamDecoder()

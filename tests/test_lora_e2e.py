@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -113,3 +114,6 @@ async def test_200_lora_nodes_deliver_what_the_channel_delivered(tmp_path: Path)
     assert ratio == report.delivery_ratio
     assert sent == report.sent >= NODES * 3
     assert 0.2 < ratio < 1.0  # G ~0.7 on one channel: ALOHA with capture and two gateways
+    # acks are off on this link: no downlink was sealed, so no downlink counter was reserved
+    with sqlite3.connect(state / "registry.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM downlink").fetchone() == (0,)

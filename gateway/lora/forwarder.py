@@ -131,6 +131,11 @@ class ForwarderTransport:
         return None if self._state == "open" else self._waiting_reason
 
     @property
+    def sends_downlinks(self) -> bool:
+        """Acks and time sync go out on this link (`acks = true`); off, none is even sealed."""
+        return self.config.acks
+
+    @property
     def address(self) -> Address | None:
         """The address listened on now (the port chosen by the OS when configured as 0)."""
         if self._udp is None:

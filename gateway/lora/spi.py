@@ -199,6 +199,11 @@ class SpiTransport:
     def waiting_reason(self) -> str | None:
         return None if self._state == "open" else self._waiting_reason
 
+    @property
+    def sends_downlinks(self) -> bool:
+        """Acks and time sync go out on this link (`acks = true`); off, none is even sealed."""
+        return self.config.acks
+
     def stats(self) -> dict[str, int]:
         return dict(self.counts)
 
