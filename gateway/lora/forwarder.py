@@ -25,17 +25,17 @@ frame again, so a downlink not sent costs a retransmission, never data.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
 from ..config import PacketForwarderConfig
 from ..ingest import BurstLog
 from ..metrics import Metrics
-from ..transport import Backoff, PortState
+from ..transport import Backoff
 from .dedupe import Deduplicator
+from .link import LoraLink, OnFrame, log
 from .radio import DutyCycle, RadioMeta, time_on_air
 from .semtech import (
     TX_ERRORS,
@@ -52,9 +52,6 @@ from .semtech import (
 
 __all__ = ["RX1_DELAY_US", "ForwarderTransport", "OnFrame"]
 
-log = logging.getLogger("edgeveil.lora")
-
-OnFrame = Callable[[str, bytes, RadioMeta], None]
 Address = tuple[str, int]
 
 RX1_DELAY_US = 1_000_000  # the node opens RX1 1 s after its uplink ends
@@ -79,13 +76,15 @@ class _Udp(asyncio.DatagramProtocol):
         log.debug("packet forwarder UDP: %s", exc)
 
 
-class ForwarderTransport:
+class ForwarderTransport(LoraLink[PacketForwarderConfig]):
     """One UDP server for packet forwarders; `run()` serves until cancelled.
 
     on_frame(port, frame, meta) is called from the event loop once per frame (after merging
     the copies several gateways heard); on_state(port, state) on every state change, "open"
     (listening) or "waiting" (cannot bind now; retried with backoff).
     """
+
+    TASK_KIND = "lora-udp"
 
     def __init__(
         self,
@@ -95,13 +94,8 @@ class ForwarderTransport:
         *,
         metrics: Metrics | None = None,
     ) -> None:
-        self.config = config
-        self._on_frame = on_frame
-        self._on_state = on_state
-        self.metrics = metrics or Metrics()
+        super().__init__(config, on_frame, on_state, metrics)
         self._allowed = frozenset(config.gateways)
-        self._state: PortState = "waiting"
-        self._waiting_reason: str | None = "not started"
         self._udp: asyncio.DatagramTransport | None = None
         self._routes: dict[str, tuple[Address, int]] = {}  # EUI -> PULL_DATA address, version
         self._unknown_logged: set[str] = set()
@@ -110,30 +104,8 @@ class ForwarderTransport:
         self._duty: dict[str, DutyCycle] = {}
         self._dedupe = Deduplicator(self._release, config.dedupe_ms / 1000)
         self._burst_log = BurstLog(what="datagram or packet dropped")
-        self.counts: Counter[str] = Counter()
 
     # -- public, the same shape as SerialTransport ---------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def task_name(self) -> str:
-        return f"lora-udp:{self.config.name}"
-
-    @property
-    def state(self) -> PortState:
-        return self._state
-
-    @property
-    def waiting_reason(self) -> str | None:
-        return None if self._state == "open" else self._waiting_reason
-
-    @property
-    def sends_downlinks(self) -> bool:
-        """Acks and time sync go out on this link (`acks = true`); off, none is even sealed."""
-        return self.config.acks
 
     @property
     def address(self) -> Address | None:
@@ -142,10 +114,6 @@ class ForwarderTransport:
             return None
         host, port = self._udp.get_extra_info("sockname")[:2]
         return host, port
-
-    def stats(self) -> dict[str, int]:
-        """The counters (datagrams, packets and downlinks by outcome), for status and tests."""
-        return dict(self.counts)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -330,21 +298,6 @@ class ForwarderTransport:
     def _count_packet(self, gateway: str, outcome: str) -> None:
         self.counts[f"packet:{outcome}"] += 1
         self.metrics.lora_packets.labels(self.name, gateway, outcome).inc()
-
-    def _count_downlink(self, outcome: str) -> None:
-        self.counts[f"downlink:{outcome}"] += 1
-        self.metrics.lora_downlinks.labels(self.name, outcome).inc()
-
-    def _set_state(self, state: PortState, reason: str | None) -> None:
-        changed = state != self._state or reason != self._waiting_reason
-        self._state, self._waiting_reason = state, reason
-        if state == "waiting" and changed:
-            log.warning("lora %s: waiting: %s", self.name, reason)
-        if self._on_state is not None and changed:
-            try:
-                self._on_state(self.name, state)
-            except Exception:
-                log.exception("lora %s: on_state failed", self.name)
 
 
 def _remember(table: OrderedDict[_K, _V], key: _K, value: _V) -> None:

@@ -25,23 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..config import SpiRadioConfig
 from ..metrics import Metrics
-from ..transport import Backoff, PortState
-from .forwarder import RX1_DELAY_US, RX1_LEAD_S, OnFrame
+from ..transport import Backoff
+from .forwarder import RX1_DELAY_US, RX1_LEAD_S
+from .link import LoraLink, OnFrame, log
 from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
 
 __all__ = ["Chip", "ChipUnavailable", "SpiTransport", "open_lorarf"]
 
-log = logging.getLogger("edgeveil.lora")
 
 PREAMBLE = 8  # symbols, as LoRaWAN
 _TX_TIMEOUT_S = 5.0  # longer than any 255-byte packet at SF12/125 kHz (about 2.8 s)
@@ -151,12 +149,14 @@ def _configure(chip: Any, config: SpiRadioConfig) -> None:
     chip.setSyncWord(config.sync_word)
 
 
-class SpiTransport:
+class SpiTransport(LoraLink[SpiRadioConfig]):
     """One single-channel radio; `run()` keeps it receiving until cancelled.
 
     `chip_factory(config)` opens the chip (default: LoRaRF, `open_lorarf`); tests pass a
     fake chip with LoRaRF's interface, as no CI machine has the HAT.
     """
+
+    TASK_KIND = "lora-spi"
 
     def __init__(
         self,
@@ -167,45 +167,15 @@ class SpiTransport:
         metrics: Metrics | None = None,
         chip_factory: Callable[[SpiRadioConfig], Chip] = open_lorarf,
     ) -> None:
-        self.config = config
-        self._on_frame = on_frame
-        self._on_state = on_state
-        self.metrics = metrics or Metrics()
+        super().__init__(config, on_frame, on_state, metrics)
         self._chip_factory = chip_factory
         self._chip: Chip | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._radio_lock = threading.Lock()  # the GPIO thread reads while a downlink sends
-        self._state: PortState = "waiting"
-        self._waiting_reason: str | None = "not started"
         self._rate = DataRate(config.sf, config.bw_khz)
         self._duty = DutyCycle()
         self._last_slot: float | None = None  # `received` of the last uplink answered
         self._downlinks: set[asyncio.Task[None]] = set()
-        self.counts: Counter[str] = Counter()
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def task_name(self) -> str:
-        return f"lora-spi:{self.config.name}"
-
-    @property
-    def state(self) -> PortState:
-        return self._state
-
-    @property
-    def waiting_reason(self) -> str | None:
-        return None if self._state == "open" else self._waiting_reason
-
-    @property
-    def sends_downlinks(self) -> bool:
-        """Acks and time sync go out on this link (`acks = true`); off, none is even sealed."""
-        return self.config.acks
-
-    def stats(self) -> dict[str, int]:
-        return dict(self.counts)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -272,7 +242,7 @@ class SpiTransport:
         if not sent:
             self._not_sent("tx_failed")
             return
-        self._count("downlink:sent")
+        self._count_downlink("sent")
         self.metrics.lora_downlinks.labels(self.name, "sent").inc()
         self.metrics.lora_airtime.labels(self.name, self.name).inc(airtime)
 
@@ -340,24 +310,9 @@ class SpiTransport:
             log.exception("lora %s: on_frame failed", self.name)
 
     def _packet(self, outcome: str) -> None:
-        self._count(f"packet:{outcome}")
+        self.counts[f"packet:{outcome}"] += 1
         self.metrics.lora_packets.labels(self.name, self.name, outcome).inc()
 
-    def _count(self, key: str) -> None:
-        self.counts[key] += 1
-
     def _not_sent(self, reason: str) -> bool:
-        self._count(f"downlink:{reason}")
-        self.metrics.lora_downlinks.labels(self.name, reason).inc()
+        self._count_downlink(reason)
         return False
-
-    def _set_state(self, state: PortState, reason: str | None) -> None:
-        changed = state != self._state or reason != self._waiting_reason
-        self._state, self._waiting_reason = state, reason
-        if state == "waiting" and changed:
-            log.warning("lora %s: waiting: %s", self.name, reason)
-        if self._on_state is not None and changed:
-            try:
-                self._on_state(self.name, state)
-            except Exception:
-                log.exception("lora %s: on_state failed", self.name)
