@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, MqttConfig
 from gateway.service import Gateway
 from protocol.quantities import QUANTITIES
 
-from .mosquitto import Received
+from .mosquitto import Mosquitto, Received
 
 TestFunction = Callable[..., Awaitable[None]]
 
@@ -117,3 +117,19 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
                 await task
             with contextlib.suppress(asyncio.CancelledError):
                 await ready
+
+
+def delivery_config(
+    tmp_path: Path, state: Path, broker: Mosquitto, site: str, gateway_id: str, **links: Any
+) -> GatewayConfig:
+    """A gateway on `broker` that lets everything pass (write_policy), no metrics endpoint;
+    `links` are GatewayConfig's link fields, e.g. packet_forwarders=(...)."""
+    return GatewayConfig(
+        site=site,
+        gateway_id=gateway_id,
+        state_dir=state,
+        mqtt=MqttConfig(host=broker.host, port=broker.port),
+        metrics_listen=None,
+        privacy_policy=write_policy(tmp_path),
+        **links,
+    )

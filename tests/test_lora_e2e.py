@@ -21,10 +21,16 @@ from pathlib import Path
 import pytest
 
 from firmware.host.lora_fleet import LoraFleet
-from gateway.config import GatewayConfig, MqttConfig, PacketForwarderConfig
+from gateway.config import PacketForwarderConfig
 from gateway.registry import NodeRegistry
 
-from .gateway_harness import deadline, parse_mid, running_gateway, until, write_policy
+from .gateway_harness import (
+    deadline,
+    delivery_config,
+    parse_mid,
+    running_gateway,
+    until,
+)
 from .mosquitto import Mosquitto, subscribed
 
 SITE = "lora-site"
@@ -54,13 +60,12 @@ async def test_200_lora_nodes_deliver_what_the_channel_delivered(tmp_path: Path)
         assert registry.import_file(tmp_path / "registry.json") == NODES
 
     with Mosquitto(tmp_path / "mosquitto") as broker:
-        config = GatewayConfig(
-            site=SITE,
-            gateway_id=GATEWAY_ID,
-            state_dir=state,
-            mqtt=MqttConfig(host=broker.host, port=broker.port),
-            metrics_listen=None,
-            privacy_policy=write_policy(tmp_path),
+        config = delivery_config(
+            tmp_path,
+            state,
+            broker,
+            SITE,
+            GATEWAY_ID,
             packet_forwarders=(
                 PacketForwarderConfig(
                     name="lora",

@@ -38,14 +38,21 @@ from firmware.host.medium import (
 )
 from firmware.host.radio import COLLISION, Radio, Transmission
 from firmware.host.sim.lora_modem import RxPacket
-from gateway.config import GatewayConfig, MqttConfig, PacketForwarderConfig
+from gateway.config import PacketForwarderConfig
 from gateway.lora.forwarder import RX1_DELAY_US
 from gateway.registry import NodeRegistry
 from gateway.service import Gateway
 from protocol import Ack, NodeKeys, Readings, TimeSync, open_frame, parse_header
 
 from .command import ROOT
-from .gateway_harness import deadline, mid_of, parse_mid, running_gateway, until, write_policy
+from .gateway_harness import (
+    deadline,
+    delivery_config,
+    mid_of,
+    parse_mid,
+    running_gateway,
+    until,
+)
 from .mosquitto import Mosquitto, Subscriber, subscribed
 from .test_lora_e2e import free_udp_port
 from .test_lora_sim import MiniServer
@@ -137,13 +144,12 @@ async def lora_site(
     keys: dict[str, NodeKeys] = {}
     with Mosquitto(tmp_path / "mosquitto") as broker:
         async with RadioMedium(servers=[("127.0.0.1", port)], seed=5, keepalive_s=1.0) as medium:
-            config = GatewayConfig(
-                site=SITE,
-                gateway_id=GATEWAY_ID,
-                state_dir=state,
-                mqtt=MqttConfig(host=broker.host, port=broker.port),
-                metrics_listen=None,
-                privacy_policy=write_policy(tmp_path),
+            config = delivery_config(
+                tmp_path,
+                state,
+                broker,
+                SITE,
+                GATEWAY_ID,
                 packet_forwarders=(
                     PacketForwarderConfig(
                         name="lora",

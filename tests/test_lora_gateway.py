@@ -25,7 +25,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway import config as config_mod
-from gateway.config import GatewayConfig, MqttConfig, PacketForwarderConfig, SpiRadioConfig
+from gateway.config import PacketForwarderConfig, SpiRadioConfig
 from gateway.errors import ConfigError
 from gateway.lora import forwarder as forwarder_mod
 from gateway.lora.dedupe import Deduplicator
@@ -38,7 +38,7 @@ from protocol import Ack, NodeKeys, Readings, open_frame, seal
 from protocol.quantities import quantity_id
 
 from .command import edgeveil
-from .gateway_harness import running_gateway, until, write_policy
+from .gateway_harness import delivery_config, running_gateway, until
 from .mosquitto import Mosquitto, subscribed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,14 +146,8 @@ async def test_packet_forwarder_uplink_to_mqtt_with_merged_copies_and_ack_in_rx1
         name="lora", host="127.0.0.1", port=0, gateways=(EUI_A, EUI_B), acks=True
     )
     with Mosquitto(tmp_path / "mosquitto") as broker:
-        config = GatewayConfig(
-            site=SITE,
-            gateway_id=GATEWAY_ID,
-            state_dir=state,
-            packet_forwarders=(lora,),
-            mqtt=MqttConfig(host=broker.host, port=broker.port),
-            metrics_listen=None,
-            privacy_policy=write_policy(tmp_path),
+        config = delivery_config(
+            tmp_path, state, broker, SITE, GATEWAY_ID, packet_forwarders=(lora,)
         )
         topic = f"edgeveil/{SITE}/{GATEWAY_ID}/node/#"
         async with subscribed(broker, topic) as sub, running_gateway(config) as gateway:
