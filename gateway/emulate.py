@@ -48,20 +48,24 @@ def faults_help() -> str:
     )
 
 
+def _check_timing(reading_interval: float, duration: float | None) -> None:
+    if not 1 <= reading_interval <= MAX_INTERVAL_S:
+        raise EmulateError(
+            f"--reading-interval must be 1..{MAX_INTERVAL_S} seconds, got {reading_interval:g}"
+        )
+    if duration is not None and not duration > 0:
+        raise EmulateError(f"--duration must be more than 0 seconds, got {duration:g}")
+
+
 def check_options(
     nodes: int, reading_interval: int, scenario: str, faults: str | None, duration: float | None
 ) -> FaultProfile | None:
     """Validate what the user typed; EmulateError says what is wrong in one line."""
     if not 1 <= nodes <= MAX_NODES:
         raise EmulateError(f"--nodes must be 1..{MAX_NODES}, got {nodes}")
-    if not 1 <= reading_interval <= MAX_INTERVAL_S:
-        raise EmulateError(
-            f"--reading-interval must be 1..{MAX_INTERVAL_S} seconds, got {reading_interval}"
-        )
+    _check_timing(reading_interval, duration)
     if scenario not in SCENARIOS:
         raise EmulateError(f"--scenario: unknown {scenario!r} (known: {', '.join(SCENARIOS)})")
-    if duration is not None and not duration > 0:
-        raise EmulateError(f"--duration must be more than 0 seconds, got {duration}")
     if faults is None:
         return None
     try:
@@ -167,12 +171,7 @@ def check_lora_options(  # noqa: PLR0917 - one per option, each named at the cal
         raise EmulateError(f"--area-m must be 10..100000 metres, got {area_m:g}")
     if not 0 <= random_loss < 1:
         raise EmulateError(f"--random-loss must be a probability 0..1, got {random_loss:g}")
-    if not 1 <= reading_interval <= MAX_INTERVAL_S:
-        raise EmulateError(
-            f"--reading-interval must be 1..{MAX_INTERVAL_S} seconds, got {reading_interval:g}"
-        )
-    if duration is not None and not duration > 0:
-        raise EmulateError(f"--duration must be more than 0 seconds, got {duration}")
+    _check_timing(reading_interval, duration)
     try:
         return parse_address(forwarder)
     except ValueError as exc:
