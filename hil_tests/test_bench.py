@@ -155,11 +155,13 @@ def test_doctor_finds_no_problem_and_the_node_resumes(bench: Bench, node: Node) 
     assert f"node {node.node_id}" in result.stdout  # the configuration on the board is this node's
     line = Line(bench.port, node.keys)
     try:
-        # well before the node's 30 s watchdog would restart it anyway
-        seen = line.frames(15, until=_has("readings"))
+        seen = line.frames(40, until=lambda seen: _has("readings")(seen) and _has("status")(seen))
     finally:
         line.close()
     assert any(s.kind == "readings" for s in seen), "the node did not resume after doctor"
+    # restarted by doctor's soft reboot, not by its watchdog after being left in the REPL
+    causes = {s.content["reset_cause"] for s in seen if s.kind == "status"}
+    assert causes and "watchdog" not in causes and 3 not in causes, causes
 
 
 def test_lost_acknowledgement_means_the_frame_is_sent_again(line: Line) -> None:
