@@ -9,13 +9,11 @@ from pathlib import Path
 
 import segno
 
-from gateway.node import nodeconfig
+from firmware.edgeveil_node import config as node_config  # the firmware's own validation
 from gateway.node.provision import label_text, qr_payload
 from gateway.registry import NodeRegistry
 
 from .command import edgeveil
-
-node_config = nodeconfig.load()
 
 
 def _mode(path: Path) -> int:

@@ -16,7 +16,12 @@
 # calculator to the microsecond (tests/test_lora_firmware.py). Pure functions: the same numbers
 # on MicroPython and CPython (the gateway's simulator uses them as well).
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython: the gateway and the emulators use this module as it is
+
+    def const(value):  # type: ignore[misc]  # MicroPython's const() is the identity
+        return value
 
 _LDRO_SYMBOL_US = const(16000)  # SX1276 datasheet 4.1.1.6: LowDataRateOptimize
 

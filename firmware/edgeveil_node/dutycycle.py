@@ -19,7 +19,12 @@
 # Times are a monotonic millisecond count, not MicroPython's ticks (which wrap after 12.4 days
 # on most ports): the caller keeps one (LoRaLink does).
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython: the gateway and the emulators use this module as it is
+
+    def const(value):  # type: ignore[misc]  # MicroPython's const() is the identity
+        return value
 
 # (lowest kHz, highest kHz, 1 / duty cycle, maximum e.r.p. in dBm). A channel must lie wholly in
 # one sub-band: its centre frequency +- half its bandwidth.

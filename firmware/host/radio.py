@@ -46,15 +46,12 @@ The model (each choice is a parameter; the defaults are cited):
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import random
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+
+from firmware.edgeveil_node import airtime as firmware_airtime  # one formula for node and sim
 
 __all__ = [
     "BOR_2016",
@@ -139,34 +136,11 @@ class Radio:
         return (self.freq_hz, self.sf, self.bw_hz) == (other.freq_hz, other.sf, other.bw_hz)
 
 
-def _firmware_airtime() -> Any:
-    """The node firmware's own airtime module (firmware/edgeveil_node/airtime.py), so that node
-    and simulator agree by construction. It imports MicroPython's `micropython` for const();
-    the host shim stands in for the import only, so no other code in this process takes
-    CPython for MicroPython afterwards."""
-    path = Path(__file__).resolve().parent.parent / "edgeveil_node" / "airtime.py"
-    spec = importlib.util.spec_from_file_location("edgeveil_firmware_airtime", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the firmware's airtime module from {path}")
-    module = importlib.util.module_from_spec(spec)
-    saved = sys.modules.get("micropython")
-    sys.modules["micropython"] = importlib.import_module("firmware.host.shims.micropython")
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if saved is None:
-            del sys.modules["micropython"]
-        else:
-            sys.modules["micropython"] = saved
-    return module
-
-
-_AIRTIME = _firmware_airtime()
 
 
 def airtime_us(radio: Radio, payload_len: int) -> int:
     """Time on air of one frame (SX1276 datasheet section 4.1.1.7, explicit header, CRC on)."""
-    us: int = _AIRTIME.time_on_air_us(
+    us: int = firmware_airtime.time_on_air_us(
         payload_len, radio.sf, radio.bw_hz, radio.coding_rate, radio.preamble
     )
     return us

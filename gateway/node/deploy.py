@@ -42,12 +42,10 @@ from typing import Any
 
 import firmware
 import protocol
+from firmware.edgeveil_node import config as node_config  # the firmware's own validation
 
-from . import nodeconfig
 from .board import Board, BoardDisconnected
 from .errors import NodeCommandError
-
-node_config = nodeconfig.load()  # the firmware's own validation
 
 __all__ = [
     "MANIFEST",

@@ -16,10 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import nodeconfig
-from .board import Board
+from firmware.edgeveil_node import config as node_config  # the firmware's own validation
 
-node_config = nodeconfig.load()  # the firmware's own validation
+from .board import Board
 
 __all__ = ["Check", "diagnose", "run_checks"]
 

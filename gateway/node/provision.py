@@ -23,14 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firmware.edgeveil_node import config as node_config  # the firmware's own validation
 from protocol.keys import MAX_NODE_ID
 
 from ..errors import RegistryError
 from ..registry import MAX_ZONE_BYTES, NodeRegistry
-from . import nodeconfig
 from .errors import NodeCommandError
-
-node_config = nodeconfig.load()  # the firmware's own validation
 
 __all__ = ["Provisioned", "label_text", "parse_link", "parse_sensor", "provision", "qr_payload"]
 
