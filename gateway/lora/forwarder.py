@@ -184,7 +184,9 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             return "too_late"
         if (meta.link, tmst) in self._slots:
             return "slot_taken"
-        if not self._duty.setdefault(meta.link, DutyCycle()).allow(meta.freq_hz, airtime):
+        if not self._duty.setdefault(meta.link, DutyCycle()).allow(
+            meta.freq_hz, airtime, meta.rate.bw_khz
+        ):
             return "duty_cycle"
         return None
 

@@ -8,18 +8,20 @@ gateway, never by node) and downlink routing. They are never logged per node and
 published on MQTT.
 
 Time on air follows the Semtech SX1276 datasheet, section 4.1.1.7 (the same formula as
-AN1200.13); the duty-cycle limits are those of ETSI EN 300 220-2 for the EU868 sub-bands
-(g, g1, g2, g3), enforced per gateway over a sliding hour.
+AN1200.13); the duty-cycle limits are those of ETSI EN 300 220-2 for the EU868 sub-bands, enforced
+per gateway over a sliding hour. Formula and table are the node firmware's own modules, which run
+on CPython as well.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from firmware.edgeveil_node import airtime, dutycycle
 
 _DATR = re.compile(r"^SF(\d{1,2})BW(\d{2,3})$")
 SPREADING_FACTORS = range(5, 13)
@@ -87,36 +89,26 @@ def time_on_air(
     explicit_header: bool = True,
     crc: bool = True,
 ) -> float:
-    """Seconds a LoRa packet takes on air (SX1276 datasheet 4.1.1.7)."""
-    cr = CODING_RATES.index(codr) + 1
-    symbol = (1 << rate.sf) / (rate.bw_khz * 1000.0)
-    # low data rate optimisation is mandated when a symbol lasts 16 ms or more (4.1.1.6)
-    de = 1 if symbol >= 0.016 else 0
-    ih = 0 if explicit_header else 1
-    numerator = 8 * payload_bytes - 4 * rate.sf + 28 + 16 * int(crc) - 20 * ih
-    payload_symbols = 8 + max(math.ceil(numerator / (4 * (rate.sf - 2 * de))) * (cr + 4), 0)
-    return (preamble + 4.25) * symbol + payload_symbols * symbol
+    """Seconds a LoRa packet takes on air (SX1276 datasheet 4.1.1.7): the node firmware's own
+    formula (firmware/edgeveil_node/airtime.py), so node, gateway and simulator agree."""
+    coding_rate = CODING_RATES.index(codr) + 5  # "4/5" -> 5, as micropython-lib counts it
+    us = airtime.time_on_air_us(
+        payload_bytes, rate.sf, rate.bw_khz * 1000, coding_rate, preamble, explicit_header, crc
+    )
+    return float(us) / 1e6
 
 
-# EU868 sub-bands (MHz, lower edge inclusive, upper exclusive) and their duty-cycle limits,
-# ETSI EN 300 220-2 V3.2.1 table B.1 (bands as LoRaWAN RP002 names them).
-EU868_SUBBANDS: tuple[tuple[str, float, float, float], ...] = (
-    ("g", 863.0, 868.0, 0.01),
-    ("g1", 868.0, 868.6, 0.01),
-    ("g2", 868.7, 869.2, 0.001),
-    ("g3", 869.4, 869.65, 0.10),
-    ("g4", 869.7, 870.0, 0.01),
-)
 DUTY_CYCLE_WINDOW_S = 3600.0
 
 
-def subband(freq_hz: int) -> tuple[str, float] | None:
-    """The EU868 sub-band of a frequency and its duty-cycle limit; None outside EU868."""
-    mhz = freq_hz / 1e6
-    for name, low, high, limit in EU868_SUBBANDS:
-        if low <= mhz < high:
-            return name, limit
-    return None
+def subband(freq_hz: int, bw_khz: int = 125) -> tuple[int, float] | None:
+    """The EU868 sub-band holding the channel (an index into the firmware's table of ETSI EN
+    300 220-2 sub-bands, firmware/edgeveil_node/dutycycle.py) and its duty-cycle limit as a
+    fraction; None outside EU868."""
+    index = dutycycle.sub_band(freq_hz // 1000, bw_khz)
+    if index is None:
+        return None
+    return index, 1 / dutycycle.SUB_BANDS[index][2]
 
 
 class DutyCycle:
@@ -128,12 +120,12 @@ class DutyCycle:
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._sent: dict[str, deque[tuple[float, float]]] = {}
+        self._sent: dict[int, deque[tuple[float, float]]] = {}
         self._monotonic = clock
 
-    def allow(self, freq_hz: int, airtime_s: float) -> bool:
+    def allow(self, freq_hz: int, airtime_s: float, bw_khz: int = 125) -> bool:
         """Whether `airtime_s` more keeps the sub-band within its limit; if so, counts it."""
-        band = subband(freq_hz)
+        band = subband(freq_hz, bw_khz)
         if band is None:
             return True
         name, limit = band
@@ -147,9 +139,9 @@ class DutyCycle:
         sent.append((now, airtime_s))
         return True
 
-    def used(self, freq_hz: int) -> float:
+    def used(self, freq_hz: int, bw_khz: int = 125) -> float:
         """Seconds sent in the sub-band of freq_hz within the last hour."""
-        band = subband(freq_hz)
+        band = subband(freq_hz, bw_khz)
         sent = self._sent.get(band[0]) if band is not None else None
         if not sent:
             return 0.0

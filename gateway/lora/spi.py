@@ -221,7 +221,7 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         if self._last_slot == meta.received:
             return self._not_sent("slot_taken")
         airtime = time_on_air(len(frame), self._rate, self.config.codr, preamble=PREAMBLE)
-        if not self._duty.allow(self.config.freq_hz, airtime):
+        if not self._duty.allow(self.config.freq_hz, airtime, self.config.bw_khz):
             return self._not_sent("duty_cycle")
         self._last_slot = meta.received
         # scheduled, not awaited: ingest goes on with other frames until RX1 comes
