@@ -326,6 +326,8 @@ def test_duty_cycle_limits_each_eu868_sub_band_over_an_hour() -> None:
     assert not duty.allow(868_300_000, 7.0)
     assert duty.allow(869_525_000, 300.0)  # g3 (10 %) is another budget
     assert duty.allow(915_000_000, 1e6)  # outside EU868: not limited here
+    assert not duty.allow(864_100_000, 4.0)  # 863-865 MHz: 0.1 %, 3.6 s an hour
+    assert duty.allow(864_100_000, 3.5)
     now[0] = 3600.5  # the first transmission left the window
     assert duty.allow(868_100_000, 35.0)
     assert duty.used(868_100_000) == pytest.approx(35.0)
