@@ -19,6 +19,10 @@ from the `utc_now` function given (wall clock by default).
 
 The gateway EUI is a fresh random EUI-64 with the locally administered bit set (`new_eui()`),
 never a real gateway's.
+
+Written from the protocol document, not on top of the gateway's codec (gateway/lora/semtech.py),
+on purpose: the end-to-end tests then check two independent implementations of the protocol
+against each other, as the COSE tests do with pycose.
 """
 
 from __future__ import annotations
