@@ -10,7 +10,7 @@
 #                bits 1-0 P   partial IV length - 1 (frame counter, 1..4 bytes)
 #   kid, partial IV: shortest big-endian unsigned integers (one byte for zero)
 #
-# Standard COSE view of the same frame (lossless, see to_cose/from_cose):
+# Standard COSE view of the same frame (lossless, protocol/cose.py: to_cose/from_cose):
 #   COSE_Encrypt0 = 16([ h'a1010a' / {1: 10} /, {4: kid, 6: partial-iv}, ciphertext-with-tag ])
 #   external_aad  = CBOR [1 (version), type, kid]
 #   nonce         = base IV XOR left-padded partial IV (RFC 9052 section 3.1)
@@ -34,10 +34,8 @@ TAG_LENGTH = 8
 MAX_FRAME = 256  # largest sealed frame, any link
 LORA_MAX_FRAME = 51  # EU868 at SF10-SF12 (DR0-DR2): every frame a normal node sends fits
 MAX_COUNTER = 2**32 - 1
-COSE_ALG_AES_CCM_16_64_128 = 10
-PROTECTED = b"\xa1\x01\x0a"  # CBOR {1: 10}: the only protected header v1 uses
-COSE_ENCRYPT0_TAG = 16
-_RESERVED_TYPE = 7
+PROTECTED = b"\xa1\x01\x0a"  # CBOR {1: 10} (alg: AES-CCM-16-64-128): the only protected header
+RESERVED_TYPE = 7
 _UPLINK = tuple(cls.UPLINK for cls in MESSAGE_CLASSES)
 _EXTENSION_BIT = 0x80
 
@@ -87,7 +85,7 @@ def parse_header(frame: bytes) -> Header:
             "header byte " + hex(first) + " announces a protocol version after v1",
         )
     msg_type = (first >> 4) & 0x07
-    if msg_type == _RESERVED_TYPE:
+    if msg_type == RESERVED_TYPE:
         raise RemoteProtocolError(Reason.BAD_HEADER, "message type 7 is reserved")
     kid_len = ((first >> 2) & 0x03) + 1
     piv_len = (first & 0x03) + 1
@@ -156,7 +154,7 @@ def seal(message: "Message", counter: int, keys: "NodeKeys") -> bytes:
     persists its counter; see SPEC.md "Nonces"). Raises LocalProtocolError on misuse.
     """
     msg_type = message.MSG_TYPE
-    if not 0 <= msg_type < _RESERVED_TYPE:
+    if not 0 <= msg_type < RESERVED_TYPE:
         raise LocalProtocolError("not a v1 message: " + repr(message))
     if type(counter) is not int or not 0 <= counter <= MAX_COUNTER:
         raise LocalProtocolError(
@@ -216,50 +214,3 @@ def open_frame(
             Reason.AUTH_FAILED, "tag does not verify (forged, altered or sealed with another key)"
         ) from None
     return message_from_body(header.msg_type, cbor_loads(plaintext))
-
-
-def to_cose(frame: bytes) -> "tuple[bytes, bytes]":
-    """The standard view of a frame: (tagged COSE_Encrypt0 bytes, external_aad bytes)."""
-    header = parse_header(frame)
-    body = cbor_dumps([PROTECTED, {4: header.kid, 6: header.piv}, bytes(frame[header.size :])])
-    # CBOR tag 16 (COSE_Encrypt0) is a one-byte head 0xd0; our small CBOR codec knows no tags.
-    return b"\xd0" + body, external_aad(header.msg_type, header.kid)
-
-
-def from_cose(cose: bytes, aad: bytes) -> bytes:
-    """The compact frame for a COSE_Encrypt0 (tagged or not) and its external_aad.
-
-    Accepts exactly what to_cose produces: protected {1: 10}, unprotected {4: kid, 6: piv}.
-    Raises RemoteProtocolError: MALFORMED for anything else, and the header reasons of
-    parse_header for a kid or Partial IV that a frame could not carry.
-    """
-    data = cose[1:] if cose[:1] == b"\xd0" else cose
-    item = cbor_loads(data)
-    context = cbor_loads(aad)
-    if (
-        type(item) is not list
-        or len(item) != 3
-        or item[0] != PROTECTED
-        or type(item[1]) is not dict
-        or len(item[1]) != 2
-        or type(item[1].get(4)) is not bytes
-        or type(item[1].get(6)) is not bytes
-        or type(item[2]) is not bytes
-        or type(context) is not list
-        or len(context) != 3
-        or type(context[0]) is not int
-        or context[0] != PROTOCOL_VERSION
-        or context[2] != item[1][4]
-    ):
-        raise RemoteProtocolError(
-            Reason.MALFORMED, "not an edgeveil v1 COSE_Encrypt0 (alg 10, kid and Partial IV)"
-        )
-    msg_type, kid, piv = context[1], item[1][4], item[1][6]
-    if type(msg_type) is not int or not 0 <= msg_type < _RESERVED_TYPE:
-        raise RemoteProtocolError(Reason.MALFORMED, "unknown message type in external_aad")
-    if not 1 <= len(kid) <= 4 or not 1 <= len(piv) <= 4:
-        raise RemoteProtocolError(Reason.MALFORMED, "kid and Partial IV must be 1..4 bytes")
-    first = (msg_type << 4) | ((len(kid) - 1) << 2) | (len(piv) - 1)
-    frame: bytes = bytes([first]) + kid + piv + item[2]
-    parse_header(frame)  # same canonical-form rules as a frame off the wire
-    return frame

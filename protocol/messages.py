@@ -9,7 +9,6 @@
 # Runs unchanged on MicroPython: no dataclasses, no typing at run time.
 
 from .errors import LocalProtocolError, Reason, RemoteProtocolError
-from .quantities import MAX_QUANTITY_ID, quantity_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,6 +29,7 @@ UINT32_MAX = 2**32 - 1
 MAX_TEXT_BYTES = 32
 MAX_SIGHTINGS = 64
 MAX_ACKED = 16
+MAX_QUANTITY_ID = 63  # the readings bitmask is a CBOR uint of at most 64 bits
 
 # Observation radio types
 RADIO_BLE = 0
@@ -72,6 +72,14 @@ CONFIG_FIELDS = (
     (4, "zone", "text"),
     (5, "max_retries", "uint"),
 )
+
+
+def quantity_name(qid: int) -> str:
+    """The registered name of a quantity id, to name a value in an error or a view. Imported
+    when needed: a node that only sends valid readings never loads the registry (README "RAM")."""
+    from .quantities import quantity_name as name  # noqa: PLC0415
+
+    return name(qid)
 
 
 def _is_int(v: object) -> bool:

