@@ -46,3 +46,12 @@ class FakeClock:
             monkeypatch.setattr(time, name, getattr(self, name), raising=False)  # type: ignore[attr-defined]
         # MicroPython's gc reports the free heap; CPython's has no such thing
         monkeypatch.setattr(gc, "mem_free", lambda: 64_000, raising=False)  # type: ignore[attr-defined]
+
+
+def settle(node: object, passes: int = 50) -> int:
+    """Run the node's scheduler until nothing is due now (each pass does one unit of work);
+    returns the passes it took. Fails when the node keeps finding work."""
+    for done in range(1, passes + 1):
+        if node.step() > 0:  # type: ignore[attr-defined]
+            return done
+    raise AssertionError(f"the node still had work due after {passes} passes")

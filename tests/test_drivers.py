@@ -686,6 +686,17 @@ def test_ble_bounded_storage_counts_dropped_devices() -> None:
     assert scanner.dropped == 2 and len(scanner.take()) == 4
 
 
+def test_ble_take_hands_out_a_window_a_few_devices_at_a_time() -> None:
+    devices = [(bytes([0xC0, 0, 0, 0, 0, i]), 1, -60, ADV) for i in range(5)]
+    scanner = BLEScanner(SimBLE(devices), max_devices=8)
+    scanner.start_window(5000)
+    parts = []
+    while scanner.waiting():
+        parts.append([addr[5] for addr, _ in scanner.take(2)])
+    assert parts == [[0, 1], [2, 3], [4]]
+    assert scanner.take() == [] and scanner.waiting() == 0
+
+
 def test_ble_window_runs_until_scan_done() -> None:
     ble = SimBLE([(A, 0, -60, ADV), (B, 1, -61, ADV)], deliver="tick")
     scanner = BLEScanner(ble)

@@ -27,7 +27,7 @@ from protocol import (
     parse_header,
 )
 
-from .firmware_env import FakeClock
+from .firmware_env import FakeClock, settle
 
 SECRET = bytes(range(16))  # TEST ONLY
 NODE_ID = 77
@@ -81,10 +81,20 @@ def test_counter_refuses_when_both_slots_are_corrupt(tmp_path: Path) -> None:
 def test_queue_backs_off_and_gives_up(clock: FakeClock) -> None:
     queue = RetransmitQueue(size=4, ack_timeout_ms=100, max_retries=2)
     queue.add(1, b"frame", True, 0)
-    sends = [t for t in range(0, 5000, 10) if queue.due(t)]
+    sends = [t for t in range(0, 5000, 10) if queue.next_due(t)]
     assert sends == [0, 100, 300]  # first send, then 100 ms, then 200 ms later
     assert queue.retransmissions == 2
-    assert queue.due(1000) == [] and queue.given_up == 1 and len(queue) == 0
+    assert queue.next_due(1000) is None and queue.given_up == 1 and len(queue) == 0
+
+
+def test_queue_hands_out_one_frame_at_a_time_oldest_first(clock: FakeClock) -> None:
+    queue = RetransmitQueue(size=4, ack_timeout_ms=100, max_retries=2)
+    queue.add(1, b"first", True, 0)
+    queue.add(2, b"second", True, 0)
+    first = queue.next_due(0)
+    second = queue.next_due(0)
+    assert (first and first.counter, second and second.counter) == (1, 2)
+    assert queue.next_due(0) is None  # both wait for their acks now
 
 
 def test_queue_ack_and_overflow_drop_oldest_readings_first(clock: FakeClock) -> None:
@@ -139,8 +149,13 @@ class FakeScanner:
     def window_done(self) -> bool:
         return self.done
 
-    def take(self) -> list[tuple[bytes, int]]:
-        return list(self.devices)
+    def waiting(self) -> int:
+        return len(self.devices) if self.done else 0
+
+    def take(self, limit: int | None = None) -> list[tuple[bytes, int]]:
+        part = self.devices[:limit]
+        self.devices = self.devices[len(part) :]
+        return part
 
 
 def make_config(**overrides: Any) -> config_mod.Config:
@@ -182,7 +197,7 @@ def make_node(tmp_path: Path, **kw: Any) -> tuple[Node, FakeLink]:
 
 def test_boot_then_readings_status_and_time_request(tmp_path: Path, clock: FakeClock) -> None:
     node, link = make_node(tmp_path, sensors=[FakeSensor()], reset_cause=3)
-    node.step()
+    settle(node)
     messages = [m for _, m in opened(link.frames)]
     assert messages[0] == Event(0, 3)  # boot, after a watchdog reset
     assert Readings({0: 215, 1: 455}) in messages
@@ -196,29 +211,29 @@ def test_unacknowledged_frames_are_resent_unchanged_until_acked(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     node, link = make_node(tmp_path, sensors=[FakeSensor()])
-    node.step()
+    settle(node)
     first = list(link.frames)
     clock.sleep_ms(1000)
-    node.step()
+    settle(node)
     assert link.frames[len(first) : len(first) * 2] == first  # the same bytes, same counters
     link.inbox.append(Ack([c for c, _ in opened(first)]))
     clock.sleep_ms(5000)
     sent_before = len(link.frames)
-    node.step()
+    settle(node)
     assert len(node.queue) == 0 and len(link.frames) == sent_before
 
 
 def test_time_sync_puts_time_on_readings(tmp_path: Path, clock: FakeClock) -> None:
     node, link = make_node(tmp_path, sensors=[FakeSensor()])
-    node.step()
+    settle(node)
     link.inbox.append(TimeSync(1_800_000_000))
     clock.sleep_ms(10_000)
-    node.step()
+    settle(node)
     readings = [m for _, m in opened(link.frames) if isinstance(m, Readings)]
     assert readings[0].time is None
     assert readings[-1].time == 1_800_000_000  # the sync arrived just before these readings
     clock.sleep_ms(10_000)
-    node.step()
+    settle(node)
     readings = [m for _, m in opened(link.frames) if isinstance(m, Readings)]
     assert readings[-1].time == 1_800_000_000 + 10
 
@@ -227,10 +242,10 @@ def test_config_update_is_applied_once_and_survives_a_reboot(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     node, link = make_node(tmp_path, sensors=[FakeSensor()])
-    node.step()
+    settle(node)
     link.inbox.append(ConfigUpdate(5, {"reading_interval_s": 2}))
     link.inbox.append(ConfigUpdate(4, {"reading_interval_s": 99}))  # older: ignored
-    node.step()
+    settle(node)
     assert node.intervals["reading_s"] == 2
     assert Event(4, 5) in [m for _, m in opened(link.frames)]
     again, _ = make_node(tmp_path, sensors=[FakeSensor()])
@@ -243,7 +258,7 @@ def test_failing_sensor_is_reported_once(tmp_path: Path, clock: FakeClock) -> No
     bad.fail = True
     node, link = make_node(tmp_path, sensors=[bad, good])
     for _ in range(3):
-        node.step()
+        settle(node)
         clock.sleep_ms(10_000)
     sent = dict(opened(link.frames))  # by counter: retransmissions are the same frame
     assert sum(m == Event(2, 0) for m in sent.values()) == 1
@@ -256,7 +271,7 @@ def test_full_queue_drops_oldest_readings_and_status_counts_them(
     config = make_config(retransmit={"ack_timeout_ms": 100000, "max_retries": 3, "queue": 3})
     node, link = make_node(tmp_path, sensors=[FakeSensor()], config=config)
     for _ in range(8):
-        node.step()
+        settle(node)
         clock.sleep_ms(10_000)
     node.status_cycle()
     status = [m for _, m in opened(link.frames) if isinstance(m, Status)][-1]
@@ -267,10 +282,22 @@ def test_full_queue_drops_oldest_readings_and_status_counts_them(
 def test_observations_are_chunked_per_frame(tmp_path: Path, clock: FakeClock) -> None:
     devices = [(bytes([2, 0, 0, 0, 0, i]), -60) for i in range(5)]
     node, link = make_node(tmp_path, scanner=FakeScanner(devices))
-    node.step()
-    node.step()
-    observations = [m for _, m in opened(link.frames) if isinstance(m, Observations)]
+    settle(node)  # readings, status, the scan window opens, time request
+    clock.sleep_ms(1000)  # the window closes
+    settle(node)  # the window's sightings, one frame per pass (and retransmissions: no acks)
+    sealed = dict(opened(link.frames))  # counter -> message: each frame once
+    observations = [m for m in sealed.values() if isinstance(m, Observations)]
     assert [len(o.sightings) for o in observations] == [2, 2, 1]
+
+
+def test_load_returns_every_field_of_the_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "edgeveil.json"
+    data = {"node_id": NODE_ID, "secret": SECRET.hex(), "zone": "plein"}
+    path.write_text(json.dumps(data))
+    config = config_mod.Config(data)
+    settings = config_mod.load(str(path))
+    assert set(vars(config)) == set(config_mod.FIELDS)  # Settings copies all of them
+    assert vars(settings) == vars(config)
 
 
 @pytest.mark.parametrize(
@@ -316,7 +343,7 @@ def test_watchdog_is_fed_between_frames_of_a_slow_link(tmp_path: Path, clock: Fa
         slow_send(frame)
 
     link.send = send  # type: ignore[method-assign]
-    node.step()  # boot event, readings, status, time request: four frames at once
+    settle(node)  # boot event, readings, status, time request: four frames, one per pass
     assert len(link.frames) >= 4
     wdt.feed()
     assert wdt.starved_ms <= 1300 + 100

@@ -37,7 +37,7 @@ from protocol import (
     seal,
 )
 
-from .firmware_env import FakeClock
+from .firmware_env import FakeClock, settle
 
 SECRET = bytes(range(16, 32))  # TEST ONLY
 NODE_ID = 4660
@@ -447,7 +447,7 @@ def test_node_without_acks_sends_once_and_splits_what_does_not_fit(
 ) -> None:
     node, modem = lora_node(tmp_path, clock)
     for _ in range(3):
-        node.step()
+        settle(node)
         clock.sleep_ms(600_000)
     frames = [f for _, f in modem.sent]
     assert all(len(f) <= 51 for f in frames)
@@ -474,7 +474,7 @@ def test_node_with_acks_takes_the_ack_from_the_window_and_does_not_resend(
 ) -> None:
     node, modem = lora_node(tmp_path, clock, acks=True)
     for _ in range(4):
-        node.step()
+        settle(node)
         clock.sleep_ms(5_000)
     counters = [parse_header(f).counter for _, f in modem.sent]
     assert len(counters) == len(set(counters))  # acknowledged in time: nothing resent

@@ -6,10 +6,14 @@
 # and no time is asked for, since no answer can arrive) and limits the frame size per spreading
 # factor (readings and status too big for one frame are split into several).
 #
-# One loop, no threads: each step polls the link, handles what the gateway sent, runs the cycles
-# that are due (readings, status, BLE scan windows, PIR events), sends what the retransmission
-# queue says is due, and feeds the watchdog. Everything it needs is passed in, so the same class
-# runs on a board (main() builds the hardware), on a PC (firmware/host) and under the MicroPython
+# One loop, no threads: each pass of the scheduler (step) feeds the watchdog, polls the link,
+# handles what the gateway sent, does at most one unit of work (a readings or status cycle, one
+# frame of the last BLE scan window's sightings, a scan window, a time request), and sends the
+# oldest frame the retransmission queue says is due. When more is due it returns 0 and the loop
+# comes straight back. Small passes keep what a pass allocates small (a 112 KB heap has no room
+# for a scan window's six frames sealed at once, README "RAM"), keep the watchdog fed and let a
+# radio link take acks between frames. Everything it needs is passed in, so the same class runs
+# on a board (main() builds the hardware), on a PC (firmware/host) and under the MicroPython
 # interpreter in tests.
 
 import gc
@@ -123,14 +127,17 @@ class Node:
         self.send(Event(code, value), False)
 
     def _flush(self, now):
-        if len(self.queue):
-            # a radio link receives its acks while it sends (in the window after each frame):
-            # take them before deciding what is due again
-            self._receive()
-        for pending in self.queue.due(now):
+        """Send the oldest frame that is due (new or to be retried), if any."""
+        if not len(self.queue):
+            return
+        # a radio link receives its acks while it sends (in the window after each frame):
+        # take them before deciding what is due again
+        self._receive()
+        pending = self.queue.next_due(now)
+        if pending is not None:
             if self.wdt is not None:
                 # a radio link blocks for the frame's airtime and its receive window (over a
-                # second at SF12): a burst of frames must not starve the watchdog
+                # second at SF12): the watchdog is fed before each frame
                 self.wdt.feed()
             self.link.send(pending.frame)
 
@@ -188,11 +195,16 @@ class Node:
             return
         self._scanning = False
         self._next_scan = time.ticks_add(now, _ms(self.intervals["scan_s"]))
-        seen = scanner.take()
-        per_frame = self.link.MAX_SIGHTINGS
-        for start in range(0, len(seen), per_frame):
-            # observations are personal data: sealed, sent to the gateway only, never stored
-            self.send(Observations(0, seen[start : start + per_frame]), True)
+        # the sightings wait in the scanner's buffer: observations_frame(), one per pass
+
+    def _observations_waiting(self):
+        return self.scanner is not None and self.scanner.waiting() > 0
+
+    def observations_frame(self):
+        """Seal the next frame of the last window's sightings."""
+        part = self.scanner.take(self.link.MAX_SIGHTINGS)
+        # observations are personal data: sealed, sent to the gateway only, never stored
+        self.send(Observations(0, part), True)
 
     def motion_check(self, now):
         if time.ticks_diff(now, self._last_motion_ms) < _MOTION_EVENT_GAP_MS:
@@ -267,28 +279,20 @@ class Node:
             self.wdt.feed()
         self._receive()
         now = time.ticks_ms()
-        if time.ticks_diff(now, self._next_reading) >= 0:
-            self._next_reading = time.ticks_add(now, _ms(self.intervals["reading_s"]))
-            self.readings_cycle()
-        if time.ticks_diff(now, self._next_status) >= 0:
-            self._next_status = time.ticks_add(now, _ms(self.intervals["status_s"]))
-            self.status_cycle()
-        if self.ble_scan and time.ticks_diff(now, self._next_scan) >= 0:
-            self.scan_cycle(now)
+        self._work(now)
         if self.pir is not None:
             self.motion_check(now)
-        if (
-            self.acks
-            and self._clock_offset is None
-            and time.ticks_diff(now, self._next_time_request) >= 0
-        ):
-            self._next_time_request = time.ticks_add(now, _TIME_REQUEST_GAP_MS)
-            self.send_event(_EV_TIME_REQUEST)
         self._flush(time.ticks_ms())
         now = time.ticks_ms()
         wait = min(
             time.ticks_diff(self._next_reading, now), time.ticks_diff(self._next_status, now)
         )
+        if self._observations_waiting():
+            wait = 0
+        if self.ble_scan and not self._scanning:
+            wait = min(wait, time.ticks_diff(self._next_scan, now))
+        if self.acks and self._clock_offset is None:
+            wait = min(wait, time.ticks_diff(self._next_time_request, now))
         retry = self.queue.next_due_ms(now)
         if retry is not None:
             wait = min(wait, retry)
@@ -296,6 +300,26 @@ class Node:
         if held is not None:  # a frame the duty cycle holds back
             wait = min(wait, held)
         return max(0, wait)
+
+    def _work(self, now):
+        """The first unit of work that is due, if any."""
+        if time.ticks_diff(now, self._next_reading) >= 0:
+            self._next_reading = time.ticks_add(now, _ms(self.intervals["reading_s"]))
+            self.readings_cycle()
+        elif time.ticks_diff(now, self._next_status) >= 0:
+            self._next_status = time.ticks_add(now, _ms(self.intervals["status_s"]))
+            self.status_cycle()
+        elif self._observations_waiting():
+            self.observations_frame()
+        elif self.ble_scan and time.ticks_diff(now, self._next_scan) >= 0:
+            self.scan_cycle(now)
+        elif (
+            self.acks
+            and self._clock_offset is None
+            and time.ticks_diff(now, self._next_time_request) >= 0
+        ):
+            self._next_time_request = time.ticks_add(now, _TIME_REQUEST_GAP_MS)
+            self.send_event(_EV_TIME_REQUEST)
 
     def run(self):
         while True:
@@ -342,22 +366,32 @@ def _forget(name):
         delattr(package, name)
 
 
-def boot():
-    """Start the node from its configuration on flash: the running Node, ready for run().
-    A configuration or counter the node cannot use is reported on the console for ever."""
-    from protocol import NodeKeys  # noqa: PLC0415
-
+def boot_phases():
+    """Start the node from its configuration on flash, in phases with a `yield` after each:
+    the configuration and counter, the keys, the hardware, the running Node (yielded last).
+    Each phase leaves garbage (modules loading, the configuration checked, keys derived), and
+    boot() collects it before the next phase allocates; the heap meter (firmware/host/heap)
+    runs the phases one at a time to measure each. A configuration or counter the node cannot
+    use is reported on the console for ever."""
     from . import config as config_mod  # noqa: PLC0415
-    from . import hardware  # noqa: PLC0415
 
     try:
         config = config_mod.load()
         counter = FrameCounter()
     except (config_mod.ConfigError, CounterError) as exc:
         wait_forever(str(exc))
-        return None
+        return
+    del config_mod
+    _forget("config")  # checked: the values stay (config.Settings), the checks go
+    yield None
+    from protocol import NodeKeys  # noqa: PLC0415
+
     keys = NodeKeys(config.node_id, config.secret)
+    yield None
+    from . import hardware  # noqa: PLC0415
+
     hw = hardware.build(config, keys)
+    yield None
     print("edgeveil node", config.node_id, "firmware", FIRMWARE_VERSION, "starting")
     node = Node(
         config,
@@ -373,8 +407,15 @@ def boot():
     )
     for quantity in hw.failed:
         node.send_event(_EV_SENSOR_FAULT, quantity)
-    _forget("config")
     _forget("hardware")
+    yield node
+
+
+def boot():
+    """The running Node, ready for run()."""
+    node = None
+    for node in boot_phases():  # noqa: B007 - the last phase yields the node
+        gc.collect()
     return node
 
 

@@ -99,9 +99,6 @@ class Config:
             raise ConfigError("sleep: must be true or false")
         self.sleep = sleep
 
-    def sensors_of(self, kind):
-        return [s for s in self.sensors if s["type"] == kind]
-
 
 def _secret(value):
     if type(value) is not str or not 32 <= len(value) <= 128 or len(value) % 2:
@@ -274,4 +271,28 @@ def load(path=CONFIG_FILE):
         data = json.loads(text)
     except ValueError:
         raise ConfigError(path + " is not valid JSON: deploy the configuration again") from None
-    return Config(data)
+    config = Config(data)
+    settings = Settings()
+    for name in FIELDS:
+        setattr(settings, name, getattr(config, name))
+    return settings
+
+
+# What a Config holds, copied into Settings by load().
+FIELDS = (
+    "node_id",
+    "secret",
+    "zone",
+    "link",
+    "sensors",
+    "intervals",
+    "retransmit",
+    "watchdog_ms",
+    "sleep",
+)
+
+
+class Settings:
+    """What load() returns: a validated configuration's values (FIELDS) as plain attributes.
+    Unlike a Config it has no methods, so nothing in it refers back to this module: a node
+    that has started drops the module (every check above) and keeps the values (app.boot)."""

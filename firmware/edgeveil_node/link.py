@@ -71,30 +71,36 @@ class RetransmitQueue:
         self.items = [p for p in self.items if p.counter not in counters]
         return before - len(self.items)
 
-    def due(self, now_ms):
-        """Frames to send now. Each send schedules the next try with doubling backoff; a frame
-        that has had max_retries + 1 tries without an acknowledgement is given up."""
-        out = []
-        keep = []
-        for p in self.items:
+    def next_due(self, now_ms):
+        """The oldest frame to send now, or None. Sending schedules its next try with doubling
+        backoff; a frame that has had max_retries + 1 tries without an acknowledgement is given
+        up on the way."""
+        items = self.items
+        i = 0
+        while i < len(items):
+            p = items[i]
             if time.ticks_diff(now_ms, p.due_ms) < 0:
-                keep.append(p)
+                i += 1
                 continue
             if p.attempts > self.max_retries:
                 self.given_up += 1
+                items.pop(i)
                 continue
             if p.attempts:
                 self.retransmissions += 1
             shift = p.attempts if p.attempts < _MAX_BACKOFF_SHIFT else _MAX_BACKOFF_SHIFT
             p.attempts += 1
             p.due_ms = time.ticks_add(now_ms, self.ack_timeout_ms << shift)
-            out.append(p)
-            keep.append(p)
-        self.items = keep
-        return out
+            return p
+        return None
 
     def next_due_ms(self, now_ms):
         """Milliseconds until the earliest retry, or None when nothing waits."""
         if not self.items:
             return None
-        return max(0, min(time.ticks_diff(p.due_ms, now_ms) for p in self.items))
+        soonest = time.ticks_diff(self.items[0].due_ms, now_ms)
+        for p in self.items:  # a loop, not min() over a generator: this runs every pass
+            wait = time.ticks_diff(p.due_ms, now_ms)
+            if wait < soonest:
+                soonest = wait
+        return max(0, soonest)

@@ -54,6 +54,7 @@ class BLEScanner:
         self._rssi = bytearray(max_devices)  # two's complement dBm
         self._filter = bytearray(_FILTER_BITS // 8)
         self._n = 0
+        self._taken = 0  # devices of the finished window already handed out by take()
         self._done = True
         self.dropped = 0  # new devices not kept in the current (or last) window
         self._handler = self._irq  # bound once
@@ -116,7 +117,7 @@ class BLEScanner:
         """Forget the previous window and scan for duration_ms (passive scan)."""
         if not self.started:
             self.start()
-        self._n = 0
+        self._n = self._taken = 0
         self.dropped = 0
         f = self._filter
         for i in range(len(f)):
@@ -131,16 +132,25 @@ class BLEScanner:
     def window_done(self):
         return self._done
 
-    def take(self):
-        """The devices seen in the window as a list of (address bytes, rssi); clears them.
-        Call after window_done(): this allocates, the IRQ handler does not."""
+    def waiting(self):
+        """Devices of the finished window not taken yet."""
+        return self._n - self._taken
+
+    def take(self, limit=None):
+        """Up to `limit` (default: all) devices of the window not taken yet, as a list of
+        (address bytes, rssi); once all are taken they are cleared. Call after window_done():
+        this allocates, the IRQ handler does not. Taking a few at a time keeps a crowd's
+        addresses in the preallocated buffer instead of the heap until each frame is sealed."""
         out = []
         store = self._addrs
-        for i in range(self._n):
+        end = self._n if limit is None else min(self._n, self._taken + limit)
+        for i in range(self._taken, end):
             base = i * _ADDR_LEN
             r = self._rssi[i]
             out.append((bytes(store[base : base + _ADDR_LEN]), r - 256 if r > 127 else r))
-        self._n = 0
+        self._taken = end
+        if end == self._n:
+            self._n = self._taken = 0
         if _DEBUG:
             print("BLEScanner:", len(out), "devices,", self.dropped, "dropped")
         return out

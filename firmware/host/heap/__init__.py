@@ -185,9 +185,18 @@ def _gateway(time_sync, config_version):
 
 
 def boot_steps() -> list[Step]:
-    """app.boot(): configuration, counter, keys, hardware, the Node; nothing sent yet but the
-    boot event it queues."""
-    return [Step("boot", "from edgeveil_node.app import boot\nnode = boot()\ndel boot")]
+    """app.boot(), one phase a step (app.boot_phases): the configuration and counter, the
+    keys, the hardware, the Node with the boot event it queues."""
+    return [
+        Step(
+            "boot: configuration",
+            "from edgeveil_node.app import boot_phases\n"
+            "_boot = boot_phases()\nnext(_boot)\ndel boot_phases",
+        ),
+        Step("boot: keys", "next(_boot)"),
+        Step("boot: hardware", "next(_boot)"),
+        Step("boot", "node = next(_boot)\nfor _ in _boot:\n    pass\ndel _boot"),
+    ]
 
 
 def _gateway_answers(time_sync: bool = False, config_version: int = 0) -> Step:
@@ -196,39 +205,44 @@ def _gateway_answers(time_sync: bool = False, config_version: int = 0) -> Step:
     return Step("gateway", f"_gateway({time_sync}, {config_version})", node=False)
 
 
-def _advance(ms: int, name: str) -> Step:
-    return Step(name, f"vtime.advance({ms})\nnode.step()")
+PASSES = 6  # scheduler passes after each event: enough for everything due to be done
+
+
+def _passes(name: str, advance_ms: int = 0) -> list[Step]:
+    """Time passes (the node asleep between cycles), then the scheduler runs PASSES passes,
+    each its own step: one unit of work each (app.py), so every pass is measured on its own."""
+    first = f"vtime.advance({advance_ms})\nnode.step()" if advance_ms else "node.step()"
+    return [Step(name, first)] + [Step(name, "node.step()") for _ in range(PASSES - 1)]
 
 
 def cycle_steps() -> list[Step]:
-    """Boot, then a day's kinds of work, each a scheduler step: the first readings and status,
-    an ack round trip with a time sync, a BLE scan window with the crowd nearby, a
-    configuration update, and readings again."""
+    """Boot, then a day's kinds of work: the first readings and status, an ack round trip with
+    a time sync, a BLE scan window with the crowd nearby, a configuration update, and readings
+    again, each followed by the gateway's acknowledgements."""
     return [
         *boot_steps(),
-        Step("first step", "node.step()"),
+        *_passes("first readings"),
         _gateway_answers(time_sync=True),
-        Step("acks", "node.step()"),
-        _advance(1000, "scan window"),
-        _advance(11000, "observations"),
+        *_passes("acks"),
+        *_passes("scan window", 11_000),
         _gateway_answers(),
-        Step("acks", "node.step()"),
+        *_passes("acks"),
         _gateway_answers(config_version=1),
-        Step("config update", "node.step()"),
+        *_passes("config update"),
         _gateway_answers(),
-        Step("acks", "node.step()"),
-        _advance(300_000, "readings"),
+        *_passes("acks"),
+        *_passes("readings", 300_000),
         _gateway_answers(),
-        Step("acks", "node.step()"),
+        *_passes("acks"),
     ]
 
 
 def long_run_steps(cycles: int) -> list[Step]:
-    """`cycles` times: a minute passes, readings (and a BLE scan window with the crowd, and a
-    status each hour) go out, the gateway acknowledges them."""
+    """`cycles` times: a minute passes, readings (a BLE scan window with the crowd every five
+    minutes, a status each hour) go out, the gateway acknowledges them."""
     steps = cycle_steps()
     for _ in range(cycles):
-        steps += [_advance(60_000, "long run"), _gateway_answers(), Step("acks", "node.step()")]
+        steps += [*_passes("long run", 60_000), _gateway_answers(), *_passes("acks")]
     return steps
 
 
@@ -285,7 +299,7 @@ def measure(
         "heapsize": heapsize,
         "files": {path: base64.b64encode(data).decode() for path, data in files.items()},
         "path": ["/rom", FLASH + "/lib", FLASH],
-        "prelude": _PRELUDE + f"bluetooth.CROWD.extend({_crowd(crowd)!r})\n",
+        "prelude": _PRELUDE + f"bluetooth.set_crowd({_crowd(crowd)!r})\n",
         "steps": [{"name": s.name, "code": s.code} for s in steps],
     }
     with tempfile.TemporaryFile("w+") as job_file:

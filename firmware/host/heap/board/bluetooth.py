@@ -1,10 +1,37 @@
-# `bluetooth` for the heap meter's board: a BLE radio whose scans hear CROWD, the devices the
-# scenario puts near the node (firmware/host/sim/ble.py delivers them through the scanner's IRQ
-# handler, as the stack does, with the stack's reused buffers).
-from sim.ble import SimBLE
+# `bluetooth` for the heap meter's board: a BLE radio whose scans hear the crowd the scenario
+# puts near the node (set_crowd, before the baseline). Each advertisement reaches the scanner's
+# IRQ handler as _IRQ_SCAN_RESULT (5) with (addr_type, addr, adv_type, rssi, adv_data), then
+# _IRQ_SCAN_DONE (6), inside gap_scan(). Like the C module, which reuses one tuple and two
+# memoryviews for every event, delivering allocates nothing: the events are built once.
+_EVENTS = []
 
-CROWD = []  # (address, address type, RSSI, advertising data) of each advertisement
+
+def set_crowd(devices):
+    """devices: (address, address type, RSSI, advertising data) of each advertisement."""
+    _EVENTS[:] = [
+        (kind, memoryview(addr), 0, rssi, memoryview(adv)) for addr, kind, rssi, adv in devices
+    ]
 
 
-def BLE():
-    return SimBLE(CROWD)
+class BLE:
+    def __init__(self):
+        self._active = False
+        self._handler = None
+
+    def active(self, flag=None):
+        if flag is None:
+            return self._active
+        self._active = bool(flag)
+        return None
+
+    def irq(self, handler):
+        self._handler = handler
+
+    def gap_scan(self, duration_ms, interval_us=1280000, window_us=11250, active=False):
+        if not self._active:
+            raise OSError(1)  # EPERM: the stack is not active
+        handler = self._handler
+        if duration_ms is not None:
+            for event in _EVENTS:
+                handler(5, event)
+        handler(6, ())

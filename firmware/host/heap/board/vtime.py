@@ -6,24 +6,26 @@ from sim.clock import SimClock
 
 CLOCK = SimClock()
 _EPOCH = 1798761600  # 2027-01-01 00:00:00 UTC: what time() starts at
-_PERIOD = 1 << 30  # ticks wrap like MicroPython's (TICKS_PERIOD)
+# Ticks wrap at 2**30 like MicroPython's (TICKS_PERIOD). Masks, not `% 2**30`: 2**30 is not a
+# small int, and arithmetic with it would allocate where the C functions allocate nothing.
+_MASK = 0x3FFFFFFF
+_HALF = 0x20000000
 
 
 def ticks_ms():
-    return CLOCK.now_ms % _PERIOD
+    return CLOCK.now_ms & _MASK
 
 
 def ticks_us():
-    return (CLOCK.now_ms * 1000) % _PERIOD
+    return (CLOCK.now_ms * 1000) & _MASK
 
 
 def ticks_add(ticks, delta):
-    return (ticks + delta) % _PERIOD
+    return (ticks + delta) & _MASK
 
 
 def ticks_diff(end, start):
-    half = _PERIOD // 2
-    return ((end - start + half) % _PERIOD) - half
+    return ((end - start + _HALF) & _MASK) - _HALF
 
 
 def sleep_ms(ms):
