@@ -69,7 +69,10 @@ def repl(board: EmulatedBoard) -> Iterator[Repl]:
 def mpremote(board: EmulatedBoard, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [MPREMOTE, "connect", board.device, *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -78,8 +81,21 @@ def test_mpremote_copies_lists_and_hashes_files_unmodified(
 ) -> None:
     payload = tmp_path / "data.bin"
     payload.write_bytes(bytes(range(256)) * 11)  # > one raw-paste window, every byte value
-    result = mpremote(board, "mkdir", "lib", "+", "cp", str(payload), ":lib/data.bin",
-                      "+", "ls", "lib", "+", "sha256sum", ":lib/data.bin")
+    result = mpremote(
+        board,
+        "mkdir",
+        "lib",
+        "+",
+        "cp",
+        str(payload),
+        ":lib/data.bin",
+        "+",
+        "ls",
+        "lib",
+        "+",
+        "sha256sum",
+        ":lib/data.bin",
+    )
     assert result.returncode == 0, result.stderr
     assert "2816 data.bin" in result.stdout  # sizes as a board's VFS reports them
     assert hashlib.sha256(payload.read_bytes()).hexdigest() in result.stdout

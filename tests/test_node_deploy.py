@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -66,6 +67,8 @@ def test_deploy_copies_verifies_resets_and_then_copies_only_changes(
     first = _deploy(board, config, cache)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "board: MicroPython" in first.stdout
+    # the board's heap against what this configuration needs (footprint.py)
+    assert re.search(r"heap: \d+ KiB for Python; this configuration needs about", first.stdout)
     assert (flash / "edgeveil_node" / "app.mpy").read_bytes().startswith(b"M\x06")
     assert (flash / "edgeveil.json").read_bytes() == config.read_bytes()
     assert (flash / "main.py").read_bytes() == (ROOT / "firmware" / "main.py").read_bytes()
@@ -120,6 +123,10 @@ def test_doctor_reports_a_healthy_node_and_what_to_do_on_a_bare_board(
     healthy = edgeveil("node", "doctor", "--port", board.device, timeout=60)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert "ok   aes: cryptolib.aes works" in healthy.stdout
+    # the emulated board has a module-with-PSRAM heap (mpboard.py says why): plenty to spare
+    assert re.search(
+        r"ok   heap: \d+ KiB for Python; this configuration needs about", healthy.stdout
+    )
     node_id = json.loads(config.read_text())["node_id"]
     assert f"ok   configuration: node {node_id}, valid (checked on the board)" in healthy.stdout
     assert "0 problems" in healthy.stdout

@@ -491,7 +491,9 @@ def test_default_deny_counts_what_no_stream_selects(ledger: PrivacyLedger) -> No
 
 
 def test_pass_streams_forward_per_message_with_the_policy_hash(ledger: PrivacyLedger) -> None:
-    text = POLICY + """
+    text = (
+        POLICY
+        + """
 [[streams]]
 name = "events"
 message = "event"
@@ -503,6 +505,7 @@ message = "readings"
 quantities = ["battery", "pressure"]
 action = "pass"
 """
+    )
     e = engine(ledger, text)
     h = e.policy.hash
     status = Status({"battery_mv": 4012, "uptime_s": 60, "reset_cause": 1})
@@ -560,13 +563,16 @@ def test_released_records_as_senml_json_and_cbor(ledger: PrivacyLedger) -> None:
 
 
 def test_reload_keeps_windows_and_keys_of_streams_that_stay(ledger: PrivacyLedger) -> None:
-    before = POLICY + """
+    before = (
+        POLICY
+        + """
 [[streams]]
 name = "loudness"
 message = "readings"
 quantities = ["noise"]
 statistics = ["max"]
 """
+    )
     after = POLICY.replace('["temperature", "humidity"]', '["temperature", "pressure"]')
     after = after.replace(
         'statistics = ["count", "sum", "mean", "min", "max", "p50", "p90", "p95", "p99"]',

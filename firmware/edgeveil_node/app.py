@@ -414,6 +414,7 @@ def boot_phases():
 def boot():
     """The running Node, ready for run()."""
     node = None
+    gc.collect()  # what importing the application left
     for node in boot_phases():  # noqa: B007 - the last phase yields the node
         gc.collect()
     return node

@@ -44,6 +44,7 @@ import firmware
 import protocol
 from firmware.edgeveil_node import config as node_config  # the firmware's own validation
 
+from . import footprint
 from .board import Board, BoardDisconnected
 from .errors import NodeCommandError
 
@@ -56,6 +57,7 @@ __all__ = [
     "cache_dir",
     "deploy",
     "fetch_packages",
+    "heap_line",
     "load_node_config",
     "package_files",
     "required_packages",
@@ -335,17 +337,31 @@ class DeployResult:
 
 
 def read_board(board: Board) -> dict[str, Any]:
-    """What deploy and doctor need to know first: version, machine, .mpy word."""
+    """What deploy and doctor need to know first: version, machine, .mpy word, heap."""
     info = board.exec_json(
-        "import sys, os, json\n"
-        "print(json.dumps({'version': sys.version, 'release': '.'.join(str(v) for v in "
+        "import sys, os, gc, json\n"
+        "r = {'version': sys.version, 'release': '.'.join(str(v) for v in "
         "sys.implementation.version[:3]), 'machine': os.uname()[4], "
         "'platform': sys.platform, "
-        "'mpy': getattr(sys.implementation, '_mpy', 0)}))\n"
+        "'mpy': getattr(sys.implementation, '_mpy', 0)}\n"
+        + footprint.READ_HEAP
+        + "print(json.dumps(r))\n"
     )
     if not isinstance(info, dict):
         raise NodeCommandError(f"unexpected answer from the board on {board.port}")
     return info
+
+
+def heap_line(info: dict[str, Any], config_bytes: bytes) -> str | None:
+    """One line on the board's heap against what the configuration needs, or None when the
+    board did not say (footprint.py)."""
+    board = footprint.room(info)
+    if board is None:
+        return None
+    ok, warning, detail, fix = footprint.verdict(board, footprint.need(json.loads(config_bytes)))
+    if ok:
+        return f"heap: {detail}"
+    return f"{'warning' if warning else 'WARNING'}: heap: {detail} -> {fix}"
 
 
 def _read_manifest(board: Board) -> dict[str, str]:
@@ -410,6 +426,9 @@ def deploy(
         f"board: MicroPython {info.get('release')} on {info.get('machine')}"
         f" (.mpy {board_mpy(int(info.get('mpy', 0))) or 'not supported'})"
     )
+    line = heap_line(info, config_bytes)
+    if line is not None:
+        on_step(line)
     result = build(int(info.get("mpy", 0)), config_bytes, packages, cache)
     kind = (
         ".py sources (the board loads no .mpy mpy-cross can write)"

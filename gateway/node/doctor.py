@@ -2,11 +2,13 @@
 with what to do.
 
 One small script runs on the board through the raw REPL and answers with one JSON document:
-MicroPython version, free flash (os.statvfs) and heap (gc.mem_free), whether cryptolib does
-AES (the node seals every frame with AES-CCM, built on cryptolib.aes), the board's clock,
-the last reset cause, and whether the deployed configuration is valid: checked by the
-firmware's own config.load() on the board when the application is deployed, else by parsing
-the board's edgeveil.json with the same module here on the host.
+MicroPython version, free flash (os.statvfs), the Python heap and what it may grow into,
+whether cryptolib does AES (the node seals every frame with AES-CCM, built on cryptolib.aes),
+the board's clock, the last reset cause, and whether the deployed configuration is valid:
+checked by the firmware's own config.load() on the board when the application is deployed,
+else by parsing the board's edgeveil.json with the same module here on the host. The heap is
+judged against what the configuration needs, estimated from the firmware's measured footprint
+(footprint.py).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typing import Any
 
 from firmware.edgeveil_node import config as node_config  # the firmware's own validation
 
+from . import footprint
 from .board import Board
 
 __all__ = ["Check", "diagnose", "run_checks"]
 
 MIN_FREE_FLASH = 64 * 1024  # room for a deploy of the application plus its staged copies
-MIN_FREE_HEAP = 40 * 1024  # the application's working set with its queue (test_firmware_ram)
+MIN_FREE_HEAP = 40 * 1024  # without a valid configuration to estimate from: a rough floor
 MAX_CLOCK_SKEW_S = 120
 MIN_RELEASE = (1, 22)  # the oldest MicroPython the firmware is tested with
 
@@ -36,7 +39,8 @@ _RESET_CAUSES = {
     5: "soft reset",
 }
 
-_SCRIPT = """\
+_SCRIPT = (
+    """\
 import sys, os, gc, json, time
 r = {'release': '.'.join(str(v) for v in sys.implementation.version[:3]),
      'machine': os.uname()[4]}
@@ -46,8 +50,9 @@ try:
     r['flash_total'] = s[0] * s[2]
 except Exception as e:
     r['flash_error'] = repr(e)
-gc.collect()
-r['heap_free'] = gc.mem_free()
+"""
+    + footprint.READ_HEAP
+    + """\
 try:
     import cryptolib
     cryptolib.aes(bytes(16), 1).encrypt(bytes(16))
@@ -80,6 +85,7 @@ if r['app'] and r['config_text'] is not None:
         r['config_error'] = str(e)
 print(json.dumps(r))
 """
+)
 
 
 @dataclass(frozen=True)
@@ -146,16 +152,7 @@ def run_checks(found: dict[str, Any], host_time: float | None = None) -> list[Ch
                 "flash MicroPython again (edgeveil node flash): its filesystem is missing",
             )
         )
-    heap = int(found.get("heap_free", 0))
-    checks.append(
-        Check(
-            "heap",
-            heap >= MIN_FREE_HEAP,
-            f"{heap // 1024} KiB free",
-            "this board has too little RAM for the node application; use an ESP32 or "
-            "RP2040 board with at least 128 KiB of heap",
-        )
-    )
+    checks.append(_heap_check(found))
     checks.append(
         Check(
             "aes",
@@ -180,6 +177,36 @@ def run_checks(found: dict[str, Any], host_time: float | None = None) -> list[Ch
         )
     )
     return checks
+
+
+def _heap_check(found: dict[str, Any]) -> Check:
+    """The board's heap against what its configuration needs (or a rough floor without one)."""
+    board = footprint.room(found)
+    wanted = _need(found.get("config_text"))
+    if board is None or wanted is None:
+        heap = int(found.get("heap_free", 0))
+        return Check(
+            "heap",
+            heap >= MIN_FREE_HEAP,
+            f"{heap // 1024} KiB free",
+            "this board has too little RAM for the node application; use an ESP32 or "
+            "RP2040 board with at least 128 KiB of heap",
+        )
+    ok, warning, detail, fix = footprint.verdict(board, wanted)
+    if not ok and found.get("romfs"):
+        fix += "; this build has a ROM filesystem: mpremote romfs can hold the .mpy files"
+    return Check("heap", ok, detail, fix, warning=warning)
+
+
+def _need(config_text: object) -> footprint.Need | None:
+    if not isinstance(config_text, str):
+        return None
+    try:
+        data = json.loads(config_text)
+        node_config.Config(data)
+    except (ValueError, node_config.ConfigError):
+        return None
+    return footprint.need(data)
 
 
 def _config_check(found: dict[str, Any]) -> Check:

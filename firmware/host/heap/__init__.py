@@ -108,6 +108,23 @@ LARGEST: dict[str, Any] = {
 }
 
 
+# A node on a serial line with no sensors: what every configuration starts from (table()).
+BASE: dict[str, Any] = {**TYPICAL, "sensors": []}
+SENSORS: dict[str, dict[str, Any]] = {spec["type"]: spec for spec in LARGEST["sensors"]}
+
+# What a node imports, in the order it does, by group: import_costs() measures each.
+GROUPS = (
+    ("protocol: envelope, messages, keys, CBOR, AES-CCM, HKDF, replay", "protocol.envelope"),
+    ("protocol: serial framing (COBS, CRC-32)", "protocol.framing"),
+    ("node: application, counter, retransmission queue", "edgeveil_node.app"),
+    ("node: configuration checks (boot only)", "edgeveil_node.config"),
+    ("node: hardware setup (boot only)", "edgeveil_node.hardware"),
+    ("node: serial link", "edgeveil_node.serial_link"),
+    ("node: LoRa link, time on air, duty cycle", "edgeveil_node.lora_link"),
+    *((f"driver: {kind}", f"edgeveil_node.drivers.{kind}") for kind in SENSORS),
+)
+
+
 class MeterUnavailable(RuntimeError):
     """Node.js or the pinned WebAssembly port is missing; the message says how to install it."""
 
@@ -144,6 +161,11 @@ class Report:
     def peak(self) -> int:
         """The largest heap demand of any node step, above the baseline."""
         return max(s.end for s in self.steps if s.node) - self.baseline
+
+    @property
+    def max_live(self) -> int:
+        """The largest live heap after any node step, above the baseline."""
+        return max(s.live for s in self.steps if s.node) - self.baseline
 
     def peak_of(self, name: str) -> int:
         return max(s.end for s in self.steps if s.name == name) - self.baseline
@@ -185,14 +207,12 @@ def _gateway(time_sync, config_version):
 
 
 def boot_steps() -> list[Step]:
-    """app.boot(), one phase a step (app.boot_phases): the configuration and counter, the
-    keys, the hardware, the Node with the boot event it queues."""
+    """main.py importing the application, then app.boot(), one phase a step (boot collects
+    between them: app.boot_phases): the configuration and counter, the keys, the hardware, the
+    Node with the boot event it queues."""
     return [
-        Step(
-            "boot: configuration",
-            "from edgeveil_node.app import boot_phases\n"
-            "_boot = boot_phases()\nnext(_boot)\ndel boot_phases",
-        ),
+        Step("boot: import", "from edgeveil_node.app import boot_phases"),
+        Step("boot: configuration", "_boot = boot_phases()\nnext(_boot)\ndel boot_phases"),
         Step("boot: keys", "next(_boot)"),
         Step("boot: hardware", "next(_boot)"),
         Step("boot", "node = next(_boot)\nfor _ in _boot:\n    pass\ndel _boot"),
@@ -264,42 +284,52 @@ def _node() -> str:
     return node
 
 
-def firmware_files(config: dict[str, Any]) -> dict[str, bytes]:
-    """What `edgeveil node deploy` puts on a board with this configuration (main.py and
-    boot.py left out: the meter boots the node itself, one step at a time)."""
+def firmware_files(
+    config: dict[str, Any], packages: dict[str, bytes] | None = None
+) -> dict[str, bytes]:
+    """What `edgeveil node deploy` puts on a board with this configuration and these
+    micropython-lib package files (main.py and boot.py left out: the meter boots the node
+    itself, one step at a time)."""
     from gateway.node import deploy  # noqa: PLC0415 - the deploy build is the reference
 
-    built = deploy.build(PORT_MPY, json.dumps(config).encode(), {}, deploy.cache_dir())
+    built = deploy.build(PORT_MPY, json.dumps(config).encode(), packages or {}, deploy.cache_dir())
     return {
         path: data for path, data in built.files.items() if path not in ("/main.py", "/boot.py")
     }
 
 
-def _board_files() -> dict[str, bytes]:
+def _board_files(with_lora: bool) -> dict[str, bytes]:
     files = {}
     for root, prefix in ((HERE / "board", "/rom"), (HERE.parent / "sim", "/rom/sim")):
         for source in root.rglob("*.py"):
-            files[prefix + "/" + source.relative_to(root).as_posix()] = source.read_bytes()
+            path = prefix + "/" + source.relative_to(root).as_posix()
+            if with_lora or not path.startswith("/rom/lora/"):
+                files[path] = source.read_bytes()
     return files
 
 
 def measure(
     config: dict[str, Any],
     steps: list[Step],
+    *,
     crowd: int = CROWD_SIZE,
     timeout: float = 600,
     heapsize: int = HEAP_START,
+    packages: dict[str, bytes] | None = None,
 ) -> Report:
     """Deploy `config`'s firmware to a fresh interpreter with `crowd` BLE devices in range,
-    run `steps`, report the heap."""
+    run `steps`, report the heap. `packages`: micropython-lib files (board path -> source) to
+    deploy too; with them, micropython-lib's `lora` replaces the board's stand-in and is
+    measured like the firmware (package_cost)."""
     node = _node()
-    files = {FLASH + path: data for path, data in firmware_files(config).items()}
-    files.update(_board_files())
+    files = {FLASH + path: data for path, data in firmware_files(config, packages).items()}
+    files.update(_board_files(with_lora=not packages))
+    prelude = _PRELUDE if not packages else _PRELUDE.replace(" lora,", "")
     job = {
         "heapsize": heapsize,
         "files": {path: base64.b64encode(data).decode() for path, data in files.items()},
         "path": ["/rom", FLASH + "/lib", FLASH],
-        "prelude": _PRELUDE + f"bluetooth.set_crowd({_crowd(crowd)!r})\n",
+        "prelude": prelude + f"bluetooth.set_crowd({_crowd(crowd)!r})\n",
         "steps": [{"name": s.name, "code": s.code} for s in steps],
     }
     with tempfile.TemporaryFile("w+") as job_file:
@@ -328,3 +358,54 @@ def measure(
             )
         )
     return report
+
+
+# -- what the reports are made of --------------------------------------------------------------
+
+
+def import_costs() -> list[tuple[str, int]]:
+    """Live heap each group of modules adds, imported in the order a node imports them."""
+    steps = [Step(name, f"import {module}") for name, module in GROUPS]
+    report = measure(LARGEST, steps)
+    costs, before = [], report.baseline
+    for step in report.steps:
+        costs.append((step.name, step.live - before))
+        before = step.live
+    return costs
+
+
+def package_cost(packages: dict[str, bytes]) -> int:
+    """Live heap of `import lora` from micropython-lib package files (board path -> source,
+    as deploy installs them under /lib): the LoRa modem drivers a LoRa node loads. Not part of
+    the test suite, which cannot download them; measured by hand (scripts/footprint.py)."""
+    report = measure(BASE, [Step("import lora", "import lora")], packages=packages)
+    return report.live("import lora")
+
+
+def with_sensor(kind: str) -> dict[str, Any]:
+    return {**BASE, "sensors": [SENSORS[kind]]}
+
+
+def with_lora() -> dict[str, Any]:
+    return {**BASE, "link": LARGEST["link"]}
+
+
+def table() -> dict[str, Any]:
+    """What `edgeveil node doctor` and `deploy` estimate a configuration's heap from
+    (firmware/footprint.json, gateway/node/footprint.py): the base node's figures over a
+    day's work (cycle_steps), and what each link and sensor type adds to them."""
+
+    def figures(config: dict[str, Any]) -> dict[str, int]:
+        report = measure(config, cycle_steps())
+        return {"live": report.max_live, "peak": report.peak}
+
+    base = figures(BASE)
+    parts = {"link:lora": figures(with_lora())}
+    parts.update({f"sensor:{kind}": figures(with_sensor(kind)) for kind in SENSORS})
+    return {
+        "base": base,
+        "adds": {
+            name: {key: value[key] - base[key] for key in ("live", "peak")}
+            for name, value in parts.items()
+        },
+    }
