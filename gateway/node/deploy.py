@@ -24,6 +24,12 @@ Steps, and why each is so:
 micropython-lib packages (the configuration's needs, plus any --package) are installed from a
 local package cache (default ~/.cache/edgeveil/packages), so a deploy works offline; the
 cache is filled while online with `edgeveil node fetch-packages NAME...`.
+
+Before anything is copied, deploy says how the board's heap compares with what the
+configuration needs (footprint.py). With --romfs, the compiled modules go into one image on
+the board's ROM filesystem instead (mounted at /rom, where .mpy files run from flash and their
+code costs no heap): it is written and verified first, while the copies on the flash still
+boot; then those copies, which would shadow /rom, are removed with the rest of the switch-over.
 """
 
 from __future__ import annotations
