@@ -105,6 +105,27 @@ def test_packages_are_fetched_into_the_cache_and_built_for_lib(tmp_path: Path) -
         deploy.package_files(["lora-sx127x"], cache)
 
 
+def test_a_package_naming_a_file_outside_the_cache_is_refused(tmp_path: Path) -> None:
+    """A package.json whose target climbs out of the cache (security review, issue 13)."""
+    package = tmp_path / "src" / "evil"
+    package.mkdir(parents=True)
+    (package / "evil.py").write_text("print('pwned')\n")
+    (package / "package.json").write_text(
+        json.dumps({"urls": [["../../../escaped.py", "evil.py"]], "version": "0.1"})
+    )
+    cache = tmp_path / "deep" / "er" / "cache"
+    result = edgeveil(
+        "node", "fetch-packages", str(package / "package.json"), "--cache", str(cache)
+    )
+    assert result.returncode == 2
+    assert "the package names a file outside its directory" in result.stderr
+    assert not list(tmp_path.rglob("escaped.py"))
+    assert not (cache / "packages" / "evil").exists()
+    assert not [p for p in (cache / "packages").iterdir() if p.name.startswith(".fetch-")]
+    with pytest.raises(NodeCommandError, match="not a micropython-lib package name"):
+        deploy.package_files(["../../etc"], cache)
+
+
 def test_lora_nodes_need_the_modem_packages() -> None:
     assert deploy.required_packages({"link": {"type": "serial", "port": "console"}}) == []
     assert deploy.required_packages({"link": {"type": "lora", "chip": "sx1276"}}) == [

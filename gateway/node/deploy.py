@@ -248,11 +248,20 @@ def build(mpy_word: int, config_bytes: bytes, packages: dict[str, bytes], cache:
 # -- micropython-lib packages ----------------------------------------------------------------
 
 
+def _package_name(name: str) -> str:
+    """A package name as a directory name of the cache, or NodeCommandError."""
+    if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
+        raise NodeCommandError(
+            f"{name!r} is not a micropython-lib package name (letters, digits, - _ . only)"
+        )
+    return name
+
+
 def package_files(names: list[str], cache: Path) -> dict[str, bytes]:
     """The files of cached micropython-lib packages, as board paths under /lib."""
     files: dict[str, bytes] = {}
     for name in names:
-        root = cache / "packages" / name
+        root = cache / "packages" / _package_name(name)
         if not root.is_dir():
             raise NodeCommandError(
                 f"the micropython-lib package {name!r} is not in the package cache {root.parent}: "
@@ -271,7 +280,15 @@ class _CacheDir:
         self.root = root
 
     def _path(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
+        # A package's file list comes from the network: a target such as "../../x.py" must
+        # not write outside the cache (that would be code execution as the technician).
+        target = (self.root / path.lstrip("/")).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise NodeCommandError(
+                f"the package names a file outside its directory ({path!r}): refused, nothing "
+                "of it was kept; the package is broken or not what it claims to be"
+            )
+        return target
 
     def fs_exists(self, path: str) -> bool:
         return self._path(path).exists()
@@ -307,7 +324,7 @@ def fetch_packages(
 
     done = []
     for name in names:
-        label = Path(name).parent.name if name.endswith(".json") else name
+        label = _package_name(Path(name).parent.name if name.endswith(".json") else name)
         root = cache / "packages" / label
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=_ensure(cache / "packages")))
         try:
@@ -320,6 +337,9 @@ def fetch_packages(
             raise NodeCommandError(
                 f"cannot fetch {name}: {exc} (is this machine online?)"
             ) from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         shutil.rmtree(root, ignore_errors=True)
         os.replace(staging, root)
         done.append(root)
