@@ -7,6 +7,7 @@ key with its default and meaning.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -355,9 +356,31 @@ def _mqtt(t: _Table) -> MqttConfig:
     t.done()
     if config.password_file is not None and config.username is None:
         raise ConfigError(t.key("password_file"), "needs mqtt.username as well", t.source)
+    material = [
+        "mqtt." + name
+        for name in ("ca_file", "cert_file", "password_file")
+        if getattr(config, name) is not None
+    ]
+    if material and not config.tls and not _loopback(config.host):
+        raise ConfigError(
+            t.key("tls"),
+            f"must be true with {', '.join(material)} for a broker on another machine "
+            f"({config.host}): without TLS the password and the data travel in plain text",
+            t.source,
+        )
     if (config.cert_file is None) != (config.key_file is None):
         raise ConfigError(t.key("cert_file"), "cert_file and key_file go together", t.source)
     return config
+
+
+def _loopback(host: str) -> bool:
+    """A broker on this machine, where plain MQTT never crosses a network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:

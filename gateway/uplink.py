@@ -34,6 +34,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -515,9 +516,24 @@ def _metadata_json(metadata: Mapping[str, Any]) -> bytes:
     return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":")).encode()
 
 
+def _check_private(path: Path, key: str) -> None:
+    """A credential file others can read is refused: anyone on the gateway could take it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    if mode & 0o007:
+        raise ConfigError(
+            key,
+            f"{path} can be read by every user of this machine (mode {mode & 0o777:o}): "
+            f"chmod o-rwx {path} (600, or 640 for the gateway's group)",
+        )
+
+
 def _read_password(config: MqttConfig) -> str | None:
     if config.password_file is None:
         return None
+    _check_private(config.password_file, "mqtt.password_file")
     try:
         text = config.password_file.read_text(encoding="utf-8")
     except OSError as exc:
@@ -541,6 +557,7 @@ def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if config.cert_file is not None and config.key_file is not None:
+            _check_private(config.key_file, "mqtt.key_file")
             key = "mqtt.cert_file"
             context.load_cert_chain(config.cert_file, config.key_file)
     except (OSError, ssl.SSLError) as exc:

@@ -116,6 +116,16 @@ BAD_CONFIGS = [
     pytest.param(
         '[spool]\nwhen_full = "panic"\n', ("spool.when_full", "drop_oldest"), id="bad-choice"
     ),
+    pytest.param(  # security review (issue 13): a password must not leave in plain text
+        '[mqtt]\nhost = "broker.example.org"\nusername = "gw"\npassword_file = "pw"\n',
+        ("mqtt.tls", "must be true with mqtt.password_file", "broker.example.org"),
+        id="password-without-tls",
+    ),
+    pytest.param(
+        '[mqtt]\nhost = "10.0.0.5"\nca_file = "ca.pem"\ntls = false\n',
+        ("mqtt.tls", "must be true with mqtt.ca_file", "plain text"),
+        id="ca-without-tls",
+    ),
 ]
 
 

@@ -27,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.broker import EmbeddedBroker
 from gateway.config import MqttConfig
+from gateway.errors import ConfigError
 from gateway.records import OutMessage, Topics
 from gateway.spool import Spool
 from gateway.uplink import Backoff, Uplink
@@ -331,6 +332,7 @@ async def test_a_failing_spool_is_logged_and_retried_never_fatal(
 CHILD = """
 import asyncio, sys
 from gateway.config import MqttConfig
+from gateway.errors import ConfigError
 from gateway.records import Topics
 from gateway.uplink import Uplink
 
@@ -491,8 +493,9 @@ async def test_tls_with_username_and_password(tmp_path: Path, spool: RecordingSp
     passwd = tmp_path / "passwd"
     mosquitto_passwd(passwd, "gateway", "right horse battery")
     mosquitto_passwd(passwd, "consumer", "consumer secret")
-    (tmp_path / "good").write_text("right horse battery\n")
-    (tmp_path / "bad").write_text("wrong horse\n")
+    for name, password in (("good", "right horse battery\n"), ("bad", "wrong horse\n")):
+        (tmp_path / name).write_text(password)
+        (tmp_path / name).chmod(0o600)
     _, other_ca = make_ca("some other CA")
     (tmp_path / "other-ca.pem").write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
 
@@ -548,6 +551,21 @@ async def test_tls_with_username_and_password(tmp_path: Path, spool: RecordingSp
             await eventually(lambda: up.last_error is not None, "an error")
             assert "certificate verify failed" in up.last_error  # type: ignore[operator]
             assert not up.connected
+
+
+def test_credential_files_others_can_read_are_refused(
+    tmp_path: Path, spool: RecordingSpool
+) -> None:
+    """Security review (issue 13): a password or client key readable by every user of the
+    gateway is refused before anything connects, with the fix."""
+    password = tmp_path / "password"
+    password.write_text("right horse battery\n")
+    password.chmod(0o644)
+    loose = MqttConfig(host="127.0.0.1", username="gw", password_file=password)
+    with pytest.raises(ConfigError, match=r"mqtt.password_file.*mode 644.*chmod o-rwx"):
+        Uplink(loose, spool, TOPICS, METADATA)
+    password.chmod(0o640)  # the gateway's group may read it
+    Uplink(loose, spool, TOPICS, METADATA)
 
 
 # -- the embedded broker -----------------------------------------------------------------------
