@@ -17,8 +17,8 @@ def _requirements() -> list[Requirement]:
 
 def _pins() -> dict[str, str]:
     pins = {}
-    for line in (ROOT / "deploy" / "constraints.txt").read_text(encoding="utf-8").splitlines():
-        line = line.split("#")[0].strip()
+    for raw in (ROOT / "deploy" / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#")[0].strip()
         if line:
             name, _, version = line.partition("==")
             pins[name.lower().replace("_", "-")] = version
