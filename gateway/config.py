@@ -49,6 +49,9 @@ class PacketForwarderConfig:
     host: str = "0.0.0.0"  # noqa: S104 - concentrators on the site network reach it
     port: int = 1700
     gateways: tuple[str, ...] = ()  # allowed gateway EUIs, 16 upper-case hex digits
+    # (EUI, host) for gateways given as "EUI@host": accepted from that address only; the
+    # others are tied to the address they are first heard from (gateway.lora.forwarder)
+    fixed_hosts: tuple[tuple[str, str], ...] = ()
     acks: bool = False  # acknowledgements and time sync as downlinks (airtime, duty cycle)
     dedupe_ms: int = 200  # copies of one frame from several gateways merged within this
     tx_power_dbm: int = 14
@@ -247,7 +250,15 @@ LORA_CODING_RATES = ("4/5", "4/6", "4/7", "4/8")
 def _packet_forwarder(item: Any, index: int, source: str) -> PacketForwarderConfig:
     t = _Table(item, f"lora.packet_forwarder[{index}]", source)
     name = t.name("name", f"lora{index + 1}")
-    listen: str = t.get("listen", str, "0.0.0.0:1700")
+    listen: str | None = t.get("listen", str, None)
+    if listen is None:
+        # no default: the protocol has no authentication, so where it listens is a choice
+        raise ConfigError(
+            t.key("listen"),
+            'required: the address and UDP port to listen on, e.g. "192.168.1.10:1700" (the '
+            'site network\'s interface) or "0.0.0.0:1700" (every network: firewall it)',
+            source,
+        )
     match = _LISTEN.match(listen)
     if match is None or not 1 <= int(match[2]) <= 65535:
         raise ConfigError(
@@ -261,19 +272,25 @@ def _packet_forwarder(item: Any, index: int, source: str) -> PacketForwarderConf
             "the EUI of every unknown one that sends to it)",
             source,
         )
-    for eui in gateways:
-        if not isinstance(eui, str) or not _EUI.match(eui):
+    euis, fixed = [], []
+    for entry in gateways:
+        eui, at, host = entry.partition("@") if isinstance(entry, str) else (entry, "", "")
+        if not isinstance(eui, str) or not _EUI.match(eui) or (at and not host):
             raise ConfigError(
                 t.key("gateways"),
-                f"{eui!r} is not a gateway EUI (16 hex digits, as gateway_ID in the packet "
-                "forwarder's global_conf.json)",
+                f"{entry!r} is not a gateway EUI (16 hex digits, as gateway_ID in the packet "
+                'forwarder\'s global_conf.json), optionally with its address: "EUI@192.168.1.20"',
                 source,
             )
+        euis.append(eui.upper())
+        if host:
+            fixed.append((eui.upper(), host))
     config = PacketForwarderConfig(
         name=name,
         host=match[1].strip("[]"),
         port=int(match[2]),
-        gateways=tuple(dict.fromkeys(eui.upper() for eui in gateways)),
+        gateways=tuple(dict.fromkeys(euis)),
+        fixed_hosts=tuple(fixed),
         acks=t.get("acks", bool, False),
         dedupe_ms=t.integer("dedupe_ms", 200, 0, 5000),
         tx_power_dbm=t.integer("tx_power_dbm", 14, 0, 27),

@@ -8,8 +8,10 @@ For each frame that a link delivered:
 Frames are taken in batches: one spool transaction (one fsync) covers a whole batch, and the
 node is acknowledged only after that transaction returned, so delivery is at-least-once from
 node to broker. A retransmitted frame (a DUPLICATE in the replay window, or the same counter
-twice in one batch) is acknowledged again and forwarded nothing. A bad frame is counted by
-reason, logged once per burst and dropped; nothing here can stop the service.
+twice in one batch) is acknowledged again and forwarded nothing, but only MAX_REACKS times: a
+node gives up after its retries, so further copies are replays, and every ack costs a downlink
+counter and, on LoRa, airtime. A bad frame is counted by reason, logged once per burst and
+dropped; nothing here can stop the service.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -50,6 +52,11 @@ log = logging.getLogger("edgeveil.ingest")
 QUEUE_LIMIT = 10_000  # frames waiting for ingest; beyond it they are dropped unacknowledged
 BATCH_LIMIT = 256
 TIME_SYNC_GAP_S = 60.0  # answer a node's time requests at most once a minute
+# Acks sent again for one frame (its counter): more than a node's retries (5 by default; its
+# retransmit.max_retries), fewer than a replayer would like. Remembered for the last
+# REACK_MEMORY frames acknowledged again (bounded memory).
+MAX_REACKS = 8
+REACK_MEMORY = 4096
 _TIME_REQUEST = 6  # protocol event code
 
 
@@ -114,6 +121,7 @@ class Ingest:
         self.sends_downlinks = sends_downlinks
         self.queue: asyncio.Queue[Arrival] = asyncio.Queue(QUEUE_LIMIT)
         self.burst_log = BurstLog()
+        self._reacks: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._last_time_sync: dict[int, float] = {}
 
     def submit(self, port: str, frame: bytes, radio: RadioMeta | None = None) -> None:
@@ -163,9 +171,11 @@ class Ingest:
                 self.burst_log.rejected(arrival.port, exc.reason_name, exc.detail)
                 continue
             key = (entry.node_id, header.counter)
-            acks[(arrival.port, entry.node_id)].append(header.counter)
-            radios[(arrival.port, entry.node_id)] = arrival.radio
-            if verdict == DUPLICATE or key in in_batch:
+            duplicate = verdict == DUPLICATE or key in in_batch
+            if not duplicate or self._may_ack_again(key):
+                acks[(arrival.port, entry.node_id)].append(header.counter)
+                radios[(arrival.port, entry.node_id)] = arrival.radio
+            if duplicate:
                 self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
                 continue
             in_batch.add(key)
@@ -196,6 +206,14 @@ class Ingest:
             self.registry.accept_many(accepted)
         self._count(counted)
         await self._downlink(acks, time_syncs, radios)
+
+    def _may_ack_again(self, key: tuple[int, int]) -> bool:
+        """Whether a duplicate of this (node, counter) is acknowledged once more."""
+        times = self._reacks.pop(key, 0) + 1
+        self._reacks[key] = times  # most recent last
+        while len(self._reacks) > REACK_MEMORY:
+            self._reacks.popitem(last=False)
+        return times <= MAX_REACKS
 
     def _count(self, counted: list[tuple[str, str, bool]]) -> None:
         """Count frames once they are stored: a frame the full spool refused comes again, and

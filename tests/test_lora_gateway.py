@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import socket
 import threading
@@ -25,6 +26,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway import config as config_mod
+from gateway import ingest as ingest_mod
 from gateway.config import PacketForwarderConfig, SpiRadioConfig
 from gateway.errors import ConfigError
 from gateway.lora import forwarder as forwarder_mod
@@ -214,6 +216,54 @@ async def test_packet_forwarder_uplink_to_mqtt_with_merged_copies_and_ack_in_rx1
             assert_counted(m, keys.node_id)
 
 
+@pytest.mark.asyncio
+async def test_a_replayed_uplink_is_acknowledged_again_only_a_few_times(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+) -> None:
+    """Security review (issue 13): each ack costs a downlink counter and airtime, so copies of
+    one frame beyond a node's retries (replays) are counted, not answered."""
+    monkeypatch.setattr(forwarder_mod, "RX1_LEAD_S", -3600.0)  # as above: not about lateness
+    secret = os.urandom(16)
+    keys = NodeKeys(0x0A12, secret)
+    state = tmp_path / "state"
+    with NodeRegistry.open(state / "registry.db") as registry:
+        registry.add(keys.node_id, secret)
+    lora = PacketForwarderConfig(
+        name="lora", host="127.0.0.1", port=0, gateways=(EUI_A,), acks=True, dedupe_ms=0
+    )
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        config = delivery_config(
+            tmp_path, state, broker, SITE, GATEWAY_ID, packet_forwarders=(lora,)
+        )
+        async with running_gateway(config) as gateway:
+            transport = gateway.lora["lora"]
+            await until(lambda: transport.address is not None, "listening", 10)
+            assert transport.address is not None
+            gw = forwarders(EUI_A, transport.address)
+            gw.pull_data()
+            await gw.receive()  # PULL_ACK
+            frame = seal(Readings({ILLUMINANCE: 7}), 3, keys)
+            copies = 2 + ingest_mod.MAX_REACKS + 5
+            for i in range(copies):
+                gw.push_data(frame, rssi=-80, tmst=1_000_000 * (i + 1))
+                await until(
+                    lambda i=i: metric(
+                        gateway.metrics, "edgeveil_frames_total", port="lora",
+                        node=str(keys.node_id), outcome="duplicate",
+                    ) == i,
+                    "the copy counted", 10,
+                )  # fmt: skip
+            await asyncio.sleep(0.5)
+            kinds: list[int] = []
+            while (datagram := gw.pending()) is not None:
+                kinds.append(datagram[3])
+            assert kinds.count(0x01) == copies  # PUSH_ACK: every datagram
+            # PULL_RESP: the first copy's ack, then MAX_REACKS more, then none
+            assert kinds.count(0x03) == 1 + ingest_mod.MAX_REACKS
+
+
 def assert_counted(m: Metrics, node_id: int) -> None:
     """What the scenario above leaves in the metrics."""
 
@@ -359,6 +409,54 @@ def test_whatever_arrives_is_counted_once_and_never_raises(head: bytes, tail: by
     assert len(got) == stats.get("packet:forwarded", 0)
     if tail.startswith(b'{"rxpk":[{"tmst":1'):
         assert got == [b"\x01\x02\x03"] and stats["packet:missing_field"] == 1
+
+
+def _pull_data(eui: str) -> bytes:
+    return b"\x02\x00\x01\x02" + bytes.fromhex(eui)
+
+
+@pytest.mark.asyncio
+async def test_a_gateway_eui_is_tied_to_its_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security review (issue 13): quoting an allowed EUI from elsewhere moves nothing."""
+    config = PacketForwarderConfig(
+        name="lora",
+        host="127.0.0.1",
+        port=0,
+        gateways=(EUI_A, EUI_B),
+        fixed_hosts=((EUI_B, "192.168.1.20"),),
+    )
+    transport = ForwarderTransport(config, lambda *_: None)
+    transport._datagram(_pull_data(EUI_A), ("192.168.1.10", 1700))  # first heard: tied there
+    for _ in range(20):  # a spoofer on the network
+        transport._datagram(_pull_data(EUI_A), ("192.168.1.66", 1700))
+    assert transport._routes[EUI_A][0] == ("192.168.1.10", 1700)
+    assert transport.stats()["datagram:address_mismatch"] == 20
+    monkeypatch.setattr(forwarder_mod, "REBIND_S", 0.0)  # the gateway fell silent: it moved
+    transport._datagram(_pull_data(EUI_A), ("192.168.1.11", 1700))
+    assert transport._routes[EUI_A][0] == ("192.168.1.11", 1700)
+    # a configured address never moves, silent or not
+    transport._datagram(_pull_data(EUI_B), ("192.168.1.66", 1700))
+    transport._datagram(_pull_data(EUI_B), ("192.168.1.20", 1700))
+    assert transport._routes[EUI_B][0] == ("192.168.1.20", 1700)
+    assert transport.stats()["datagram:address_mismatch"] == 21
+
+
+@pytest.mark.asyncio
+async def test_tx_ack_text_is_escaped_cut_short_and_logged_once_per_burst(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = PacketForwarderConfig(name="lora", host="127.0.0.1", port=0, gateways=(EUI_A,))
+    transport = ForwarderTransport(config, lambda *_: None)
+    warn = "TX_POWER\n2026-12-07 ERROR forged line " + "x" * 2000
+    ack = json.dumps({"txpk_ack": {"warn": warn, "value": 14}}).encode()
+    with caplog.at_level(logging.INFO, logger="edgeveil"):
+        for _ in range(50):
+            transport._datagram(b"\x02\x00\x01\x05" + bytes.fromhex(EUI_A) + ack, ("h", 1))
+    lines = [r.getMessage() for r in caplog.records if "limitation" in r.getMessage()]
+    assert len(lines) == 1  # once per burst, not 50 times
+    assert "\n" not in lines[0] and "\\n2026" in lines[0]  # escaped: no forged log line
+    assert len(lines[0]) < 300
+    assert transport.stats()["downlink:tx_ok"] == 50
 
 
 @pytest.mark.asyncio
@@ -528,7 +626,9 @@ def test_lora_configuration_parses_with_defaults() -> None:
     config = config_mod.parse(
         {
             "lora": {
-                "packet_forwarder": [{"name": "site", "gateways": ["aa555a0000000000"]}],
+                "packet_forwarder": [
+                    {"name": "site", "listen": "0.0.0.0:1700", "gateways": ["aa555a0000000000"]}
+                ],
                 "spi": [
                     {
                         "name": "hat",
@@ -544,7 +644,7 @@ def test_lora_configuration_parses_with_defaults() -> None:
     )
     (fwd,) = config.packet_forwarders
     assert (fwd.host, fwd.port, fwd.gateways, fwd.acks, fwd.dedupe_ms) == (
-        "0.0.0.0",  # noqa: S104 - the default: concentrators on the site network
+        "0.0.0.0",  # noqa: S104 - concentrators on the site network
         1700,
         ("AA555A0000000000",),
         False,
@@ -561,18 +661,49 @@ def test_lora_configuration_parses_with_defaults() -> None:
 
 
 BAD_LORA = [
-    ({"packet_forwarder": [{"name": "a"}]}, "lora.packet_forwarder[0].gateways", "list the EUIs"),
-    ({"packet_forwarder": [{"gateways": ["AA55"]}]}, "gateways", "16 hex digits"),
+    (
+        {"packet_forwarder": [{"name": "a", "listen": "0.0.0.0:1700"}]},
+        "lora.packet_forwarder[0].gateways",
+        "list the EUIs",
+    ),
+    (
+        {"packet_forwarder": [{"listen": "0.0.0.0:1700", "gateways": ["AA55"]}]},
+        "gateways",
+        "16 hex digits",
+    ),
+    (  # security review (issue 13): no silent listening on every network
+        {"packet_forwarder": [{"gateways": ["AA555A0000000000"]}]},
+        "lora.packet_forwarder[0].listen",
+        "required",
+    ),
     ({"packet_forwarder": [{"gateways": [EUI_A], "listen": "1700"}]}, "listen", "host:port"),
-    ({"packet_forwarder": [{"gateways": [EUI_A], "acks": "yes"}]}, "acks", "true or false"),
-    ({"packet_forwarder": [{"gateways": [EUI_A], "tx_power": 14}]}, "tx_power", "unknown key"),
+    (
+        {"packet_forwarder": [{"gateways": [EUI_A], "listen": ":1700", "acks": "yes"}]},
+        "listen",
+        "host:port",
+    ),
+    (
+        {"packet_forwarder": [{"gateways": [EUI_A], "listen": "0.0.0.0:1700", "acks": "yes"}]},
+        "acks",
+        "true or false",
+    ),
+    (
+        {"packet_forwarder": [{"gateways": [EUI_A], "listen": "0.0.0.0:1700", "tx_power": 14}]},
+        "tx_power",
+        "unknown key",
+    ),
+    (
+        {"packet_forwarder": [{"gateways": [EUI_A + "@"], "listen": "0.0.0.0:1700"}]},
+        "gateways",
+        '"EUI@192.168.1.20"',
+    ),
     ({"spi": [{"chip": "sx1262", "freq_khz": 868100}]}, "lora.spi[0].pins.busy", "BUSY"),
     ({"spi": [{"chip": "sx1276"}]}, "lora.spi[0].freq_khz", "missing"),
     ({"spi": [{"chip": "rfm69", "freq_khz": 868100}]}, "chip", "sx1276, sx1262"),
     ({"spi": [{"freq_khz": 868100, "bw_khz": 62}]}, "bw_khz", "125, 250, 500"),
     (
         {
-            "packet_forwarder": [{"name": "x", "gateways": [EUI_A]}],
+            "packet_forwarder": [{"name": "x", "listen": "0.0.0.0:1700", "gateways": [EUI_A]}],
             "spi": [{"name": "x", "freq_khz": 868100}],
         },
         "lora",

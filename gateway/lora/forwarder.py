@@ -5,6 +5,11 @@ of SX1301/SX1302/SX1303 gateways (RAK5146, SX1302 CoreCell, any gateway running 
 packet forwarder or its forks). For each datagram (gateway.lora.semtech parses it):
 
 - from a gateway EUI not in the allow-list: counted, never answered, logged once per EUI;
+- from an allowed EUI but another address than the one it is tied to: counted, ignored,
+  logged once per burst. The protocol has no authentication (anyone on the network can quote
+  an EUI), so an EUI is tied to its address: the configured one ("EUI@host"), else the one
+  it is first heard from, which moves only after the gateway has been silent there for
+  REBIND_S (a gateway whose address changed: a new DHCP lease, NAT);
 - PUSH_DATA: PUSH_ACK at once (same version and token), then each good rxpk goes through the
   duplicate merger (gateway.lora.dedupe) to `on_frame(port, frame, RadioMeta)`; bad rxpk
   are counted by reason (crc_error, base64 ...);
@@ -60,6 +65,9 @@ RX1_DELAY_US = 1_000_000  # the node opens RX1 1 s after its uplink ends
 RX1_LEAD_S = 0.1
 MAX_LORA_PAYLOAD = 255
 _MAX_REMEMBERED = 1024  # unknown EUIs logged, downlink slots and tokens remembered
+# A gateway sends PULL_DATA every 10 s and statistics every 30 s by default: a minute of
+# silence at its address means it has moved (or is gone), not that it is busy.
+REBIND_S = 60.0
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -99,11 +107,16 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         self._udp: asyncio.DatagramTransport | None = None
         self._routes: dict[str, tuple[Address, int]] = {}  # EUI -> PULL_DATA address, version
         self._unknown_logged: set[str] = set()
+        # EUI -> (host it is tied to, when last heard there); the configured ones never move
+        self._hosts: dict[str, tuple[str, float]] = {
+            eui: (host, float("inf")) for eui, host in config.fixed_hosts
+        }
         self._slots: OrderedDict[tuple[str, int], None] = OrderedDict()  # (EUI, tmst) used
         self._tokens: OrderedDict[bytes, str] = OrderedDict()  # PULL_RESP token -> EUI
         self._duty: dict[str, DutyCycle] = {}
         self._dedupe = Deduplicator(self._release, config.dedupe_ms / 1000)
         self._burst_log = BurstLog(what="datagram or packet dropped")
+        self._tx_warnings = BurstLog(what="sent with a limitation")
 
     # -- public, the same shape as SerialTransport ---------------------------------------
 
@@ -202,6 +215,8 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         if event.gateway not in self._allowed:
             self._unknown(event.gateway, addr)
             return
+        if not self._from_its_host(event.gateway, addr):
+            return
         if isinstance(event, PushData):
             self._reply(push_ack(event), addr)  # at once: the forwarder measures ackr by it
             self._count_datagram("push_data")
@@ -260,12 +275,12 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         if event.error is None:
             self._count_downlink("tx_ok")
             if event.warning is not None:
-                log.info(
-                    "lora %s: gateway %s sent a downlink with a limitation: %s %s",
+                # text from the network: escaped, cut short, at most one line per burst
+                self._tx_warnings.rejected(
                     self.name,
-                    event.gateway,
-                    event.warning,
-                    event.value,
+                    "downlink limited",
+                    f"gateway {event.gateway}: {repr(event.warning)[:40]} "
+                    f"{repr(event.value)[:20]}",
                 )
             return
         reason = event.error if event.error in TX_ERRORS else "other"
@@ -273,6 +288,31 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         self._burst_log.rejected(
             self.name, f"downlink {reason}", f"gateway {event.gateway} did not send it (TX_ACK)"
         )
+
+    def _from_its_host(self, eui: str, addr: Address) -> bool:
+        """True when the datagram comes from the address `eui` is tied to (or may move to)."""
+        now = time.monotonic()
+        host, heard = self._hosts.get(eui, (None, 0.0))
+        if host == addr[0] or host is None or now - heard >= REBIND_S:
+            if host is not None and host != addr[0]:
+                log.warning(
+                    "lora %s: gateway %s now sends from %s (silent at %s for %.0f s)",
+                    self.name,
+                    eui,
+                    addr[0],
+                    host,
+                    now - heard,
+                )
+            if heard != float("inf"):
+                self._hosts[eui] = (addr[0], now)
+            return True
+        self._count_datagram("address_mismatch")
+        self._burst_log.rejected(
+            self.name,
+            "address_mismatch",
+            f"a datagram claiming gateway {eui} came from {addr[0]}, not {host}: ignored",
+        )
+        return False
 
     def _unknown(self, eui: str, addr: Address) -> None:
         self._count_datagram("unknown_gateway")

@@ -266,8 +266,7 @@ def parse_rxpk(item: object) -> Rxpk:
     codr = item.get("codr", "4/5")
     if codr not in CODING_RATES:
         raise MalformedDatagram("bad_field", f"codr {codr!r} is not one of {CODING_RATES}")
-    rssi = _number(item, "rssis" if "rssis" in item else "rssi")
-    lsnr = _number(item, "lsnr") if "lsnr" in item else None
+    rssi, lsnr = _signal(item)
     when = item.get("time")
     if when is not None and not isinstance(when, str):
         raise MalformedDatagram("bad_field", "time is not text")
@@ -283,6 +282,19 @@ def parse_rxpk(item: object) -> Rxpk:
         chan=_optional_int(item, "chan"),
         rfch=_optional_int(item, "rfch"),
     )
+
+
+def _signal(item: dict[str, Any]) -> tuple[int | float, int | float | None]:
+    """(RSSI, SNR) in the ranges a radio can report (SX130x: about -140..+10 dBm, SNR
+    -30..+20 dB), with margin: a forged huge value must neither crash the metrics nor win the
+    duplicate merge (gateway.lora.dedupe keeps the copy with the best RSSI)."""
+    rssi = _number(item, "rssis" if "rssis" in item else "rssi")
+    if not -200 <= rssi <= 50:
+        raise MalformedDatagram("bad_field", f"rssi {rssi} dBm out of range")
+    lsnr = _number(item, "lsnr") if "lsnr" in item else None
+    if lsnr is not None and not -50 <= lsnr <= 50:
+        raise MalformedDatagram("bad_field", f"lsnr {lsnr} dB out of range")
+    return rssi, lsnr
 
 
 def _number(item: dict[str, Any], name: str) -> int | float:
