@@ -279,8 +279,7 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
                 self._tx_warnings.rejected(
                     self.name,
                     "downlink limited",
-                    f"gateway {event.gateway}: {repr(event.warning)[:40]} "
-                    f"{repr(event.value)[:20]}",
+                    f"gateway {event.gateway}: {repr(event.warning)[:40]} {repr(event.value)[:20]}",
                 )
             return
         reason = event.error if event.error in TX_ERRORS else "other"
