@@ -254,6 +254,10 @@ def _gateway(args: argparse.Namespace) -> int:
             return commands.check_config(args.config)
         if args.gateway_command == "import-nodes":
             return commands.import_nodes(args.file, args.config, args.replace)
+        if args.gateway_command == "advance-counters":
+            if args.downlinks < 1 or args.uplinks < 0:
+                raise CliError("--downlinks must be at least 1 and --uplinks at least 0")
+            return commands.advance_counters(args.config, args.downlinks, args.uplinks)
         return commands.status(args.metrics)
     except commands.UsageError as exc:
         raise CliError(str(exc)) from None
@@ -299,6 +303,32 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     imp.add_argument("file", type=Path, metavar="FILE", help="the registry file to import")
     imp.add_argument(
         "--replace", action="store_true", help="replace nodes whose secret or zone differs"
+    )
+    advance = sub.add_parser(
+        "advance-counters",
+        parents=[with_config],
+        help="after restoring a backup: move every node's counters past the backup's",
+        description="Run this after restoring the gateway's state directory from a backup, "
+        "before the gateway starts: a restored registry holds old counter state, and the "
+        "gateway would seal downlinks with nonces it used already. Moves every node's downlink "
+        "counter limit forward (and, with --uplinks, its replay window).",
+    )
+    advance.add_argument(
+        "--downlinks",
+        type=int,
+        default=1 << 24,
+        metavar="N",
+        help="downlink counters to skip per node: more than the gateway can have sealed "
+        "since the backup (default 16777216: years of one downlink per uplink)",
+    )
+    advance.add_argument(
+        "--uplinks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also refuse uplink counters up to N above the backup's (frames sent since the "
+        "backup could otherwise be replayed once each; a node's own frames are then refused "
+        "until its counter passes the mark; default 0)",
     )
     status = sub.add_parser(
         "status",

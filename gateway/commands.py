@@ -105,6 +105,30 @@ def import_nodes(path: Path, config_path: Path | None, replace: bool) -> int:
     return 0
 
 
+def advance_counters(config_path: Path | None, downlinks: int, uplinks: int) -> int:
+    """After restoring the state directory from a backup (README "Restoring a backup")."""
+    config = _load(config_path)
+    path = config.state_dir / "registry.db"
+    if not path.exists():
+        raise UsageError(f"no registry at {path}: nothing to advance")
+    try:
+        with NodeRegistry.open(path) as registry:
+            moved, exhausted = registry.advance_after_restore(downlinks, uplinks)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"{path}: downlink counters of every node advanced by {downlinks}"
+        + (f", uplink replay windows by {uplinks}" if uplinks else "")
+        + f" ({moved} nodes); the gateway can start now"
+    )
+    if exhausted:
+        print(
+            f"nodes whose downlink counters are used up now: {', '.join(map(str, exhausted))}; "
+            "provision them with a new secret"
+        )
+    return 0
+
+
 def run(path: Path | None) -> int:
     config = _load(path)
     setup_logging(config.log_level)

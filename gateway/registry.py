@@ -376,6 +376,58 @@ class NodeRegistry(Closing):
         self._downlink[node_id] = state
         return state
 
+    def advance_after_restore(self, downlinks: int, uplinks: int = 0) -> tuple[int, list[int]]:
+        """After the registry file was restored from a backup: move every node's counter
+        state past anything the restored copy could be behind by, in one transaction.
+
+        The downlink limit goes up by `downlinks` (the gateway may have sealed that many
+        downlinks per node since the backup: without this it would reuse their nonces); the
+        uplink replay window's highest counter by `uplinks` (frames the nodes sent since the
+        backup could otherwise be replayed once each; but a node's own frames are refused as
+        replays until its counter passes the new mark). Rows kept for removed nodes move too.
+        Returns (nodes moved, nodes whose downlink counters are used up: they need a new
+        secret)."""
+        exhausted: list[int] = []
+        with self._lock, self._transaction() as cur:
+            state: dict[int, bytes] = {
+                int(node_id): bytes(fp)
+                for node_id, fp in cur.execute("SELECT node_id, fingerprint FROM downlink")
+            }
+            for node_id, secret in cur.execute("SELECT node_id, secret FROM nodes").fetchall():
+                state[int(node_id)] = _fingerprint(bytes(secret))  # the current keys win
+            for node_id, fp in state.items():
+                row = cur.execute(
+                    "SELECT fingerprint, counter_limit FROM downlink WHERE node_id = ?",
+                    (node_id,),
+                ).fetchone()
+                limit = int(row[1]) if row is not None and bytes(row[0]) == fp else 0
+                moved = limit + downlinks
+                if moved > MAX_COUNTER + 1:
+                    exhausted.append(node_id)
+                    moved = MAX_COUNTER + 1  # nothing more to hand out: re-key the node
+                cur.execute(
+                    "INSERT INTO downlink (node_id, fingerprint, counter_limit) VALUES (?, ?, ?) "
+                    "ON CONFLICT (node_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                    "counter_limit = excluded.counter_limit",
+                    (node_id, fp, moved),
+                )
+                if not uplinks:
+                    continue
+                row = cur.execute(
+                    "SELECT fingerprint, highest FROM replay WHERE node_id = ?", (node_id,)
+                ).fetchone()
+                highest = int(row[1]) if row is not None and bytes(row[0]) == fp else -1
+                cur.execute(
+                    "INSERT INTO replay (node_id, fingerprint, highest, bitmap) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                    "fingerprint = excluded.fingerprint, highest = excluded.highest, "
+                    "bitmap = excluded.bitmap",
+                    (node_id, fp, min(highest + uplinks, MAX_COUNTER), _bitmap_blob(0)),
+                )
+            self._downlink.clear()  # reserved from the moved limits on next use
+            self._entries.clear()  # replay windows read again
+        return len(state), sorted(exhausted)
+
     # -- the JSON exchange format -------------------------------------------------------------
 
     def import_file(self, path: Path, *, replace: bool = False) -> int:

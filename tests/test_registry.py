@@ -20,6 +20,8 @@ from gateway.errors import RegistryError
 from gateway.registry import DOWNLINK_STEP, NodeRegistry
 from protocol import DUPLICATE, NEW, LocalProtocolError, NodeKeys, Reason, RemoteProtocolError
 
+from .command import edgeveil
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = bytes(range(0xA0, 0xB0))  # TEST ONLY
 SECRET2 = bytes(range(0x40, 0x60))  # TEST ONLY
@@ -518,3 +520,53 @@ def test_no_secret_or_key_in_reprs_errors_or_logs(
     assert "0x1234" in blob or "4660" in blob  # the texts are there: the search means something
     for needle in forbidden:
         assert needle not in blob
+
+
+# -- restoring a backup (security review, issue 13 item 6) -------------------------------------
+
+
+def _restore(backup: Path, path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.write_bytes(backup.read_bytes())
+    path.chmod(0o600)
+
+
+def test_a_restored_registry_reuses_nonces_until_its_counters_are_advanced(
+    tmp_path: Path, path: Path
+) -> None:
+    with NodeRegistry.open(path) as reg:
+        reg.add(1, SECRET)
+        reg.accept(1, 255)
+    backup = tmp_path / "backup.sqlite"  # an SD-card image, taken with the gateway stopped
+    backup.write_bytes(path.read_bytes())
+    with NodeRegistry.open(path) as reg:
+        used = {reg.next_downlink_counter(1) for _ in range(300)}
+        for counter in (256, 257, 258):
+            reg.accept(1, counter)
+
+    _restore(backup, path)  # the proof of concept: the same nonces again, the window reopened
+    with NodeRegistry.open(path) as reg:
+        assert reg.next_downlink_counter(1) in used
+        assert outcome(reg, 1, 257) == "new"
+
+    _restore(backup, path)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{path.parent}"\n')
+    path.rename(path.parent / "registry.db")
+    result = edgeveil(
+        "gateway", "advance-counters", "--config", str(config), "--uplinks", "1000"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "downlink counters of every node advanced by 16777216" in result.stdout
+    with NodeRegistry.open(path.parent / "registry.db") as reg:
+        after = [reg.next_downlink_counter(1) for _ in range(300)]
+        assert not used & set(after) and min(after) > max(used)
+        assert outcome(reg, 1, 257) == "replay"  # within the uplinks skipped
+
+
+def test_advance_counters_needs_a_registry(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path / "none"}"\n')
+    result = edgeveil("gateway", "advance-counters", "--config", str(config))
+    assert result.returncode == 2 and "no registry at" in result.stderr
