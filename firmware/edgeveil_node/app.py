@@ -51,6 +51,9 @@ _EV_TIME_REQUEST = const(6)
 
 _MOTION_EVENT_GAP_MS = const(10000)  # at most one motion event per 10 s
 _TIME_REQUEST_GAP_MS = const(3600000)  # ask for the time again hourly while unsynchronised
+# and daily once synchronised: a clock drifts, and a wrong time (a time sync replayed after a
+# reboot, before link.load_window guarded against that) must not stand for ever
+_TIME_RESYNC_MS = const(86400000)
 _POLL_MS = const(20)  # how often the link is polled while awake
 
 
@@ -225,6 +228,7 @@ class Node:
             self.queue.ack(message.counters)
         elif isinstance(message, TimeSync):
             self._clock_offset = message.time - int(time.time())
+            self._next_time_request = time.ticks_add(time.ticks_ms(), _TIME_RESYNC_MS)
         elif isinstance(message, ConfigUpdate):
             self.apply_config(message)
 
@@ -291,7 +295,7 @@ class Node:
             wait = 0
         if self.ble_scan and not self._scanning:
             wait = min(wait, time.ticks_diff(self._next_scan, now))
-        if self.acks and self._clock_offset is None:
+        if self.acks:
             wait = min(wait, time.ticks_diff(self._next_time_request, now))
         retry = self.queue.next_due_ms(now)
         if retry is not None:
@@ -313,11 +317,7 @@ class Node:
             self.observations_frame()
         elif self.ble_scan and time.ticks_diff(now, self._next_scan) >= 0:
             self.scan_cycle(now)
-        elif (
-            self.acks
-            and self._clock_offset is None
-            and time.ticks_diff(now, self._next_time_request) >= 0
-        ):
+        elif self.acks and time.ticks_diff(now, self._next_time_request) >= 0:
             self._next_time_request = time.ticks_add(now, _TIME_REQUEST_GAP_MS)
             self.send_event(_EV_TIME_REQUEST)
 

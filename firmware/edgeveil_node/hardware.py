@@ -8,6 +8,8 @@
 
 import machine
 
+from .link import DOWNLINK_FILE
+
 # machine.reset_cause() -> protocol reset cause (protocol/messages.py RESET_CAUSES)
 _RESET_CAUSES = (
     ("PWRON_RESET", 1),
@@ -64,11 +66,11 @@ def build(config, keys):
     if config.link["type"] == "lora":
         from .lora_link import LoRaLink  # noqa: PLC0415
 
-        hw.link = LoRaLink(_lora_modem(config.link), keys, config.link)
+        hw.link = LoRaLink(_lora_modem(config.link), keys, config.link, window_file=DOWNLINK_FILE)
     else:
         from .serial_link import SerialLink  # noqa: PLC0415
 
-        hw.link = SerialLink(_port(config.link), keys)
+        hw.link = SerialLink(_port(config.link), keys, DOWNLINK_FILE)
     if config.watchdog_ms:
         hw.wdt = machine.WDT(timeout=config.watchdog_ms)
     return hw

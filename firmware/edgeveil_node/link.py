@@ -8,21 +8,43 @@ import time
 
 from micropython import const
 
-from protocol import open_frame, parse_header
+from protocol import Ack, ReplayWindow, open_frame, parse_header
 
 _MAX_BACKOFF_SHIFT = const(5)  # at most 32 x the ack timeout between two tries
+DOWNLINK_FILE = "downlink.window"  # the highest gateway counter taken (SPEC.md section 10)
+_ALL_SEEN = 0xFFFFFFFFFFFFFFFF  # a window restored at boot: every counter up to highest seen
 
 
-def accept_downlink(frame, keys, window):
+def load_window(path=DOWNLINK_FILE):
+    """The replay window of the gateway's frames at boot (SPEC.md section 10): every counter
+    up to the highest one persisted counts as seen, so a time sync or configuration update
+    captured before a reboot is refused after it. None persisted yet: a fresh window."""
+    try:
+        with open(path) as f:
+            return ReplayWindow(int(f.read()), _ALL_SEEN)
+    except (OSError, ValueError):
+        return ReplayWindow()
+
+
+def accept_downlink(frame, keys, window, path=None):
     """The message of a frame from the gateway, or None when the frame is for another node (a
-    shared line, a radio channel) or a duplicate (which changes nothing). Raises
-    RemoteProtocolError when the frame does not verify or is a replay."""
+    shared line, a radio channel), a duplicate (which changes nothing), or a time sync or
+    configuration update whose counter could not be persisted first to `path` (the gateway
+    sends it again). Raises RemoteProtocolError when the frame does not verify or is a
+    replay. Acks are not persisted: a replayed ack names counters this node never uses again,
+    and writing the flash for every ack would wear it out (SPEC.md section 10)."""
     header = parse_header(frame)
     if header.node_id != keys.node_id:
         return None
     message = open_frame(frame, keys, False, header)
     if window.check(header.counter) != 1:  # not NEW
         return None
+    if path is not None and not isinstance(message, Ack):
+        try:
+            with open(path, "w") as f:  # one small file: littlefs writes it atomically
+                f.write(str(max(header.counter, window.highest)))
+        except OSError:
+            return None
     window.accept(header.counter)
     return message
 

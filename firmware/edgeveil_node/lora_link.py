@@ -30,7 +30,7 @@ from protocol import RemoteProtocolError, ReplayWindow, parse_header
 
 from .airtime import max_frame, time_on_air_us
 from .dutycycle import DutyCycleLimiter
-from .link import accept_downlink
+from .link import accept_downlink, load_window
 
 RX_DELAY_MS = const(1000)  # RX1 opens 1 s after the end of the uplink (LoRaWAN RECEIVE_DELAY1)
 _RX_EARLY_MS = const(20)  # listen a little before the gateway starts: our clock is in ms
@@ -65,9 +65,11 @@ def sightings_per_frame(limit):
 
 
 class LoRaLink:
-    def __init__(self, modem, keys, link, limiter=None):
+    def __init__(self, modem, keys, link, limiter=None, window_file=None):
+        """window_file: as SerialLink's (link.DOWNLINK_FILE on a board, None in tests)."""
         self._modem = modem
         self._keys = keys
+        self._window_file = window_file
         self.freq_khz = link["freq_khz"]
         self.sf = link["sf"]
         self.bw_khz = link["bw_khz"]
@@ -93,7 +95,7 @@ class LoRaLink:
         self._waiting = []  # (frame, droppable) oldest first
         self._held_by_band = False  # the oldest waiting frame waits for the duty cycle
         self._inbox = []  # frames received in the last windows, not yet verified
-        self._window = ReplayWindow()  # downlink counters of this boot
+        self._window = load_window(window_file) if window_file else ReplayWindow()
         self._rx_packet = None  # reused by modem.recv() for a packet of the same length
         self._ticks = time.ticks_ms()
         self._elapsed_ms = 0  # monotonic: ticks wrap, the limiter's hour and day must not
@@ -220,7 +222,7 @@ class LoRaLink:
         messages = []
         for frame in frames:
             try:
-                message = accept_downlink(frame, self._keys, self._window)
+                message = accept_downlink(frame, self._keys, self._window, self._window_file)
             except RemoteProtocolError:
                 self.rx_rejected += 1
                 continue

@@ -8,7 +8,7 @@ from micropython import const
 
 from protocol import RemoteProtocolError, ReplayWindow, StreamDecoder, encode_serial
 
-from .link import accept_downlink
+from .link import accept_downlink, load_window
 
 _CTRL_C = const(3)
 _CR = const(13)
@@ -99,11 +99,14 @@ class SerialLink:
 
     MAX_SIGHTINGS = 12  # per observations frame: 12 x 10 bytes fits a 256-byte frame easily
 
-    def __init__(self, port, keys):
+    def __init__(self, port, keys, window_file=None):
+        """window_file: where the downlink replay window's highest counter is kept across
+        reboots (link.DOWNLINK_FILE on a board); None keeps it in RAM only (tests)."""
         self._port = port
         self._keys = keys
         self._decoder = StreamDecoder()
-        self._window = ReplayWindow()  # downlink counters of this boot
+        self._window_file = window_file
+        self._window = load_window(window_file) if window_file else ReplayWindow()
         self.sent = 0
         self.rejected = 0  # line noise and frames that do not verify
 
@@ -123,7 +126,7 @@ class SerialLink:
                 frame = self._decoder.next_event()
                 if not isinstance(frame, bytes):  # NEED_DATA
                     return messages
-                message = accept_downlink(frame, self._keys, self._window)
+                message = accept_downlink(frame, self._keys, self._window, self._window_file)
                 if message is not None:
                     messages.append(message)
             except RemoteProtocolError:
