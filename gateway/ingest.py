@@ -35,14 +35,14 @@ from protocol import (
     parse_header,
     seal,
 )
-from protocol.messages import MAX_ACKED
+from protocol.messages import MAX_ACKED, OBSERVATIONS
 from protocol.replay import DUPLICATE
 
 from . import senml
 from .errors import SpoolFullError
 from .lora.radio import RadioMeta
 from .metrics import UNREGISTERED, Metrics
-from .privacy import PrivacyStage
+from .privacy import PrivacyStage, reveals_presence
 from .records import OutMessage, Topics
 from .registry import NodeRegistry
 from .spool import Spool
@@ -140,7 +140,7 @@ class Ingest:
                 batch.append(self.queue.get_nowait())
             await self.process(batch)
 
-    async def process(self, batch: list[Arrival]) -> None:  # noqa: PLR0915 - one pass, in order
+    async def process(self, batch: list[Arrival]) -> None:
         out: list[OutMessage] = []
         accepted: list[tuple[int, int]] = []
         counted: list[tuple[str, str, bool]] = []  # port, node, left nothing: for metrics
@@ -160,30 +160,26 @@ class Ingest:
                 verdict = entry.window.check(header.counter)  # REPLAY raises
                 message = open_frame(arrival.frame, entry.keys, True, header)
             except RemoteProtocolError as exc:
-                node = UNREGISTERED
-                if exc.reason != Reason.UNKNOWN_NODE:
-                    try:
-                        node_id = parse_header(arrival.frame).node_id
-                        node = str(node_id) if node_id in self.registry else UNREGISTERED
-                    except RemoteProtocolError:
-                        pass
-                self.metrics.frames.labels(arrival.port, node, exc.reason_name).inc()
-                self.burst_log.rejected(arrival.port, exc.reason_name, exc.detail)
+                self._rejected(arrival, exc)
                 continue
             key = (entry.node_id, header.counter)
             duplicate = verdict == DUPLICATE or key in in_batch
             if not duplicate or self._may_ack_again(key):
                 acks[(arrival.port, entry.node_id)].append(header.counter)
                 radios[(arrival.port, entry.node_id)] = arrival.radio
+            personal = reveals_presence(message)
             if duplicate:
-                self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
+                if not personal:
+                    self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
                 continue
             in_batch.add(key)
             records = self.policy.process(
                 entry.node_id, entry.zone, header.counter, message, arrival.time
             )
-            # no records: dropped by the policy, or taken into a window
-            counted.append((arrival.port, str(entry.node_id), not records))
+            # no records: dropped by the policy, or taken into a window. Sightings and motion
+            # events are not counted at all: how many there are says people were near
+            if not personal:
+                counted.append((arrival.port, str(entry.node_id), not records))
             out.extend(senml.encode(r, self.topics, self.payload_format) for r in records)
             accepted.append(key)
             if _wants_time(message):
@@ -206,6 +202,21 @@ class Ingest:
             self.registry.accept_many(accepted)
         self._count(counted)
         await self._downlink(acks, time_syncs, radios)
+
+    def _rejected(self, arrival: Arrival, exc: RemoteProtocolError) -> None:
+        """Counted by node and reason (observations not at all: their number says people were
+        near), logged once per burst."""
+        node, personal = UNREGISTERED, False
+        if exc.reason != Reason.UNKNOWN_NODE:
+            try:
+                header = parse_header(arrival.frame)
+                node = str(header.node_id) if header.node_id in self.registry else node
+                personal = header.msg_type == OBSERVATIONS
+            except RemoteProtocolError:
+                pass
+        if not personal:
+            self.metrics.frames.labels(arrival.port, node, exc.reason_name).inc()
+        self.burst_log.rejected(arrival.port, exc.reason_name, exc.detail)
 
     def _may_ack_again(self, key: tuple[int, int]) -> bool:
         """Whether a duplicate of this (node, counter) is acknowledged once more."""

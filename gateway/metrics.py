@@ -20,7 +20,8 @@ class Metrics:
         r = self.registry
         self.frames = Counter(
             "edgeveil_frames",
-            "Frames received, by port, node and outcome (accepted, duplicate or a reject reason)",
+            "Frames received, by port, node and outcome (accepted, duplicate or a reject reason); "
+            "observations and motion events are not counted: their number says people were near",
             ["port", "node", "outcome"],
             registry=r,
         )
@@ -61,7 +62,7 @@ class Metrics:
             "edgeveil_privacy_denied",
             "Accepted messages that left nothing of their own: dropped by the privacy policy, or "
             "taken into a window whose aggregate leaves later (each accepted message is either "
-            "this or one MQTT message)",
+            "this or one MQTT message); observations and motion events are not counted",
             registry=r,
         )
         self.privacy_dropped = Counter(

@@ -121,7 +121,7 @@ class FakeLink:
         self.frames: list[bytes] = []
         self.inbox: list[object] = []
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, personal: bool = False) -> None:
         self.frames.append(frame)
 
     def poll(self) -> list[object]:
@@ -323,6 +323,67 @@ def test_time_is_asked_for_again_daily_once_synchronised(
     assert requests() == asked + 1
 
 
+class Crowd:
+    """A scanner that hears the same devices in every window."""
+
+    def __init__(self, devices: list[tuple[bytes, int]]) -> None:
+        self.devices = devices
+        self.left: list[tuple[bytes, int]] = []
+
+    def start_window(self, ms: int) -> None:
+        self.left = list(self.devices)
+
+    def window_done(self) -> bool:
+        return True
+
+    def waiting(self) -> int:
+        return len(self.left)
+
+    def take(self, limit: int | None = None) -> list[tuple[bytes, int]]:
+        part, self.left = self.left[:limit], self.left[limit:]
+        return part
+
+
+class Pir:
+    def __init__(self, triggers: int) -> None:
+        self.triggers = triggers
+
+    def triggered(self) -> int:
+        return self.triggers
+
+
+def test_the_status_says_nothing_of_who_was_near(tmp_path: Path, clock: FakeClock) -> None:
+    """Security review (issue 13 item 1): frames_sent, retransmissions, dropped and
+    queue_depth were counting sightings frames, so their hourly increase told whether and how
+    many people were near, past the gateway's protected counts. An hour with nobody and an
+    hour with a crowd and movement now give the same status."""
+
+    def an_hour(devices: int, triggers: int) -> dict[str, Any]:
+        crowd = [(bytes([2, 0, 0, 0, 0, i]), -60) for i in range(devices)]
+        node, link = make_node(
+            tmp_path / f"{devices}-{triggers}",
+            sensors=[FakeSensor()],
+            scanner=Crowd(crowd),
+            pir=Pir(triggers),
+            config=make_config(retransmit={"ack_timeout_ms": 1000, "max_retries": 3, "queue": 4}),
+        )
+        for _ in range(60):
+            settle(node)
+            clock.sleep_ms(60_000)  # nobody acknowledges: retransmissions, drops, a full queue
+        node.status_cycle()
+        status = [m for _, m in opened(link.frames) if isinstance(m, Status)][-1]
+        sent = dict(opened(link.frames)).values()
+        assert (devices > 0) == any(isinstance(m, Observations) for m in sent)
+        return {k: v for k, v in status.fields.items() if k != "uptime_s"}
+
+    (tmp_path / "0-0").mkdir()
+    (tmp_path / "30-1").mkdir()
+    nobody = an_hour(0, 0)
+    crowd = an_hour(30, 1)
+    assert crowd == nobody, (nobody, crowd)
+    assert nobody["frames_sent"] > 0 and nobody["dropped"] > 0  # not vacuous
+
+
 class LinePort:
     """The serial line as SerialLink sees it: bytes written, bytes to read."""
 
@@ -393,9 +454,9 @@ def test_watchdog_is_fed_between_frames_of_a_slow_link(tmp_path: Path, clock: Fa
     node, link = make_node(tmp_path, sensors=[FakeSensor()], wdt=wdt)
     slow_send = link.send
 
-    def send(frame: bytes) -> None:
+    def send(frame: bytes, personal: bool = False) -> None:
         clock.sleep_ms(1300)
-        slow_send(frame)
+        slow_send(frame, personal)
 
     link.send = send  # type: ignore[method-assign]
     settle(node)  # boot event, readings, status, time request: four frames, one per pass

@@ -47,7 +47,7 @@ class Link:  # the serial port: frames leave the node here
     def __init__(self):
         self.bytes = 0
 
-    def send(self, frame):
+    def send(self, frame, personal=False):
         self.bytes += len(frame)
 
     def poll(self):

@@ -36,7 +36,7 @@ class PipeLink:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, personal: bool = False) -> None:
         os.write(self.fd, struct.pack(">H", len(frame)) + frame)  # < PIPE_BUF: atomic
 
     def poll(self) -> tuple[()]:

@@ -485,7 +485,8 @@ def test_default_deny_counts_what_no_stream_selects(ledger: PrivacyLedger) -> No
     assert e.process(1, "plein", 2, seen(ADDR), T0 + 2) == []
     assert e.process(1, "plein", 3, Status({"battery_mv": 4000}), T0 + 3) == []
     assert e.process(1, "plein", 4, Event(0, 1), T0 + 4) == []
-    assert e.dropped == {"unselected": 3, "unselected_quantity": 2, "late": 0, "overflow": 0}
+    assert e.dropped == {"unselected": 2, "unselected_quantity": 2, "late": 0, "overflow": 0}
+    assert e.dropped_personal["unselected"] == 1  # counted apart: never a metric
     (env,) = e.release_due(T0 + W)
     assert set(by_name(env)) == {f"temperature_{s}" for s in policy_mod.STATISTICS}
 
@@ -666,7 +667,8 @@ def test_device_sets_are_bounded(ledger: PrivacyLedger, monkeypatch: pytest.Monk
     e = engine(ledger)
     e.process(1, "plein", 1, seen(*(bytes([i]) * 6 for i in range(8))), T0 + 1)
     e.process(1, "plein", 2, seen(*(bytes([i]) * 6 for i in range(4, 15))), T0 + 2)
-    assert e.dropped["overflow"] == 5  # 15 distinct, 10 kept
+    assert e.dropped_personal["overflow"] == 5  # 15 distinct, 10 kept
+    assert e.dropped["overflow"] == 0  # what is exported knows nothing of it
     assert by_name(one(e.release_due(T0 + W), "people")) == {"devices": 10}
 
 

@@ -89,6 +89,9 @@ class Node:
         self._settings_file = settings_file
         r = config.retransmit
         self.queue = RetransmitQueue(r["queue"], r["ack_timeout_ms"], r["max_retries"])
+        # Sightings and motion events wait in a queue of their own: sharing one, a crowd would
+        # push other frames out sooner and change the status figures (see send())
+        self.personal_queue = RetransmitQueue(r["queue"], r["ack_timeout_ms"], r["max_retries"])
         self.acks = getattr(link, "acks", True)  # False: the gateway never answers
         self.max_frame = getattr(link, "max_frame", MAX_FRAME)
         self.intervals = dict(config.intervals)
@@ -106,6 +109,7 @@ class Node:
         self._clock_offset = None  # Unix time minus time.time(), once the gateway told us
         self._faulty = set()  # indexes of sensors whose failure was already reported
         self.sealed = 0
+        self._seals = 0  # every frame sealed, for the scheduler (step)
         self.send_event(_EV_BOOT, reset_cause)
 
     # -- sending ---------------------------------------------------------------------------
@@ -119,30 +123,48 @@ class Node:
                 for part in parts:
                     self.send(part, droppable)
                 return
-        self.sealed += 1
+        # Sightings and motion events are sent only when someone is near: how many there are
+        # must show nowhere but in the gateway's protected figures, so no status field counts
+        # them (frames_sent, retransmissions, dropped, queue_depth), and they do not compete
+        # with other frames for the retransmission queue.
+        personal = isinstance(message, Observations) or (
+            isinstance(message, Event) and message.code == _EV_MOTION
+        )
         if not self.acks:
-            self.link.send(frame)  # the link drops what it cannot send, and counts it
-            return
-        self.queue.add(counter, frame, droppable, time.ticks_ms())
-        self._flush(time.ticks_ms())
+            self.link.send(frame, personal)  # the link drops what it cannot send, and counts it
+        elif personal:
+            self.personal_queue.add(counter, frame, droppable, time.ticks_ms())
+        else:
+            self.queue.add(counter, frame, droppable, time.ticks_ms())
+        self._seals += 1
+        if not personal:
+            self.sealed += 1
+        if self.acks:
+            self._flush(time.ticks_ms(), personal)
 
     def send_event(self, code, value=None):
         self.send(Event(code, value), False)
 
-    def _flush(self, now):
-        """Send the oldest frame that is due (new or to be retried), if any."""
-        if not len(self.queue):
+    def _flush(self, now, only_personal=False):
+        """Send the oldest frame that is due (new or to be retried), if any: other frames
+        first, then sightings and motion events. Right after sealing one of those, only
+        their queue: when other frames go out must not depend on them either."""
+        if not len(self.queue) and not len(self.personal_queue):
             return
         # a radio link receives its acks while it sends (in the window after each frame):
         # take them before deciding what is due again
         self._receive()
-        pending = self.queue.next_due(now)
+        personal = only_personal
+        pending = None if only_personal else self.queue.next_due(now)
+        if pending is None:
+            personal = True
+            pending = self.personal_queue.next_due(now)
         if pending is not None:
             if self.wdt is not None:
                 # a radio link blocks for the frame's airtime and its receive window (over a
                 # second at SF12): the watchdog is fed before each frame
                 self.wdt.feed()
-            self.link.send(pending.frame)
+            self.link.send(pending.frame, personal)
 
     # -- clock -----------------------------------------------------------------------------
 
@@ -170,7 +192,9 @@ class Node:
     def status_cycle(self):
         fields = {
             "uptime_s": time.ticks_diff(time.ticks_ms(), self._boot_ms) // 1000,
-            "free_heap": gc.mem_free(),
+            # after a collection, in 4 KB steps: what the last pass left behind (more after a
+            # crowd's frames) is not part of the figure
+            "free_heap": _free_heap(),
             "reset_cause": self.reset_cause,
             "frames_sent": self.sealed,
             "retransmissions": self.queue.retransmissions,
@@ -226,6 +250,7 @@ class Node:
     def handle(self, message):
         if isinstance(message, Ack):
             self.queue.ack(message.counters)
+            self.personal_queue.ack(message.counters)
         elif isinstance(message, TimeSync):
             self._clock_offset = message.time - int(time.time())
             self._next_time_request = time.ticks_add(time.ticks_ms(), _TIME_RESYNC_MS)
@@ -252,6 +277,7 @@ class Node:
             self.ble_scan = s["ble_scan"] and self.scanner is not None
         if "max_retries" in s:
             self.queue.max_retries = s["max_retries"]
+            self.personal_queue.max_retries = s["max_retries"]
         self.config_version = update.version
         self._save_settings()
         self.send_event(_EV_CONFIG_APPLIED, update.version)
@@ -281,12 +307,16 @@ class Node:
         """One pass of the scheduler. Returns the milliseconds until something is due."""
         if self.wdt is not None:
             self.wdt.feed()
+        seals = self._seals
         self._receive()
         now = time.ticks_ms()
-        self._work(now)
+        # one unit per pass: answering the gateway (a configuration update's event), else a
+        # cycle (its frames go out as they are sealed), else the oldest frame waiting to be
+        # sent again
+        if self._seals == seals and not self._work(now):
+            self._flush(time.ticks_ms())
         if self.pir is not None:
             self.motion_check(now)
-        self._flush(time.ticks_ms())
         now = time.ticks_ms()
         wait = min(
             time.ticks_diff(self._next_reading, now), time.ticks_diff(self._next_status, now)
@@ -297,16 +327,17 @@ class Node:
             wait = min(wait, time.ticks_diff(self._next_scan, now))
         if self.acks:
             wait = min(wait, time.ticks_diff(self._next_time_request, now))
-        retry = self.queue.next_due_ms(now)
-        if retry is not None:
-            wait = min(wait, retry)
+        for queue in (self.queue, self.personal_queue):
+            retry = queue.next_due_ms(now)
+            if retry is not None:
+                wait = min(wait, retry)
         held = self.link.next_due_ms() if hasattr(self.link, "next_due_ms") else None
         if held is not None:  # a frame the duty cycle holds back
             wait = min(wait, held)
         return max(0, wait)
 
     def _work(self, now):
-        """The first unit of work that is due, if any."""
+        """The first unit of work that is due, if any; False when none was."""
         if time.ticks_diff(now, self._next_reading) >= 0:
             self._next_reading = time.ticks_add(now, _ms(self.intervals["reading_s"]))
             self.readings_cycle()
@@ -320,16 +351,25 @@ class Node:
         elif self.acks and time.ticks_diff(now, self._next_time_request) >= 0:
             self._next_time_request = time.ticks_add(now, _TIME_REQUEST_GAP_MS)
             self.send_event(_EV_TIME_REQUEST)
+        else:
+            return False
+        return True
 
     def run(self):
         while True:
             wait = self.step()
-            if self.sleep and not len(self.queue) and not self._scanning and wait > 1000:
+            idle = not len(self.queue) and not len(self.personal_queue)
+            if self.sleep and idle and not self._scanning and wait > 1000:
                 import machine  # noqa: PLC0415 - only on a board
 
                 machine.lightsleep(wait)
             else:
                 time.sleep_ms(min(wait, _POLL_MS))
+
+
+def _free_heap():
+    gc.collect()
+    return gc.mem_free() // 4096 * 4096
 
 
 def _halves(message):

@@ -57,11 +57,18 @@ def modem_config(link):
     }
 
 
+_MOST_SIGHTINGS = const(12)  # per frame, as on a serial line (serial_link.SerialLink)
+
+
 def sightings_per_frame(limit):
     """BLE sightings that fit one observations frame of at most `limit` bytes: at worst a 17-byte
     frame overhead (header 1, kid 4, counter 4, tag 8), 2 bytes of array head and radio, and 10
-    bytes per sighting (array head, 6-byte address as a byte string, 2-byte RSSI; SPEC.md 7.2)."""
-    return (limit - 19) // 10
+    bytes per sighting (array head, 6-byte address as a byte string, 2-byte RSSI; SPEC.md 7.2).
+    At most 12 even where more would fit (SF7-SF9): sealing a frame allocates about 45 bytes
+    per sighting in one pass of the scheduler, and a node's heap has no room for twenty
+    (README "RAM"); two more frames of 14 bytes' overhead per crowd of 64 cost less."""
+    fit = (limit - 19) // 10
+    return fit if fit < _MOST_SIGHTINGS else _MOST_SIGHTINGS
 
 
 class LoRaLink:
@@ -105,7 +112,7 @@ class LoRaLink:
         self.deferred_duty_cycle = 0
         self.dropped_budget = 0
         self.dropped_queue = 0  # pushed out of a full queue while frames waited for airtime
-        self.dropped = 0  # all of the dropped_* above, for the status message
+        self.dropped = 0  # all of the dropped_* above but personal frames, for the status
         self.rx_rejected = 0  # downlinks with a bad CRC or that do not verify
         self.received = 0
 
@@ -122,10 +129,13 @@ class LoRaLink:
 
     # -- uplink ----------------------------------------------------------------------------
 
-    def send(self, frame):
+    def send(self, frame, personal=False):
+        """personal: a frame whose number says people were near (sightings, motion): its
+        drops are left out of `dropped`, which the node's status reports."""
         if len(frame) > self.max_frame:
             self.dropped_too_big += 1
-            self.dropped += 1
+            if not personal:
+                self.dropped += 1
             return
         for item in self._waiting:
             if item[0] == frame:
@@ -133,7 +143,7 @@ class LoRaLink:
         if len(self._waiting) >= _QUEUE:
             self._drop_oldest()
         droppable = parse_header(frame).msg_type in (_READINGS, _OBSERVATIONS)
-        self._waiting.append((frame, droppable))
+        self._waiting.append((frame, droppable, personal))
         self._retry_at = 0
         self._transmit()
         if self._held_by_band and self._waiting and self._waiting[-1][0] is frame:
@@ -145,12 +155,15 @@ class LoRaLink:
             if item[1]:
                 victim = i
                 break
-        self._waiting.pop(victim)
+        item = self._waiting.pop(victim)
         self.dropped_queue += 1
-        self.dropped += 1
+        if not item[2]:
+            self.dropped += 1
 
     def _transmit(self):
-        """Send waiting frames, oldest first, as long as the limits allow."""
+        """Send the oldest waiting frame the limits allow (at most one per call, as the
+        scheduler does one unit of work per pass: next_due_ms() says 0 while more may go);
+        drop on the way those that can never go."""
         while self._waiting:
             item = self._waiting[0]
             airtime = self.airtime_us(len(item[0]))
@@ -159,13 +172,15 @@ class LoRaLink:
             if budget is None or (budget and item[1]):
                 self._waiting.pop(0)
                 self.dropped_budget += 1
-                self.dropped += 1
+                if not item[2]:
+                    self.dropped += 1
                 continue
             band = self.limiter.band_wait_ms(self.freq_khz, self.bw_khz, airtime, now)
             if band is None:  # longer than the sub-band's whole hour: not at SF12 or below
                 self._waiting.pop(0)
                 self.dropped_too_big += 1
-                self.dropped += 1
+                if not item[2]:
+                    self.dropped += 1
                 continue
             self._held_by_band = bool(band)
             if band or budget:  # a status or event waits for the daily budget too
@@ -177,6 +192,7 @@ class LoRaLink:
             self.sent += 1
             if self.acks:
                 self._listen(tx_end)
+            return
 
     def next_due_ms(self):
         """Milliseconds until a waiting frame may go, or None when none waits."""

@@ -110,7 +110,7 @@ class SerialLink:
         self.sent = 0
         self.rejected = 0  # line noise and frames that do not verify
 
-    def send(self, frame):
+    def send(self, frame, personal=False):  # personal: as LoRaLink's (nothing is dropped)
         self._port.write(encode_serial(frame))
         self.sent += 1
 

@@ -7,8 +7,8 @@ explicit, bounded state: pseudonyms.py (rotating keys in RAM), windows.py (windo
 dp.py (noise), ledger.py (the privacy budget on disk) and passthrough.py (the "pass" action).
 """
 
-from .engine import PolicyEngine, PrivacyStage
+from .engine import PolicyEngine, PrivacyStage, reveals_presence
 from .ledger import PrivacyLedger
 from .passthrough import scaled
 
-__all__ = ["PolicyEngine", "PrivacyLedger", "PrivacyStage", "scaled"]
+__all__ = ["PolicyEngine", "PrivacyLedger", "PrivacyStage", "reveals_presence", "scaled"]

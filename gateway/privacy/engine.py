@@ -104,6 +104,18 @@ from .policy import Noise, Policy, Stream
 from .pseudonyms import Pseudonymizer, rotation_seconds
 from .windows import MAX_DEVICES, PERCENTILES, Group, Stats, StreamWindows, Window, window_start
 
+MOTION_EVENT = EVENT_CODES.index("motion")
+
+
+def reveals_presence(message: Message) -> bool:
+    """A message whose very number says whether people were near: BLE sightings and PIR
+    motion events (a node sends them only when someone is there). Nothing may count them per
+    node, or even per gateway, outside the policy's protected figures: no metric, no log
+    line, no status field (security review, issue 13)."""
+    return isinstance(message, Observations) or (
+        isinstance(message, Event) and message.code == MOTION_EVENT
+    )
+
 log = logging.getLogger("edgeveil.privacy")
 
 MAX_AHEAD_S = 60.0  # a node's time further ahead of the gateway's than this is not believed
@@ -227,6 +239,10 @@ class PolicyEngine:
         # what was dropped, by reason: messages ("unselected"), reading values
         # ("unselected_quantity"), values or sightings ("late", "overflow")
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        # The same for what says people were near (sightings, motion events), kept apart and
+        # never exported (no metric, no log line): how many of them were dropped tells whether
+        # and how many people were there, which only the released, protected figures may say.
+        self.dropped_personal = {"unselected": 0, "late": 0, "overflow": 0}
         # releases by outcome: windows released; counts (observations) or quantities (readings
         # with k) suppressed; counts withheld (budget spent, or the ledger failed)
         self.releases = dict.fromkeys(OUTCOMES, 0)
@@ -303,7 +319,10 @@ class PolicyEngine:
             h = self._event.policy_hash
             gw = self.gateway_id
             return [passthrough.event_record(gw, node_id, zone, counter, message, arrival, h)]
-        self.dropped["unselected"] += 1
+        if reveals_presence(message):
+            self.dropped_personal["unselected"] += 1
+        else:
+            self.dropped["unselected"] += 1
         return []
 
     def _readings(  # noqa: PLR0912 - the hot path, inlined on purpose
@@ -368,8 +387,9 @@ class PolicyEngine:
 
     def _sightings(self, node_id: int, zone: str, message: Observations, arrival: float) -> None:
         state = self._observations
+        dropped = self.dropped_personal
         if state is None or state.windows is None or state.pseudonymizer is None:
-            self.dropped["unselected"] += 1
+            dropped["unselected"] += 1
             return
         sightings = message.sightings
         windows = state.windows
@@ -378,11 +398,11 @@ class PolicyEngine:
         if window is None or not window.start <= arrival < window.end:
             window = windows.get(group, arrival, 0 if state.by_zone else node_id, zone)
             if window is None:
-                self.dropped["late" if windows.late(arrival) else "overflow"] += len(sightings)
+                dropped["late" if windows.late(arrival) else "overflow"] += len(sightings)
                 return
         pseudonyms = state.pseudonymizer.pseudonyms(arrival, [a for a, _ in sightings])
         if pseudonyms is None:  # the key of that period is gone (the clock stepped back)
-            self.dropped["late"] += len(sightings)
+            dropped["late"] += len(sightings)
             return
         devices = window.devices
         if len(devices) + len(pseudonyms) <= MAX_DEVICES:  # window.add_devices' fast path
@@ -390,7 +410,7 @@ class PolicyEngine:
             return
         lost = window.add_devices(pseudonyms)
         if lost:
-            self.dropped["overflow"] += lost
+            dropped["overflow"] += lost
 
     def _note_node(self, node_id: int, zone: str, t: float) -> None:
         """A node (and its group) is known: open the current window for it in observation

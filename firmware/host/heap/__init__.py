@@ -188,7 +188,8 @@ _gw_counter = [0]
 def _gateway(time_sync, config_version):
     # sealed with the node's downlink key and put on the node's link, as the gateway would
     from protocol import Ack, ConfigUpdate, TimeSync, seal
-    pending = [p.counter for p in node.queue.items][:16]
+    queued = node.queue.items + node.personal_queue.items
+    pending = [p.counter for p in queued][:16]
     msgs = [Ack(pending)] if pending else []
     if time_sync:
         msgs.append(TimeSync(vtime.time()))
