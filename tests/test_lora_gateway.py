@@ -36,7 +36,7 @@ from gateway.lora.radio import DataRate, RadioMeta
 from gateway.lora.spi import ChipUnavailable, SpiTransport, open_lorarf
 from gateway.metrics import Metrics
 from gateway.registry import NodeRegistry
-from protocol import Ack, NodeKeys, Readings, open_frame, seal
+from protocol import Ack, NodeKeys, Observations, Readings, open_frame, seal
 from protocol.quantities import quantity_id
 
 from .command import edgeveil
@@ -457,6 +457,32 @@ async def test_tx_ack_text_is_escaped_cut_short_and_logged_once_per_burst(
     assert "\n" not in lines[0] and "\\n2026" in lines[0]  # escaped: no forged log line
     assert len(lines[0]) < 300
     assert transport.stats()["downlink:tx_ok"] == 50
+
+
+@pytest.mark.asyncio
+async def test_observation_packets_are_forwarded_but_counted_nowhere() -> None:
+    """Security review (issue 13): at a site with one node, a concentrator's packet count or
+    RSSI sample count would be the node's, and observations go out only when people are near."""
+    keys = NodeKeys(0x0A13, os.urandom(16))
+    got: list[bytes] = []
+    metrics = Metrics()
+    config = PacketForwarderConfig(
+        name="lora", host="127.0.0.1", port=0, gateways=(EUI_A,), dedupe_ms=0
+    )
+    transport = ForwarderTransport(config, lambda _p, frame, _m: got.append(frame), metrics=metrics)
+    seen = seal(Observations(0, [(b"\x02" * 6, -70)]), 1, keys)
+    reading = seal(Readings({ILLUMINANCE: 5}), 2, keys)
+    for frame in (seen, reading):
+        rxpk = {"tmst": 1, "freq": 868.1, "stat": 1, "modu": "LORA", "datr": "SF7BW125",
+                "rssi": -70, "lsnr": 5.0, "data": base64.b64encode(frame).decode()}  # fmt: skip
+        body = json.dumps({"rxpk": [rxpk]}).encode()
+        transport._datagram(b"\x02\x00\x01\x00" + bytes.fromhex(EUI_A) + body, ("h", 1))
+    assert got == [seen, reading]  # both go on to ingest
+    forwarded = metric(
+        metrics, "edgeveil_lora_packets_total", port="lora", gateway=EUI_A, outcome="forwarded"
+    )
+    assert forwarded == 1  # the reading only
+    assert metric(metrics, "edgeveil_lora_rssi_dbm_count", port="lora", gateway=EUI_A) == 1
 
 
 @pytest.mark.asyncio

@@ -40,7 +40,7 @@ from ..ingest import BurstLog
 from ..metrics import Metrics
 from ..transport import Backoff
 from .dedupe import Deduplicator
-from .link import LoraLink, OnFrame, log
+from .link import LoraLink, OnFrame, log, observations
 from .radio import DutyCycle, RadioMeta, time_on_air
 from .semtech import (
     TX_ERRORS,
@@ -242,9 +242,11 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             )
         now = time.monotonic()
         for rxpk in event.rxpk:
-            self.metrics.lora_rssi.labels(self.name, gateway).observe(rxpk.rssi)
-            if rxpk.lsnr is not None:
-                self.metrics.lora_snr.labels(self.name, gateway).observe(rxpk.lsnr)
+            counted = not observations(rxpk.data)
+            if counted:
+                self.metrics.lora_rssi.labels(self.name, gateway).observe(rxpk.rssi)
+                if rxpk.lsnr is not None:
+                    self.metrics.lora_snr.labels(self.name, gateway).observe(rxpk.lsnr)
             meta = RadioMeta(
                 link=gateway,
                 rssi=rxpk.rssi,
@@ -257,13 +259,16 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             )
             merged, late = self._dedupe.merged, self._dedupe.late
             self._dedupe.offer(rxpk.data, meta)
+            if not counted:
+                continue
             if self._dedupe.merged != merged:
                 self._count_packet(gateway, "merged")
             elif self._dedupe.late != late:
                 self._count_packet(gateway, "late")
 
     def _release(self, frame: bytes, meta: RadioMeta) -> None:
-        self._count_packet(meta.link, "forwarded")
+        if not observations(frame):
+            self._count_packet(meta.link, "forwarded")
         try:
             self._on_frame(self.name, frame, meta)
         except Exception:  # a bug downstream must not stop the radio link

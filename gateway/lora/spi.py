@@ -35,7 +35,7 @@ from ..config import SpiRadioConfig
 from ..metrics import Metrics
 from ..transport import Backoff
 from .forwarder import RX1_DELAY_US, RX1_LEAD_S
-from .link import LoraLink, OnFrame, log
+from .link import LoraLink, OnFrame, log, observations
 from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
 
 __all__ = ["Chip", "ChipUnavailable", "SpiTransport", "open_lorarf"]
@@ -290,8 +290,10 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         if not data:
             self._packet("empty")
             return
-        self.metrics.lora_rssi.labels(self.name, self.name).observe(rssi)
-        self.metrics.lora_snr.labels(self.name, self.name).observe(snr)
+        counted = not observations(data)
+        if counted:
+            self.metrics.lora_rssi.labels(self.name, self.name).observe(rssi)
+            self.metrics.lora_snr.labels(self.name, self.name).observe(snr)
         meta = RadioMeta(
             link=self.name,
             rssi=rssi,
@@ -302,7 +304,8 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
             tmst=None,
             received=received,
         )
-        self._packet("forwarded")
+        if counted:
+            self._packet("forwarded")
         try:
             self._on_frame(self.name, data, meta)
         except Exception:
