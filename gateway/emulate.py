@@ -274,7 +274,8 @@ def run_emulate_lora(
         f"{area_m:g} m square, a reading every {reading_interval:g} s within the 1 % duty "
         f"cycle) and {gateways} packet "
         f"forwarder{'s' if gateways > 1 else ''} sending to {forwarder}; the gateway's "
-        f"[[lora.packet_forwarder]] needs gateways = [{euis}]; Ctrl-C stops them",
+        f"[[lora.packet_forwarder]] needs listen = \"{forwarder}\" and gateways = [{euis}]; "
+        "Ctrl-C stops them",
         file=sys.stderr,
         flush=True,
     )
@@ -426,7 +427,8 @@ def _print_firmware_lora(  # noqa: PLR0917 - what the banner shows, each named a
         f"consoles on the device paths and in {fleet.directory}/node-*/console.log) and "
         f"{len(medium.gateways)} packet forwarder{'s' if len(medium.gateways) > 1 else ''} "
         f"sending to {forwarder}; the gateway's [[lora.packet_forwarder]] needs "
-        f"gateways = [{euis}]{' and acks = true' if acks else ''}; Ctrl-C stops them",
+        f'listen = "{forwarder}", gateways = [{euis}]{" and acks = true" if acks else ""}; '
+        "Ctrl-C stops them",
         file=sys.stderr,
         flush=True,
     )
