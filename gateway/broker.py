@@ -12,7 +12,6 @@ client.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from types import TracebackType
@@ -21,6 +20,7 @@ from typing import Any, Self
 from amqtt.broker import Broker
 from amqtt.errors import BrokerError
 
+from .config import is_loopback
 from .errors import EdgeveilError
 
 log = logging.getLogger("edgeveil.broker")
@@ -36,7 +36,7 @@ class EmbeddedBroker:
     """amqtt's broker on host:port (port 0: a free port, see `.port` once started)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise ValueError(f"the embedded broker listens on loopback only, not on {host!r}")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
@@ -92,15 +92,6 @@ def _config(host: str, port: int) -> dict[str, Any]:
         # Only anonymous access: no event/packet logger plugins, no $SYS topics.
         "plugins": {_ANONYMOUS: {"allow_anonymous": True}},
     }
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _free_port(host: str) -> int:

@@ -378,7 +378,7 @@ def _mqtt(t: _Table) -> MqttConfig:
         for name in ("ca_file", "cert_file", "password_file")
         if getattr(config, name) is not None
     ]
-    if material and not config.tls and not _loopback(config.host):
+    if material and not config.tls and not is_loopback(config.host):
         raise ConfigError(
             t.key("tls"),
             f"must be true with {', '.join(material)} for a broker on another machine "
@@ -390,8 +390,8 @@ def _mqtt(t: _Table) -> MqttConfig:
     return config
 
 
-def _loopback(host: str) -> bool:
-    """A broker on this machine, where plain MQTT never crosses a network."""
+def is_loopback(host: str) -> bool:
+    """An address on this machine: what goes there never crosses a network."""
     if host == "localhost":
         return True
     try:
