@@ -7,10 +7,11 @@
 # factor (readings and status too big for one frame are split into several).
 #
 # One loop, no threads: each pass of the scheduler (step) feeds the watchdog, polls the link,
-# handles what the gateway sent, does at most one unit of work (a readings or status cycle, one
-# frame of the last BLE scan window's sightings, a scan window, a time request), and sends the
-# oldest frame the retransmission queue says is due. When more is due it returns 0 and the loop
-# comes straight back. Small passes keep what a pass allocates small (a 112 KB heap has no room
+# handles what the gateway sent, and does at most one unit of work: answering the gateway (a
+# configuration update's event), a readings or status cycle, one frame of the last BLE scan
+# window's sightings, a scan window, a time request, or else sending again the oldest frame the
+# retransmission queue says is due. When more is due it returns 0 and the loop comes straight
+# back. Small passes keep what a pass allocates small (a 112 KB heap has no room
 # for a scan window's six frames sealed at once, README "RAM"), keep the watchdog fed and let a
 # radio link take acks between frames. Everything it needs is passed in, so the same class runs
 # on a board (main() builds the hardware), on a PC (firmware/host) and under the MicroPython
