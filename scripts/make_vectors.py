@@ -228,8 +228,8 @@ def invalid_vectors(good: dict[str, Any]) -> list[dict[str, Any]]:
         ("reserved-type", "message type 7", bytes([frame[0] | 0x70]) + frame[1:], "bad_header"),
         (
             "non-canonical-kid",
-            "node id 0x1234 written in 3 bytes",
-            bytes([frame[0] | 0x04, 0x00]) + frame[1:],
+            "node id 0x1234 written in 3 bytes (a leading zero byte), as the header announces",
+            bytes([(frame[0] & ~0x0C) | 0x08, 0x00]) + frame[1:],
             "bad_header",
         ),
         (
