@@ -12,6 +12,12 @@ twice in one batch) is acknowledged again and forwarded nothing, but only MAX_RE
 node gives up after its retries, so further copies are replays, and every ack costs a downlink
 counter and, on LoRa, airtime. A bad frame is counted by reason, logged once per burst and
 dropped; nothing here can stop the service.
+
+A frame under a counter already accepted whose bytes differ from the accepted frame's is no
+retransmission: it is COUNTER_REUSE (a second board holds the node's key, or a restored backup
+set its counter back). It is rejected unacknowledged, counted and logged like any rejection,
+and raises an alarm event on the node's event topic (no content; at most one an hour per node,
+and never from a frame that says people were near: the next status frame raises it).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from dataclasses import dataclass
 from protocol import (
     Ack,
     Event,
+    Header,
+    Message,
     NodeKeys,
     Reason,
     RemoteProtocolError,
@@ -43,8 +51,8 @@ from .errors import SpoolFullError
 from .lora.radio import RadioMeta
 from .metrics import UNREGISTERED, Metrics
 from .privacy import PrivacyStage, reveals_presence
-from .records import OutMessage, Topics
-from .registry import NodeRegistry
+from .records import Measurement, OutMessage, Record, Topics
+from .registry import NodeEntry, NodeRegistry, frame_digest
 from .spool import Spool
 
 log = logging.getLogger("edgeveil.ingest")
@@ -58,6 +66,20 @@ TIME_SYNC_GAP_S = 60.0  # answer a node's time requests at most once a minute
 MAX_REACKS = 8
 REACK_MEMORY = 4096
 _TIME_REQUEST = 6  # protocol event code
+REUSE_ALARM_GAP_S = 3600.0  # counter-reuse alarms published per node at most this often
+
+
+class CounterReuse(RemoteProtocolError):
+    """An authentic frame under an accepted counter, with other bytes than the accepted one."""
+
+    def __init__(self, node_id: int, counter: int, message: Message) -> None:
+        super().__init__(
+            Reason.COUNTER_REUSE,
+            f"node {node_id}: counter {counter} reused: an authentic frame that differs from "
+            "the one accepted under it; two boards or a restored backup share this identity "
+            "(give each board its own: edgeveil node provision, then edgeveil node deploy)",
+        )
+        self.message = message  # decides whether the rejection may be counted; never logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +145,7 @@ class Ingest:
         self.burst_log = BurstLog()
         self._reacks: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._last_time_sync: dict[int, float] = {}
+        self._last_reuse_alarm: dict[int, float] = {}
 
     def submit(self, port: str, frame: bytes, radio: RadioMeta | None = None) -> None:
         """Called by the link layer for each frame; never blocks, never raises. LoRa links
@@ -142,28 +165,18 @@ class Ingest:
 
     async def process(self, batch: list[Arrival]) -> None:
         out: list[OutMessage] = []
-        accepted: list[tuple[int, int]] = []
+        accepted: list[tuple[int, int, bytes]] = []  # node, counter, frame digest
         counted: list[tuple[str, str, bool]] = []  # port, node, left nothing: for metrics
-        in_batch: set[tuple[int, int]] = set()
+        in_batch: dict[tuple[int, int], bytes] = {}  # (node, counter) -> frame digest
         acks: dict[tuple[str, int], list[int]] = defaultdict(list)
         radios: dict[tuple[str, int], RadioMeta | None] = {}  # the latest uplink heard
         time_syncs: set[tuple[str, int]] = set()
         for arrival in batch:
-            try:
-                header = parse_header(arrival.frame)
-                entry = self.registry.get(header.node_id)
-                if entry is None:
-                    raise RemoteProtocolError(
-                        Reason.UNKNOWN_NODE,
-                        f"node {header.node_id} is not registered (edgeveil gateway import-nodes)",
-                    )
-                verdict = entry.window.check(header.counter)  # REPLAY raises
-                message = open_frame(arrival.frame, entry.keys, True, header)
-            except RemoteProtocolError as exc:
-                self._rejected(arrival, exc)
+            verified = self._verify(arrival, in_batch, out)
+            if verified is None:
                 continue
+            entry, header, digest, duplicate, message = verified
             key = (entry.node_id, header.counter)
-            duplicate = verdict == DUPLICATE or key in in_batch
             if not duplicate or self._may_ack_again(key):
                 acks[(arrival.port, entry.node_id)].append(header.counter)
                 radios[(arrival.port, entry.node_id)] = arrival.radio
@@ -172,7 +185,7 @@ class Ingest:
                 if not personal:
                     self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
                 continue
-            in_batch.add(key)
+            in_batch[key] = digest
             records = self.policy.process(
                 entry.node_id, entry.zone, header.counter, message, arrival.time
             )
@@ -181,7 +194,7 @@ class Ingest:
             if not personal:
                 counted.append((arrival.port, str(entry.node_id), not records))
             out.extend(senml.encode(r, self.topics, self.payload_format) for r in records)
-            accepted.append(key)
+            accepted.append((*key, digest))
             if _wants_time(message):
                 time_syncs.add((arrival.port, entry.node_id))
         if out:
@@ -203,15 +216,89 @@ class Ingest:
         self._count(counted)
         await self._downlink(acks, time_syncs, radios)
 
-    def _rejected(self, arrival: Arrival, exc: RemoteProtocolError) -> None:
+    def _verify(
+        self, arrival: Arrival, in_batch: dict[tuple[int, int], bytes], out: list[OutMessage]
+    ) -> tuple[NodeEntry, Header, bytes, bool, Message] | None:
+        """(entry, header, frame digest, whether a retransmission, message), or None for a
+        rejected frame (counted and logged; a counter reuse adds its alarm to `out`)."""
+        try:
+            header = parse_header(arrival.frame)
+            entry = self.registry.get(header.node_id)
+            if entry is None:
+                raise RemoteProtocolError(
+                    Reason.UNKNOWN_NODE,
+                    f"node {header.node_id} is not registered (edgeveil gateway import-nodes)",
+                )
+            digest = frame_digest(arrival.frame)
+            duplicate, message = self._classify(arrival.frame, header, entry, digest, in_batch)
+        except CounterReuse as exc:
+            personal = reveals_presence(exc.message)
+            self._rejected(arrival, exc, personal)
+            if not personal and entry is not None:
+                out.extend(self._reuse_alarm(arrival, entry))
+            return None
+        except RemoteProtocolError as exc:
+            self._rejected(arrival, exc)
+            return None
+        return entry, header, digest, duplicate, message
+
+    def _classify(
+        self,
+        frame: bytes,
+        header: Header,
+        entry: NodeEntry,
+        digest: bytes,
+        in_batch: dict[tuple[int, int], bytes],
+    ) -> tuple[bool, Message]:
+        """(whether it is a retransmission, the message) for a frame of a registered node;
+        RemoteProtocolError for one to reject: REPLAY, AUTH_FAILED, MALFORMED, COUNTER_REUSE
+        (CounterReuse)."""
+        key = (entry.node_id, header.counter)
+        try:
+            verdict = entry.window.check(header.counter)
+        except RemoteProtocolError:  # REPLAY: below the window, unless the evidence says reuse
+            recorded = self.registry.digest(*key)
+            if recorded is None or recorded == digest:
+                raise
+            message = open_frame(frame, entry.keys, True, header)  # a forgery: AUTH_FAILED
+            raise CounterReuse(entry.node_id, header.counter, message) from None
+        message = open_frame(frame, entry.keys, True, header)
+        if verdict != DUPLICATE and key not in in_batch:
+            return False, message
+        # authentic and under a counter already taken: the same bytes are a retransmission,
+        # other bytes a second sealing under the same key and nonce
+        recorded = in_batch.get(key) or self.registry.digest(*key)
+        if recorded is not None and recorded != digest:
+            raise CounterReuse(entry.node_id, header.counter, message)
+        return True, message
+
+    def _reuse_alarm(self, arrival: Arrival, entry: NodeEntry) -> list[OutMessage]:
+        """The alarm event for a counter reuse, unless one went out within the hour."""
+        node_id = entry.node_id
+        last = self._last_reuse_alarm.get(node_id)
+        if last is not None and arrival.time - last < REUSE_ALARM_GAP_S:
+            return []
+        self._last_reuse_alarm[node_id] = arrival.time
+        gateway = self.topics.gateway_id
+        record = Record(
+            "event",
+            node_id,
+            entry.zone,
+            arrival.time,
+            f"{gateway}:{node_id}:alarm:counter_reuse:{int(arrival.time)}",
+            (Measurement("counter_reuse", "", 1),),
+        )
+        return [senml.encode(record, self.topics, self.payload_format)]
+
+    def _rejected(self, arrival: Arrival, exc: RemoteProtocolError, personal: bool = False) -> None:
         """Counted by node and reason (observations not at all: their number says people were
-        near), logged once per burst."""
-        node, personal = UNREGISTERED, False
+        near; `personal` for a decoded frame that says so), logged once per burst."""
+        node = UNREGISTERED
         if exc.reason != Reason.UNKNOWN_NODE:
             try:
                 header = parse_header(arrival.frame)
                 node = str(header.node_id) if header.node_id in self.registry else node
-                personal = header.msg_type == OBSERVATIONS
+                personal = personal or header.msg_type == OBSERVATIONS
             except RemoteProtocolError:
                 pass
         if not personal:

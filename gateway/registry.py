@@ -5,6 +5,7 @@ One SQLite file (stdlib sqlite3, WAL journal, synchronous=FULL), readable by its
     nodes     node_id INTEGER PRIMARY KEY, secret BLOB, zone TEXT, added REAL
     replay    node_id, fingerprint, highest, bitmap      uplink replay window (SPEC.md section 10)
     downlink  node_id, fingerprint, counter_limit        downlink counter limit (SPEC.md section 9)
+    evidence  node_id, counter, digest                   what each accepted uplink counter sealed
 
 Why the choices:
 
@@ -27,6 +28,14 @@ Why the choices:
   same secret again resumes them, so re-adding a node can neither reopen its replay window nor
   reuse a downlink nonce; a different secret (re-provisioning) starts both from zero, as the
   spec requires for new keys.
+- **Evidence of counter reuse.** For each accepted uplink counter, the last EVIDENCE_SPAN of
+  them per node, an 8-byte digest of the frame (frame_digest()). A node retransmits a frame
+  byte for byte, so an authentic frame under a recorded counter with another digest was
+  sealed by a second holder of the key: a cloned board or a restored flash backup, the
+  key-and-nonce reuse that AES-CCM must never see (SPEC.md section 10, COUNTER_REUSE). The
+  rows go with the replay-window commit, so what a restart remembers is what was accepted;
+  1024 rows of about 24 bytes per node, pruned in the same transaction. A new secret deletes
+  them (they describe the old keys).
 - **Keys derived once.** get() derives a node's keys (three HKDFs and two AEAD objects) on first
   use and caches the entry; later frames of the node cost a dict lookup.
 
@@ -55,14 +64,29 @@ from protocol.keys import MAX_NODE_ID, MAX_SECRET, MIN_SECRET
 from .errors import RegistryError
 from .sqlite import Closing, connect, create_private, transaction
 
-__all__ = ["DOWNLINK_STEP", "FORMAT", "MAX_ZONE_BYTES", "NodeEntry", "NodeRegistry"]
+__all__ = [
+    "DOWNLINK_STEP",
+    "EVIDENCE_SPAN",
+    "FORMAT",
+    "MAX_ZONE_BYTES",
+    "NodeEntry",
+    "NodeRegistry",
+    "frame_digest",
+]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "edgeveil-registry"
 FORMAT_VERSION = 1
+# Tables added later are created IF NOT EXISTS and an older edgeveil ignores them, so the
+# version moves only for a change an older edgeveil would misread (a rollback stays possible).
 SCHEMA_VERSION = 1
 DOWNLINK_STEP = 256  # downlink counters reserved per commit
+# uplink counters below the highest whose frame digests are kept: with a frame every few
+# minutes a few days, enough for a backup restored soon after it was taken; older reuse shows
+# as REPLAY (a counter that went back)
+EVIDENCE_SPAN = 1024
+DIGEST_BYTES = 8
 MAX_COUNTER = 2**32 - 1  # SPEC.md section 9: a 4-byte partial IV
 MAX_ZONE_BYTES = 32  # as in the node's configuration (firmware/edgeveil_node/config.py)
 _HEX = re.compile(r"[0-9a-fA-F]*")
@@ -85,6 +109,12 @@ CREATE TABLE IF NOT EXISTS downlink (
     fingerprint BLOB NOT NULL,
     counter_limit INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS evidence (
+    node_id INTEGER NOT NULL,
+    counter INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (node_id, counter)
+) WITHOUT ROWID;
 """
 _STATEMENTS = tuple(s for s in _SCHEMA.split(";") if s.strip())
 
@@ -92,6 +122,12 @@ _STATEMENTS = tuple(s for s in _SCHEMA.split(";") if s.strip())
 def _fingerprint(secret: bytes) -> bytes:
     """Tells whether counter state belongs to this secret. One-way, and not a key."""
     return hashlib.sha256(b"edgeveil registry state v1\x00" + secret).digest()[:16]
+
+
+def frame_digest(frame: bytes) -> bytes:
+    """What the registry keeps of an accepted frame: enough to tell a retransmission (the same
+    bytes) from another frame under the same counter, nothing of its content."""
+    return hashlib.sha256(frame).digest()[:DIGEST_BYTES]
 
 
 def _bitmap_blob(bitmap: int) -> bytes:
@@ -209,6 +245,8 @@ class NodeRegistry(Closing):
         # counter state of another secret no longer applies: the new keys start from zero
         cur.execute("DELETE FROM replay WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
         cur.execute("DELETE FROM downlink WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
+        if cur.execute("SELECT 1 FROM replay WHERE node_id = ?", (node_id,)).fetchone() is None:
+            cur.execute("DELETE FROM evidence WHERE node_id = ?", (node_id,))
 
     def remove(self, node_id: int) -> None:
         """Unregister a node (RegistryError if unknown). Its counter state stays, see above."""
@@ -284,17 +322,27 @@ class NodeRegistry(Closing):
             self._fingerprints[node_id] = fp
             return entry
 
-    def accept(self, node_id: int, counter: int) -> None:
-        """Record an accepted uplink counter: move the node's window and persist it.
+    def accept(self, node_id: int, counter: int, digest: bytes = b"") -> None:
+        """Record an accepted uplink counter: move the node's window and persist it, with the
+        frame's digest (frame_digest(); b"" records none) as evidence against counter reuse.
 
         Call it only after the frame authenticated, check() said NEW, and what the frame
         produced is durably stored (in the spool), and before acknowledging the frame
         (SPEC.md section 10). Durable on return.
         """
-        self.accept_many(((node_id, counter),))
+        self.accept_many(((node_id, counter, digest),))
 
-    def accept_many(self, items: Iterable[tuple[int, int]]) -> None:
-        """accept() for several (node_id, counter) pairs in one transaction (one fsync).
+    def digest(self, node_id: int, counter: int) -> bytes | None:
+        """The digest recorded for an accepted uplink counter of the node, or None when none is
+        kept (never accepted, older than EVIDENCE_SPAN, or accepted without one)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT digest FROM evidence WHERE node_id = ? AND counter = ?", (node_id, counter)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def accept_many(self, items: Iterable[tuple[int, int, bytes]]) -> None:
+        """accept() for several (node_id, counter, digest) in one transaction (one fsync).
 
         The pairs are applied per node in ascending counter order, so a batch that holds an
         older and a much newer frame of one node is accepted whatever its order. The windows
@@ -310,7 +358,7 @@ class NodeRegistry(Closing):
             return
         with self._lock:
             staged: dict[int, ReplayWindow] = {}
-            for node_id, counter in pairs:
+            for node_id, counter, _digest in pairs:
                 window = staged.get(node_id)
                 if window is None:
                     entry = self.get(node_id)
@@ -331,6 +379,14 @@ class NodeRegistry(Closing):
                         (n, self._fingerprints[n], w.highest, _bitmap_blob(w.bitmap))
                         for n, w in staged.items()
                     ],
+                )
+                cur.executemany(
+                    "INSERT OR REPLACE INTO evidence (node_id, counter, digest) VALUES (?, ?, ?)",
+                    [(n, c, d) for n, c, d in pairs if d],
+                )
+                cur.executemany(
+                    "DELETE FROM evidence WHERE node_id = ? AND counter <= ?",
+                    [(n, w.highest - EVIDENCE_SPAN) for n, w in staged.items()],
                 )
             for node_id, window in staged.items():
                 live = self._entries[node_id].window

@@ -23,6 +23,9 @@ class Reason:
     AUTH_FAILED = 9  # the tag does not verify: forged, tampered, or sealed with another key
     REPLAY = 10  # the frame counter is older than the replay window accepts
     MALFORMED = 11  # decrypted fine, but the content is not a valid message of its type
+    # receiver state (SPEC.md section 10): an authentic frame under a counter already accepted
+    # with different bytes: two senders share the key (a cloned node, a restored backup)
+    COUNTER_REUSE = 12
 
     _NAMES = {  # noqa: RUF012 - a constant table; MicroPython has no typing.ClassVar
         1: "bad_crc",
@@ -36,6 +39,7 @@ class Reason:
         9: "auth_failed",
         10: "replay",
         11: "malformed",
+        12: "counter_reuse",
     }
 
     @staticmethod

@@ -10,7 +10,7 @@ import serial
 
 from firmware.host.fleet import Fleet
 from gateway.node.monitor import Judge, StreamSplitter
-from gateway.registry import NodeRegistry
+from gateway.registry import NodeRegistry, frame_digest
 from protocol import Event, NodeKeys, encode_serial, seal
 
 from .command import edgeveil
@@ -84,6 +84,24 @@ def test_judge_verifies_counts_duplicates_and_names_rejections(registry: NodeReg
         "frames: 1 verified, 1 duplicate, 3 rejected (auth_failed 1, "
         f"{line.split(':')[0]} 1, unknown_node 1); console lines: 2; noise: 1 chunks"
     )
+    registry.close()
+
+
+def test_judge_tells_a_reused_counter_from_a_retransmission(registry: NodeRegistry) -> None:
+    """Two boards with one identity: the second seals other content under a counter the
+    first used, seen here or accepted by the gateway whose registry the monitor reads."""
+    judge = Judge(registry)
+    assert judge.judge(_frame(5))[0]
+    clone = seal(Event(1, 5), 5, NodeKeys(NODE, SECRET))
+    ok, line = judge.judge(clone)
+    assert not ok
+    assert line.startswith("node 4660 #5 event: counter_reuse: counter reused: two boards or a ")
+    assert "edgeveil node provision" in line
+    registry.accept(NODE, 9, frame_digest(_frame(9)))  # the gateway accepted counter 9
+    assert judge.judge(_frame(9))[0]  # the same frame: fine
+    ok, line = Judge(registry).judge(seal(Event(1, 9), 9, NodeKeys(NODE, SECRET)))
+    assert not ok
+    assert "counter_reuse" in line
     registry.close()
 
 

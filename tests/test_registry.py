@@ -207,7 +207,7 @@ def test_accept_many_in_any_order(path: Path) -> None:
         reg.add(1, SECRET)
         reg.add(2, SECRET2)
         # an old and a much newer frame of node 1 in one batch, newest first
-        reg.accept_many([(1, 200), (2, 5), (1, 10), (2, 6), (1, 199)])
+        reg.accept_many([(1, 200, b""), (2, 5, b""), (1, 10, b""), (2, 6, b""), (1, 199, b"")])
         one, two = reg.get(1), reg.get(2)
         assert one is not None
         assert two is not None
@@ -215,7 +215,7 @@ def test_accept_many_in_any_order(path: Path) -> None:
         assert (two.window.highest, two.window.bitmap) == (6, 0b11)
         # a failing batch changes nothing, neither in memory nor on disk
         with pytest.raises(RegistryError):
-            reg.accept_many([(1, 300), (9, 1)])
+            reg.accept_many([(1, 300, b""), (9, 1, b"")])
         assert one.window.highest == 200
         reg.accept_many([])
     with NodeRegistry.open(path) as reg:

@@ -9,14 +9,16 @@ a printable line ending in a newline of four or more characters, so nothing of a
 taken for text). Each line carries a timestamp; a summary of the counters ends the run.
 
 Duplicates (a node retransmitting a frame the gateway did not acknowledge) are recognised
-with a replay window in memory; the monitor never writes to the registry.
+with a replay window in memory; the monitor never writes to the registry. A frame under a
+counter seen before (here, or accepted by the gateway whose registry this is) with other bytes
+is no duplicate: two boards or a restored backup share the identity, and the monitor says so.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +34,16 @@ from protocol import (
 from protocol.messages import MESSAGE_CLASSES, Observations
 
 from ..errors import RegistryError
-from ..registry import NodeRegistry
+from ..registry import EVIDENCE_SPAN, NodeRegistry, frame_digest
 from .errors import NodeCommandError
 
 __all__ = ["Event", "Judge", "StreamSplitter", "monitor", "open_registry"]
 
+REUSE_HINT = (
+    "counter reused: two boards or a restored backup share this identity (this frame differs "
+    "from the one sealed under the same counter before; give each board its own identity: "
+    "edgeveil node provision, then edgeveil node deploy)"
+)
 MIN_TEXT_LINE = 4  # shorter "lines" might be a frame's bytes; they wait for the delimiter
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 
@@ -111,6 +118,8 @@ class Judge:
     registry: NodeRegistry
     windows: dict[int, ReplayWindow] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    # (node, counter) -> digest of the first frame seen under it, the latest EVIDENCE_SPAN
+    seen: OrderedDict[tuple[int, int], bytes] = field(default_factory=OrderedDict)
 
     def judge(self, frame: bytes) -> tuple[bool, str]:
         """(verified, the line to show)."""
@@ -136,6 +145,13 @@ class Judge:
                 else ""
             )
             return self._reject(f"{who}: {exc.reason_name}: {exc.detail}{hint}", exc.reason_name)
+        key, digest = (header.node_id, header.counter), frame_digest(frame)
+        recorded = self.seen.get(key) or self.registry.digest(*key)
+        if recorded is not None and recorded != digest:
+            return self._reject(f"{who}: counter_reuse: {REUSE_HINT}", "counter_reuse")
+        self.seen.setdefault(key, digest)
+        while len(self.seen) > EVIDENCE_SPAN:
+            self.seen.popitem(last=False)
         window = self.windows.setdefault(header.node_id, ReplayWindow())
         try:
             duplicate = window.check(header.counter) == DUPLICATE

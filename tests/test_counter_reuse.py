@@ -1,0 +1,217 @@
+"""Counter reuse at the gateway (issue 12 item 3): an authentic frame under a counter already
+accepted, whose bytes differ from the accepted frame's, is COUNTER_REUSE, not a duplicate.
+
+Two "boards" here are two sealers holding one node's keys, as a cloned board or a restored
+flash backup would: board A sends counters in order, board B seals other content under counters
+A already used. The real ingest stage runs against a real registry, spool and privacy engine
+(a policy that passes everything); downlinks are captured. Each test fails when the digest
+comparison in Ingest._classify or the evidence kept by NodeRegistry.accept_many is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gateway.ingest import REUSE_ALARM_GAP_S, Arrival, Ingest
+from gateway.lora.radio import RadioMeta
+from gateway.metrics import Metrics
+from gateway.privacy import PolicyEngine, PrivacyLedger
+from gateway.privacy import policy as policy_mod
+from gateway.records import Topics
+from gateway.registry import EVIDENCE_SPAN, NodeRegistry
+from gateway.spool import Spool
+from protocol import Ack, NodeKeys, Observations, Readings, open_frame, seal
+
+from .gateway_harness import write_policy
+
+NODE = 7
+SECRET = bytes(range(32))  # test key, not a real one
+OTHER_SECRET = bytes(range(1, 33))  # test key
+pytestmark = pytest.mark.asyncio
+
+GW = "gw-reuse"
+PORT = "ttyTEST"
+KEYS = NodeKeys(NODE, SECRET)
+
+
+def board_a(counter: int) -> bytes:
+    return seal(Readings({0: 200 + counter}), counter, KEYS)
+
+
+def board_b(counter: int) -> bytes:
+    """Another board with the same identity: other content under the same counter."""
+    return seal(Readings({0: -50 - counter}), counter, KEYS)
+
+
+@dataclass
+class Gateway:
+    """The ingest stage with its collaborators; reopen() is a gateway restart."""
+
+    directory: Path
+    sent: list[bytes] = field(default_factory=list)
+    now: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.policy = policy_mod.load(write_policy(self.directory))
+        self.registry = NodeRegistry.open(self.directory / "registry.db")
+        if NODE not in self.registry:
+            self.registry.add(NODE, SECRET, "square")
+        self.ledger = PrivacyLedger.open(self.directory / "privacy.db")
+        self.spool = Spool.open(self.directory / "spool.db", 10_000, 86_400, "refuse_new")
+        self.metrics = Metrics()
+        engine = PolicyEngine(self.policy, GW, self.ledger)
+        engine.add_node(NODE, "square")
+        self.ingest = Ingest(
+            self.registry,
+            engine,
+            self.spool,
+            Topics("edgeveil", "site", GW),
+            "senml-json",
+            self._send,
+            lambda *_args, **_kw: None,
+            self.metrics,
+        )
+
+    async def _send(self, _port: str, frame: bytes, _radio: RadioMeta | None) -> bool:
+        self.sent.append(frame)
+        return True
+
+    async def feed(self, *frames: bytes) -> list[int]:
+        """One batch; returns the counters acknowledged in answer."""
+        start = len(self.sent)
+        await self.ingest.process([Arrival(PORT, f, self.now) for f in frames])
+        acked: list[int] = []
+        for frame in self.sent[start:]:
+            message = open_frame(frame, KEYS, uplink=False)
+            if isinstance(message, Ack):
+                acked.extend(message.counters)
+        return acked
+
+    def outcome(self, outcome: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "edgeveil_frames_total", {"port": PORT, "node": str(NODE), "outcome": outcome}
+        )
+        return value or 0.0
+
+    def alarms(self) -> list[dict[str, object]]:
+        return [
+            record
+            for _seq, m in self.spool.peek(10_000)
+            if m.topic.endswith(f"/node/{NODE}/event")
+            for record in json.loads(m.payload)
+            if record.get("n") == "counter_reuse"
+        ]
+
+    def readings(self) -> list[int]:
+        return [
+            record["v"]
+            for _seq, m in self.spool.peek(10_000)
+            if m.topic.endswith("/readings")
+            for record in json.loads(m.payload)
+            if "v" in record
+        ]
+
+    def close(self) -> None:
+        self.spool.close()
+        self.ledger.close()
+        self.registry.close()
+
+    def reopen(self) -> Gateway:
+        self.close()
+        return Gateway(self.directory)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path)
+    yield gw
+    gw.close()
+
+
+async def test_other_bytes_under_an_accepted_counter_are_reuse_not_a_duplicate(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await gateway.feed(*(board_a(c) for c in range(5))) == [0, 1, 2, 3, 4]
+    # board A's retransmission: the same bytes, acknowledged again, stored once
+    assert await gateway.feed(board_a(2)) == [2]
+    assert gateway.outcome("duplicate") == 1
+    # board B: the same key and nonce over other content
+    assert await gateway.feed(board_b(2)) == []
+    assert gateway.outcome("counter_reuse") == 1
+    assert gateway.outcome("duplicate") == 1
+    assert "counter 2 reused" in caplog.text
+    assert "two boards or a restored backup share this identity" in caplog.text
+    # temperatures in 0.1 °C: A's counter 2 carried 20.2 °C, B's -5.2 °C
+    assert 20.2 in gateway.readings()
+    assert -5.2 not in gateway.readings()  # nothing of B's frame was stored or forwarded
+    alarms = gateway.alarms()
+    assert len(alarms) == 1
+    assert alarms[0]["v"] == 1  # no content: that it happened, nothing of the frames
+
+
+async def test_the_evidence_survives_a_gateway_restart(gateway: Gateway) -> None:
+    await gateway.feed(*(board_a(c) for c in range(5)))
+    restarted = gateway.reopen()
+    try:
+        assert await restarted.feed(board_a(3)) == [3]  # still a retransmission
+        assert await restarted.feed(board_b(3)) == []
+        assert restarted.outcome("counter_reuse") == 1
+    finally:
+        restarted.close()
+
+
+async def test_reuse_below_the_replay_window_is_told_from_a_replay(gateway: Gateway) -> None:
+    """A restored backup sets the counter back further than the 64-counter window."""
+    await gateway.feed(*(board_a(c) for c in range(200)))
+    assert await gateway.feed(board_a(10)) == []  # an old frame sent again: a replay
+    assert gateway.outcome("replay") == 1
+    assert await gateway.feed(board_b(10)) == []
+    assert gateway.outcome("counter_reuse") == 1
+    forged = bytearray(board_b(11))
+    forged[-1] ^= 1  # not sealed with the key: no alarm for what anyone could send
+    assert await gateway.feed(bytes(forged)) == []
+    assert gateway.outcome("auth_failed") == 1
+    assert gateway.outcome("counter_reuse") == 1
+    assert len(gateway.alarms()) == 1
+
+
+async def test_both_boards_in_one_batch(gateway: Gateway) -> None:
+    assert await gateway.feed(board_a(0), board_b(0), board_a(0)) == [0, 0]
+    assert gateway.outcome("counter_reuse") == 1
+    assert gateway.readings() == [20.0]  # A's (0.1 °C units); B's -5.0 °C never stored
+
+
+async def test_alarms_are_rate_limited_and_never_come_from_sightings(gateway: Gateway) -> None:
+    await gateway.feed(*(board_a(c) for c in range(10)))
+    await gateway.feed(board_b(1), board_b(2))
+    assert gateway.outcome("counter_reuse") == 2
+    assert len(gateway.alarms()) == 1  # one per node and hour
+    gateway.now += REUSE_ALARM_GAP_S
+    # a reused counter on a BLE sightings frame: rejected, but neither counted nor published
+    # (how many such frames there are, and when, says people were near)
+    sighting = seal(Observations(0, [(b"\x02\x11\x22\x33\x44\x55", -70)]), 3, KEYS)
+    assert await gateway.feed(sighting) == []
+    assert gateway.outcome("counter_reuse") == 2
+    assert len(gateway.alarms()) == 1
+    await gateway.feed(board_b(4))
+    assert len(gateway.alarms()) == 2  # the next non-personal reuse after the hour
+
+
+async def test_the_evidence_is_bounded_and_belongs_to_the_secret(gateway: Gateway) -> None:
+    for start in range(0, EVIDENCE_SPAN + 600, 200):
+        await gateway.feed(*(board_a(c) for c in range(start, start + 200)))
+
+    def rows() -> int:
+        with sqlite3.connect(gateway.directory / "registry.db") as conn:
+            return int(conn.execute("SELECT count(*) FROM evidence").fetchone()[0])
+
+    assert rows() == EVIDENCE_SPAN
+    gateway.registry.add(NODE, OTHER_SECRET, "square", replace=True)  # re-provisioned
+    assert rows() == 0
