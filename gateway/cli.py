@@ -244,7 +244,7 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.nodes, args.duration, args.seed)
 
 
-def _gateway(args: argparse.Namespace) -> int:
+def _gateway(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per command
     from . import commands  # noqa: PLC0415 - the service's imports only when it is used
 
     try:
@@ -258,6 +258,10 @@ def _gateway(args: argparse.Namespace) -> int:
             if args.downlinks < 1 or args.uplinks < 0:
                 raise CliError("--downlinks must be at least 1 and --uplinks at least 0")
             return commands.advance_counters(args.config, args.downlinks, args.uplinks)
+        if args.gateway_command == "nodes":
+            if args.nodes_command == "revoke":
+                return commands.revoke_node(args.config, args.node)
+            return commands.list_nodes(args.config)
         return commands.status(args.metrics)
     except commands.UsageError as exc:
         raise CliError(str(exc)) from None
@@ -330,6 +334,29 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "backup could otherwise be replayed once each; a node's own frames are then refused "
         "until its counter passes the mark; default 0)",
     )
+    nodes = sub.add_parser(
+        "nodes",
+        help="the registered nodes: list them, revoke one",
+        description="The gateway's node registry (the state directory's registry.db).",
+    )
+    nodes_sub = nodes.add_subparsers(dest="nodes_command", metavar="COMMAND", required=True)
+    nodes_sub.add_parser(
+        "list",
+        parents=[with_config],
+        help="every registered node: zone, highest counter accepted, revoked or not",
+        description="List the registered nodes: id, zone, the highest uplink counter accepted, "
+        "and whether the node is revoked. Secrets are never shown.",
+    )
+    revoke = nodes_sub.add_parser(
+        "revoke",
+        parents=[with_config],
+        help="refuse a node's frames from now on (a lost, stolen or cloned node)",
+        description="Revoke a node's identity: from the gateway's next batch of frames on, "
+        "every frame of the node is refused (counted as 'revoked'), nothing of it is forwarded "
+        "or acknowledged. A running gateway picks it up without a restart. Only a new identity "
+        "brings the node back: edgeveil node provision, then gateway import-nodes.",
+    )
+    revoke.add_argument("node", type=int, metavar="NODE", help="the node id to revoke")
     status = sub.add_parser(
         "status",
         help="what a running gateway is doing: links, broker, spool, frames",

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -127,6 +128,67 @@ def advance_counters(config_path: Path | None, downlinks: int, uplinks: int) -> 
             "provision them with a new secret"
         )
     return 0
+
+
+def _registry_path(config_path: Path | None) -> Path:
+    path = _load(config_path).state_dir / "registry.db"
+    if not path.exists():
+        raise UsageError(
+            f"no registry at {path}: import nodes first (edgeveil gateway import-nodes)"
+        )
+    return path
+
+
+def list_nodes(config_path: Path | None) -> int:
+    path = _registry_path(config_path)
+    try:
+        with NodeRegistry.open(path) as registry:
+            revoked = registry.revoked()
+            rows = []
+            for node_id in registry.node_ids():
+                entry = registry.get(node_id)
+                if entry is None:
+                    continue
+                highest = entry.window.highest
+                rows.append(
+                    (
+                        str(node_id),
+                        entry.zone or "-",
+                        "-" if highest < 0 else str(highest),
+                        "revoked " + _utc(revoked[node_id]) if node_id in revoked else "active",
+                    )
+                )
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{path}: {len(rows)} nodes")
+    if rows:
+        table = [("node", "zone", "highest counter", "state"), *rows]
+        widths = [max(len(r[i]) for r in table) for i in range(4)]
+        for row in table:
+            print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def revoke_node(config_path: Path | None, node_id: int) -> int:
+    path = _registry_path(config_path)
+    try:
+        with NodeRegistry.open(path) as registry:
+            changed = registry.revoke(node_id)
+    except RegistryError as exc:
+        raise UsageError(f"{exc} (edgeveil gateway nodes list shows the registered ones)") from None
+    if not changed:
+        print(f"node {node_id} was revoked already")
+        return 0
+    print(
+        f"node {node_id} revoked: its frames are refused from now on (a running gateway "
+        "applies it with its next frames). To bring the place back into service: provision a "
+        "new identity (edgeveil node provision), deploy it and import it here"
+    )
+    return 0
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
 
 
 def run(path: Path | None) -> int:

@@ -164,6 +164,7 @@ class Ingest:
             await self.process(batch)
 
     async def process(self, batch: list[Arrival]) -> None:
+        self.registry.reload_if_changed()  # a revocation or re-import by a technician command
         out: list[OutMessage] = []
         accepted: list[tuple[int, int, bytes]] = []  # node, counter, frame digest
         counted: list[tuple[str, str, bool]] = []  # port, node, left nothing: for metrics
@@ -228,6 +229,12 @@ class Ingest:
                 raise RemoteProtocolError(
                     Reason.UNKNOWN_NODE,
                     f"node {header.node_id} is not registered (edgeveil gateway import-nodes)",
+                )
+            if entry.revoked:
+                raise RemoteProtocolError(
+                    Reason.REVOKED,
+                    f"node {header.node_id} is revoked (edgeveil gateway nodes revoke); only a "
+                    "new identity brings it back: edgeveil node provision, then import-nodes",
                 )
             digest = frame_digest(arrival.frame)
             duplicate, message = self._classify(arrival.frame, header, entry, digest, in_batch)

@@ -6,6 +6,7 @@ One SQLite file (stdlib sqlite3, WAL journal, synchronous=FULL), readable by its
     replay    node_id, fingerprint, highest, bitmap      uplink replay window (SPEC.md section 10)
     downlink  node_id, fingerprint, counter_limit        downlink counter limit (SPEC.md section 9)
     evidence  node_id, counter, digest                   what each accepted uplink counter sealed
+    revoked   node_id, fingerprint, at                   nodes whose frames are refused
 
 Why the choices:
 
@@ -36,6 +37,12 @@ Why the choices:
   rows go with the replay-window commit, so what a restart remembers is what was accepted;
   1024 rows of about 24 bytes per node, pruned in the same transaction. A new secret deletes
   them (they describe the old keys).
+- **Revocation belongs to a secret.** `revoke()` records the fingerprint of the node's current
+  secret: its frames are refused (REVOKED) from then on, also after the node is removed and
+  added again with the same secret. Only a new secret (re-provisioning) lifts it.
+- **Other processes' changes.** A technician command changes the file while the service runs;
+  `reload_if_changed()` (SQLite's data_version, one cheap pragma, called once per batch) drops
+  the cached entries, so a revocation or a replaced secret applies from the next batch.
 - **Keys derived once.** get() derives a node's keys (three HKDFs and two AEAD objects) on first
   use and caches the entry; later frames of the node cost a dict lookup.
 
@@ -109,6 +116,11 @@ CREATE TABLE IF NOT EXISTS downlink (
     fingerprint BLOB NOT NULL,
     counter_limit INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS revoked (
+    node_id INTEGER PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS evidence (
     node_id INTEGER NOT NULL,
     counter INTEGER NOT NULL,
@@ -141,13 +153,21 @@ class NodeEntry:
     get() returns the same object every time, and NodeRegistry.accept() moves it.
     """
 
-    __slots__ = ("keys", "node_id", "window", "zone")
+    __slots__ = ("keys", "node_id", "revoked", "window", "zone")
 
-    def __init__(self, node_id: int, zone: str, keys: NodeKeys, window: ReplayWindow) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        zone: str,
+        keys: NodeKeys,
+        window: ReplayWindow,
+        revoked: bool = False,
+    ) -> None:
         self.node_id = node_id
         self.zone = zone
         self.keys = keys
         self.window = window
+        self.revoked = revoked  # its frames are refused (NodeRegistry.revoke)
 
     def __repr__(self) -> str:  # never the secret or the keys
         return f"NodeEntry(node_id={self.node_id}, zone={self.zone!r})"
@@ -177,6 +197,7 @@ class NodeRegistry(Closing):
         self._entries: dict[int, NodeEntry] = {}
         self._fingerprints: dict[int, bytes] = {}
         self._downlink: dict[int, _Downlink] = {}
+        self._data_version = self._read_data_version()
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -196,6 +217,23 @@ class NodeRegistry(Closing):
         )
         log.debug("registry %s opened", path)
         return cls(path, conn)
+
+    def _read_data_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def reload_if_changed(self) -> bool:
+        """Forget the cached entries if another connection (a technician command) committed
+        since the last call; True if it did. Counter state is safe either way: windows are
+        read again from the file, which holds every accepted counter."""
+        version = self._read_data_version()
+        if version == self._data_version:
+            return False
+        with self._lock:
+            self._data_version = version
+            self._entries.clear()
+            self._fingerprints.clear()
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -247,6 +285,8 @@ class NodeRegistry(Closing):
         cur.execute("DELETE FROM downlink WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
         if cur.execute("SELECT 1 FROM replay WHERE node_id = ?", (node_id,)).fetchone() is None:
             cur.execute("DELETE FROM evidence WHERE node_id = ?", (node_id,))
+        # a revocation is of the old secret; the same secret stays revoked
+        cur.execute("DELETE FROM revoked WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
 
     def remove(self, node_id: int) -> None:
         """Unregister a node (RegistryError if unknown). Its counter state stays, see above."""
@@ -256,6 +296,43 @@ class NodeRegistry(Closing):
                 raise RegistryError(f"node {node_id} is not registered")
         self._forget(node_id)
         log.info("registry: node %d removed", node_id)
+
+    def revoke(self, node_id: int) -> bool:
+        """Refuse the node's frames from now on (REVOKED), until it is given a new secret.
+        RegistryError for an unknown node; False if it was revoked already. A running
+        gateway applies it from its next batch of frames (reload_if_changed)."""
+        with self._transaction() as cur:
+            row = cur.execute("SELECT secret FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row is None:
+                raise RegistryError(f"node {node_id} is not registered")
+            fp = _fingerprint(bytes(row[0]))
+            found = cur.execute(
+                "SELECT 1 FROM revoked WHERE node_id = ? AND fingerprint = ?", (node_id, fp)
+            ).fetchone()
+            if found is not None:
+                return False
+            cur.execute(
+                "INSERT INTO revoked (node_id, fingerprint, at) VALUES (?, ?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                "at = excluded.at",
+                (node_id, fp, time.time()),
+            )
+        self._forget(node_id)
+        log.warning("registry: node %d revoked", node_id)
+        return True
+
+    def revoked(self) -> dict[int, float]:
+        """Registered nodes whose current secret is revoked, with when (Unix time)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT n.node_id, n.secret, r.fingerprint, r.at FROM nodes n "
+                "JOIN revoked r ON r.node_id = n.node_id"
+            ).fetchall()
+        return {
+            int(node_id): float(at)
+            for node_id, secret, fp, at in rows
+            if bytes(fp) == _fingerprint(bytes(secret))
+        }
 
     def _forget(self, node_id: int) -> None:
         with self._lock:
@@ -301,13 +378,14 @@ class NodeRegistry(Closing):
             if entry is not None:
                 return entry
             row = self._conn.execute(
-                "SELECT n.secret, n.zone, r.fingerprint, r.highest, r.bitmap FROM nodes n "
-                "LEFT JOIN replay r ON r.node_id = n.node_id WHERE n.node_id = ?",
+                "SELECT n.secret, n.zone, r.fingerprint, r.highest, r.bitmap, v.fingerprint "
+                "FROM nodes n LEFT JOIN replay r ON r.node_id = n.node_id "
+                "LEFT JOIN revoked v ON v.node_id = n.node_id WHERE n.node_id = ?",
                 (node_id,),
             ).fetchone()
             if row is None:
                 return None
-            secret, zone, fp_stored, highest, bitmap = row
+            secret, zone, fp_stored, highest, bitmap, fp_revoked = row
             secret = bytes(secret)
             fp = _fingerprint(secret)
             window = ReplayWindow()
@@ -317,7 +395,8 @@ class NodeRegistry(Closing):
                 keys = NodeKeys(node_id, secret)
             except LocalProtocolError as exc:  # its message never shows the value
                 raise RegistryError(f"node {node_id}: stored secret is unusable: {exc}") from None
-            entry = NodeEntry(node_id, str(zone), keys, window)
+            revoked = fp_revoked is not None and bytes(fp_revoked) == fp
+            entry = NodeEntry(node_id, str(zone), keys, window, revoked)
             self._entries[node_id] = entry
             self._fingerprints[node_id] = fp
             return entry

@@ -26,6 +26,7 @@ class Reason:
     # receiver state (SPEC.md section 10): an authentic frame under a counter already accepted
     # with different bytes: two senders share the key (a cloned node, a restored backup)
     COUNTER_REUSE = 12
+    REVOKED = 13  # the node's identity was revoked at this receiver (its registry)
 
     _NAMES = {  # noqa: RUF012 - a constant table; MicroPython has no typing.ClassVar
         1: "bad_crc",
@@ -40,6 +41,7 @@ class Reason:
         10: "replay",
         11: "malformed",
         12: "counter_reuse",
+        13: "revoked",
     }
 
     @staticmethod

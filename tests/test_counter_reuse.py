@@ -292,3 +292,15 @@ async def test_a_restored_flash_backup_is_reported_at_the_first_reused_counter(
     assert await gateway.feed(reused) == []
     assert gateway.outcome("counter_reuse") == 1  # at the first reused counter
     assert len(gateway.alarms()) == 1
+
+
+# -- a revoked node (issue 12 item 4) ----------------------------------------------------------
+
+
+async def test_a_revoked_nodes_frames_are_refused_from_the_next_batch(gateway: Gateway) -> None:
+    assert await gateway.feed(board_a(0)) == [0]
+    with NodeRegistry.open(gateway.directory / "registry.db") as technician:
+        technician.revoke(NODE)  # edgeveil gateway nodes revoke, while the gateway runs
+    assert await gateway.feed(board_a(1), board_a(0)) == []  # neither new nor a retransmission
+    assert gateway.outcome("revoked") == 2
+    assert gateway.readings() == [20.0]  # only what came before the revocation

@@ -570,3 +570,58 @@ def test_advance_counters_needs_a_registry(tmp_path: Path) -> None:
     config.write_text(f'[gateway]\nstate_dir = "{tmp_path / "none"}"\n')
     result = edgeveil("gateway", "advance-counters", "--config", str(config))
     assert result.returncode == 2 and "no registry at" in result.stderr
+
+
+# -- revocation (issue 12 item 4) ---------------------------------------------------------------
+
+
+def test_revocation_belongs_to_the_secret_and_reaches_other_connections(path: Path) -> None:
+    with NodeRegistry.open(path) as service, NodeRegistry.open(path) as technician:
+        service.add(1, SECRET, "hal")
+        entry = service.get(1)
+        assert entry is not None and not entry.revoked
+        assert technician.revoke(1) is True
+        assert technician.revoke(1) is False  # already
+        assert service.reload_if_changed() is True  # the running gateway's next batch
+        entry = service.get(1)
+        assert entry is not None and entry.revoked
+        assert service.reload_if_changed() is False
+        service.remove(1)
+        service.add(1, SECRET, "hal")  # re-adding the same secret does not lift it
+        entry = service.get(1)
+        assert entry is not None and entry.revoked
+        assert set(service.revoked()) == {1}
+        service.add(1, SECRET2, "hal", replace=True)  # re-provisioned: a new identity
+        entry = service.get(1)
+        assert entry is not None and not entry.revoked
+        assert service.revoked() == {}
+        with pytest.raises(RegistryError, match="node 9 is not registered"):
+            technician.revoke(9)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_nodes_list_and_revoke_commands(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with NodeRegistry.open(state / "registry.db") as reg:
+        reg.add(3, SECRET, "hal")
+        reg.add(4, SECRET2)
+        reg.accept(3, 17)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{state}"\n')
+    result = edgeveil("gateway", "nodes", "revoke", "4", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("node 4 revoked: its frames are refused from now on")
+    assert "edgeveil node provision" in result.stdout
+    listed = edgeveil("gateway", "nodes", "list", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].endswith(": 2 nodes")
+    assert lines[1].split() == ["node", "zone", "highest", "counter", "state"]
+    assert lines[2].split() == ["3", "hal", "17", "active"]
+    assert lines[3].split()[:4] == ["4", "-", "-", "revoked"]
+    assert SECRET.hex() not in listed.stdout and SECRET2.hex() not in listed.stdout
+    unknown = edgeveil("gateway", "nodes", "revoke", "5", "--config", str(config))
+    assert unknown.returncode == 2
+    assert "node 5 is not registered" in unknown.stderr and "nodes list" in unknown.stderr
+    assert stat.S_IMODE((state / "registry.db").stat().st_mode) == 0o600

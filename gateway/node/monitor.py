@@ -136,6 +136,12 @@ class Judge:
                 "registry it was provisioned into with --registry)",
                 "unknown_node",
             )
+        if entry.revoked:
+            return self._reject(
+                f"{who}: revoked: this identity is revoked at the gateway (edgeveil gateway "
+                "nodes revoke); give the board a new one: edgeveil node provision, then deploy",
+                "revoked",
+            )
         try:
             message = open_frame(frame, entry.keys, uplink=kind.UPLINK, header=header)
         except RemoteProtocolError as exc:
