@@ -130,18 +130,16 @@ class Judge:
         kind = MESSAGE_CLASSES[header.msg_type]
         who = f"node {header.node_id} #{header.counter} {kind.NAME}"
         entry = self.registry.get(header.node_id)
-        if entry is None:
-            return self._reject(
-                f"{who}: unknown_node: this node id is not in the registry (give the "
-                "registry it was provisioned into with --registry)",
-                "unknown_node",
-            )
-        if entry.revoked:
-            return self._reject(
-                f"{who}: revoked: this identity is revoked at the gateway (edgeveil gateway "
-                "nodes revoke); give the board a new one: edgeveil node provision, then deploy",
-                "revoked",
-            )
+        if entry is None or entry.revoked:
+            reason, why = (
+                ("unknown_node", "this node id is not in the registry (give the registry it "
+                 "was provisioned into with --registry)")
+                if entry is None
+                else ("revoked", "this identity is revoked at the gateway (edgeveil gateway "
+                      "nodes revoke); give the board a new one: edgeveil node provision, then "
+                      "deploy")
+            )  # fmt: skip
+            return self._reject(f"{who}: {reason}: {why}", reason)
         try:
             message = open_frame(frame, entry.keys, uplink=kind.UPLINK, header=header)
         except RemoteProtocolError as exc:
