@@ -426,11 +426,26 @@ def test_a_time_sync_replayed_after_a_reboot_is_refused(tmp_path: Path) -> None:
         ({"sensors": [{"type": "dht22"}]}, "sensors[0].type: must be one of"),
         ({"link": {"type": "wifi"}}, 'link.type: must be one of "serial", "lora"'),
         ({"retransmit": {"queue": 100}}, "retransmit.queue: must be 1..48"),
+        ({"board": "A1B2"}, "board: must be the bound chip's id in lower-case hex"),
+        ({"board": 12}, "board: must be the bound chip's id"),
     ],
 )
 def test_config_errors_name_the_key(change: dict[str, Any], message: str) -> None:
     with pytest.raises(config_mod.ConfigError, match=re.escape(message)):
         make_config(**change)
+
+
+def test_a_configuration_bound_to_another_chip_is_refused() -> None:
+    """Issue 12: the node seals nothing under an identity bound to another board."""
+    bound = make_config(board="a1b2c3d4e5f6")
+    config_mod.check_board(bound, bytes.fromhex("a1b2c3d4e5f6"))  # its own chip: fine
+    config_mod.check_board(make_config(), b"\x01\x02")  # not bound (by hand, older tools)
+    with pytest.raises(config_mod.ConfigError) as refused:
+        config_mod.check_board(bound, bytes.fromhex("0000000000ff"))
+    assert str(refused.value).startswith(
+        f"this configuration (node {NODE_ID}) is bound to board a1b2c3d4e5f6; this is board "
+        "0000000000ff: one identity per board, so this board seals nothing under it"
+    )
 
 
 def test_missing_config_file_says_what_to_do(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -96,6 +98,46 @@ def test_deploy_copies_verifies_resets_and_then_copies_only_changes(
     assert changed.returncode == 0, changed.stderr
     assert f"copy: 1 of {len(manifest)} files changed" in changed.stdout
     assert json.loads((flash / "edgeveil.json").read_text())["zone"] == "hal-2"
+
+
+def test_an_identity_stays_on_the_board_it_was_first_deployed_to(
+    tmp_path: Path, node: tuple[Path, Path], cache: Path
+) -> None:
+    """Issue 12: the same node-N.json onto a second board would seal other frames under the
+    first board's key and nonces. Deploy binds it to the first board and refuses the second;
+    a copy by hand (every file of board A put on board B) is refused by the node itself."""
+    config, _ = node
+    with EmulatedBoard(tmp_path / "a") as board_a:
+        first = _deploy(board_a, config, cache, "--no-reset")
+        uid_a = board_a.uid.hex()
+        assert first.returncode == 0, first.stdout + first.stderr
+        again = _deploy(board_a, config, cache, "--no-reset")  # the same board: fine
+        assert again.returncode == 0, again.stdout + again.stderr
+    assert f"bound: {config} to chip {uid_a}" in first.stdout
+    assert "bound:" not in again.stdout
+    assert json.loads(config.read_text())["board"] == uid_a  # saved on this computer
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert json.loads((tmp_path / "a" / "edgeveil.json").read_text())["board"] == uid_a
+
+    with EmulatedBoard(tmp_path / "b") as board_b:
+        uid_b = board_b.uid.hex()
+        refused = _deploy(board_b, config, cache)
+    assert uid_a != uid_b
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    node_id = json.loads(config.read_text())["node_id"]
+    assert f"(node {node_id}) is bound to board {uid_a}; this is board {uid_b}" in refused.stderr
+    assert "edgeveil node provision" in refused.stderr
+    assert not (tmp_path / "b" / "edgeveil.json").exists()  # nothing was written
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b", dirs_exist_ok=True)  # mpremote cp, by hand
+    with EmulatedBoard(tmp_path / "b") as board_b:
+        doctor = edgeveil("node", "doctor", "--port", board_b.device, timeout=60)
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    assert (
+        f"FAIL configuration: invalid, checked on the board: this configuration (node "
+        f"{node_id}) is bound to board {uid_a}; this is board {uid_b}: one identity per board"
+    ) in doctor.stdout
+    assert "-> give this board its own identity: edgeveil node provision" in doctor.stdout
 
 
 def test_deploy_refuses_a_config_the_node_would_refuse(

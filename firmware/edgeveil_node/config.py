@@ -16,7 +16,12 @@
 #   "retransmit": {"ack_timeout_ms": 2000, "max_retries": 5, "queue": 16},
 #   "watchdog_ms": 30000,
 #   "sleep": false                         light sleep between cycles when nothing is pending
+#   "board": "a1b2c3d4e5f6"                the chip this identity is bound to (hex of
+#                                          machine.unique_id()), written by the first deploy
 # }
+#
+# A bound configuration on another chip is refused at boot (load()): two boards with one
+# identity would seal different frames under the same key and nonce (issue 12).
 
 import binascii
 import json
@@ -98,6 +103,35 @@ class Config:
         if type(sleep) is not bool:
             raise ConfigError("sleep: must be true or false")
         self.sleep = sleep
+        board = data.get("board")
+        if board is not None and (
+            type(board) is not str
+            or not 2 <= len(board) <= 64
+            or len(board) % 2
+            or board.strip("0123456789abcdef")
+        ):
+            raise ConfigError(
+                "board: must be the bound chip's id in lower-case hex (written by edgeveil "
+                "node deploy); deploy the configuration again"
+            )
+        self.board = board
+
+
+def check_board(config, unique_id):
+    """ConfigError when `config` is bound to a chip other than the one whose
+    machine.unique_id() is `unique_id`: this board must seal nothing under it."""
+    here = binascii.hexlify(unique_id).decode()
+    if config.board is not None and config.board != here:
+        raise ConfigError(
+            "this configuration (node "
+            + str(config.node_id)
+            + ") is bound to board "
+            + config.board
+            + "; this is board "
+            + here
+            + ": one identity per board, so this board seals nothing under it. Give it its "
+            "own: edgeveil node provision, then edgeveil node deploy"
+        )
 
 
 def _secret(value):
@@ -272,6 +306,10 @@ def load(path=CONFIG_FILE):
     except ValueError:
         raise ConfigError(path + " is not valid JSON: deploy the configuration again") from None
     config = Config(data)
+    if config.board is not None:
+        import machine  # noqa: PLC0415 - only here: Config runs on hosts without a chip
+
+        check_board(config, machine.unique_id())
     settings = Settings()
     for name in FIELDS:
         setattr(settings, name, getattr(config, name))
@@ -289,6 +327,7 @@ FIELDS = (
     "retransmit",
     "watchdog_ms",
     "sleep",
+    "board",
 )
 
 

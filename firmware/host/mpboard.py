@@ -290,6 +290,12 @@ def _crash_reason(exc: BaseException) -> str:
     return "crash: " + (text.splitlines()[0] if text else type(exc).__name__)
 
 
+def chip_id(flash_dir: Path) -> bytes:
+    """machine.unique_id() of the board emulated on `flash_dir`: one chip per flash directory
+    (6 bytes, as an ESP32's MAC-based id), the same across restarts of the emulator."""
+    return hashlib.sha256(str(flash_dir.resolve()).encode()).digest()[:6]
+
+
 class Board:
     """The board's serial line and REPL, driving one Interpreter at a time."""
 
@@ -315,7 +321,7 @@ class Board:
             partition = self.romfs_dir / "partition"
             if not partition.is_file() or partition.stat().st_size != romfs_bytes:
                 partition.write_bytes(b"\xff" * romfs_bytes)  # erased flash
-        self.uid = uid or hashlib.sha256(str(self.flash_dir).encode()).digest()[:6]
+        self.uid = uid or chip_id(self.flash_dir)
         self._rom = tempfile.TemporaryDirectory(prefix="edgeveil-rom-")
         self.rom_dir = Path(self._rom.name)
         for source in ROM_SOURCES:
@@ -739,6 +745,11 @@ class EmulatedBoard:
         self.romfs_bytes = romfs_bytes
         self.device = ""
         self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def uid(self) -> bytes:
+        """The emulated chip's machine.unique_id()."""
+        return chip_id(self.flash_dir)
 
     def start(self) -> EmulatedBoard:
         args = [

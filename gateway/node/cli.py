@@ -142,7 +142,9 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "MicroPython), copy what changed and the node's configuration with the board's REPL, "
         "verify every file by SHA-256, and reset the board. Files go under temporary names "
         "first and are switched over at the end, main.py last: an unplugged cable leaves the "
-        "previous version bootable. micropython-lib packages come from the local package cache.",
+        "previous version bootable. micropython-lib packages come from the local package cache. "
+        "The first deploy binds the configuration to the board's chip (machine.unique_id(), "
+        "saved into FILE as \"board\"); a configuration bound to another board is refused.",
     )
     _port_option(deploy)
     deploy.add_argument(
@@ -150,7 +152,8 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         type=Path,
         required=True,
         metavar="FILE",
-        help="the node's configuration (from edgeveil node provision)",
+        help="the node's configuration (from edgeveil node provision); bound to this board on "
+        "its first deploy",
     )
     deploy.add_argument(
         "--package",
@@ -323,6 +326,7 @@ def _deploy(args: argparse.Namespace) -> int:
             romfs=args.romfs,
             progress=progress,
             on_step=print,
+            config_path=args.config,
         )
         if not args.no_reset:
             board.hard_reset()

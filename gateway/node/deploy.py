@@ -25,6 +25,13 @@ micropython-lib packages (the configuration's needs, plus any --package) are ins
 local package cache (default ~/.cache/edgeveil/packages), so a deploy works offline; the
 cache is filled while online with `edgeveil node fetch-packages NAME...`.
 
+**One identity per board.** The first deploy of a configuration binds it to the board's chip:
+it adds the chip's id (machine.unique_id(), in hex) as "board" to the configuration, saves
+the configuration file on this computer first, then puts it on the board. A configuration
+bound to another chip is refused before anything is written, with both ids and the fix; and
+the node itself refuses to seal under a configuration bound to another chip (a copy made by
+hand), so two boards never share a key and a nonce (issue 12).
+
 Before anything is copied, deploy says how the board's heap compares with what the
 configuration needs (footprint.py). With --romfs, the compiled modules go into one image on
 the board's ROM filesystem instead (mounted at /rom, where .mpy files run from flash and their
@@ -53,6 +60,7 @@ from firmware.edgeveil_node import config as node_config  # the firmware's own v
 from . import footprint
 from .board import Board, BoardDisconnected
 from .errors import NodeCommandError
+from .provision import write_private
 
 __all__ = [
     "MANIFEST",
@@ -371,12 +379,59 @@ def read_board(board: Board) -> dict[str, Any]:
         "sys.implementation.version[:3]), 'machine': os.uname()[4], "
         "'platform': sys.platform, "
         "'mpy': getattr(sys.implementation, '_mpy', 0)}\n"
+        "try:\n"
+        " import machine, binascii\n"
+        " r['uid'] = binascii.hexlify(machine.unique_id()).decode()\n"
+        "except Exception:\n"
+        " pass\n"
         + footprint.READ_HEAP
         + "print(json.dumps(r))\n"
     )
     if not isinstance(info, dict):
         raise NodeCommandError(f"unexpected answer from the board on {board.port}")
     return info
+
+
+def bind(config_bytes: bytes, info: dict[str, Any], source: str) -> bytes | None:
+    """The configuration bound to the board `info` describes (read_board), or None when it is
+    bound to it already. NodeCommandError when it is bound to another board, or when the board
+    does not say which chip it is (`source` names the configuration in messages)."""
+    uid = info.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise NodeCommandError(
+            f"the board does not tell its chip id (machine.unique_id()), so {source} cannot "
+            "be bound to it; deploy runs only on a MicroPython port that has it"
+        )
+    data = json.loads(config_bytes)
+    bound = data.get("board")
+    if bound == uid:
+        return None
+    if bound is not None:
+        raise NodeCommandError(
+            f"{source} (node {data.get('node_id')}) is bound to board {bound}; this is board "
+            f"{uid}. One identity per board: two boards with one identity would reuse its "
+            "nonces. Provision a new identity for this board: edgeveil node provision, then "
+            "edgeveil node deploy with the new file"
+        )
+    data["board"] = uid
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def _bind_and_save(
+    config_bytes: bytes,
+    info: dict[str, Any],
+    config_path: Path | None,
+    on_step: Callable[[str], None],
+) -> bytes:
+    """The configuration to deploy, bound to this board; a newly bound one is saved to
+    `config_path` first, so that a second board is refused even if this deploy fails."""
+    bound = bind(config_bytes, info, str(config_path or "the configuration"))
+    if bound is None:
+        return config_bytes
+    if config_path is not None:
+        write_private(config_path, bound.decode())
+    on_step(f"bound: {config_path or 'the configuration'} to chip {info['uid']}")
+    return bound
 
 
 def heap_line(info: dict[str, Any], config_bytes: bytes) -> str | None:
@@ -504,7 +559,7 @@ def _write_romfs(board: Board, info: dict[str, Any], image: bytes) -> str:
     return f"romfs: {len(image)} bytes written to the ROM filesystem ({size} bytes), verified"
 
 
-def deploy(
+def deploy(  # noqa: PLR0915 - the steps of the module docstring, in order
     board: Board,
     config_bytes: bytes,
     packages: dict[str, bytes],
@@ -514,17 +569,22 @@ def deploy(
     romfs: bool = False,
     progress: Callable[[int], Callable[[int], None]] | None = None,
     on_step: Callable[[str], None] = lambda _line: None,
+    config_path: Path | None = None,
 ) -> DeployResult:
     """Bring the board to the build's state, as described in the module docstring. With
     `romfs`, the modules go to the board's ROM filesystem instead of its flash filesystem.
 
-    `progress(total_bytes)` returns advance(n) for the copy; `on_step` gets one line per
-    step. Raises NodeCommandError; BoardDisconnected says what was already written."""
+    The configuration is bound to the board (bind()); an unbound one is bound, and saved to
+    `config_path` (if given) before anything goes to the board. `progress(total_bytes)`
+    returns advance(n) for the copy; `on_step` gets one line per step. Raises
+    NodeCommandError; BoardDisconnected says what was already written."""
     info = read_board(board)
     on_step(
         f"board: MicroPython {info.get('release')} on {info.get('machine')}"
-        f" (.mpy {board_mpy(int(info.get('mpy', 0))) or 'not supported'})"
+        f" (.mpy {board_mpy(int(info.get('mpy', 0))) or 'not supported'}), chip "
+        f"{info.get('uid', 'unknown')}"
     )
+    config_bytes = _bind_and_save(config_bytes, info, config_path, on_step)
     line = heap_line(info, config_bytes)
     if line is not None:
         on_step(line)

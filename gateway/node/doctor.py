@@ -231,11 +231,15 @@ def _config_check(found: dict[str, Any]) -> Check:
         except node_config.ConfigError as exc:
             error = str(exc)
     if error:
+        cloned = "is bound to board" in error  # another board's identity (config.check_board)
         return Check(
             "configuration",
             False,
             f"invalid, {where}: {error}",
-            "fix the node's configuration file and deploy it again",
+            "give this board its own identity: edgeveil node provision, then edgeveil node "
+            "deploy with the new file"
+            if cloned
+            else "fix the node's configuration file and deploy it again",
         )
     node = json.loads(text).get("node_id")
     deployed = "" if found.get("app") else "; the application is not deployed: run deploy"

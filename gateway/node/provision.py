@@ -103,7 +103,7 @@ def _new_node_id(taken: set[int]) -> int:
             return node_id
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write a file only its owner may read, through a temporary file and a rename."""
     directory = path.parent if str(path.parent) else Path()
     try:
@@ -204,7 +204,7 @@ def provision(
     node_id = int(document["node_id"])
 
     out = config_out if config_out is not None else Path(f"node-{node_id}.json")
-    _write_private(out, json.dumps(document, indent=2) + "\n")
+    write_private(out, json.dumps(document, indent=2) + "\n")
     return Provisioned(node_id, zone, out, target, exported=export is not None)
 
 
