@@ -144,6 +144,7 @@ def list_nodes(config_path: Path | None) -> int:
     try:
         with NodeRegistry.open(path) as registry:
             revoked = registry.revoked()
+            successors = registry.successors()
             rows = []
             for node_id in registry.node_ids():
                 entry = registry.get(node_id)
@@ -155,7 +156,11 @@ def list_nodes(config_path: Path | None) -> int:
                         str(node_id),
                         entry.zone or "-",
                         "-" if highest < 0 else str(highest),
-                        "revoked " + _utc(revoked[node_id]) if node_id in revoked else "active",
+                        "revoked " + _utc(revoked[node_id])
+                        if node_id in revoked
+                        else f"active, until node {successors[node_id]} is heard"
+                        if node_id in successors
+                        else "active",
                     )
                 )
     except RegistryError as exc:

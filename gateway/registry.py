@@ -7,6 +7,7 @@ One SQLite file (stdlib sqlite3, WAL journal, synchronous=FULL), readable by its
     downlink  node_id, fingerprint, counter_limit        downlink counter limit (SPEC.md section 9)
     evidence  node_id, counter, digest                   what each accepted uplink counter sealed
     revoked   node_id, fingerprint, at                   nodes whose frames are refused
+    successor old_node_id, new_node_id                   a replacement board, until it is heard
 
 Why the choices:
 
@@ -40,6 +41,10 @@ Why the choices:
 - **Revocation belongs to a secret.** `revoke()` records the fingerprint of the node's current
   secret: its frames are refused (REVOKED) from then on, also after the node is removed and
   added again with the same secret. Only a new secret (re-provisioning) lifts it.
+- **Replacing a board.** `add(..., replaces=OLD)` registers a replacement: the new node's
+  first accepted frame revokes OLD in the same transaction that records it (accept_many), so
+  the broken board's identity keeps working until its successor is really on the air, and not
+  a moment longer.
 - **Other processes' changes.** A technician command changes the file while the service runs;
   `reload_if_changed()` (SQLite's data_version, one cheap pragma, called once per batch) drops
   the cached entries, so a revocation or a replaced secret applies from the next batch.
@@ -121,6 +126,10 @@ CREATE TABLE IF NOT EXISTS revoked (
     fingerprint BLOB NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS successor (
+    old_node_id INTEGER PRIMARY KEY,
+    new_node_id INTEGER NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS evidence (
     node_id INTEGER NOT NULL,
     counter INTEGER NOT NULL,
@@ -153,7 +162,7 @@ class NodeEntry:
     get() returns the same object every time, and NodeRegistry.accept() moves it.
     """
 
-    __slots__ = ("keys", "node_id", "revoked", "window", "zone")
+    __slots__ = ("keys", "node_id", "replaces", "revoked", "window", "zone")
 
     def __init__(
         self,
@@ -161,13 +170,16 @@ class NodeEntry:
         zone: str,
         keys: NodeKeys,
         window: ReplayWindow,
+        *,
         revoked: bool = False,
+        replaces: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.zone = zone
         self.keys = keys
         self.window = window
         self.revoked = revoked  # its frames are refused (NodeRegistry.revoke)
+        self.replaces = replaces  # the node its first accepted frame revokes
 
     def __repr__(self) -> str:  # never the secret or the keys
         return f"NodeEntry(node_id={self.node_id}, zone={self.zone!r})"
@@ -252,15 +264,29 @@ class NodeRegistry(Closing):
 
     # -- the set of nodes ---------------------------------------------------------------------
 
-    def add(self, node_id: int, secret: bytes, zone: str = "", *, replace: bool = False) -> None:
+    def add(
+        self,
+        node_id: int,
+        secret: bytes,
+        zone: str = "",
+        *,
+        replace: bool = False,
+        replaces: int | None = None,
+    ) -> None:
         """Register a node. RegistryError if it is registered already, unless replace=True.
 
         Replacing with the same secret keeps the node's counter state; a new secret starts it
-        from zero (the node was re-provisioned).
+        from zero (the node was re-provisioned). `replaces`: the node id of a board this one
+        replaces, revoked when this node's first frame is accepted (it need not be in this
+        registry: a provisioning export carries it to the gateway's, where import_file checks).
         """
         _check_node_id(node_id, "node_id")
         secret = _check_secret(secret, "secret")
         _check_zone(zone, "zone")
+        if replaces is not None:
+            _check_node_id(replaces, "replaces")
+            if replaces == node_id:
+                raise RegistryError(f"node {node_id} cannot replace itself")
         with self._transaction() as cur:
             if not replace and _exists(cur, node_id):
                 raise RegistryError(
@@ -268,6 +294,8 @@ class NodeRegistry(Closing):
                     "or zone)"
                 )
             self._store(cur, node_id, secret, zone, time.time())
+            if replaces is not None:
+                _store_successor(cur, replaces, node_id)
         self._forget(node_id)
         log.info("registry: node %d added (zone %r)", node_id, zone)
 
@@ -302,24 +330,19 @@ class NodeRegistry(Closing):
         RegistryError for an unknown node; False if it was revoked already. A running
         gateway applies it from its next batch of frames (reload_if_changed)."""
         with self._transaction() as cur:
-            row = cur.execute("SELECT secret FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
-            if row is None:
+            if not _exists(cur, node_id):
                 raise RegistryError(f"node {node_id} is not registered")
-            fp = _fingerprint(bytes(row[0]))
-            found = cur.execute(
-                "SELECT 1 FROM revoked WHERE node_id = ? AND fingerprint = ?", (node_id, fp)
-            ).fetchone()
-            if found is not None:
-                return False
-            cur.execute(
-                "INSERT INTO revoked (node_id, fingerprint, at) VALUES (?, ?, ?) "
-                "ON CONFLICT (node_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
-                "at = excluded.at",
-                (node_id, fp, time.time()),
-            )
+            changed = _revoke(cur, node_id)
         self._forget(node_id)
-        log.warning("registry: node %d revoked", node_id)
-        return True
+        if changed:
+            log.warning("registry: node %d revoked", node_id)
+        return changed
+
+    def successors(self) -> dict[int, int]:
+        """Replacements not heard yet: {old node id: new node id}."""
+        with self._lock:
+            rows = self._conn.execute("SELECT old_node_id, new_node_id FROM successor").fetchall()
+        return {int(old): int(new) for old, new in rows}
 
     def revoked(self) -> dict[int, float]:
         """Registered nodes whose current secret is revoked, with when (Unix time)."""
@@ -378,14 +401,15 @@ class NodeRegistry(Closing):
             if entry is not None:
                 return entry
             row = self._conn.execute(
-                "SELECT n.secret, n.zone, r.fingerprint, r.highest, r.bitmap, v.fingerprint "
-                "FROM nodes n LEFT JOIN replay r ON r.node_id = n.node_id "
-                "LEFT JOIN revoked v ON v.node_id = n.node_id WHERE n.node_id = ?",
+                "SELECT n.secret, n.zone, r.fingerprint, r.highest, r.bitmap, v.fingerprint, "
+                "s.old_node_id FROM nodes n LEFT JOIN replay r ON r.node_id = n.node_id "
+                "LEFT JOIN revoked v ON v.node_id = n.node_id "
+                "LEFT JOIN successor s ON s.new_node_id = n.node_id WHERE n.node_id = ?",
                 (node_id,),
             ).fetchone()
             if row is None:
                 return None
-            secret, zone, fp_stored, highest, bitmap, fp_revoked = row
+            secret, zone, fp_stored, highest, bitmap, fp_revoked, replaces = row
             secret = bytes(secret)
             fp = _fingerprint(secret)
             window = ReplayWindow()
@@ -396,7 +420,14 @@ class NodeRegistry(Closing):
             except LocalProtocolError as exc:  # its message never shows the value
                 raise RegistryError(f"node {node_id}: stored secret is unusable: {exc}") from None
             revoked = fp_revoked is not None and bytes(fp_revoked) == fp
-            entry = NodeEntry(node_id, str(zone), keys, window, revoked)
+            entry = NodeEntry(
+                node_id,
+                str(zone),
+                keys,
+                window,
+                revoked=revoked,
+                replaces=None if replaces is None else int(replaces),
+            )
             self._entries[node_id] = entry
             self._fingerprints[node_id] = fp
             return entry
@@ -467,9 +498,21 @@ class NodeRegistry(Closing):
                     "DELETE FROM evidence WHERE node_id = ? AND counter <= ?",
                     [(n, w.highest - EVIDENCE_SPAN) for n, w in staged.items()],
                 )
+                # a replacement heard for the first time: the board it replaces is retired
+                replaced = {
+                    n: old for n in staged if (old := self._entries[n].replaces) is not None
+                }
+                for old in replaced.values():
+                    cur.execute("DELETE FROM successor WHERE old_node_id = ?", (old,))
+                    if _exists(cur, old):
+                        _revoke(cur, old)
             for node_id, window in staged.items():
                 live = self._entries[node_id].window
                 live.highest, live.bitmap = window.highest, window.bitmap
+            for new, old in replaced.items():
+                self._entries[new].replaces = None
+                self._forget(old)
+                log.warning("registry: node %d revoked: its replacement %d was heard", old, new)
 
     def next_downlink_counter(self, node_id: int) -> int:
         """A downlink counter for `node_id` that was never used and never will be again.
@@ -565,14 +608,16 @@ class NodeRegistry(Closing):
 
     # -- the JSON exchange format -------------------------------------------------------------
 
-    def import_file(self, path: Path, *, replace: bool = False) -> int:
+    def import_file(self, path: Path, *, replace: bool = False, check_replaced: bool = True) -> int:
         """Add the nodes of a JSON registry file; returns how many were added or changed.
 
         Format: {"format": "edgeveil-registry", "version": 1, "nodes": [{"node_id": int,
-        "secret": "<hex>", "zone": "..."}, ...]}; other keys are ignored. The whole file is
-        validated first (RegistryError naming the key, e.g. "nodes[3].secret: ...") and
-        stored in one transaction. A node registered with the same secret and zone is left as
-        it is; a different secret or zone needs replace=True.
+        "secret": "<hex>", "zone": "...", "replaces": int (optional)}, ...]}; other keys are
+        ignored. The whole file is validated first (RegistryError naming the key, e.g.
+        "nodes[3].secret: ...") and stored in one transaction. A node registered with the same
+        secret and zone is left as it is; a different secret or zone needs replace=True. A
+        node that "replaces" another needs that one registered here (unless check_replaced is
+        False: a provisioning export appended to through a scratch registry).
         """
         path = Path(path)
         try:
@@ -593,7 +638,15 @@ class NodeRegistry(Closing):
             raise RegistryError(f"{path}: {exc}") from None
         changed = 0
         with self._transaction() as cur:
-            for index, (node_id, secret, zone) in enumerate(nodes):
+            for index, (node_id, secret, zone, replaces) in enumerate(nodes):
+                if replaces is not None:
+                    if check_replaced and not _exists(cur, replaces):
+                        raise RegistryError(
+                            f"{path}: nodes[{index}].replaces: node {replaces} is not registered "
+                            "here (import the file at the gateway that serves that node)"
+                        )
+                    if not _revoked(cur, replaces):
+                        _store_successor(cur, replaces, node_id)
                 row = cur.execute(
                     "SELECT secret, zone FROM nodes WHERE node_id = ?", (node_id,)
                 ).fetchone()
@@ -607,7 +660,7 @@ class NodeRegistry(Closing):
                     )
                 self._store(cur, node_id, secret, zone, time.time())
                 changed += 1
-        for node_id, _, _ in nodes:
+        for node_id, _, _, _ in nodes:
             self._forget(node_id)
         log.info("registry: imported %s: %d nodes added or changed", path, changed)
         return changed
@@ -621,7 +674,8 @@ class NodeRegistry(Closing):
         path = Path(path)
         with self._lock:
             rows = self._conn.execute(
-                "SELECT node_id, secret, zone FROM nodes ORDER BY node_id"
+                "SELECT n.node_id, n.secret, n.zone, s.old_node_id FROM nodes n "
+                "LEFT JOIN successor s ON s.new_node_id = n.node_id ORDER BY n.node_id"
             ).fetchall()
         if node_ids is not None:
             wanted = set(node_ids)
@@ -633,7 +687,9 @@ class NodeRegistry(Closing):
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "nodes": [
-                {"node_id": int(n), "secret": bytes(s).hex(), "zone": str(z)} for n, s, z in rows
+                {"node_id": int(n), "secret": bytes(s).hex(), "zone": str(z)}
+                | ({} if old is None else {"replaces": int(old)})
+                for n, s, z, old in rows
             ],
         }
         data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
@@ -676,7 +732,7 @@ def _parse_secret_hex(value: object, key: str) -> bytes:
     return bytes.fromhex(value)
 
 
-def _parse_document(data: Any) -> list[tuple[int, bytes, str]]:
+def _parse_document(data: Any) -> list[tuple[int, bytes, str, int | None]]:
     if not isinstance(data, dict):
         raise RegistryError("must be a JSON object with format, version and nodes")
     if data.get("format") != FORMAT:
@@ -689,7 +745,7 @@ def _parse_document(data: Any) -> list[tuple[int, bytes, str]]:
     items = data.get("nodes")
     if not isinstance(items, list):
         raise RegistryError("nodes: must be a list")
-    nodes: list[tuple[int, bytes, str]] = []
+    nodes: list[tuple[int, bytes, str, int | None]] = []
     seen: dict[int, int] = {}
     for i, item in enumerate(items):
         where = f"nodes[{i}]"
@@ -707,8 +763,43 @@ def _parse_document(data: Any) -> list[tuple[int, bytes, str]]:
             raise RegistryError(f"{where}.secret: missing")
         secret = _parse_secret_hex(item["secret"], f"{where}.secret")
         zone = _check_zone(item.get("zone", ""), f"{where}.zone")
-        nodes.append((node_id, secret, zone))
+        replaces = item.get("replaces")
+        if replaces is not None:
+            replaces = _check_node_id(replaces, f"{where}.replaces")
+            if replaces == node_id:
+                raise RegistryError(f"{where}.replaces: a node cannot replace itself")
+        nodes.append((node_id, secret, zone, replaces))
     return nodes
+
+
+def _revoked(cur: sqlite3.Cursor, node_id: int) -> bool:
+    """Whether the node's current secret is revoked."""
+    row = cur.execute(
+        "SELECT n.secret, r.fingerprint FROM nodes n JOIN revoked r ON r.node_id = n.node_id "
+        "WHERE n.node_id = ?",
+        (node_id,),
+    ).fetchone()
+    return row is not None and bytes(row[1]) == _fingerprint(bytes(row[0]))
+
+
+def _revoke(cur: sqlite3.Cursor, node_id: int) -> bool:
+    """Revoke a registered node's current secret; False if it was revoked already."""
+    if _revoked(cur, node_id):
+        return False
+    row = cur.execute("SELECT secret FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+    cur.execute(
+        "INSERT INTO revoked (node_id, fingerprint, at) VALUES (?, ?, ?) "
+        "ON CONFLICT (node_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+        "at = excluded.at",
+        (node_id, _fingerprint(bytes(row[0])), time.time()),
+    )
+    return True
+
+
+def _store_successor(cur: sqlite3.Cursor, old: int, new: int) -> None:
+    """Record that `new` replaces `old` (one replacement per board, the latest wins)."""
+    cur.execute("DELETE FROM successor WHERE old_node_id = ? OR new_node_id = ?", (old, new))
+    cur.execute("INSERT INTO successor (old_node_id, new_node_id) VALUES (?, ?)", (old, new))
 
 
 # -- files --------------------------------------------------------------------------------------

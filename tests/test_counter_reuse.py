@@ -304,3 +304,14 @@ async def test_a_revoked_nodes_frames_are_refused_from_the_next_batch(gateway: G
     assert await gateway.feed(board_a(1), board_a(0)) == []  # neither new nor a retransmission
     assert gateway.outcome("revoked") == 2
     assert gateway.readings() == [20.0]  # only what came before the revocation
+
+
+async def test_a_replacement_board_retires_the_old_one_once_heard(gateway: Gateway) -> None:
+    """edgeveil node provision --replace: the old identity keeps working until the new one is
+    on the air, and is refused from then on."""
+    new_keys = NodeKeys(8, OTHER_SECRET)
+    gateway.registry.add(8, OTHER_SECRET, "square", replaces=NODE)
+    assert await gateway.feed(board_a(0)) == [0]  # the old board, before the new one is heard
+    await gateway.ingest.process([Arrival(PORT, seal(Readings({0: 1}), 0, new_keys), gateway.now)])
+    assert await gateway.feed(board_a(1)) == []
+    assert gateway.outcome("revoked") == 1

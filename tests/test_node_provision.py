@@ -48,6 +48,43 @@ def test_provision_into_a_registry_writes_a_config_the_firmware_accepts(tmp_path
     assert data["secret"] not in result.stdout + result.stderr
 
 
+def test_replace_provisions_a_new_identity_in_the_old_ones_place(tmp_path: Path) -> None:
+    registry = tmp_path / "state" / "registry.db"
+    registry.parent.mkdir()
+    old = edgeveil(
+        "node", "provision", "--zone", "plein-oost", "--registry", str(registry),
+        "--out", str(tmp_path / "old.json"),
+    )  # fmt: skip
+    assert old.returncode == 0, old.stderr
+    old_id = json.loads((tmp_path / "old.json").read_text())["node_id"]
+    new = edgeveil(
+        "node", "provision", "--replace", str(old_id), "--registry", str(registry),
+        "--out", str(tmp_path / "new.json"),
+    )  # fmt: skip
+    assert new.returncode == 0, new.stderr
+    data = json.loads((tmp_path / "new.json").read_text())
+    assert data["node_id"] != old_id and data["zone"] == "plein-oost"
+    assert data["secret"] != json.loads((tmp_path / "old.json").read_text())["secret"]
+    assert f"it replaces node {old_id}, which the gateway revokes when it first hears" in (
+        new.stdout
+    )
+    with NodeRegistry.open(registry) as reg:
+        assert reg.successors() == {old_id: data["node_id"]}
+    assert _mode(registry) == 0o600
+    elsewhere = edgeveil(
+        "node", "provision", "--replace", str(old_id), "--zone", "markt", "--registry",
+        str(registry), "--out", str(tmp_path / "x.json"),
+    )  # fmt: skip
+    assert elsewhere.returncode == 2
+    assert f"node {old_id} hangs in 'plein-oost'" in elsewhere.stderr
+    unknown = edgeveil(
+        "node", "provision", "--replace", "12345", "--registry", str(registry),
+        "--out", str(tmp_path / "y.json"),
+    )  # fmt: skip
+    assert unknown.returncode == 2 and "node 12345 is not in" in unknown.stderr
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
+
+
 def test_export_file_collects_a_box_of_boards_and_the_gateway_imports_it(tmp_path: Path) -> None:
     export = tmp_path / "for-gateway.json"
     ids = []

@@ -625,3 +625,43 @@ def test_nodes_list_and_revoke_commands(tmp_path: Path) -> None:
     assert unknown.returncode == 2
     assert "node 5 is not registered" in unknown.stderr and "nodes list" in unknown.stderr
     assert stat.S_IMODE((state / "registry.db").stat().st_mode) == 0o600
+
+
+def test_a_replacement_revokes_the_old_node_when_it_is_first_heard(
+    path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with NodeRegistry.open(path) as reg:
+        reg.add(1, SECRET, "hal")
+        reg.add(2, SECRET2, "hal", replaces=1)
+        assert reg.successors() == {1: 2}
+        reg.accept(1, 5)  # the old board still reports: nothing changes
+        old = reg.get(1)
+        assert old is not None and not old.revoked
+        reg.accept(2, 0)  # the replacement is heard
+        old = reg.get(1)
+        assert old is not None and old.revoked
+        assert reg.successors() == {}
+        assert "node 1 revoked: its replacement 2 was heard" in caplog.text
+        with pytest.raises(RegistryError, match="cannot replace itself"):
+            reg.add(3, SECRET, replaces=3)
+
+
+def test_replacements_travel_in_export_files(path: Path, tmp_path: Path) -> None:
+    export = tmp_path / "box.json"
+    scratch = tmp_path / "scratch.db"
+    with NodeRegistry.open(scratch) as box:  # provisioning: node 1 is not in this file
+        box.add(7, SECRET2, "hal", replaces=1)
+        box.export_file(export)
+    assert json.loads(export.read_text())["nodes"][0]["replaces"] == 1
+    with NodeRegistry.open(tmp_path / "again.db") as box:  # appending to the box
+        box.import_file(export, check_replaced=False)
+        assert box.successors() == {1: 7}
+    with NodeRegistry.open(path) as gateway:
+        with pytest.raises(RegistryError, match=r"nodes\[0\]\.replaces: node 1 is not registered"):
+            gateway.import_file(export)
+        gateway.add(1, SECRET, "hal")
+        gateway.import_file(export)
+        assert gateway.successors() == {1: 7}
+        gateway.accept(7, 0)
+        old = gateway.get(1)
+        assert old is not None and old.revoked

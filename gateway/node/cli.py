@@ -89,7 +89,18 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "import-nodes FILE), and prints a label: id, zone and a QR code of both (never the "
         "secret).",
     )
-    provision.add_argument("--zone", required=True, help="where the node hangs (<= 32 bytes)")
+    provision.add_argument(
+        "--zone",
+        help="where the node hangs (<= 32 bytes); with --replace and --registry, the replaced "
+        "node's zone",
+    )
+    provision.add_argument(
+        "--replace",
+        type=int,
+        metavar="NODE",
+        help="a replacement for a broken board: a new identity in NODE's place, and NODE is "
+        "revoked at the gateway when the new node is first heard",
+    )
     where = provision.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--registry",
@@ -288,6 +299,7 @@ def _provision(args: argparse.Namespace) -> int:
         link=args.link,
         sensors=tuple(args.sensor),
         node_id=args.node_id,
+        replaces=args.replace,
     )
     where = (
         f"added to {done.registered_in}: import it at the gateway with "
@@ -296,6 +308,11 @@ def _provision(args: argparse.Namespace) -> int:
         else f"registered in {done.registered_in}"
     )
     print(f"node {done.node_id} provisioned: configuration {done.config_path} (0600), {where}")
+    if args.replace is not None:
+        print(
+            f"it replaces node {args.replace}, which the gateway revokes when it first hears "
+            f"node {done.node_id}"
+        )
     print(provision.label_text(done.node_id, done.zone))
     if args.label is not None:
         provision.save_label(done.node_id, done.zone, args.label)

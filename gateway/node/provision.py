@@ -7,6 +7,11 @@ secret) and registers the node with its gateway, either directly in a registry d
 an export file (JSON, mode 0600) that the gateway imports with `edgeveil gateway import-nodes`.
 Provisioning a box of boards into one export file appends to it.
 
+`replaces=OLD` (`--replace NODE`) provisions a replacement for a broken board: a new identity
+(never the old one: its counter state is lost with the board) in the old node's zone, recorded
+as OLD's successor. The gateway revokes OLD when it accepts the new node's first frame, so the
+place is never without a working identity and the old one cannot come back.
+
 The configuration is validated with the firmware's own config module, so a file provisioning
 writes is one the node accepts. The label (text and QR code) shows the node id and zone only:
 never the secret.
@@ -145,7 +150,7 @@ def build_config(
 
 def provision(
     *,
-    zone: str,
+    zone: str | None,
     config_out: Path | None = None,
     registry: Path | None = None,
     export: Path | None = None,
@@ -153,8 +158,17 @@ def provision(
     link: str | None = None,
     sensors: tuple[str, ...] = (),
     node_id: int | None = None,
+    replaces: int | None = None,
 ) -> Provisioned:
-    """Create, register and write one node. Exactly one of `registry`, `export`."""
+    """Create, register and write one node. Exactly one of `registry`, `export`. `zone` may
+    be None only when replacing a node in `registry` (the new node takes its zone)."""
+    if replaces is not None and registry is not None and export is None:
+        zone = _zone_of_replaced(registry, replaces, zone)
+    if zone is None:
+        raise NodeCommandError(
+            "--zone: say where the node hangs"
+            + (" (the export file does not know the replaced node's zone)" if replaces else "")
+        )
     if len(zone.encode("utf-8")) > MAX_ZONE_BYTES:
         raise NodeCommandError(f"--zone: at most {MAX_ZONE_BYTES} bytes, got {zone!r}")
     if node_id is not None and not 1 <= node_id <= MAX_NODE_ID:
@@ -174,7 +188,7 @@ def provision(
             link=parsed_link,
             sensors=parsed_sensors,
         )
-        reg.add(chosen, secret, zone)
+        reg.add(chosen, secret, zone, replaces=replaces)
         return document
 
     try:
@@ -191,7 +205,7 @@ def provision(
                 NodeRegistry.open(Path(scratch) / "registry.db") as reg,
             ):
                 if export.exists():
-                    reg.import_file(export)
+                    reg.import_file(export, check_replaced=False)
                 document = register(reg, export)
                 reg.export_file(export)
         else:
@@ -206,6 +220,32 @@ def provision(
     out = config_out if config_out is not None else Path(f"node-{node_id}.json")
     write_private(out, json.dumps(document, indent=2) + "\n")
     return Provisioned(node_id, zone, out, target, exported=export is not None)
+
+
+def _zone_of_replaced(registry: Path, replaces: int, zone: str | None) -> str:
+    """The zone of the node being replaced; NodeCommandError when it is not in the registry,
+    is revoked already, or `zone` (if given) says otherwise."""
+    try:
+        with NodeRegistry.open(registry) as reg:
+            entry = reg.get(replaces)
+    except RegistryError as exc:
+        raise NodeCommandError(str(exc)) from None
+    if entry is None:
+        raise NodeCommandError(
+            f"--replace {replaces}: node {replaces} is not in {registry} (edgeveil gateway "
+            "nodes list shows the registered ones)"
+        )
+    if entry.revoked:
+        raise NodeCommandError(
+            f"--replace {replaces}: node {replaces} is revoked already; provision the new board "
+            "without --replace"
+        )
+    if zone is not None and zone != entry.zone:
+        raise NodeCommandError(
+            f"--zone {zone!r}: node {replaces} hangs in {entry.zone!r}; a replacement takes its "
+            "place (leave --zone out, or provision without --replace)"
+        )
+    return entry.zone
 
 
 def _pick_id(wanted: int | None, taken: set[int], where: Path) -> int:
