@@ -65,7 +65,8 @@ TIME_SYNC_GAP_S = 60.0  # answer a node's time requests at most once a minute
 # REACK_MEMORY frames acknowledged again (bounded memory).
 MAX_REACKS = 8
 REACK_MEMORY = 4096
-_TIME_REQUEST = 6  # protocol event code
+_TIME_REQUEST = 6  # protocol event codes
+_COUNTER_LOW = 8
 REUSE_ALARM_GAP_S = 3600.0  # counter-reuse alarms published per node at most this often
 
 
@@ -143,6 +144,8 @@ class Ingest:
         self.sends_downlinks = sends_downlinks
         self.queue: asyncio.Queue[Arrival] = asyncio.Queue(QUEUE_LIMIT)
         self.burst_log = BurstLog()
+        # nodes that say they must be replaced (counter_low events): once an hour per node
+        self.replace_log = BurstLog(3600.0, "node must be replaced")
         self._reacks: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._last_time_sync: dict[int, float] = {}
         self._last_reuse_alarm: dict[int, float] = {}
@@ -198,6 +201,14 @@ class Ingest:
             accepted.append((*key, digest))
             if _wants_time(message):
                 time_syncs.add((arrival.port, entry.node_id))
+            if isinstance(message, Event) and message.code == _COUNTER_LOW:
+                self.replace_log.rejected(
+                    arrival.port,
+                    f"counter_low {entry.node_id}",
+                    f"node {entry.node_id} has {message.value} frame counters left and then "
+                    f"falls silent: replace it (edgeveil node provision --replace "
+                    f"{entry.node_id})",
+                )
         if out:
             try:
                 # off the event loop: put() returns once the batch is on disk (fsync)

@@ -49,6 +49,7 @@ EVENT_CODES = (
     "config_rejected",  # value: configuration version
     "time_request",  # no value: the node has no valid clock
     "low_battery",  # value: battery mV
+    "counter_low",  # value: frame counters left before the node must stop (SPEC.md 7.4)
 )
 
 # Field tables for the map-shaped bodies: (key, name, kind). Kinds: "uint", "text", "bool".

@@ -31,7 +31,7 @@ from gateway.privacy import policy as policy_mod
 from gateway.records import Topics
 from gateway.registry import EVIDENCE_SPAN, NodeRegistry
 from gateway.spool import Spool
-from protocol import Ack, NodeKeys, Observations, Readings, open_frame, parse_header, seal
+from protocol import Ack, Event, NodeKeys, Observations, Readings, open_frame, parse_header, seal
 
 from .firmware_env import FakeClock, settle
 from .gateway_harness import write_policy
@@ -315,3 +315,11 @@ async def test_a_replacement_board_retires_the_old_one_once_heard(gateway: Gatew
     await gateway.ingest.process([Arrival(PORT, seal(Readings({0: 1}), 0, new_keys), gateway.now)])
     assert await gateway.feed(board_a(1)) == []
     assert gateway.outcome("revoked") == 1
+
+
+async def test_a_node_running_out_of_counters_is_named_in_the_log(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    await gateway.feed(seal(Event(8, 1000), 0, KEYS))  # counter_low, from the node's status
+    assert f"node {NODE} has 1000 frame counters left and then falls silent" in caplog.text
+    assert f"edgeveil node provision --replace {NODE}" in caplog.text

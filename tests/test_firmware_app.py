@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import binascii
 import json
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 from edgeveil_node import config as config_mod
 from edgeveil_node.app import Node
-from edgeveil_node.counter import STEP, CounterError, FrameCounter
+from edgeveil_node.counter import LAST, LOW_WATER, STEP, CounterError, FrameCounter
 from edgeveil_node.link import RetransmitQueue
 from edgeveil_node.serial_link import SerialLink
 
@@ -37,6 +39,40 @@ NODE_ID = 77
 
 
 # -- the frame counter ------------------------------------------------------------------------
+
+
+def _counter_at(directory: Path, limit: int) -> None:
+    """Counter files as a node leaves them after reserving up to `limit` (counter.py)."""
+    head = struct.pack(">II", 1, limit)
+    (directory / "counter.a").write_bytes(head + struct.pack(">I", binascii.crc32(head)))
+
+
+def test_a_counter_near_its_limit_warns_then_stops_and_never_wraps(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Issue 12 item 5: a node started near the 2^32 limit says so with each status, uses
+    every value up to its last (2^32 - 2) once, then refuses to seal: at run time and at the next boot."""
+    _counter_at(tmp_path, LAST + 1 - 40)
+    os.chdir(tmp_path)
+    node, link = make_node(tmp_path, sensors=[FakeSensor()])  # boot: 40 counters left
+    clock.sleep_ms(60_000)  # the status interval
+    settle(node)
+    low = [m.value for _, m in opened(link.frames) if isinstance(m, Event) and m.code == 8]
+    assert low and all(v is not None and 0 < v < LOW_WATER for v in low)
+    with pytest.raises(CounterError, match="frame counter exhausted"):
+        for _ in range(50):
+            clock.sleep_ms(10_000)
+            settle(node)
+    counters = [parse_header(f).counter for f in link.frames]
+    assert max(counters) == LAST == 2**32 - 2  # the last value used, none beyond
+    assert len(set(counters)) == len({f for f in link.frames})  # each counter sealed once
+    with pytest.raises(CounterError, match="provision --replace"):
+        FrameCounter(str(tmp_path) + "/")  # the next boot refuses (app.boot_phases waits)
+    # the stored limit fits its 4 bytes: truncated, it would restart the counter at 0
+    slots = [
+        struct.unpack(">II", (tmp_path / n).read_bytes()[:8]) for n in ("counter.a", "counter.b")
+    ]
+    assert max(slots)[1] == LAST + 1  # (sequence, limit) of the newest slot
 
 
 def test_counter_hands_out_each_value_once_and_writes_rarely(tmp_path: Path) -> None:
@@ -303,9 +339,7 @@ def test_load_returns_every_field_of_the_configuration(tmp_path: Path) -> None:
     assert vars(settings) == vars(config)
 
 
-def test_time_is_asked_for_again_daily_once_synchronised(
-    tmp_path: Path, clock: FakeClock
-) -> None:
+def test_time_is_asked_for_again_daily_once_synchronised(tmp_path: Path, clock: FakeClock) -> None:
     node, link = make_node(tmp_path, sensors=[FakeSensor()])
 
     def requests() -> int:  # time requests sealed (each counter once: no acks here)

@@ -36,7 +36,7 @@ from protocol import (
     seal,
 )
 
-from .counter import CounterError, FrameCounter
+from .counter import LOW_WATER, CounterError, FrameCounter
 from .link import RetransmitQueue
 
 FIRMWARE_VERSION = "0.1.0"
@@ -49,6 +49,7 @@ _EV_SENSOR_FAULT = const(2)
 _EV_CONFIG_APPLIED = const(4)
 _EV_CONFIG_REJECTED = const(5)
 _EV_TIME_REQUEST = const(6)
+_EV_COUNTER_LOW = const(8)
 
 _MOTION_EVENT_GAP_MS = const(10000)  # at most one motion event per 10 s
 _TIME_REQUEST_GAP_MS = const(3600000)  # ask for the time again hourly while unsynchronised
@@ -191,6 +192,9 @@ class Node:
             self.send(Readings(values, self.unix_time()), True)
 
     def status_cycle(self):
+        left = self.counter.remaining()
+        if left < LOW_WATER:  # the node must be replaced before its nonces run out
+            self.send_event(_EV_COUNTER_LOW, left)
         fields = {
             "uptime_s": time.ticks_diff(time.ticks_ms(), self._boot_ms) // 1000,
             # after a collection, in 4 KB steps: what the last pass left behind (more after a

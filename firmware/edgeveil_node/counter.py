@@ -21,6 +21,17 @@ from micropython import const
 
 STEP = const(32)  # counters reserved per flash write: 1 write per 32 frames
 MAX_COUNTER = const(0xFFFFFFFF)
+# The stored limit is 4 bytes, so it can promise at most "nothing at or above 2^32 - 1 was
+# used": the node's last counter is 2^32 - 2 (a limit of 2^32 would not fit, and truncated to
+# 0 it would start the counter again under the same keys: the reuse this module prevents).
+LAST = const(0xFFFFFFFE)
+# fewer left than this: the node says so with every status (event counter_low, SPEC.md 7.4),
+# weeks ahead even at a frame a second, so that it is replaced before it must fall silent
+LOW_WATER = const(1 << 20)
+EXHAUSTED = (
+    "frame counter exhausted: this node has used every nonce of its keys and seals nothing "
+    "more; give the board a new identity (edgeveil node provision --replace NODE, then deploy)"
+)
 _SLOTS = ("counter.a", "counter.b")
 _FORMAT = ">II"  # sequence, limit
 
@@ -61,6 +72,12 @@ class FrameCounter:
             self._seq, self._limit, self._slot = 0, 0, 1
         self.next_value = self._limit
         self.writes = 0
+        if self.next_value > LAST:  # never wraps: a wrapped counter reuses nonces
+            raise CounterError(EXHAUSTED)
+
+    def remaining(self):
+        """Counters left before the node must stop sealing."""
+        return max(0, LAST + 1 - self.next_value)
 
     def _persist(self, limit):
         self._seq += 1
@@ -77,9 +94,9 @@ class FrameCounter:
     def take(self):
         """The next unused counter value, persisting a new limit first when needed."""
         value = self.next_value
-        if value > MAX_COUNTER:
-            raise CounterError("frame counter exhausted: provision this node with a new secret")
+        if value > LAST:
+            raise CounterError(EXHAUSTED)
         if value >= self._limit:
-            self._persist(min(value + self._step, MAX_COUNTER + 1))
+            self._persist(min(value + self._step, LAST + 1))
         self.next_value = value + 1
         return value
