@@ -51,7 +51,8 @@ def test_a_counter_near_its_limit_warns_then_stops_and_never_wraps(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     """Issue 12 item 5: a node started near the 2^32 limit says so with each status, uses
-    every value up to its last (2^32 - 2) once, then refuses to seal: at run time and at the next boot."""
+    every value up to its last (2^32 - 2) once, then refuses to seal: at run time and at the
+    next boot."""
     _counter_at(tmp_path, LAST + 1 - 40)
     os.chdir(tmp_path)
     node, link = make_node(tmp_path, sensors=[FakeSensor()])  # boot: 40 counters left
