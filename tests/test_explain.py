@@ -67,7 +67,7 @@ WORDS: dict[str, dict[str, tuple[str, ...]]] = {
 # event codes said in words (motion: as movement)
 EVENTS_SAID = (
     "boot", "sensor_fault", "low_battery", "queue_overflow", "config_applied",
-    "config_rejected", "time_request",
+    "config_rejected", "time_request", "counter_low",
 )  # fmt: skip
 
 PERSONAL = {

@@ -92,6 +92,10 @@ _EVENTS: dict[str, dict[str, str]] = {
     "config_applied": {"en": "new settings", "nl": "nieuwe instellingen"},
     "config_rejected": {"en": "new settings", "nl": "nieuwe instellingen"},
     "time_request": {"en": "requests for the time", "nl": "verzoeken om de tijd"},
+    "counter_low": {
+        "en": "a box that must soon be replaced",
+        "nl": "een kastje dat binnenkort vervangen moet worden",
+    },
 }
 _MOTION_EVENTS = {
     "en": "movement noticed by its motion sensor",
