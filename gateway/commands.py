@@ -108,10 +108,7 @@ def import_nodes(path: Path, config_path: Path | None, replace: bool) -> int:
 
 def advance_counters(config_path: Path | None, downlinks: int, uplinks: int) -> int:
     """After restoring the state directory from a backup (README "Restoring a backup")."""
-    config = _load(config_path)
-    path = config.state_dir / "registry.db"
-    if not path.exists():
-        raise UsageError(f"no registry at {path}: nothing to advance")
+    path = _registry_path(config_path, "nothing to advance (was the backup restored?)")
     try:
         with NodeRegistry.open(path) as registry:
             moved, exhausted = registry.advance_after_restore(downlinks, uplinks)
@@ -130,12 +127,14 @@ def advance_counters(config_path: Path | None, downlinks: int, uplinks: int) -> 
     return 0
 
 
-def _registry_path(config_path: Path | None) -> Path:
+def _registry_path(
+    config_path: Path | None,
+    missing: str = "import nodes first (edgeveil gateway import-nodes)",
+) -> Path:
+    """The configuration's registry file; UsageError saying `missing` when there is none."""
     path = _load(config_path).state_dir / "registry.db"
     if not path.exists():
-        raise UsageError(
-            f"no registry at {path}: import nodes first (edgeveil gateway import-nodes)"
-        )
+        raise UsageError(f"no registry at {path}: {missing}")
     return path
 
 

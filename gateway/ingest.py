@@ -52,7 +52,7 @@ from .lora.radio import RadioMeta
 from .metrics import UNREGISTERED, Metrics
 from .privacy import PrivacyStage, reveals_presence
 from .records import Measurement, OutMessage, Record, Topics
-from .registry import NodeEntry, NodeRegistry, frame_digest
+from .registry import REUSE_HINT, NodeEntry, NodeRegistry, frame_digest
 from .spool import Spool
 
 log = logging.getLogger("edgeveil.ingest")
@@ -77,8 +77,7 @@ class CounterReuse(RemoteProtocolError):
         super().__init__(
             Reason.COUNTER_REUSE,
             f"node {node_id}: counter {counter} reused: an authentic frame that differs from "
-            "the one accepted under it; two boards or a restored backup share this identity "
-            "(give each board its own: edgeveil node provision, then edgeveil node deploy)",
+            f"the one accepted under it; {REUSE_HINT}",
         )
         self.message = message  # decides whether the rejection may be counted; never logged
 

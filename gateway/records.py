@@ -12,7 +12,8 @@ such as `$share/workers/edgeveil/+/+/zone/+/environment`):
     {prefix}/{site}/{gateway}/node/{node_id}/{stream}   the same, for streams grouped by node
     {prefix}/{site}/{gateway}/node/{node_id}/readings   readings of "pass" streams, SenML
     {prefix}/{site}/{gateway}/node/{node_id}/status     node health, SenML
-    {prefix}/{site}/{gateway}/node/{node_id}/event      node events, SenML
+    {prefix}/{site}/{gateway}/node/{node_id}/event      node events, and the gateway's alarm
+                                                        counter_reuse (ingest.py), SenML
     {prefix}/{site}/{gateway}/availability              "online" / "offline", retained
     {prefix}/{site}/{gateway}/metadata                  gateway metadata, JSON, retained
     {prefix}/{site}/{gateway}/transparency              the transparency statement, JSON, retained

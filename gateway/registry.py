@@ -81,6 +81,7 @@ __all__ = [
     "EVIDENCE_SPAN",
     "FORMAT",
     "MAX_ZONE_BYTES",
+    "REUSE_HINT",
     "NodeEntry",
     "NodeRegistry",
     "frame_digest",
@@ -99,6 +100,11 @@ DOWNLINK_STEP = 256  # downlink counters reserved per commit
 # as REPLAY (a counter that went back)
 EVIDENCE_SPAN = 1024
 DIGEST_BYTES = 8
+# what a counter reuse means and what to do, in the gateway's log and in node monitor alike
+REUSE_HINT = (
+    "two boards or a restored backup share this identity (give each board its own: edgeveil "
+    "node provision, then edgeveil node deploy)"
+)
 MAX_COUNTER = 2**32 - 1  # SPEC.md section 9: a 4-byte partial IV
 MAX_ZONE_BYTES = 32  # as in the node's configuration (firmware/edgeveil_node/config.py)
 _HEX = re.compile(r"[0-9a-fA-F]*")

@@ -34,16 +34,11 @@ from protocol import (
 from protocol.messages import MESSAGE_CLASSES, Observations
 
 from ..errors import RegistryError
-from ..registry import EVIDENCE_SPAN, NodeRegistry, frame_digest
+from ..registry import EVIDENCE_SPAN, REUSE_HINT, NodeEntry, NodeRegistry, frame_digest
 from .errors import NodeCommandError
 
 __all__ = ["Event", "Judge", "StreamSplitter", "monitor", "open_registry"]
 
-REUSE_HINT = (
-    "counter reused: two boards or a restored backup share this identity (this frame differs "
-    "from the one sealed under the same counter before; give each board its own identity: "
-    "edgeveil node provision, then edgeveil node deploy)"
-)
 MIN_TEXT_LINE = 4  # shorter "lines" might be a frame's bytes; they wait for the delimiter
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 
@@ -131,14 +126,7 @@ class Judge:
         who = f"node {header.node_id} #{header.counter} {kind.NAME}"
         entry = self.registry.get(header.node_id)
         if entry is None or entry.revoked:
-            reason, why = (
-                ("unknown_node", "this node id is not in the registry (give the registry it "
-                 "was provisioned into with --registry)")
-                if entry is None
-                else ("revoked", "this identity is revoked at the gateway (edgeveil gateway "
-                      "nodes revoke); give the board a new one: edgeveil node provision, then "
-                      "deploy")
-            )  # fmt: skip
+            reason, why = _refusal(entry)
             return self._reject(f"{who}: {reason}: {why}", reason)
         try:
             message = open_frame(frame, entry.keys, uplink=kind.UPLINK, header=header)
@@ -152,7 +140,9 @@ class Judge:
         key, digest = (header.node_id, header.counter), frame_digest(frame)
         recorded = self.seen.get(key) or self.registry.digest(*key)
         if recorded is not None and recorded != digest:
-            return self._reject(f"{who}: counter_reuse: {REUSE_HINT}", "counter_reuse")
+            return self._reject(
+                f"{who}: counter_reuse: counter reused: {REUSE_HINT}", "counter_reuse"
+            )
         self.seen.setdefault(key, digest)
         while len(self.seen) > EVIDENCE_SPAN:
             self.seen.popitem(last=False)
@@ -182,6 +172,19 @@ class Judge:
             f"{sum(rejected.values())} rejected{f' ({why})' if why else ''}; "
             f"console lines: {console}; noise: {noise} chunks"
         )
+
+
+def _refusal(entry: NodeEntry | None) -> tuple[str, str]:
+    """(reason, what to do) for a node the registry does not know, or has revoked."""
+    if entry is None:
+        return "unknown_node", (
+            "this node id is not in the registry (give the registry it was provisioned into "
+            "with --registry)"
+        )
+    return "revoked", (
+        "this identity is revoked at the gateway (edgeveil gateway nodes revoke); give the "
+        "board a new one: edgeveil node provision, then deploy"
+    )
 
 
 def open_registry(path: Path, scratch: Path) -> NodeRegistry:
