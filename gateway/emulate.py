@@ -274,7 +274,7 @@ def run_emulate_lora(
         f"{area_m:g} m square, a reading every {reading_interval:g} s within the 1 % duty "
         f"cycle) and {gateways} packet "
         f"forwarder{'s' if gateways > 1 else ''} sending to {forwarder}; the gateway's "
-        f"[[lora.packet_forwarder]] needs listen = \"{forwarder}\" and gateways = [{euis}]; "
+        f'[[lora.packet_forwarder]] needs listen = "{forwarder}" and gateways = [{euis}]; '
         "Ctrl-C stops them",
         file=sys.stderr,
         flush=True,

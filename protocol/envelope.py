@@ -2,16 +2,19 @@
 # (RFC 9053, algorithm 10). SPEC.md section "Envelope" is the normative description; this module
 # is its reference implementation.
 #
-#   frame = header-byte || kid || partial-iv || ciphertext-with-tag
+#   frame = header-byte || [epoch] || kid || partial-iv || ciphertext-with-tag
 #
-#   header-byte: bit 7    E   0 in v1; 1 announces a later version (rejected: BAD_VERSION)
+#   header-byte: bit 7    E   1: a key-epoch byte follows (v1.1); 0: epoch 0, as in v1
 #                bits 6-4 T   message type 0..6 (7 reserved)
 #                bits 3-2 K   kid length - 1        (node id, 1..4 bytes)
 #                bits 1-0 P   partial IV length - 1 (frame counter, 1..4 bytes)
+#   epoch:       present when E = 1: the key epoch 1..255 (keys.py); 0 there is reserved for a
+#                later version (rejected: BAD_VERSION)
 #   kid, partial IV: shortest big-endian unsigned integers (one byte for zero)
 #
 # Standard COSE view of the same frame (lossless, protocol/cose.py: to_cose/from_cose):
 #   COSE_Encrypt0 = 16([ h'a1010a' / {1: 10} /, {4: kid, 6: partial-iv}, ciphertext-with-tag ])
+#                   (with {..., 10: h'epoch'}, the "kid context" of RFC 8613, when epoch >= 1)
 #   external_aad  = CBOR [1 (version), type, kid]
 #   nonce         = base IV XOR left-padded partial IV (RFC 9052 section 3.1)
 # so any COSE library opens our frames given the key, the base IV and the external AAD.
@@ -44,16 +47,29 @@ class Header:
     """The clear part of a frame, readable before any key is known."""
 
     # __slots__ makes the per-frame object cheaper on CPython; MicroPython ignores it.
-    __slots__ = ("counter", "kid", "msg_type", "node_id", "piv", "size", "uplink", "version")
+    __slots__ = (
+        "counter",
+        "epoch",
+        "kid",
+        "msg_type",
+        "node_id",
+        "piv",
+        "size",
+        "uplink",
+        "version",
+    )
 
-    def __init__(self, msg_type: int, node_id: int, counter: int, kid: bytes, piv: bytes) -> None:
+    def __init__(
+        self, msg_type: int, node_id: int, counter: int, kid: bytes, piv: bytes, *, epoch: int = 0
+    ) -> None:
         self.version = PROTOCOL_VERSION
         self.msg_type = msg_type
         self.node_id = node_id
         self.counter = counter
         self.kid = kid
         self.piv = piv
-        self.size = 1 + len(kid) + len(piv)
+        self.epoch = epoch  # the key epoch: which of the node's keys sealed it
+        self.size = (2 if epoch else 1) + len(kid) + len(piv)
         self.uplink: bool = _UPLINK[msg_type]  # True: node to gateway
 
     def __repr__(self) -> str:
@@ -64,6 +80,7 @@ class Header:
             + str(self.node_id)
             + ", counter="
             + str(self.counter)
+            + (", epoch=" + str(self.epoch) if self.epoch else "")
             + ")"
         )
 
@@ -79,17 +96,23 @@ def parse_header(frame: bytes) -> Header:
             Reason.OVERSIZED, str(n) + " bytes, the limit is " + str(MAX_FRAME)
         )
     first = frame[0]
+    epoch = 0
+    start = 1  # where the kid begins
     if first & _EXTENSION_BIT:
-        raise RemoteProtocolError(
-            Reason.BAD_VERSION,
-            "header byte " + hex(first) + " announces a protocol version after v1",
-        )
+        epoch = frame[1] if n > 1 else 0
+        if epoch == 0:
+            raise RemoteProtocolError(
+                Reason.BAD_VERSION,
+                "header byte " + hex(first) + " without a key epoch 1..255 after it announces "
+                "a protocol version after v1.1",
+            )
+        start = 2
     msg_type = (first >> 4) & 0x07
     if msg_type == RESERVED_TYPE:
         raise RemoteProtocolError(Reason.BAD_HEADER, "message type 7 is reserved")
     kid_len = ((first >> 2) & 0x03) + 1
     piv_len = (first & 0x03) + 1
-    header_len = 1 + kid_len + piv_len
+    header_len = start + kid_len + piv_len
     if n < header_len + TAG_LENGTH + 1:
         raise RemoteProtocolError(
             Reason.TRUNCATED,
@@ -97,14 +120,16 @@ def parse_header(frame: bytes) -> Header:
             + " bytes, a frame with this header needs at least "
             + str(header_len + TAG_LENGTH + 1),
         )
-    kid = frame[1 : 1 + kid_len]
-    piv = frame[1 + kid_len : header_len]
+    kid = frame[start : start + kid_len]
+    piv = frame[start + kid_len : header_len]
     if type(frame) is not bytes:
         kid = bytes(kid)
         piv = bytes(piv)
     if (kid_len > 1 and kid[0] == 0) or (piv_len > 1 and piv[0] == 0):
         raise RemoteProtocolError(Reason.BAD_HEADER, "node id or counter has a leading zero byte")
-    return Header(msg_type, int.from_bytes(kid, "big"), int.from_bytes(piv, "big"), kid, piv)
+    return Header(
+        msg_type, int.from_bytes(kid, "big"), int.from_bytes(piv, "big"), kid, piv, epoch=epoch
+    )
 
 
 # Both structures below are CBOR of a fixed shape whose every item is shorter than 24 bytes, so
@@ -167,15 +192,17 @@ def seal(message: "Message", counter: int, keys: "NodeKeys") -> bytes:
     kid = keys.kid
     piv = uint_bytes(counter)
     plaintext = cbor_dumps(message.body())
-    size = 1 + len(kid) + len(piv) + len(plaintext) + TAG_LENGTH
+    head = bytes([(msg_type << 4) | ((len(kid) - 1) << 2) | (len(piv) - 1)])
+    if keys.epoch:
+        head = bytes([head[0] | _EXTENSION_BIT, keys.epoch])
+    size = len(head) + len(kid) + len(piv) + len(plaintext) + TAG_LENGTH
     if size > MAX_FRAME:
         raise LocalProtocolError(
             "sealed frame would be " + str(size) + " bytes, the limit is " + str(MAX_FRAME)
         )
-    first = (msg_type << 4) | ((len(kid) - 1) << 2) | (len(piv) - 1)
     aead = _aead_for(keys, message.UPLINK)
     sealed: bytes = aead.encrypt(keys.nonce(counter), plaintext, enc_structure(msg_type, kid))
-    return bytes([first]) + kid + piv + sealed
+    return head + kid + piv + sealed
 
 
 def open_frame(
@@ -190,13 +217,8 @@ def open_frame(
     """
     if header is None:
         header = parse_header(frame)
-    if header.node_id != keys.node_id:
-        raise LocalProtocolError(
-            "keys of node "
-            + str(keys.node_id)
-            + " given for a frame of node "
-            + str(header.node_id)
-        )
+    if header.node_id != keys.node_id or header.epoch != keys.epoch:
+        raise LocalProtocolError("keys of another node or key epoch than the frame's")
     if header.uplink != uplink:
         raise RemoteProtocolError(
             Reason.WRONG_DIRECTION,

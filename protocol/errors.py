@@ -27,6 +27,9 @@ class Reason:
     # with different bytes: two senders share the key (a cloned node, a restored backup)
     COUNTER_REUSE = 12
     REVOKED = 13  # the node's identity was revoked at this receiver (its registry)
+    # sealed under a key epoch older than the one this receiver already heard from the node:
+    # its keys were replaced (SPEC.md section 9), so the old ones open nothing any more
+    RETIRED_KEY = 14
 
     _NAMES = {  # noqa: RUF012 - a constant table; MicroPython has no typing.ClassVar
         1: "bad_crc",
@@ -42,6 +45,7 @@ class Reason:
         11: "malformed",
         12: "counter_reuse",
         13: "revoked",
+        14: "retired_key",
     }
 
     @staticmethod

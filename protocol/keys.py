@@ -10,6 +10,11 @@
 #
 # info = CBOR ["edgeveil", 1, kid, label, length]: binding the node id means a secret copied to
 # a second node id yields unrelated keys.
+#
+# Key epochs (protocol v1.1): epoch e >= 1 appends e to the info, CBOR ["edgeveil", 1, kid,
+# label, length, e], so a node whose counter state was lost (an erased flash, a re-key) seals
+# under fresh keys from counter 0 without a new secret. Epoch 0 is v1's derivation unchanged.
+# The idea is OSCORE's ID Context (RFC 8613 section 3.3, appendix B.2).
 
 from ._backend import cbor_dumps, hkdf_sha256, new_aead
 from .errors import LocalProtocolError
@@ -24,6 +29,7 @@ NONCE_LENGTH = 13
 MIN_SECRET = 16
 MAX_SECRET = 64
 MAX_NODE_ID = 2**32 - 1
+MAX_EPOCH = 255  # one byte on the wire (SPEC.md section 4)
 
 
 def uint_bytes(value: int) -> bytes:
@@ -35,15 +41,19 @@ def uint_bytes(value: int) -> bytes:
     return value.to_bytes(n, "big")
 
 
-def _derive(secret: bytes, kid: bytes, label: str, length: int) -> bytes:
-    info = cbor_dumps(["edgeveil", PROTOCOL_VERSION, kid, label, length])
-    return hkdf_sha256(secret, b"", info, length)
+def _derive(secret: bytes, kid: bytes, label: str, length: int, epoch: int) -> bytes:
+    items: "list[Any]" = ["edgeveil", PROTOCOL_VERSION, kid, label, length]
+    if epoch:
+        items.append(epoch)
+    return hkdf_sha256(secret, b"", cbor_dumps(items), length)
 
 
 class NodeKeys:
     """Everything needed to seal and open one node's frames. Never log or print the fields."""
 
-    def __init__(self, node_id: int, secret: bytes, aead_factory: "Any" = None) -> None:
+    def __init__(
+        self, node_id: int, secret: bytes, aead_factory: "Any" = None, epoch: int = 0
+    ) -> None:
         if type(node_id) is not int or not 0 <= node_id <= MAX_NODE_ID:
             raise LocalProtocolError("node id must be an integer 0.." + str(MAX_NODE_ID))
         if (
@@ -53,12 +63,16 @@ class NodeKeys:
             raise LocalProtocolError(
                 "node secret must be " + str(MIN_SECRET) + ".." + str(MAX_SECRET) + " bytes"
             )
+        if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+            raise LocalProtocolError("key epoch must be an integer 0.." + str(MAX_EPOCH))
         factory = aead_factory or new_aead
         self.node_id = node_id
+        self.epoch = epoch
         self.kid = uint_bytes(node_id)
-        self.uplink_key = _derive(bytes(secret), self.kid, "uplink key", KEY_LENGTH)
-        self.downlink_key = _derive(bytes(secret), self.kid, "downlink key", KEY_LENGTH)
-        self.base_iv = _derive(bytes(secret), self.kid, "base iv", NONCE_LENGTH)
+        secret = bytes(secret)
+        self.uplink_key = _derive(secret, self.kid, "uplink key", KEY_LENGTH, epoch)
+        self.downlink_key = _derive(secret, self.kid, "downlink key", KEY_LENGTH, epoch)
+        self.base_iv = _derive(secret, self.kid, "base iv", NONCE_LENGTH, epoch)
         self.uplink = factory(self.uplink_key)
         self.downlink = factory(self.downlink_key)
         self._iv_int = int.from_bytes(self.base_iv, "big")
@@ -69,4 +83,4 @@ class NodeKeys:
         return (self._iv_int ^ counter).to_bytes(NONCE_LENGTH, "big")
 
     def __repr__(self) -> str:
-        return "NodeKeys(node_id=" + str(self.node_id) + ")"
+        return "NodeKeys(node_id=" + str(self.node_id) + ", epoch=" + str(self.epoch) + ")"

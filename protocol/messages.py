@@ -72,6 +72,7 @@ CONFIG_FIELDS = (
     (3, "ble_scan", "bool"),
     (4, "zone", "text"),
     (5, "max_retries", "uint"),
+    (6, "key_epoch", "epoch"),  # v1.1: switch to fresh keys (a re-key, SPEC.md section 9)
 )
 
 
@@ -96,9 +97,13 @@ def _int_problem(v: object, lo: int, hi: int, what: str) -> "str | None":
     return None
 
 
+_INT_KINDS = {"uint": (0, UINT32_MAX), "epoch": (1, 255)}  # kind -> (lowest, highest)
+
+
 def _field_problem(kind: str, v: object, what: str) -> "str | None":
-    if kind == "uint":
-        return _int_problem(v, 0, UINT32_MAX, what)
+    bounds = _INT_KINDS.get(kind)
+    if bounds is not None:
+        return _int_problem(v, bounds[0], bounds[1], what)
     if kind == "bool":
         return None if type(v) is bool else what + " must be true or false"
     if type(v) is not str:

@@ -111,7 +111,7 @@ def test_counter_refuses_when_both_slots_are_corrupt(tmp_path: Path) -> None:
         counter.take()
     for name in ("counter.a", "counter.b"):
         (tmp_path / name).write_bytes(b"\xff" * 12)
-    with pytest.raises(CounterError, match="new secret"):
+    with pytest.raises(CounterError, match="fresh keys"):
         FrameCounter(str(tmp_path) + "/")
 
 

@@ -27,17 +27,28 @@ from protocol import (
 )
 from protocol.messages import message_from_body
 
-KEYS = NodeKeys(0x1234, bytes(range(16)))  # TEST ONLY key
+SECRET = bytes(range(16))  # TEST ONLY secret
+KEYS = NodeKeys(0x1234, SECRET)
 VALID = seal(Readings({0: 215, 1: 455}), 300, KEYS)
+# protocol v1.1: the same node under the keys of key epoch 16
+EPOCH_KEYS = {0: KEYS, 16: NodeKeys(0x1234, SECRET, epoch=16)}
+VALID_EPOCH = seal(Readings({0: 215, 1: 455}), 300, EPOCH_KEYS[16])
+
+
+def keys_for(epoch: int) -> NodeKeys:
+    if epoch not in EPOCH_KEYS:
+        EPOCH_KEYS[epoch] = NodeKeys(0x1234, SECRET, epoch=epoch)
+    return EPOCH_KEYS[epoch]
 
 
 def receive(frame: bytes) -> str:
-    """What a gateway does with one frame, reduced to its verdict."""
+    """What a gateway does with one frame, reduced to its verdict. It knows node 0x1234 at key
+    epoch 0 and so opens the node's frames of any epoch with that epoch's keys (SPEC.md 5.5)."""
     try:
         header = parse_header(frame)
         if header.node_id != KEYS.node_id:
             return "unknown_node"
-        open_frame(frame, KEYS, uplink=header.uplink, header=header)
+        open_frame(frame, keys_for(header.epoch), uplink=header.uplink, header=header)
     except RemoteProtocolError as exc:
         return exc.reason_name
     return "accepted"
@@ -47,19 +58,41 @@ def receive(frame: bytes) -> str:
 @example(b"")
 @example(VALID[:5])
 @example(bytes([0x80]) + VALID[1:])
+@example(bytes([0x80]))
+@example(bytes([0x80, 0x00]) + VALID[1:])
+@example(VALID_EPOCH[:13])
+@example(VALID_EPOCH[:1] + bytes([17]) + VALID_EPOCH[2:])
+@example(bytes([VALID_EPOCH[0] & 0x7F]) + VALID_EPOCH[2:])
 def test_random_frames_only_raise_remote_errors(data: bytes) -> None:
     verdict = receive(data)
-    assert verdict != "accepted" or data == VALID
-
-
-@given(st.binary(min_size=1, max_size=len(VALID)), st.integers(0, len(VALID) - 1))
-def test_spliced_frames_are_rejected(patch: bytes, at: int) -> None:
-    frame = VALID[:at] + patch + VALID[at + len(patch) :]
-    assert receive(frame) != "accepted" or frame == VALID
+    assert verdict != "accepted" or data in (VALID, VALID_EPOCH)
 
 
 @given(
-    st.lists(st.binary(max_size=80) | st.just(encode_serial(VALID)), max_size=12),
+    st.sampled_from([VALID, VALID_EPOCH]),
+    st.binary(min_size=1, max_size=len(VALID_EPOCH)),
+    st.integers(0, len(VALID_EPOCH) - 1),
+)
+def test_spliced_frames_are_rejected(valid: bytes, patch: bytes, at: int) -> None:
+    frame = valid[:at] + patch + valid[at + len(patch) :]
+    assert receive(frame) != "accepted" or frame == valid
+
+
+def test_the_epoch_frames_of_the_examples() -> None:
+    assert receive(VALID_EPOCH) == "accepted"
+    assert receive(bytes([0x80])) == "bad_version"
+    assert receive(bytes([0x80, 0x00]) + VALID[1:]) == "bad_version"
+    assert receive(VALID_EPOCH[:1] + bytes([17]) + VALID_EPOCH[2:]) == "auth_failed"
+    assert receive(bytes([VALID_EPOCH[0] & 0x7F]) + VALID_EPOCH[2:]) == "auth_failed"
+
+
+@given(
+    st.lists(
+        st.binary(max_size=80)
+        | st.just(encode_serial(VALID))
+        | st.just(encode_serial(VALID_EPOCH)),
+        max_size=12,
+    ),
     st.integers(1, 64),
 )
 def test_serial_stream_with_garbage(chunks: list[bytes], piece: int) -> None:

@@ -43,7 +43,16 @@ def test_micropython_seals_and_opens_every_golden_vector() -> None:
     valid = [
         {
             k: v[k]
-            for k in ("name", "secret", "node_id", "counter", "type", "plaintext", "direction")
+            for k in (
+                "name",
+                "secret",
+                "node_id",
+                "epoch",
+                "counter",
+                "type",
+                "plaintext",
+                "direction",
+            )
         }
         for v in VECTORS["valid"]
     ]
@@ -59,7 +68,7 @@ except ImportError:
     pass
 out = {{}}
 for v in json.loads({json.dumps(valid)!r}):
-    keys = NodeKeys(v["node_id"], binascii.unhexlify(v["secret"]))
+    keys = NodeKeys(v["node_id"], binascii.unhexlify(v["secret"]), None, v["epoch"])
     msg = message_from_body(v["type"], _backend.cbor_loads(binascii.unhexlify(v["plaintext"])))
     frame = seal(msg, v["counter"], keys)
     opened = open_frame(frame, keys, v["direction"] == "uplink")
@@ -86,23 +95,26 @@ print(json.dumps(out))
 
 def test_micropython_rejects_invalid_vectors_with_the_same_reasons() -> None:
     good = VECTORS["valid"][0]
-    cases = [[v["frame"], v["reason"]] for v in VECTORS["invalid"]]
+    cases = [
+        [v["frame"], v["epoch"], v["direction"] == "uplink", v["reason"]]
+        for v in VECTORS["invalid"]
+    ]
     code = f"""
 import binascii, json
 from protocol import NodeKeys, open_frame, parse_header, RemoteProtocolError
-keys = NodeKeys({good["node_id"]}, binascii.unhexlify({good["secret"]!r}))
 got = []
-for frame_hex, _ in json.loads({json.dumps(cases)!r}):
+for frame_hex, epoch, uplink, _ in json.loads({json.dumps(cases)!r}):
+    keys = NodeKeys({good["node_id"]}, binascii.unhexlify({good["secret"]!r}), None, epoch)
     frame = binascii.unhexlify(frame_hex)
     try:
-        open_frame(frame, keys, True, parse_header(frame))
+        open_frame(frame, keys, uplink, parse_header(frame))
         got.append("accepted")
     except RemoteProtocolError as exc:
         got.append(exc.reason_name)
 print(json.dumps(got))
 """
     got = json.loads(run_micropython(code).strip().splitlines()[-1])
-    assert got == [reason for _, reason in cases]
+    assert got == [reason for *_, reason in cases]
 
 
 def test_cryptolib_shim_is_real_aes() -> None:

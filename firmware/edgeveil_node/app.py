@@ -80,6 +80,8 @@ class Node:
     ):
         self.sleep = config.sleep
         self.keys = keys
+        self._secret = config.secret  # for the keys of a new epoch (a re-key from the gateway)
+        self._rekey = None  # a re-key waiting until nothing sealed under the old keys is pending
         self.counter = counter
         self.link = link
         self.sensors = sensors
@@ -260,7 +262,18 @@ class Node:
             self._clock_offset = message.time - int(time.time())
             self._next_time_request = time.ticks_add(time.ticks_ms(), _TIME_RESYNC_MS)
         elif isinstance(message, ConfigUpdate):
-            self.apply_config(message)
+            if "key_epoch" in message.settings:
+                self._rekey_step(message)
+            else:
+                self.apply_config(message)
+
+    def _rekey_step(self, update=None):
+        """Take a re-key (`update`) or switch to it (None): rekey.py, a module loaded for the
+        moment (README "RAM")."""
+        from . import rekey  # noqa: PLC0415
+
+        rekey.step(self, update)
+        _forget("rekey")
 
     def apply_config(self, update):
         if update.version <= self.config_version:
@@ -314,6 +327,8 @@ class Node:
             self.wdt.feed()
         seals = self._seals
         self._receive()
+        if self._rekey is not None and not len(self.queue) and not len(self.personal_queue):
+            self._rekey_step()
         now = time.ticks_ms()
         # one unit per pass: answering the gateway (a configuration update's event), else a
         # cycle (its frames go out as they are sealed), else the oldest frame waiting to be
@@ -422,7 +437,8 @@ def boot_phases():
 
     try:
         config = config_mod.load()
-        counter = FrameCounter()
+        counter = FrameCounter(epoch=config.epoch)
+        config_mod.check_continuity(config, counter)
     except (config_mod.ConfigError, CounterError) as exc:
         wait_forever(str(exc))
         return
@@ -431,7 +447,7 @@ def boot_phases():
     yield None
     from protocol import NodeKeys  # noqa: PLC0415
 
-    keys = NodeKeys(config.node_id, config.secret)
+    keys = NodeKeys(config.node_id, config.secret, None, counter.epoch)
     yield None
     from . import hardware  # noqa: PLC0415
 

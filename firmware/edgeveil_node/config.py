@@ -18,6 +18,9 @@
 #   "sleep": false                         light sleep between cycles when nothing is pending
 #   "board": "a1b2c3d4e5f6"                the chip this identity is bound to (hex of
 #                                          machine.unique_id()), written by the first deploy
+#   "epoch": 16                            the key epoch deploy started the board at (0..255,
+#                                          default 0); the node's own epoch is kept with its
+#                                          counter (counter.py) and may be higher (a re-key)
 # }
 #
 # A bound configuration on another chip is refused at boot (load()): two boards with one
@@ -115,6 +118,7 @@ class Config:
                 "node deploy); deploy the configuration again"
             )
         self.board = board
+        self.epoch = _int(data.get("epoch", 0), "epoch", 0, 255)
 
 
 def check_board(config, unique_id):
@@ -131,6 +135,27 @@ def check_board(config, unique_id):
             + here
             + ": one identity per board, so this board seals nothing under it. Give it its "
             "own: edgeveil node provision, then edgeveil node deploy"
+        )
+
+
+def check_continuity(config, counter):
+    """ConfigError when the counter state on this flash cannot be the one this identity used
+    last: none at all under a configuration deploy bound to a board (deploy writes the first
+    state: this flash was erased, or the files were copied by hand), or state older than the
+    epoch deploy gave the configuration (a restored backup). Either way counters this
+    identity already used could start again under the same keys (SPEC.md section 9). Here and
+    not in app.py: this module is dropped once the node runs (README "RAM")."""
+    if config.board is None:
+        return  # unbound (emulated nodes, tests): a fresh state starts at the config's epoch
+    if not counter.found or counter.epoch < config.epoch:
+        raise ConfigError(
+            "no counter state of node "
+            + str(config.node_id)
+            + " (key epoch "
+            + str(config.epoch)
+            + ") on this flash: it was erased or restored, or the files were copied by hand, "
+            "and sealing now could reuse nonces. Run edgeveil node deploy: it gives the node "
+            "fresh keys"
         )
 
 
@@ -328,6 +353,7 @@ FIELDS = (
     "watchdog_ms",
     "sleep",
     "board",
+    "epoch",
 )
 
 

@@ -12,64 +12,84 @@
 # power cut damages only the slot being written; the other still holds the previous limit, which
 # is at least every counter used so far (counters beyond it need the new write to finish first).
 # If slot files exist but neither is valid, the node refuses to send: it cannot know where it was.
+#
+# Each slot also holds the key epoch the counter belongs to (protocol v1.1, SPEC.md section 9):
+# new keys start their counter at 0, so the epoch and its counter are written in one slot, in
+# one write. A slot of the first firmware (12 bytes, no epoch) reads as epoch 0.
 
 import binascii
 import os
 import struct
 
-from micropython import const
+# No const(): it saves RAM only for private names, and without `micropython` imported the
+# module runs on CPython too (deploy reads and writes counter state with it).
 
-STEP = const(32)  # counters reserved per flash write: 1 write per 32 frames
-MAX_COUNTER = const(0xFFFFFFFF)
+STEP = 32  # counters reserved per flash write: 1 write per 32 frames
+MAX_COUNTER = 0xFFFFFFFF
 # The stored limit is 4 bytes, so it can promise at most "nothing at or above 2^32 - 1 was
 # used": the node's last counter is 2^32 - 2 (a limit of 2^32 would not fit, and truncated to
 # 0 it would start the counter again under the same keys: the reuse this module prevents).
-LAST = const(0xFFFFFFFE)
+LAST = 0xFFFFFFFE
 # fewer left than this: the node says so with every status (event counter_low, SPEC.md 7.4),
 # weeks ahead even at a frame a second, so that it is replaced before it must fall silent
-LOW_WATER = const(1 << 20)
+LOW_WATER = 1 << 20
 EXHAUSTED = (
     "frame counter exhausted: this node has used every nonce of its keys and seals nothing "
     "more; give the board a new identity (edgeveil node provision --replace NODE, then deploy)"
 )
-_SLOTS = ("counter.a", "counter.b")
-_FORMAT = ">II"  # sequence, limit
+SLOTS = ("counter.a", "counter.b")
+_FORMAT = ">III"  # sequence, limit, key epoch; then the CRC-32 of these 12 bytes
 
 
 class CounterError(Exception):
     """The persisted counter is unreadable or exhausted: the node must not send."""
 
 
+def slot_bytes(seq, limit, epoch):
+    """One slot file's content (deploy writes the first one, gateway/node/deploy.py)."""
+    head = struct.pack(_FORMAT, seq, limit, epoch)
+    return head + struct.pack(">I", binascii.crc32(head))
+
+
 def _read_slot(path):
+    """(sequence, limit, epoch), None when there is no file, False when it is damaged."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None
-    if len(data) != 12:
+    return parse_slot(data)
+
+
+def parse_slot(data):
+    """A slot file's (sequence, limit, epoch), or False when it is damaged."""
+    n = len(data) - 4
+    if n not in (8, 12) or binascii.crc32(data[:n]) != struct.unpack(">I", data[n:])[0]:
         return False
-    if binascii.crc32(data[:8]) != struct.unpack(">I", data[8:])[0]:
-        return False
-    return struct.unpack(_FORMAT, data[:8])
+    if n == 8:  # the first firmware's slot: no epoch
+        return struct.unpack(">II", data[:8]) + (0,)
+    return struct.unpack(_FORMAT, data[:n])
 
 
 class FrameCounter:
-    def __init__(self, directory="", step=STEP):
-        self._paths = [directory + name for name in _SLOTS]
+    def __init__(self, directory="", step=STEP, epoch=0):
+        """`epoch`: the key epoch to start at when there is no counter state at all."""
+        self._paths = [directory + name for name in SLOTS]
         self._step = step
         found = [_read_slot(p) for p in self._paths]
         valid = [s for s in found if s]
         if not valid and any(s is False for s in found):
             raise CounterError(
                 "counter files are corrupt: the node cannot know which counters it used. "
-                "Provision it with a new secret."
+                "Deploy it again (edgeveil node deploy gives it fresh keys)."
             )
+        self.found = bool(valid)  # False: no counter state on this flash at all
         if valid:
             best = max(valid)  # highest sequence number wins
-            self._seq, self._limit = best
+            self._seq, self._limit, self.epoch = best
             self._slot = found.index(best)
         else:  # a freshly provisioned node
-            self._seq, self._limit, self._slot = 0, 0, 1
+            self._seq, self._limit, self._slot, self.epoch = 0, 0, 1, epoch
         self.next_value = self._limit
         self.writes = 0
         if self.next_value > LAST:  # never wraps: a wrapped counter reuses nonces
@@ -79,13 +99,11 @@ class FrameCounter:
         """Counters left before the node must stop sealing."""
         return max(0, LAST + 1 - self.next_value)
 
-    def _persist(self, limit):
+    def persist(self, limit, epoch):
         self._seq += 1
         self._slot ^= 1  # never overwrite the slot that holds the newest valid limit
-        head = struct.pack(_FORMAT, self._seq, limit)
-        data = head + struct.pack(">I", binascii.crc32(head))
         with open(self._paths[self._slot], "wb") as f:
-            f.write(data)
+            f.write(slot_bytes(self._seq, limit, epoch))
         if hasattr(os, "sync"):
             os.sync()
         self._limit = limit
@@ -97,6 +115,6 @@ class FrameCounter:
         if value > LAST:
             raise CounterError(EXHAUSTED)
         if value >= self._limit:
-            self._persist(min(value + self._step, LAST + 1))
+            self.persist(min(value + self._step, LAST + 1), self.epoch)
         self.next_value = value + 1
         return value

@@ -8,22 +8,28 @@ import time
 
 from micropython import const
 
-from protocol import Ack, ReplayWindow, open_frame, parse_header
+from protocol import Ack, Reason, RemoteProtocolError, ReplayWindow, open_frame, parse_header
 
 _MAX_BACKOFF_SHIFT = const(5)  # at most 32 x the ack timeout between two tries
-DOWNLINK_FILE = "downlink.window"  # the highest gateway counter taken (SPEC.md section 10)
+# the highest gateway counter taken (SPEC.md section 10), and its key epoch: "highest epoch"
+# ("highest" alone: epoch 0)
+DOWNLINK_FILE = "downlink.window"
 _ALL_SEEN = 0xFFFFFFFFFFFFFFFF  # a window restored at boot: every counter up to highest seen
 
 
-def load_window(path=DOWNLINK_FILE):
+def load_window(path=DOWNLINK_FILE, epoch=0):
     """The replay window of the gateway's frames at boot (SPEC.md section 10): every counter
     up to the highest one persisted counts as seen, so a time sync or configuration update
-    captured before a reboot is refused after it. None persisted yet: a fresh window."""
+    captured before a reboot is refused after it. None persisted yet, or persisted under
+    another key epoch (the gateway's counters start again with new keys): a fresh window."""
     try:
         with open(path) as f:
-            return ReplayWindow(int(f.read()), _ALL_SEEN)
-    except (OSError, ValueError):
-        return ReplayWindow()
+            words = f.read().split()
+        if int(words[1] if len(words) > 1 else 0) == epoch:
+            return ReplayWindow(int(words[0]), _ALL_SEEN)
+    except (OSError, ValueError, IndexError):
+        pass
+    return ReplayWindow()
 
 
 def accept_downlink(frame, keys, window, path=None):
@@ -36,13 +42,18 @@ def accept_downlink(frame, keys, window, path=None):
     header = parse_header(frame)
     if header.node_id != keys.node_id:
         return None
+    if header.epoch != keys.epoch:  # keys this node no longer has, or not yet
+        raise RemoteProtocolError(
+            Reason.RETIRED_KEY if header.epoch < keys.epoch else Reason.UNKNOWN_NODE, ""
+        )
     message = open_frame(frame, keys, False, header)
     if window.check(header.counter) != 1:  # not NEW
         return None
     if path is not None and not isinstance(message, Ack):
         try:
             with open(path, "w") as f:  # one small file: littlefs writes it atomically
-                f.write(str(max(header.counter, window.highest)))
+                highest = str(max(header.counter, window.highest))
+                f.write(highest + " " + str(keys.epoch) if keys.epoch else highest)
         except OSError:
             return None
     window.accept(header.counter)

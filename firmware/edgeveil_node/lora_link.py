@@ -61,13 +61,14 @@ _MOST_SIGHTINGS = const(12)  # per frame, as on a serial line (serial_link.Seria
 
 
 def sightings_per_frame(limit):
-    """BLE sightings that fit one observations frame of at most `limit` bytes: at worst a 17-byte
-    frame overhead (header 1, kid 4, counter 4, tag 8), 2 bytes of array head and radio, and 10
+    """BLE sightings that fit one observations frame of at most `limit` bytes: at worst an 18-byte
+    frame overhead (header 1, key epoch 1, kid 4, counter 4, tag 8), 2 bytes of array head and
+    radio, and 10
     bytes per sighting (array head, 6-byte address as a byte string, 2-byte RSSI; SPEC.md 7.2).
     At most 12 even where more would fit (SF7-SF9): sealing a frame allocates about 45 bytes
     per sighting in one pass of the scheduler, and a node's heap has no room for twenty
     (README "RAM"); two more frames of 14 bytes' overhead per crowd of 64 cost less."""
-    fit = (limit - 19) // 10
+    fit = (limit - 20) // 10
     return fit if fit < _MOST_SIGHTINGS else _MOST_SIGHTINGS
 
 
@@ -102,7 +103,7 @@ class LoRaLink:
         self._waiting = []  # (frame, droppable) oldest first
         self._held_by_band = False  # the oldest waiting frame waits for the duty cycle
         self._inbox = []  # frames received in the last windows, not yet verified
-        self._window = load_window(window_file) if window_file else ReplayWindow()
+        self._window = load_window(window_file, keys.epoch) if window_file else ReplayWindow()
         self._rx_packet = None  # reused by modem.recv() for a packet of the same length
         self._ticks = time.ticks_ms()
         self._elapsed_ms = 0  # monotonic: ticks wrap, the limiter's hour and day must not
@@ -128,6 +129,11 @@ class LoRaLink:
         return self._elapsed_ms
 
     # -- uplink ----------------------------------------------------------------------------
+
+    def rekey(self, keys):
+        """As SerialLink.rekey: the keys of a new epoch, the gateway's counters from 0."""
+        self._keys = keys
+        self._window = ReplayWindow()
 
     def send(self, frame, personal=False):
         """personal: a frame whose number says people were near (sightings, motion): its

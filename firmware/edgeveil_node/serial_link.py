@@ -106,9 +106,14 @@ class SerialLink:
         self._keys = keys
         self._decoder = StreamDecoder()
         self._window_file = window_file
-        self._window = load_window(window_file) if window_file else ReplayWindow()
+        self._window = load_window(window_file, keys.epoch) if window_file else ReplayWindow()
         self.sent = 0
         self.rejected = 0  # line noise and frames that do not verify
+
+    def rekey(self, keys):
+        """Open the gateway's frames with the keys of a new epoch: its counters start again."""
+        self._keys = keys
+        self._window = ReplayWindow()
 
     def send(self, frame, personal=False):  # personal: as LoRaLink's (nothing is dropped)
         self._port.write(encode_serial(frame))

@@ -18,12 +18,12 @@ log = logging.getLogger("edgeveil.lora")
 OnFrame = Callable[[str, bytes, RadioMeta], None]
 
 
-
 def observations(frame: bytes) -> bool:
     """A frame of BLE sightings, by its clear header byte (SPEC.md section 5.1: type 1). No
     radio metric counts them, not even per concentrator: their number says people were near,
     and at a site with one node a concentrator's packet count is that node's."""
     return bool(frame) and not frame[0] & 0x80 and (frame[0] >> 4) & 0x07 == 1
+
 
 class _LinkConfig(Protocol):
     @property

@@ -155,7 +155,7 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "first and are switched over at the end, main.py last: an unplugged cable leaves the "
         "previous version bootable. micropython-lib packages come from the local package cache. "
         "The first deploy binds the configuration to the board's chip (machine.unique_id(), "
-        "saved into FILE as \"board\"); a configuration bound to another board is refused.",
+        'saved into FILE as "board"); a configuration bound to another board is refused.',
     )
     _port_option(deploy)
     deploy.add_argument(

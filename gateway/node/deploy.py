@@ -56,6 +56,8 @@ from typing import Any
 import firmware
 import protocol
 from firmware.edgeveil_node import config as node_config  # the firmware's own validation
+from firmware.edgeveil_node import counter as node_counter  # and its counter state format
+from protocol.keys import MAX_EPOCH
 
 from . import footprint
 from .board import Board, BoardDisconnected
@@ -87,6 +89,7 @@ _LORA_PACKAGES: dict[str, tuple[str, ...]] = {
     "sx1276": ("lora-sync", "lora-sx127x"),
     "sx1262": ("lora-sync", "lora-sx126x"),
 }
+EPOCHS_PER_GENERATION = 16  # SPEC.md section 9: how deploy and the gateway share key epochs
 # protocol/ modules that exist for CPython only (cbor2 and cryptography backends)
 _HOST_ONLY = {"_fast.py"}
 
@@ -383,9 +386,7 @@ def read_board(board: Board) -> dict[str, Any]:
         " import machine, binascii\n"
         " r['uid'] = binascii.hexlify(machine.unique_id()).decode()\n"
         "except Exception:\n"
-        " pass\n"
-        + footprint.READ_HEAP
-        + "print(json.dumps(r))\n"
+        " pass\n" + footprint.READ_HEAP + "print(json.dumps(r))\n"
     )
     if not isinstance(info, dict):
         raise NodeCommandError(f"unexpected answer from the board on {board.port}")
@@ -417,21 +418,93 @@ def bind(config_bytes: bytes, info: dict[str, Any], source: str) -> bytes | None
     return (json.dumps(data, indent=2) + "\n").encode()
 
 
-def _bind_and_save(
+def read_counter_state(board: Board) -> tuple[int, int, int] | str:
+    """The node's counter state on the board, read by the firmware's own rules (counter.py):
+    (sequence, limit, key epoch) of the newest valid slot, "missing" when there is none,
+    "damaged" when slot files exist but none is valid."""
+    found = board.exec_json(
+        "import json, binascii\nr = []\n"
+        f"for p in {[f'/{name}' for name in node_counter.SLOTS]!r}:\n"
+        " try:\n  f = open(p, 'rb'); r.append(binascii.hexlify(f.read()).decode()); f.close()\n"
+        " except OSError:\n  r.append(None)\n"
+        "print(json.dumps(r))\n"
+    )
+    if not isinstance(found, list):
+        raise NodeCommandError(f"unexpected answer from the board on {board.port}")
+    slots = [node_counter.parse_slot(bytes.fromhex(h)) for h in found if isinstance(h, str)]
+    valid = [slot for slot in slots if slot]
+    if valid:
+        seq, limit, epoch = max(valid)
+        return int(seq), int(limit), int(epoch)
+    return "damaged" if slots else "missing"
+
+
+def next_generation(epoch: int) -> int:
+    """The first key epoch of the generation after `epoch`'s (SPEC.md section 9: deploy starts
+    generations, multiples of 16; the gateway's re-keys count within one)."""
+    return (epoch // EPOCHS_PER_GENERATION + 1) * EPOCHS_PER_GENERATION
+
+
+def _identity(
     config_bytes: bytes,
     info: dict[str, Any],
+    state: tuple[int, int, int] | str,
     config_path: Path | None,
     on_step: Callable[[str], None],
-) -> bytes:
-    """The configuration to deploy, bound to this board; a newly bound one is saved to
-    `config_path` first, so that a second board is refused even if this deploy fails."""
-    bound = bind(config_bytes, info, str(config_path or "the configuration"))
-    if bound is None:
-        return config_bytes
+) -> tuple[bytes, int | None]:
+    """The configuration to deploy and the key epoch whose fresh counter state deploy must
+    write first (None: the board's state continues).
+
+    Bound to this board (bind()). A first deploy writes a fresh state at the configuration's
+    epoch. Later deploys continue the board's state when it is at the configuration's epoch
+    or after it (a re-key in the field, recorded in the configuration now); without such a
+    state (an erased flash, a restored backup, a replacement board given the old file) the
+    node starts the next generation of keys, so no counter of the old keys is used again.
+    A changed configuration is saved to `config_path` before anything goes to the board."""
+    source = str(config_path or "the configuration")
+    data = json.loads(config_bytes)
+    first = data.get("board") is None
+    bound = bind(config_bytes, info, source)
+    if bound is not None:
+        data = json.loads(bound)
+        on_step(f"bound: {source} to chip {info['uid']}")
+    epoch = int(data.get("epoch", 0))
+    fresh: int | None = None
+    if first:
+        fresh = epoch
+    elif isinstance(state, tuple) and state[2] >= epoch:
+        if state[2] > epoch:  # re-keyed in the field since: the file learns it
+            data["epoch"] = state[2]
+    else:
+        seen = max(epoch, state[2]) if isinstance(state, tuple) else epoch
+        fresh = next_generation(seen)
+        what = "older than the configuration" if isinstance(state, tuple) else state
+        if fresh > MAX_EPOCH:
+            raise NodeCommandError(
+                f"the board's counter state of node {data.get('node_id')} is {what} and the "
+                f"identity has no key epochs left (at {seen} of {MAX_EPOCH}): give the board "
+                f"a new one: edgeveil node provision --replace {data.get('node_id')}"
+            )
+        data["epoch"] = fresh
+        on_step(
+            f"keys: the board's counter state is {what} (an erased flash, a restored backup "
+            f"or another board): the node starts fresh keys, key epoch {fresh}"
+        )
+    if data == json.loads(config_bytes):
+        return config_bytes, fresh
+    out = (json.dumps(data, indent=2) + "\n").encode()
     if config_path is not None:
-        write_private(config_path, bound.decode())
-    on_step(f"bound: {config_path or 'the configuration'} to chip {info['uid']}")
-    return bound
+        write_private(config_path, out.decode())
+    return out, fresh
+
+
+def _write_counter_state(board: Board, epoch: int) -> None:
+    """A fresh counter state at `epoch` (counter 0): the older slot goes first, so that the
+    one written is the only one the node can read (a torn write leaves none valid, and the
+    node refuses to seal until deploy runs again)."""
+    first, second = (f"/{name}" for name in node_counter.SLOTS)
+    board.remove([second])
+    board.write_file(first, node_counter.slot_bytes(1, 0, epoch))
 
 
 def heap_line(info: dict[str, Any], config_bytes: bytes) -> str | None:
@@ -584,7 +657,9 @@ def deploy(  # noqa: PLR0915 - the steps of the module docstring, in order
         f" (.mpy {board_mpy(int(info.get('mpy', 0))) or 'not supported'}), chip "
         f"{info.get('uid', 'unknown')}"
     )
-    config_bytes = _bind_and_save(config_bytes, info, config_path, on_step)
+    config_bytes, fresh_epoch = _identity(
+        config_bytes, info, read_counter_state(board), config_path, on_step
+    )
     line = heap_line(info, config_bytes)
     if line is not None:
         on_step(line)
@@ -611,6 +686,9 @@ def deploy(  # noqa: PLR0915 - the steps of the module docstring, in order
     written: list[str] = []
     switching = False
     try:
+        if fresh_epoch is not None:  # before the configuration that needs it is switched in
+            _write_counter_state(board, fresh_epoch)
+            on_step(f"counter: fresh state written (key epoch {fresh_epoch}, counter 0)")
         board.makedirs(_parents([*changed, MANIFEST]))
         advance = progress(total) if progress is not None else (lambda _n: None)
         path = MANIFEST

@@ -116,6 +116,7 @@ def reveals_presence(message: Message) -> bool:
         isinstance(message, Event) and message.code == MOTION_EVENT
     )
 
+
 log = logging.getLogger("edgeveil.privacy")
 
 MAX_AHEAD_S = 60.0  # a node's time further ahead of the gateway's than this is not believed
