@@ -61,14 +61,16 @@ def _decode(args: argparse.Namespace) -> int:
         return 1
     kind = MESSAGE_CLASSES[header.msg_type]
     print(
-        f"{len(frame)} bytes  protocol v{header.version}  {kind.NAME}  node {header.node_id}"
-        f"  counter {header.counter}  ({'node to gateway' if kind.UPLINK else 'gateway to node'})"
+        f"{len(frame)} bytes  protocol v{header.version}{'.1' if header.epoch else ''}  "
+        f"{kind.NAME}  node {header.node_id}  counter {header.counter}"
+        f"{f'  key epoch {header.epoch}' if header.epoch else ''}"
+        f"  ({'node to gateway' if kind.UPLINK else 'gateway to node'})"
     )
     if secret is None:
         print("content: sealed (give --secret-file to verify and decrypt)")
         return 0
     try:
-        keys = NodeKeys(header.node_id, secret)
+        keys = NodeKeys(header.node_id, secret, epoch=header.epoch)
         message = open_frame(frame, keys, uplink=kind.UPLINK, header=header)
     except LocalProtocolError as exc:
         raise CliError(str(exc)) from exc
@@ -261,6 +263,8 @@ def _gateway(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
         if args.gateway_command == "nodes":
             if args.nodes_command == "revoke":
                 return commands.revoke_node(args.config, args.node)
+            if args.nodes_command == "rekey":
+                return commands.rekey_node(args.config, args.node)
             return commands.list_nodes(args.config)
         return commands.status(args.metrics)
     except commands.UsageError as exc:
@@ -336,16 +340,17 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     nodes = sub.add_parser(
         "nodes",
-        help="the registered nodes: list them, revoke one",
+        help="the registered nodes: list them, revoke or re-key one",
         description="The gateway's node registry (the state directory's registry.db).",
     )
     nodes_sub = nodes.add_subparsers(dest="nodes_command", metavar="COMMAND", required=True)
     nodes_sub.add_parser(
         "list",
         parents=[with_config],
-        help="every registered node: zone, highest counter accepted, revoked or not",
-        description="List the registered nodes: id, zone, the highest uplink counter accepted, "
-        "and whether the node is revoked. Secrets are never shown.",
+        help="every registered node: zone, key epoch, highest counter accepted, state",
+        description="List the registered nodes: id, zone, the key epoch the node uses, the "
+        "highest uplink counter accepted under it, and its state (active, re-key pending, "
+        "replaced, revoked). Secrets are never shown.",
     )
     revoke = nodes_sub.add_parser(
         "revoke",
@@ -357,6 +362,20 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "brings the node back: edgeveil node provision, then gateway import-nodes.",
     )
     revoke.add_argument("node", type=int, metavar="NODE", help="the node id to revoke")
+    rekey = nodes_sub.add_parser(
+        "rekey",
+        parents=[with_config],
+        help="give a node fresh keys over the air (a configuration update)",
+        description="Re-key a node in the field: the gateway sends it its next key epoch (a "
+        "sealed configuration update, serial or LoRa) each time it hears the node under its "
+        "current keys, at most once a minute, until the node is heard under the new ones. The "
+        "node switches once nothing sealed under the old keys waits for an acknowledgement; "
+        "from its first frame under the new keys on, the old keys are refused ('retired_key'). "
+        "A node that misses the update keeps working on its current keys. The request is kept "
+        "in the registry (a restart does not lose it); `nodes list` shows it as pending. At "
+        "most 15 re-keys follow one deploy; then deploy the node again or replace it.",
+    )
+    rekey.add_argument("node", type=int, metavar="NODE", help="the node id to re-key")
     status = sub.add_parser(
         "status",
         help="what a running gateway is doing: links, broker, spool, frames",

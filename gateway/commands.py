@@ -154,11 +154,14 @@ def list_nodes(config_path: Path | None) -> int:
                     (
                         str(node_id),
                         entry.zone or "-",
+                        str(entry.epoch),
                         "-" if highest < 0 else str(highest),
                         "revoked " + _utc(revoked[node_id])
                         if node_id in revoked
                         else f"active, until node {successors[node_id]} is heard"
                         if node_id in successors
+                        else f"active, re-key to key epoch {entry.rekey} pending"
+                        if entry.rekey is not None
                         else "active",
                     )
                 )
@@ -166,8 +169,8 @@ def list_nodes(config_path: Path | None) -> int:
         raise UsageError(str(exc)) from None
     print(f"{path}: {len(rows)} nodes")
     if rows:
-        table = [("node", "zone", "highest counter", "state"), *rows]
-        widths = [max(len(r[i]) for r in table) for i in range(4)]
+        table = [("node", "zone", "key epoch", "highest counter", "state"), *rows]
+        widths = [max(len(r[i]) for r in table) for i in range(5)]
         for row in table:
             print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return 0
@@ -187,6 +190,21 @@ def revoke_node(config_path: Path | None, node_id: int) -> int:
         f"node {node_id} revoked: its frames are refused from now on (a running gateway "
         "applies it with its next frames). To bring the place back into service: provision a "
         "new identity (edgeveil node provision), deploy it and import it here"
+    )
+    return 0
+
+
+def rekey_node(config_path: Path | None, node_id: int) -> int:
+    path = _registry_path(config_path)
+    try:
+        with NodeRegistry.open(path) as registry:
+            epoch = registry.request_rekey(node_id)
+    except RegistryError as exc:
+        raise UsageError(f"{exc} (edgeveil gateway nodes list shows the registered ones)") from None
+    print(
+        f"node {node_id}: re-key to key epoch {epoch} requested. A running gateway sends it "
+        "each time it hears the node (at most once a minute) until the node uses the new keys; "
+        "edgeveil gateway nodes list shows it pending until then"
     )
     return 0
 

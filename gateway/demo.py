@@ -100,7 +100,7 @@ def run_protocol_demo() -> int:
     print(f"  one bit flipped             -> {_reason(bytes(flipped), keys)}")
     print(f"  sealed with another key     -> {_reason(seal(_examples()[0], 300, other), keys)}")
     print(f"  cut short                   -> {_reason(climate[:10], keys)}")
-    later_version = bytes([climate[0] | 0x80]) + climate[1:]
+    later_version = bytes([climate[0] | 0x80, 0]) + climate[1:]  # E = 1, epoch byte 0
     print(f"  from a later version        -> {_reason(later_version, keys)}")
     window = ReplayWindow()
     window.accept(header.counter)

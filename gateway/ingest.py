@@ -18,6 +18,13 @@ retransmission: it is COUNTER_REUSE (a second board holds the node's key, or a r
 set its counter back). It is rejected unacknowledged, counted and logged like any rejection,
 and raises an alarm event on the node's event topic (no content; at most one an hour per node,
 and never from a frame that says people were near: the next status frame raises it).
+
+Key epochs (SPEC.md sections 9 and 10): a frame of a higher key epoch than the node's current
+one is opened with that epoch's keys; accepted, it makes the epoch current (NodeRegistry.
+accept_many), and frames of older epochs are refused from then on (RETIRED_KEY). A node with
+a re-key requested (`edgeveil gateway nodes rekey`) is sent a configuration update with its
+next epoch whenever it is heard under its old keys (at most once a minute), until it is heard
+under the new ones.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 
 from protocol import (
     Ack,
+    ConfigUpdate,
     Event,
     Header,
     Message,
@@ -47,12 +55,12 @@ from protocol.messages import MAX_ACKED, OBSERVATIONS
 from protocol.replay import DUPLICATE
 
 from . import senml
-from .errors import SpoolFullError
+from .errors import RegistryError, SpoolFullError
 from .lora.radio import RadioMeta
 from .metrics import UNREGISTERED, Metrics
 from .privacy import PrivacyStage, reveals_presence
 from .records import Measurement, OutMessage, Record, Topics
-from .registry import REUSE_HINT, NodeEntry, NodeRegistry, frame_digest
+from .registry import REUSE_HINT, Accepted, NodeEntry, NodeRegistry, frame_digest
 from .spool import Spool
 
 log = logging.getLogger("edgeveil.ingest")
@@ -68,6 +76,7 @@ REACK_MEMORY = 4096
 _TIME_REQUEST = 6  # protocol event codes
 _COUNTER_LOW = 8
 REUSE_ALARM_GAP_S = 3600.0  # counter-reuse alarms published per node at most this often
+REKEY_GAP_S = 60.0  # a requested re-key is sent to a node at most this often
 
 
 class CounterReuse(RemoteProtocolError):
@@ -145,9 +154,10 @@ class Ingest:
         self.burst_log = BurstLog()
         # nodes that say they must be replaced (counter_low events): once an hour per node
         self.replace_log = BurstLog(3600.0, "node must be replaced")
-        self._reacks: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._reacks: OrderedDict[tuple[int, int, int], int] = OrderedDict()
         self._last_time_sync: dict[int, float] = {}
         self._last_reuse_alarm: dict[int, float] = {}
+        self._last_rekey: dict[int, float] = {}
 
     def submit(self, port: str, frame: bytes, radio: RadioMeta | None = None) -> None:
         """Called by the link layer for each frame; never blocks, never raises. LoRa links
@@ -168,18 +178,21 @@ class Ingest:
     async def process(self, batch: list[Arrival]) -> None:
         self.registry.reload_if_changed()  # a revocation or re-import by a technician command
         out: list[OutMessage] = []
-        accepted: list[tuple[int, int, bytes]] = []  # node, counter, frame digest
+        accepted: list[Accepted] = []  # node, counter, frame digest, key epoch
         counted: list[tuple[str, str, bool]] = []  # port, node, left nothing: for metrics
-        in_batch: dict[tuple[int, int], bytes] = {}  # (node, counter) -> frame digest
+        in_batch: dict[tuple[int, int, int], bytes] = {}  # (node, epoch, counter) -> digest
         acks: dict[tuple[str, int], list[int]] = defaultdict(list)
         radios: dict[tuple[str, int], RadioMeta | None] = {}  # the latest uplink heard
         time_syncs: set[tuple[str, int]] = set()
+        rekeys: dict[tuple[str, int], float] = {}  # nodes heard under keys to renew: when
         for arrival in batch:
             verified = self._verify(arrival, in_batch, out)
             if verified is None:
                 continue
             entry, header, digest, duplicate, message = verified
-            key = (entry.node_id, header.counter)
+            key = (entry.node_id, header.epoch, header.counter)
+            if entry.rekey is not None and header.epoch < entry.rekey:
+                rekeys[(arrival.port, entry.node_id)] = arrival.time
             if not duplicate or self._may_ack_again(key):
                 acks[(arrival.port, entry.node_id)].append(header.counter)
                 radios[(arrival.port, entry.node_id)] = arrival.radio
@@ -189,25 +202,22 @@ class Ingest:
                     self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
                 continue
             in_batch[key] = digest
+            # the frame's place in the node's life: its key epoch's counters follow the older
+            # epochs', so message ids (records.message_id) stay distinct across re-keys
+            sequence = (header.epoch << 32) | header.counter
             records = self.policy.process(
-                entry.node_id, entry.zone, header.counter, message, arrival.time
+                entry.node_id, entry.zone, sequence, message, arrival.time
             )
             # no records: dropped by the policy, or taken into a window. Sightings and motion
             # events are not counted at all: how many there are says people were near
             if not personal:
                 counted.append((arrival.port, str(entry.node_id), not records))
             out.extend(senml.encode(r, self.topics, self.payload_format) for r in records)
-            accepted.append((*key, digest))
+            accepted.append((entry.node_id, header.counter, digest, header.epoch))
             if _wants_time(message):
                 time_syncs.add((arrival.port, entry.node_id))
             if isinstance(message, Event) and message.code == _COUNTER_LOW:
-                self.replace_log.rejected(
-                    arrival.port,
-                    f"counter_low {entry.node_id}",
-                    f"node {entry.node_id} has {message.value} frame counters left and then "
-                    f"falls silent: replace it (edgeveil node provision --replace "
-                    f"{entry.node_id})",
-                )
+                self._counter_low(arrival.port, entry, message.value)
         if out:
             try:
                 # off the event loop: put() returns once the batch is on disk (fsync)
@@ -219,16 +229,20 @@ class Ingest:
                 self.burst_log.rejected(
                     "*", "spool_full", f"{exc}; {len(accepted)} frames not acknowledged"
                 )
-                acks = {k: [c for c in v if (k[1], c) not in in_batch] for k, v in acks.items()}
+                stored = {(n, c) for n, _e, c in in_batch}
+                acks = {k: [c for c in v if (k[1], c) not in stored] for k, v in acks.items()}
                 accepted, counted = [], []
             self.notify_uplink(out, at=min(a.time for a in batch))
         if accepted:
             self.registry.accept_many(accepted)
         self._count(counted)
-        await self._downlink(acks, time_syncs, radios)
+        await self._downlink(acks, time_syncs, radios, rekeys)
 
     def _verify(
-        self, arrival: Arrival, in_batch: dict[tuple[int, int], bytes], out: list[OutMessage]
+        self,
+        arrival: Arrival,
+        in_batch: dict[tuple[int, int, int], bytes],
+        out: list[OutMessage],
     ) -> tuple[NodeEntry, Header, bytes, bool, Message] | None:
         """(entry, header, frame digest, whether a retransmission, message), or None for a
         rejected frame (counted and logged; a counter reuse adds its alarm to `out`)."""
@@ -245,6 +259,13 @@ class Ingest:
                     Reason.REVOKED,
                     f"node {header.node_id} is revoked (edgeveil gateway nodes revoke); only a "
                     "new identity brings it back: edgeveil node provision, then import-nodes",
+                )
+            if header.epoch < entry.epoch:
+                raise RemoteProtocolError(
+                    Reason.RETIRED_KEY,
+                    f"node {header.node_id}: sealed under key epoch {header.epoch}, retired: "
+                    f"the node uses epoch {entry.epoch} (a frame sent before its keys were "
+                    "renewed, a replay, or a copy of the node still on its old keys)",
                 )
             digest = frame_digest(arrival.frame)
             duplicate, message = self._classify(arrival.frame, header, entry, digest, in_batch)
@@ -265,16 +286,22 @@ class Ingest:
         header: Header,
         entry: NodeEntry,
         digest: bytes,
-        in_batch: dict[tuple[int, int], bytes],
+        in_batch: dict[tuple[int, int, int], bytes],
     ) -> tuple[bool, Message]:
         """(whether it is a retransmission, the message) for a frame of a registered node;
         RemoteProtocolError for one to reject: REPLAY, AUTH_FAILED, MALFORMED, COUNTER_REUSE
         (CounterReuse)."""
-        key = (entry.node_id, header.counter)
+        key = (entry.node_id, header.epoch, header.counter)
+        if header.epoch > entry.epoch:  # fresh keys: nothing accepted under them yet
+            message = open_frame(frame, self.registry.keys_for(*key[:2]), True, header)
+            recorded = in_batch.get(key)
+            if recorded is not None and recorded != digest:
+                raise CounterReuse(entry.node_id, header.counter, message)
+            return recorded is not None, message
         try:
             verdict = entry.window.check(header.counter)
         except RemoteProtocolError:  # REPLAY: below the window, unless the evidence says reuse
-            recorded = self.registry.digest(*key)
+            recorded = self.registry.digest(entry.node_id, header.counter)
             if recorded is None or recorded == digest:
                 raise
             message = open_frame(frame, entry.keys, True, header)  # a forgery: AUTH_FAILED
@@ -284,10 +311,36 @@ class Ingest:
             return False, message
         # authentic and under a counter already taken: the same bytes are a retransmission,
         # other bytes a second sealing under the same key and nonce
-        recorded = in_batch.get(key) or self.registry.digest(*key)
+        recorded = in_batch.get(key) or self.registry.digest(entry.node_id, header.counter)
         if recorded is not None and recorded != digest:
             raise CounterReuse(entry.node_id, header.counter, message)
         return True, message
+
+    def _counter_low(self, port: str, entry: NodeEntry, left: int | None) -> None:
+        """A node running out of frame counters gets fresh keys (a re-key: its counter starts
+        again at 0), or, when its generation of key epochs is used up, is named for
+        replacement in the log."""
+        node_id = entry.node_id
+        if entry.rekey is not None:
+            return  # on its way
+        try:
+            epoch = self.registry.request_rekey(node_id)
+        except RegistryError as exc:
+            self.replace_log.rejected(
+                port,
+                f"counter_low {node_id}",
+                f"node {node_id} has {left} frame counters left and then falls silent, and "
+                f"gets no new keys here ({exc}): replace it (edgeveil node provision --replace "
+                f"{node_id})",
+            )
+            return
+        log.warning(
+            "node %d has %s frame counters left: re-keying it to key epoch %d, after which its "
+            "counter starts again",
+            node_id,
+            left,
+            epoch,
+        )
 
     def _reuse_alarm(self, arrival: Arrival, entry: NodeEntry) -> list[OutMessage]:
         """The alarm event for a counter reuse, unless one went out within the hour."""
@@ -322,7 +375,7 @@ class Ingest:
             self.metrics.frames.labels(arrival.port, node, exc.reason_name).inc()
         self.burst_log.rejected(arrival.port, exc.reason_name, exc.detail)
 
-    def _may_ack_again(self, key: tuple[int, int]) -> bool:
+    def _may_ack_again(self, key: tuple[int, int, int]) -> bool:
         """Whether a duplicate of this (node, counter) is acknowledged once more."""
         times = self._reacks.pop(key, 0) + 1
         self._reacks[key] = times  # most recent last
@@ -343,6 +396,7 @@ class Ingest:
         acks: dict[tuple[str, int], list[int]],
         time_syncs: set[tuple[str, int]],
         radios: dict[tuple[str, int], RadioMeta | None],
+        rekeys: dict[tuple[str, int], float],
     ) -> None:
         now = time.time()
         # Time sync first: a LoRa uplink has room for one downlink (RX1), and a node asking
@@ -355,6 +409,8 @@ class Ingest:
             radio = radios.get((port, node_id))
             if entry is not None and await self._send(port, entry.keys, TimeSync(int(now)), radio):
                 self._last_time_sync[node_id] = now
+        for (port, node_id), heard in rekeys.items():
+            await self._send_rekey(port, node_id, radios.get((port, node_id)), heard)
         for (port, node_id), counters in acks.items():
             entry = self.registry.get(node_id)
             if entry is None:
@@ -363,8 +419,27 @@ class Ingest:
                 chunk = counters[start : start + MAX_ACKED]
                 await self._send(port, entry.keys, Ack(chunk), radios.get((port, node_id)))
 
+    async def _send_rekey(
+        self, port: str, node_id: int, radio: RadioMeta | None, now: float
+    ) -> None:
+        """The node's requested re-key (SPEC.md 7.7: key_epoch alone, the epoch as the
+        version), sealed under its current keys, unless one went out within REKEY_GAP_S."""
+        entry = self.registry.get(node_id)
+        if entry is None or entry.rekey is None or entry.rekey <= entry.epoch:
+            return
+        if now - self._last_rekey.get(node_id, 0.0) < REKEY_GAP_S:
+            return
+        update = ConfigUpdate(entry.rekey, {"key_epoch": entry.rekey})
+        if await self._send(port, entry.keys, update, radio):
+            self._last_rekey[node_id] = now
+            log.info("node %d: re-key to key epoch %d sent on %s", node_id, entry.rekey, port)
+
     async def _send(
-        self, port: str, keys: NodeKeys, message: Ack | TimeSync, radio: RadioMeta | None
+        self,
+        port: str,
+        keys: NodeKeys,
+        message: Ack | TimeSync | ConfigUpdate,
+        radio: RadioMeta | None,
     ) -> bool:
         if not self.sends_downlinks(port):
             return False

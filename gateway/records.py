@@ -120,5 +120,7 @@ class Topics:
 
 
 def message_id(gateway_id: str, node_id: int, counter: int, part: int = 0) -> str:
-    """Deterministic: the same frame gives the same id however often it arrives."""
+    """Deterministic: the same frame gives the same id however often it arrives. `counter`:
+    the frame's sequence, its key epoch x 2^32 + its frame counter (the counter alone at epoch
+    0), so a node's frames under fresh keys never take the ids of its earlier ones."""
     return f"{gateway_id}:{node_id}:{counter}:{part}"

@@ -8,6 +8,8 @@ One SQLite file (stdlib sqlite3, WAL journal, synchronous=FULL), readable by its
     evidence  node_id, counter, digest                   what each accepted uplink counter sealed
     revoked   node_id, fingerprint, at                   nodes whose frames are refused
     successor old_node_id, new_node_id                   a replacement board, until it is heard
+    epochs    node_id, fingerprint, epoch                the node's current key epoch (v1.1)
+    rekey     node_id, fingerprint, epoch, requested     a re-key sent until the node takes it
 
 Why the choices:
 
@@ -48,6 +50,18 @@ Why the choices:
 - **Other processes' changes.** A technician command changes the file while the service runs;
   `reload_if_changed()` (SQLite's data_version, one cheap pragma, called once per batch) drops
   the cached entries, so a revocation or a replaced secret applies from the next batch.
+- **Key epochs** (SPEC.md sections 9 and 10). A node's keys are its secret's at its current
+  epoch, 0 until a frame of a higher epoch authenticates and is accepted: then, in the same
+  transaction, that epoch becomes current, the replay window and the evidence start afresh, the
+  downlink counter starts again at 0 (fresh keys), and frames of older epochs are refused
+  (RETIRED_KEY). Counter state belongs to (secret, epoch): its fingerprint covers both, so
+  state of a retired epoch can never be read as the current one's. The gateway follows a
+  node's epoch by itself: deploy's new key generations need no import here.
+- **Re-keys.** `request_rekey()` records the next epoch for a node; the service sends it (a
+  configuration update with key_epoch) whenever it hears the node under its old keys, until the
+  node's first frame under the new epoch is accepted, which deletes the request. The gateway
+  counts re-keys within the generation deploy started (16 epochs each): the two never pick the
+  same epoch.
 - **Keys derived once.** get() derives a node's keys (three HKDFs and two AEAD objects) on first
   use and caches the entry; later frames of the node cost a dict lookup.
 
@@ -71,17 +85,19 @@ from pathlib import Path
 from typing import Any
 
 from protocol import LocalProtocolError, NodeKeys, ReplayWindow
-from protocol.keys import MAX_NODE_ID, MAX_SECRET, MIN_SECRET
+from protocol.keys import MAX_EPOCH, MAX_NODE_ID, MAX_SECRET, MIN_SECRET
 
 from .errors import RegistryError
 from .sqlite import Closing, connect, create_private, transaction
 
 __all__ = [
     "DOWNLINK_STEP",
+    "EPOCHS_PER_GENERATION",
     "EVIDENCE_SPAN",
     "FORMAT",
     "MAX_ZONE_BYTES",
     "REUSE_HINT",
+    "Accepted",
     "NodeEntry",
     "NodeRegistry",
     "frame_digest",
@@ -95,6 +111,12 @@ FORMAT_VERSION = 1
 # version moves only for a change an older edgeveil would misread (a rollback stays possible).
 SCHEMA_VERSION = 1
 DOWNLINK_STEP = 256  # downlink counters reserved per commit
+# key epochs per generation (SPEC.md section 9): deploy starts generations, the gateway's re-keys
+# count within one, so the two never pick the same epoch
+EPOCHS_PER_GENERATION = 16
+# an accepted frame: node id, counter, frame digest, and optionally its key epoch (None or left
+# out: the node's current one)
+Accepted = tuple[int, int, bytes] | tuple[int, int, bytes, int | None]
 # uplink counters below the highest whose frame digests are kept: with a frame every few
 # minutes a few days, enough for a backup restored soon after it was taken; older reuse shows
 # as REPLAY (a counter that went back)
@@ -136,6 +158,17 @@ CREATE TABLE IF NOT EXISTS successor (
     old_node_id INTEGER PRIMARY KEY,
     new_node_id INTEGER NOT NULL UNIQUE
 );
+CREATE TABLE IF NOT EXISTS epochs (
+    node_id INTEGER PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rekey (
+    node_id INTEGER PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    requested REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS evidence (
     node_id INTEGER NOT NULL,
     counter INTEGER NOT NULL,
@@ -149,6 +182,23 @@ _STATEMENTS = tuple(s for s in _SCHEMA.split(";") if s.strip())
 def _fingerprint(secret: bytes) -> bytes:
     """Tells whether counter state belongs to this secret. One-way, and not a key."""
     return hashlib.sha256(b"edgeveil registry state v1\x00" + secret).digest()[:16]
+
+
+def _state_fingerprint(secret: bytes, epoch: int) -> bytes:
+    """Tells whether counter state belongs to this secret's keys of this epoch (epoch 0: the
+    fingerprint of the first registries, so their state still applies)."""
+    if not epoch:
+        return _fingerprint(secret)
+    data = b"edgeveil registry state v1\x00" + secret + b"\x00epoch\x00" + bytes([epoch])
+    return hashlib.sha256(data).digest()[:16]
+
+
+def _current_epoch(cur: sqlite3.Cursor, node_id: int, secret: bytes) -> int:
+    """The node's current key epoch for this secret (0 when none was recorded for it)."""
+    row = cur.execute(
+        "SELECT fingerprint, epoch FROM epochs WHERE node_id = ?", (node_id,)
+    ).fetchone()
+    return int(row[1]) if row is not None and bytes(row[0]) == _fingerprint(secret) else 0
 
 
 def frame_digest(frame: bytes) -> bytes:
@@ -168,7 +218,7 @@ class NodeEntry:
     get() returns the same object every time, and NodeRegistry.accept() moves it.
     """
 
-    __slots__ = ("keys", "node_id", "replaces", "revoked", "window", "zone")
+    __slots__ = ("epoch", "keys", "node_id", "rekey", "replaces", "revoked", "window", "zone")
 
     def __init__(
         self,
@@ -179,11 +229,14 @@ class NodeEntry:
         *,
         revoked: bool = False,
         replaces: int | None = None,
+        rekey: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.zone = zone
         self.keys = keys
+        self.epoch = keys.epoch  # the node's current key epoch here; older ones are refused
         self.window = window
+        self.rekey = rekey  # the epoch a requested re-key moves it to, until it is heard there
         self.revoked = revoked  # its frames are refused (NodeRegistry.revoke)
         self.replaces = replaces  # the node its first accepted frame revokes
 
@@ -213,7 +266,8 @@ class NodeRegistry(Closing):
         self._conn = conn
         self._lock = threading.RLock()
         self._entries: dict[int, NodeEntry] = {}
-        self._fingerprints: dict[int, bytes] = {}
+        self._fingerprints: dict[int, bytes] = {}  # of each entry's counter state
+        self._secrets: dict[int, bytes] = {}  # for the keys of a node's next epoch
         self._downlink: dict[int, _Downlink] = {}
         self._data_version = self._read_data_version()
 
@@ -251,6 +305,7 @@ class NodeRegistry(Closing):
             self._data_version = version
             self._entries.clear()
             self._fingerprints.clear()
+            self._secrets.clear()
         return True
 
     def close(self) -> None:
@@ -315,8 +370,11 @@ class NodeRegistry(Closing):
             (node_id, secret, zone, added),
         )
         # counter state of another secret no longer applies: the new keys start from zero
-        cur.execute("DELETE FROM replay WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
-        cur.execute("DELETE FROM downlink WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
+        cur.execute("DELETE FROM epochs WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
+        cur.execute("DELETE FROM rekey WHERE node_id = ? AND fingerprint != ?", (node_id, fp))
+        state = _state_fingerprint(secret, _current_epoch(cur, node_id, secret))
+        cur.execute("DELETE FROM replay WHERE node_id = ? AND fingerprint != ?", (node_id, state))
+        cur.execute("DELETE FROM downlink WHERE node_id = ? AND fingerprint != ?", (node_id, state))
         if cur.execute("SELECT 1 FROM replay WHERE node_id = ?", (node_id,)).fetchone() is None:
             cur.execute("DELETE FROM evidence WHERE node_id = ?", (node_id,))
         # a revocation is of the old secret; the same secret stays revoked
@@ -367,6 +425,7 @@ class NodeRegistry(Closing):
         with self._lock:
             self._entries.pop(node_id, None)
             self._fingerprints.pop(node_id, None)
+            self._secrets.pop(node_id, None)
             self._downlink.pop(node_id, None)
 
     def __len__(self) -> int:
@@ -408,24 +467,31 @@ class NodeRegistry(Closing):
                 return entry
             row = self._conn.execute(
                 "SELECT n.secret, n.zone, r.fingerprint, r.highest, r.bitmap, v.fingerprint, "
-                "s.old_node_id FROM nodes n LEFT JOIN replay r ON r.node_id = n.node_id "
+                "s.old_node_id, e.fingerprint, e.epoch, k.fingerprint, k.epoch "
+                "FROM nodes n LEFT JOIN replay r ON r.node_id = n.node_id "
                 "LEFT JOIN revoked v ON v.node_id = n.node_id "
-                "LEFT JOIN successor s ON s.new_node_id = n.node_id WHERE n.node_id = ?",
+                "LEFT JOIN successor s ON s.new_node_id = n.node_id "
+                "LEFT JOIN epochs e ON e.node_id = n.node_id "
+                "LEFT JOIN rekey k ON k.node_id = n.node_id WHERE n.node_id = ?",
                 (node_id,),
             ).fetchone()
             if row is None:
                 return None
-            secret, zone, fp_stored, highest, bitmap, fp_revoked, replaces = row
+            secret, zone, fp_stored, highest, bitmap, fp_revoked, replaces = row[:7]
+            fp_epoch, epoch, fp_rekey, rekey = row[7:]
             secret = bytes(secret)
             fp = _fingerprint(secret)
+            epoch = int(epoch) if fp_epoch is not None and bytes(fp_epoch) == fp else 0
+            state = _state_fingerprint(secret, epoch)
             window = ReplayWindow()
-            if fp_stored is not None and bytes(fp_stored) == fp:
+            if fp_stored is not None and bytes(fp_stored) == state:
                 window = ReplayWindow(int(highest), int.from_bytes(bytes(bitmap), "big"))
             try:
-                keys = NodeKeys(node_id, secret)
+                keys = NodeKeys(node_id, secret, epoch=epoch)
             except LocalProtocolError as exc:  # its message never shows the value
                 raise RegistryError(f"node {node_id}: stored secret is unusable: {exc}") from None
             revoked = fp_revoked is not None and bytes(fp_revoked) == fp
+            pending = fp_rekey is not None and bytes(fp_rekey) == fp and int(rekey) > epoch
             entry = NodeEntry(
                 node_id,
                 str(zone),
@@ -433,72 +499,111 @@ class NodeRegistry(Closing):
                 window,
                 revoked=revoked,
                 replaces=None if replaces is None else int(replaces),
+                rekey=int(rekey) if pending else None,
             )
             self._entries[node_id] = entry
-            self._fingerprints[node_id] = fp
+            self._fingerprints[node_id] = state
+            self._secrets[node_id] = secret
             return entry
 
-    def accept(self, node_id: int, counter: int, digest: bytes = b"") -> None:
+    def keys_for(self, node_id: int, epoch: int) -> NodeKeys:
+        """The keys of a registered node at `epoch` (a frame of a higher epoch than its current
+        one is opened with these; only an accepted one makes the epoch current)."""
+        entry = self.get(node_id)
+        if entry is None:
+            raise RegistryError(f"node {node_id} is not registered")
+        if epoch == entry.epoch:
+            return entry.keys
+        try:
+            return NodeKeys(node_id, self._secrets[node_id], epoch=epoch)
+        except LocalProtocolError as exc:
+            raise RegistryError(f"node {node_id}: {exc}") from None
+
+    def accept(
+        self, node_id: int, counter: int, digest: bytes = b"", epoch: int | None = None
+    ) -> None:
         """Record an accepted uplink counter: move the node's window and persist it, with the
         frame's digest (frame_digest(); b"" records none) as evidence against counter reuse.
+        `epoch`: the frame's key epoch (None: the node's current one); a higher one becomes
+        the node's current epoch (see the module docstring).
 
         Call it only after the frame authenticated, check() said NEW, and what the frame
         produced is durably stored (in the spool), and before acknowledging the frame
         (SPEC.md section 10). Durable on return.
         """
-        self.accept_many(((node_id, counter, digest),))
+        self.accept_many(((node_id, counter, digest, epoch),))
 
     def digest(self, node_id: int, counter: int) -> bytes | None:
-        """The digest recorded for an accepted uplink counter of the node, or None when none is
-        kept (never accepted, older than EVIDENCE_SPAN, or accepted without one)."""
+        """The digest recorded for an accepted uplink counter of the node at its current key
+        epoch, or None when none is kept (never accepted, older than EVIDENCE_SPAN, or
+        accepted without one)."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT digest FROM evidence WHERE node_id = ? AND counter = ?", (node_id, counter)
             ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def accept_many(self, items: Iterable[tuple[int, int, bytes]]) -> None:
-        """accept() for several (node_id, counter, digest) in one transaction (one fsync).
+    def accept_many(self, items: Iterable[Accepted]) -> None:
+        """accept() for several (node_id, counter, digest[, epoch]) in one transaction (one
+        fsync).
 
         The pairs are applied per node in ascending counter order, so a batch that holds an
-        older and a much newer frame of one node is accepted whatever its order. The windows
-        in memory change only after the commit: if it fails, nothing changed.
+        older and a much newer frame of one node is accepted whatever its order. A node's
+        frames of a higher key epoch than its current one move it to the highest of them;
+        its frames of the old epoch in the same batch were stored, but that epoch's window is
+        retired with it. The windows in memory change only after the commit: if it fails,
+        nothing changed.
 
         Threads: this may run in a worker thread (asyncio.to_thread, to keep the fsync off the
         event loop), but the windows it moves are the objects the ingest stage reads, so do
         not check() frames of the same nodes while it runs (for example: await it before
         classifying the next batch).
         """
-        pairs = sorted(set(items))
-        if not pairs:
-            return
         with self._lock:
+            pairs = self._validated(items)
+            if not pairs:
+                return
+            newest = {n: e for n, e, _c, _d in pairs}  # sorted: each node's highest epoch
+            pairs = [p for p in pairs if p[1] == newest[p[0]]]
+            switched = {n: e for n, e in newest.items() if e > self._entries[n].epoch}
             staged: dict[int, ReplayWindow] = {}
-            for node_id, counter, _digest in pairs:
+            for node_id, _epoch, counter, _digest in pairs:
                 window = staged.get(node_id)
                 if window is None:
-                    entry = self.get(node_id)
-                    if entry is None:
-                        raise RegistryError(f"accept: node {node_id} is not registered")
-                    window = ReplayWindow(entry.window.highest, entry.window.bitmap)
+                    live = self._entries[node_id].window
+                    fresh = node_id in switched
+                    window = ReplayWindow() if fresh else ReplayWindow(live.highest, live.bitmap)
                     staged[node_id] = window
-                if type(counter) is not int or not 0 <= counter <= MAX_COUNTER:
-                    raise RegistryError(f"accept: node {node_id}: counter {counter!r} invalid")
                 window.accept(counter)  # LocalProtocolError for a counter check() rejects
+            states = {  # the fingerprint of each node's counter state after the commit
+                n: _state_fingerprint(self._secrets[n], switched[n])
+                if n in switched
+                else self._fingerprints[n]
+                for n in staged
+            }
             with self._transaction() as cur:
+                for node_id, epoch in switched.items():
+                    secret = self._secrets[node_id]
+                    cur.execute(
+                        "INSERT INTO epochs (node_id, fingerprint, epoch) VALUES (?, ?, ?) "
+                        "ON CONFLICT (node_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                        "epoch = excluded.epoch",
+                        (node_id, _fingerprint(secret), epoch),
+                    )
+                    cur.execute("DELETE FROM evidence WHERE node_id = ?", (node_id,))
+                    cur.execute(
+                        "DELETE FROM rekey WHERE node_id = ? AND epoch <= ?", (node_id, epoch)
+                    )
                 cur.executemany(
                     "INSERT INTO replay (node_id, fingerprint, highest, bitmap) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
                     "fingerprint = excluded.fingerprint, highest = excluded.highest, "
                     "bitmap = excluded.bitmap",
-                    [
-                        (n, self._fingerprints[n], w.highest, _bitmap_blob(w.bitmap))
-                        for n, w in staged.items()
-                    ],
+                    [(n, states[n], w.highest, _bitmap_blob(w.bitmap)) for n, w in staged.items()],
                 )
                 cur.executemany(
                     "INSERT OR REPLACE INTO evidence (node_id, counter, digest) VALUES (?, ?, ?)",
-                    [(n, c, d) for n, c, d in pairs if d],
+                    [(n, c, d) for n, _e, c, d in pairs if d],
                 )
                 cur.executemany(
                     "DELETE FROM evidence WHERE node_id = ? AND counter <= ?",
@@ -512,6 +617,8 @@ class NodeRegistry(Closing):
                     cur.execute("DELETE FROM successor WHERE old_node_id = ?", (old,))
                     if _exists(cur, old):
                         _revoke(cur, old)
+            for node_id, epoch in switched.items():
+                self._switched(node_id, epoch, states[node_id])
             for node_id, window in staged.items():
                 live = self._entries[node_id].window
                 live.highest, live.bitmap = window.highest, window.bitmap
@@ -519,6 +626,79 @@ class NodeRegistry(Closing):
                 self._entries[new].replaces = None
                 self._forget(old)
                 log.warning("registry: node %d revoked: its replacement %d was heard", old, new)
+
+    def _validated(self, items: Iterable[Accepted]) -> list[tuple[int, int, int, bytes]]:
+        """accept_many's items as sorted, distinct (node, epoch, counter, digest)."""
+        pairs: set[tuple[int, int, int, bytes]] = set()
+        for item in items:
+            node_id, counter, digest = item[0], item[1], item[2]
+            entry = self.get(node_id)
+            if entry is None:
+                raise RegistryError(f"accept: node {node_id} is not registered")
+            epoch = item[3] if len(item) > 3 and item[3] is not None else entry.epoch
+            if type(counter) is not int or not 0 <= counter <= MAX_COUNTER:
+                raise RegistryError(f"accept: node {node_id}: counter {counter!r} invalid")
+            if type(epoch) is not int or not entry.epoch <= epoch <= MAX_EPOCH:
+                raise RegistryError(f"accept: node {node_id}: key epoch {epoch!r} invalid")
+            pairs.add((node_id, epoch, counter, digest))
+        return sorted(pairs)
+
+    def _switched(self, node_id: int, epoch: int, state: bytes) -> None:
+        """The node's entry after its move to `epoch` was committed."""
+        entry = self._entries[node_id]
+        entry.keys = self.keys_for(node_id, epoch)
+        entry.epoch = epoch
+        entry.window = ReplayWindow()
+        if entry.rekey is not None and entry.rekey <= epoch:
+            entry.rekey = None
+        self._fingerprints[node_id] = state
+        self._downlink.pop(node_id, None)  # fresh keys: downlink counters from 0
+        log.warning(
+            "registry: node %d now uses key epoch %d: frames under its older keys are refused "
+            "from now on",
+            node_id,
+            epoch,
+        )
+
+    def request_rekey(self, node_id: int) -> int:
+        """Ask for the node's next key epoch (sent to it by the service until it is heard
+        under it); returns that epoch. A request pending already is returned as it is.
+        RegistryError for an unknown or revoked node, or when its generation of epochs is
+        used up (15 re-keys since the last deploy started one: deploy it again)."""
+        with self._transaction() as cur:
+            row = cur.execute("SELECT secret FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row is None:
+                raise RegistryError(f"node {node_id} is not registered")
+            secret = bytes(row[0])
+            fp = _fingerprint(secret)
+            revoked = cur.execute(
+                "SELECT 1 FROM revoked WHERE node_id = ? AND fingerprint = ?", (node_id, fp)
+            ).fetchone()
+            if revoked is not None:
+                raise RegistryError(f"node {node_id} is revoked: it gets no new keys")
+            epoch = _current_epoch(cur, node_id, secret)
+            pending = cur.execute(
+                "SELECT epoch FROM rekey WHERE node_id = ? AND fingerprint = ?", (node_id, fp)
+            ).fetchone()
+            if pending is not None and int(pending[0]) > epoch:
+                return int(pending[0])
+            target = epoch + 1
+            if target % EPOCHS_PER_GENERATION == 0:
+                raise RegistryError(
+                    f"node {node_id} is at key epoch {epoch}, the last of the generation its "
+                    "last deploy started: deploy it again (edgeveil node deploy on its board "
+                    "starts a new one) or give it a new identity (edgeveil node provision "
+                    f"--replace {node_id})"
+                )
+            cur.execute(
+                "INSERT INTO rekey (node_id, fingerprint, epoch, requested) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                "epoch = excluded.epoch, requested = excluded.requested",
+                (node_id, fp, target, time.time()),
+            )
+        self._forget(node_id)
+        log.warning("registry: node %d: re-key to key epoch %d requested", node_id, target)
+        return target
 
     def next_downlink_counter(self, node_id: int) -> int:
         """A downlink counter for `node_id` that was never used and never will be again.
@@ -577,8 +757,10 @@ class NodeRegistry(Closing):
                 int(node_id): bytes(fp)
                 for node_id, fp in cur.execute("SELECT node_id, fingerprint FROM downlink")
             }
-            for node_id, secret in cur.execute("SELECT node_id, secret FROM nodes").fetchall():
-                state[int(node_id)] = _fingerprint(bytes(secret))  # the current keys win
+            for node_id, stored in cur.execute("SELECT node_id, secret FROM nodes").fetchall():
+                secret = bytes(stored)  # the current keys win
+                epoch = _current_epoch(cur, int(node_id), secret)
+                state[int(node_id)] = _state_fingerprint(secret, epoch)
             for node_id, fp in state.items():
                 row = cur.execute(
                     "SELECT fingerprint, counter_limit FROM downlink WHERE node_id = ?",

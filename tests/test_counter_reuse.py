@@ -31,7 +31,17 @@ from gateway.privacy import policy as policy_mod
 from gateway.records import Topics
 from gateway.registry import EVIDENCE_SPAN, NodeRegistry
 from gateway.spool import Spool
-from protocol import Ack, Event, NodeKeys, Observations, Readings, open_frame, parse_header, seal
+from protocol import (
+    Ack,
+    ConfigUpdate,
+    Event,
+    NodeKeys,
+    Observations,
+    Readings,
+    open_frame,
+    parse_header,
+    seal,
+)
 
 from .firmware_env import FakeClock, settle
 from .gateway_harness import write_policy
@@ -61,19 +71,21 @@ class Gateway:
     """The ingest stage with its collaborators; reopen() is a gateway restart."""
 
     directory: Path
+    node: int = NODE
+    secret: bytes = SECRET
     sent: list[bytes] = field(default_factory=list)
     now: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.policy = policy_mod.load(write_policy(self.directory))
         self.registry = NodeRegistry.open(self.directory / "registry.db")
-        if NODE not in self.registry:
-            self.registry.add(NODE, SECRET, "square")
+        if self.node not in self.registry:
+            self.registry.add(self.node, self.secret, "square")
         self.ledger = PrivacyLedger.open(self.directory / "privacy.db")
         self.spool = Spool.open(self.directory / "spool.db", 10_000, 86_400, "refuse_new")
         self.metrics = Metrics()
         engine = PolicyEngine(self.policy, GW, self.ledger)
-        engine.add_node(NODE, "square")
+        engine.add_node(self.node, "square")
         self.ingest = Ingest(
             self.registry,
             engine,
@@ -95,14 +107,15 @@ class Gateway:
         await self.ingest.process([Arrival(PORT, f, self.now) for f in frames])
         acked: list[int] = []
         for frame in self.sent[start:]:
-            message = open_frame(frame, KEYS, uplink=False)
+            keys = NodeKeys(self.node, self.secret, epoch=parse_header(frame).epoch)
+            message = open_frame(frame, keys, uplink=False)
             if isinstance(message, Ack):
                 acked.extend(message.counters)
         return acked
 
     def outcome(self, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "edgeveil_frames_total", {"port": PORT, "node": str(NODE), "outcome": outcome}
+            "edgeveil_frames_total", {"port": PORT, "node": str(self.node), "outcome": outcome}
         )
         return value or 0.0
 
@@ -110,7 +123,7 @@ class Gateway:
         return [
             record
             for _seq, m in self.spool.peek(10_000)
-            if m.topic.endswith(f"/node/{NODE}/event")
+            if m.topic.endswith(f"/node/{self.node}/event")
             for record in json.loads(m.payload)
             if record.get("n") == "counter_reuse"
         ]
@@ -131,7 +144,7 @@ class Gateway:
 
     def reopen(self) -> Gateway:
         self.close()
-        return Gateway(self.directory)
+        return Gateway(self.directory, self.node, self.secret)
 
 
 @pytest.fixture
@@ -317,9 +330,24 @@ async def test_a_replacement_board_retires_the_old_one_once_heard(gateway: Gatew
     assert gateway.outcome("revoked") == 1
 
 
-async def test_a_node_running_out_of_counters_is_named_in_the_log(
+async def test_a_node_running_out_of_counters_is_re_keyed_or_named_for_replacement(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Issue 12 item 5: a node close to the counter limit (event counter_low with its status)
+    gets fresh keys, whose counter starts at 0; when its generation of key epochs is used up,
+    the log names it for replacement."""
     await gateway.feed(seal(Event(8, 1000), 0, KEYS))  # counter_low, from the node's status
-    assert f"node {NODE} has 1000 frame counters left and then falls silent" in caplog.text
+    assert f"node {NODE} has 1000 frame counters left: re-keying it to key epoch 1" in caplog.text
+    entry = gateway.registry.get(NODE)
+    assert entry is not None and entry.rekey == 1
+    gateway.now += 61  # the next status: the re-key goes out with the ack
+    start = len(gateway.sent)
+    await gateway.feed(seal(Event(8, 999), 1, KEYS))
+    updates = [open_frame(f, KEYS, uplink=False) for f in gateway.sent[start:]]
+    assert ConfigUpdate(1, {"key_epoch": 1}) in updates
+
+    last = NodeKeys(NODE, SECRET, epoch=15)  # re-keyed 15 times since its last deploy
+    await gateway.feed(seal(Event(8, 1000), 0, last))  # this frame ends the pending re-key
+    await gateway.feed(seal(Event(8, 999), 1, last))
+    assert f"node {NODE} has 999 frame counters left and then falls silent" in caplog.text
     assert f"edgeveil node provision --replace {NODE}" in caplog.text

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import struct
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -330,9 +332,17 @@ def test_observations_are_chunked_per_frame(tmp_path: Path, clock: FakeClock) ->
     assert [len(o.sightings) for o in observations] == [2, 2, 1]
 
 
-def test_load_returns_every_field_of_the_configuration(tmp_path: Path) -> None:
+def test_load_returns_every_field_of_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chip = types.SimpleNamespace(unique_id=lambda: bytes.fromhex("a1b2c3d4e5f6"))
+    monkeypatch.setitem(sys.modules, "machine", chip)
     path = tmp_path / "edgeveil.json"
     data = {"node_id": NODE_ID, "secret": SECRET.hex(), "zone": "plein"}
+    path.write_text(json.dumps(data))
+    with pytest.raises(config_mod.ConfigError, match="never deployed: it belongs to no board"):
+        config_mod.load(str(path))  # a fresh configuration copied by hand
+    data["board"] = "a1b2c3d4e5f6"  # deploy bound it to this chip
     path.write_text(json.dumps(data))
     config = config_mod.Config(data)
     settings = config_mod.load(str(path))

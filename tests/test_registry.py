@@ -609,6 +609,9 @@ def test_nodes_list_and_revoke_commands(tmp_path: Path) -> None:
         reg.accept(3, 17)
     config = tmp_path / "gateway.toml"
     config.write_text(f'[gateway]\nstate_dir = "{state}"\n')
+    rekey = edgeveil("gateway", "nodes", "rekey", "3", "--config", str(config))
+    assert rekey.returncode == 0, rekey.stderr
+    assert rekey.stdout.startswith("node 3: re-key to key epoch 1 requested")
     result = edgeveil("gateway", "nodes", "revoke", "4", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("node 4 revoked: its frames are refused from now on")
@@ -617,10 +620,13 @@ def test_nodes_list_and_revoke_commands(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].endswith(": 2 nodes")
-    assert lines[1].split() == ["node", "zone", "highest", "counter", "state"]
-    assert lines[2].split() == ["3", "hal", "17", "active"]
-    assert lines[3].split()[:4] == ["4", "-", "-", "revoked"]
+    assert lines[1].split() == ["node", "zone", "key", "epoch", "highest", "counter", "state"]
+    pending = "active, re-key to key epoch 1 pending"
+    assert lines[2].split(maxsplit=4) == ["3", "hal", "0", "17", pending]
+    assert lines[3].split()[:5] == ["4", "-", "0", "-", "revoked"]
     assert SECRET.hex() not in listed.stdout and SECRET2.hex() not in listed.stdout
+    revoked = edgeveil("gateway", "nodes", "rekey", "4", "--config", str(config))
+    assert revoked.returncode == 2 and "node 4 is revoked: it gets no new keys" in revoked.stderr
     unknown = edgeveil("gateway", "nodes", "revoke", "5", "--config", str(config))
     assert unknown.returncode == 2
     assert "node 5 is not registered" in unknown.stderr and "nodes list" in unknown.stderr

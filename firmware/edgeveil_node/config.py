@@ -23,8 +23,9 @@
 #                                          counter (counter.py) and may be higher (a re-key)
 # }
 #
-# A bound configuration on another chip is refused at boot (load()): two boards with one
-# identity would seal different frames under the same key and nonce (issue 12).
+# The node runs only a configuration deploy bound to its chip (load()) and gave counter state
+# (check_continuity()): two boards with one identity, or one board that lost its counters,
+# would seal different frames under the same key and nonce (issue 12).
 
 import binascii
 import json
@@ -145,8 +146,6 @@ def check_continuity(config, counter):
     epoch deploy gave the configuration (a restored backup). Either way counters this
     identity already used could start again under the same keys (SPEC.md section 9). Here and
     not in app.py: this module is dropped once the node runs (README "RAM")."""
-    if config.board is None:
-        return  # unbound (emulated nodes, tests): a fresh state starts at the config's epoch
     if not counter.found or counter.epoch < config.epoch:
         raise ConfigError(
             "no counter state of node "
@@ -331,10 +330,18 @@ def load(path=CONFIG_FILE):
     except ValueError:
         raise ConfigError(path + " is not valid JSON: deploy the configuration again") from None
     config = Config(data)
-    if config.board is not None:
-        import machine  # noqa: PLC0415 - only here: Config runs on hosts without a chip
+    if config.board is None:
+        # a configuration only deploy binds and gives counter state to: a copy by hand of a
+        # fresh one onto two boards would start both at counter 0 under the same keys
+        raise ConfigError(
+            "this configuration (node "
+            + str(config.node_id)
+            + ") was never deployed: it belongs to no board yet. Put it on with edgeveil node "
+            "deploy (one identity per board)"
+        )
+    import machine  # noqa: PLC0415 - only here: Config runs on hosts without a chip
 
-        check_board(config, machine.unique_id())
+    check_board(config, machine.unique_id())
     settings = Settings()
     for name in FIELDS:
         setattr(settings, name, getattr(config, name))

@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware.edgeveil_node import counter  # the node's own counter state format
+
 from .scenario import FaultProfile, PowerEvent, Scenario, format_faults, parse_faults
 
 __all__ = ["ENV_MEDIUM", "EmulatedNode", "Fleet", "FleetError", "default_config", "write_private"]
@@ -330,7 +332,13 @@ class Fleet:
         node = EmulatedNode(index, node_id, secret, zone, directory, config, bytes(raw))
         node.flash.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
+        # what `edgeveil node deploy` does on a first deploy: bind the identity to the chip and
+        # give it its first counter state (a node refuses a configuration without either)
+        config["board"] = node.unique_id.hex()
         write_private(node.flash / "edgeveil.json", json.dumps(config, indent=2) + "\n")
+        slot = node.flash / counter.SLOTS[0]
+        if not slot.exists():
+            slot.write_bytes(counter.slot_bytes(1, 0, int(config.get("epoch", 0))))
         node.master, node.slave = open_pty()
         node.device = os.ttyname(node.slave)
         node._events = self.scenarios[index].power_events()

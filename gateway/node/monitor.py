@@ -111,10 +111,12 @@ class Judge:
     """Verifies frames with the registry's keys and counts what it saw."""
 
     registry: NodeRegistry
-    windows: dict[int, ReplayWindow] = field(default_factory=dict)
+    # (node, key epoch) -> the replay window of what this monitor saw
+    windows: dict[tuple[int, int], ReplayWindow] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
-    # (node, counter) -> digest of the first frame seen under it, the latest EVIDENCE_SPAN
-    seen: OrderedDict[tuple[int, int], bytes] = field(default_factory=OrderedDict)
+    # (node, epoch, counter) -> digest of the first frame seen under it, the latest
+    # EVIDENCE_SPAN
+    seen: OrderedDict[tuple[int, int, int], bytes] = field(default_factory=OrderedDict)
 
     def judge(self, frame: bytes) -> tuple[bool, str]:
         """(verified, the line to show)."""
@@ -123,13 +125,16 @@ class Judge:
         except RemoteProtocolError as exc:
             return self._reject(f"{exc.reason_name}: {exc.detail}", exc.reason_name)
         kind = MESSAGE_CLASSES[header.msg_type]
-        who = f"node {header.node_id} #{header.counter} {kind.NAME}"
+        epoch = f" key epoch {header.epoch}" if header.epoch else ""
+        who = f"node {header.node_id} #{header.counter}{epoch} {kind.NAME}"
         entry = self.registry.get(header.node_id)
-        if entry is None or entry.revoked:
-            reason, why = _refusal(entry)
+        refusal = _refusal(entry, header.epoch)
+        if entry is None or refusal is not None:
+            reason, why = refusal or ("unknown_node", "")
             return self._reject(f"{who}: {reason}: {why}", reason)
         try:
-            message = open_frame(frame, entry.keys, uplink=kind.UPLINK, header=header)
+            keys = self.registry.keys_for(header.node_id, header.epoch)
+            message = open_frame(frame, keys, uplink=kind.UPLINK, header=header)
         except RemoteProtocolError as exc:
             hint = (
                 " (the node's secret differs from the registry's: provision and deploy it again)"
@@ -137,8 +142,10 @@ class Judge:
                 else ""
             )
             return self._reject(f"{who}: {exc.reason_name}: {exc.detail}{hint}", exc.reason_name)
-        key, digest = (header.node_id, header.counter), frame_digest(frame)
-        recorded = self.seen.get(key) or self.registry.digest(*key)
+        key, digest = (header.node_id, header.epoch, header.counter), frame_digest(frame)
+        recorded = self.seen.get(key)
+        if recorded is None and header.epoch == entry.epoch:
+            recorded = self.registry.digest(header.node_id, header.counter)
         if recorded is not None and recorded != digest:
             return self._reject(
                 f"{who}: counter_reuse: counter reused: {REUSE_HINT}", "counter_reuse"
@@ -146,7 +153,7 @@ class Judge:
         self.seen.setdefault(key, digest)
         while len(self.seen) > EVIDENCE_SPAN:
             self.seen.popitem(last=False)
-        window = self.windows.setdefault(header.node_id, ReplayWindow())
+        window = self.windows.setdefault(key[:2], ReplayWindow())
         try:
             duplicate = window.check(header.counter) == DUPLICATE
         except RemoteProtocolError:
@@ -174,17 +181,25 @@ class Judge:
         )
 
 
-def _refusal(entry: NodeEntry | None) -> tuple[str, str]:
-    """(reason, what to do) for a node the registry does not know, or has revoked."""
+def _refusal(entry: NodeEntry | None, epoch: int) -> tuple[str, str] | None:
+    """(reason, what to do) for a node the registry does not know or has revoked, or for a
+    frame under keys the registry has retired; None when the frame can be opened."""
     if entry is None:
         return "unknown_node", (
             "this node id is not in the registry (give the registry it was provisioned into "
             "with --registry)"
         )
-    return "revoked", (
-        "this identity is revoked at the gateway (edgeveil gateway nodes revoke); give the "
-        "board a new one: edgeveil node provision, then deploy"
-    )
+    if entry.revoked:
+        return "revoked", (
+            "this identity is revoked at the gateway (edgeveil gateway nodes revoke); give the "
+            "board a new one: edgeveil node provision, then deploy"
+        )
+    if epoch < entry.epoch:
+        return "retired_key", (
+            f"the registry already heard this node under key epoch {entry.epoch}, so these "
+            "keys are retired (a copy of the node still on its old keys?)"
+        )
+    return None
 
 
 def open_registry(path: Path, scratch: Path) -> NodeRegistry:

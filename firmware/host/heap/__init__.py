@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware.edgeveil_node import counter  # the node's own counter state format
+
 __all__ = [
     "LARGEST",
     "TYPICAL",
@@ -61,6 +63,7 @@ PORT_PACKAGE = HERE / "node_modules" / "@micropython" / "micropython-webassembly
 PORT_MPY = 774
 HEAP_START = 56 * 1024  # the esp32 port's first heap area; this port grows it the same way
 FLASH = "/flash"
+CHIP_ID = "240ac4000001"  # machine.unique_id() of the stand-in chip (board/machine.py)
 
 # Device addresses of a crowd: locally administered, never a real device's.
 CROWD_SIZE = 64
@@ -293,10 +296,14 @@ def firmware_files(
     itself, one step at a time)."""
     from gateway.node import deploy  # noqa: PLC0415 - the deploy build is the reference
 
-    built = deploy.build(PORT_MPY, json.dumps(config).encode(), packages or {}, deploy.cache_dir())
-    return {
+    # bound to the stand-in chip (board/machine.py) with a first counter state, as deploy does
+    bound = {**config, "board": CHIP_ID}
+    built = deploy.build(PORT_MPY, json.dumps(bound).encode(), packages or {}, deploy.cache_dir())
+    files = {
         path: data for path, data in built.files.items() if path not in ("/main.py", "/boot.py")
     }
+    files["/" + counter.SLOTS[0]] = counter.slot_bytes(1, 0, 0)
+    return files
 
 
 def _board_files(with_lora: bool) -> dict[str, bytes]:
