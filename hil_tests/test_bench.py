@@ -1,7 +1,9 @@
 """The technician's path on a bench board, step by step (see conftest.py for real vs emulated):
 provision -> deploy -> the node boots and runs -> a gateway receives and verifies its frames ->
 the monitor shows them; and what must hold on any board: the frame counter survives a power
-cut, a frame whose acknowledgement is lost is sent again.
+cut, a frame whose acknowledgement is lost is sent again. Then the node's identity over its
+life, through the real gateway: a re-key over the serial downlink, a replacement identity
+deployed onto the board (the old one revoked once the new one is heard), a revocation.
 
 The tests share one deployed node and run in file order, as the steps on a bench do.
 """
@@ -9,13 +11,15 @@ The tests share one deployed node and run in file order, as the steps on a bench
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import serial
@@ -48,6 +52,7 @@ class Node:
     config: Path
     registry: Path
     state_dir: Path
+    secret: bytes = b""
 
 
 Until = Callable[[list["Seen"]], bool]  # stop reading the line once this holds
@@ -59,15 +64,17 @@ class Seen:
     kind: str
     content: dict[str, object]
     frame: bytes
+    epoch: int = 0
 
 
 class Line:
     """The bench's view of the serial line: every frame the node sends, verified with its key;
     console text is skipped (the framing tells them apart)."""
 
-    def __init__(self, port: str, keys: NodeKeys) -> None:
+    def __init__(self, port: str, keys: NodeKeys, secret: bytes = b"") -> None:
         self.serial = serial.Serial(port, 115200, timeout=0.1)
         self.keys = keys
+        self.secret = secret  # for frames of another key epoch than `keys`
         self.decoder = StreamDecoder()
         self.rejected: list[str] = []
 
@@ -88,12 +95,15 @@ class Line:
                     break
                 try:
                     header = parse_header(frame)
-                    message = open_frame(frame, self.keys, True, header)
+                    keys = self.keys
+                    if header.epoch != keys.epoch and self.secret:
+                        keys = NodeKeys(keys.node_id, self.secret, epoch=header.epoch)
+                    message = open_frame(frame, keys, True, header)
                 except RemoteProtocolError as exc:
                     self.rejected.append(exc.reason_name)
                     continue
                 d = message.to_dict()
-                seen.append(Seen(header.counter, str(d["type"]), d, frame))
+                seen.append(Seen(header.counter, str(d["type"]), d, frame, header.epoch))
             if until is not None and until(seen):
                 break
         return seen
@@ -110,21 +120,38 @@ def node(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Node:
     registry = state_dir / "registry.db"
     config = work / "node.json"
     result = edgeveil(
-        "node", "provision", "--zone", "bench-north", "--registry", str(registry),
-        "--out", str(config), "--template", str(HERE / "node-template.json"),
-        "--sensor", bench.sensor,
+        "node",
+        "provision",
+        "--zone",
+        "bench-north",
+        "--registry",
+        str(registry),
+        "--out",
+        str(config),
+        "--template",
+        str(HERE / "node-template.json"),
+        "--sensor",
+        bench.sensor,
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(config.read_text())
     assert str(data["node_id"]) in result.stdout  # the label names the node
     assert data["secret"] not in result.stdout  # and never shows its secret
     deploy = edgeveil(
-        "node", "deploy", "--port", bench.port, "--config", str(config),
-        "--cache", str(work / "cache"), timeout=600,
+        "node",
+        "deploy",
+        "--port",
+        bench.port,
+        "--config",
+        str(config),
+        "--cache",
+        str(work / "cache"),
+        timeout=600,
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    keys = NodeKeys(data["node_id"], bytes.fromhex(data["secret"]))
-    return Node(data["node_id"], keys, config, registry, state_dir)
+    secret = bytes.fromhex(data["secret"])
+    keys = NodeKeys(data["node_id"], secret)
+    return Node(data["node_id"], keys, config, registry, state_dir, secret)
 
 
 @pytest.fixture
@@ -195,19 +222,24 @@ def test_counter_survives_a_power_cut(bench: Bench, node: Node) -> None:
     assert min(s.counter for s in after) > highest, "a counter value came back after the cut"
 
 
+def _gateway_config(bench: Bench, node: Node, broker: Mosquitto, directory: Path) -> Path:
+    policy = write_policy(directory)  # everything passes: the bench checks delivery, not privacy
+    config = directory / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nsite = "{SITE}"\nid = "{GATEWAY_ID}"\nstate_dir = "{node.state_dir}"\n'
+        f'[[serial]]\nname = "bench"\nurl = "{bench.port}"\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'[metrics]\nlisten = false\n[privacy]\npolicy = "{policy}"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
 def test_gateway_receives_and_verifies_the_nodes_frames(
     bench: Bench, node: Node, tmp_path: Path
 ) -> None:
-    policy = write_policy(tmp_path)  # everything passes: the bench checks delivery, not privacy
     with Mosquitto(tmp_path / "broker") as broker:
-        config = tmp_path / "gateway.toml"
-        config.write_text(
-            f'[gateway]\nsite = "{SITE}"\nid = "{GATEWAY_ID}"\nstate_dir = "{node.state_dir}"\n'
-            f'[[serial]]\nname = "bench"\nurl = "{bench.port}"\n'
-            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-            f'[metrics]\nlisten = false\n[privacy]\npolicy = "{policy}"\n',
-            encoding="utf-8",
-        )
+        config = _gateway_config(bench, node, broker, tmp_path)
         received = asyncio.run(_readings_through_gateway(broker, config))
     payload = json.loads(received)
     names = {record.get("n") for record in payload if isinstance(record, dict)}
@@ -218,7 +250,9 @@ async def _readings_through_gateway(broker: Mosquitto, config: Path) -> bytes:
     async with subscribed(broker, f"edgeveil/{SITE}/{GATEWAY_ID}/#") as sub:
         gateway = subprocess.Popen(  # noqa: S603 - our own command
             [sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         try:
             deadline = time.monotonic() + 60
@@ -237,9 +271,146 @@ async def _readings_through_gateway(broker: Mosquitto, config: Path) -> bytes:
 
 def test_monitor_shows_the_nodes_frames(bench: Bench, node: Node) -> None:
     result = edgeveil(
-        "node", "monitor", "--port", bench.port, "--registry", str(node.registry),
-        "--duration", "15", timeout=60,
+        "node",
+        "monitor",
+        "--port",
+        bench.port,
+        "--registry",
+        str(node.registry),
+        "--duration",
+        "15",
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert str(node.node_id) in result.stdout, result.stdout
     assert "readings" in result.stdout, result.stdout
+
+
+# -- the node's identity over its life (issue 12), through the real gateway ------------------------
+
+
+@contextlib.contextmanager
+def running_gateway(config: Path, log: Path) -> Iterator[Callable[[], str]]:
+    """`edgeveil gateway run` in a child process; yields a function returning its output so
+    far."""
+    with log.open("w") as out:
+        gateway = subprocess.Popen(  # noqa: S603 - our own command
+            [sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            yield log.read_text
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=20)
+
+
+def _until(what: str, check: Callable[[], bool], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.5)
+
+
+def _listed(config: Path) -> dict[int, list[str]]:
+    """`edgeveil gateway nodes list`: node id -> [zone, key epoch, highest counter, state]."""
+    result = edgeveil("gateway", "nodes", "list", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(maxsplit=4) for line in result.stdout.splitlines()[2:]]
+    return {int(row[0]): row[1:] for row in rows}
+
+
+def _readings_of(sub: Any, node_id: int) -> int:
+    return sum(f"/node/{node_id}/" in m.topic and b"temperature" in m.payload for m in sub.received)
+
+
+async def _watch(broker: Mosquitto, steps: Callable[[Any], Awaitable[None]]) -> None:
+    async with subscribed(broker, f"edgeveil/{SITE}/{GATEWAY_ID}/#") as sub:
+        await steps(sub)
+
+
+async def _more_readings(sub: Any, node_id: int, more: int = 1, seconds: float = 60) -> None:
+    start = _readings_of(sub, node_id)
+    deadline = time.monotonic() + seconds
+    while _readings_of(sub, node_id) < start + more:
+        assert time.monotonic() < deadline, f"no readings of node {node_id} within {seconds} s"
+        await asyncio.sleep(0.2)
+
+
+def test_a_rekey_reaches_the_node_over_the_serial_downlink(
+    bench: Bench, node: Node, tmp_path: Path
+) -> None:
+    with Mosquitto(tmp_path / "broker") as broker:
+        config = _gateway_config(bench, node, broker, tmp_path)
+        with running_gateway(config, tmp_path / "gateway.log") as output:
+
+            async def steps(sub: Any) -> None:
+                await _more_readings(sub, node.node_id)  # heard under its current keys
+                rekey = edgeveil("gateway", "nodes", "rekey", str(node.node_id), "--config",
+                                 str(config))  # fmt: skip
+                assert rekey.returncode == 0, rekey.stderr
+                assert f"node {node.node_id}: re-key to key epoch 1 requested" in rekey.stdout
+                assert "pending" in _listed(config)[node.node_id][3]
+                await asyncio.to_thread(
+                    _until, "the node uses key epoch 1",
+                    lambda: _listed(config)[node.node_id][1] == "1",
+                )  # fmt: skip
+                await _more_readings(sub, node.node_id, 2)  # and reports on under the new keys
+
+            asyncio.run(_watch(broker, steps))
+            log = output()
+    assert f"node {node.node_id} now uses key epoch 1" in log, log
+    assert "pending" not in _listed(config)[node.node_id][3]
+    line = Line(bench.port, node.keys, node.secret)
+    try:
+        seen = line.frames(30, until=_has("readings"))
+    finally:
+        line.close()
+    assert seen and {s.epoch for s in seen} == {1}, [(s.epoch, s.kind) for s in seen]
+
+
+def test_a_replacement_takes_over_and_the_old_identity_is_retired(
+    bench: Bench, node: Node, tmp_path: Path
+) -> None:
+    new_config = tmp_path / "replacement.json"
+    provisioned = edgeveil(
+        "node", "provision", "--replace", str(node.node_id), "--registry", str(node.registry),
+        "--out", str(new_config), "--template", str(HERE / "node-template.json"),
+        "--sensor", bench.sensor,
+    )  # fmt: skip
+    assert provisioned.returncode == 0, provisioned.stderr
+    new_id = json.loads(new_config.read_text())["node_id"]
+    deploy = edgeveil(
+        "node", "deploy", "--port", bench.port, "--config", str(new_config),
+        "--cache", str(tmp_path / "cache"), timeout=600,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    registry_only = tmp_path / "registry.toml"  # the state directory, for nodes list
+    registry_only.write_text(f'[gateway]\nstate_dir = "{node.state_dir}"\n', encoding="utf-8")
+    pending = _listed(registry_only)[node.node_id][3]
+    assert pending == f"active, until node {new_id} is heard", pending
+    with Mosquitto(tmp_path / "broker") as broker:
+        config = _gateway_config(bench, node, broker, tmp_path)
+        with running_gateway(config, tmp_path / "gateway.log") as output:
+
+            async def steps(sub: Any) -> None:
+                await _more_readings(sub, new_id, 2)  # the replacement reports
+                listed = _listed(config)
+                assert listed[node.node_id][3].startswith("revoked"), listed
+                assert listed[new_id][3] == "active", listed
+                # revoked in turn (a stolen board, say): from the next frames on, refused
+                revoke = edgeveil("gateway", "nodes", "revoke", str(new_id), "--config",
+                                  str(config))  # fmt: skip
+                assert revoke.returncode == 0, revoke.stderr
+                await asyncio.to_thread(
+                    _until, "a frame refused as revoked", lambda: "revoked" in output()
+                )
+                await asyncio.sleep(2)  # what was accepted before the revocation goes out
+                before = _readings_of(sub, new_id)
+                await asyncio.sleep(12)  # two reading intervals of the node
+                assert _readings_of(sub, new_id) == before, "published after its revocation"
+
+            asyncio.run(_watch(broker, steps))
+            log = output()
+    assert f"node {node.node_id} revoked: its replacement {new_id} was heard" in log, log
+    assert f"frame rejected: revoked: node {new_id} is revoked" in log, log

@@ -162,6 +162,14 @@ def test_every_stream_is_said_in_everyday_words(default: Policy, lang: str) -> N
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_gateways_own_alarm_is_named_whatever_the_policy(default: Policy, lang: str) -> None:
+    text = flat(statement_text(default, lang))
+    said = {"en": "an alarm without any content", "nl": "een alarm zonder inhoud"}[lang]
+    assert said in text and "(counter_reuse)" in text
+    assert statement_json(default)["gateway_alarms"][0]["name"] == "counter_reuse"
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
 def test_granularity(default: Policy, lang: str) -> None:
     text = flat(statement_text(default, lang))
     expected = {

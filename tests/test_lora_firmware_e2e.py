@@ -42,7 +42,16 @@ from gateway.config import PacketForwarderConfig
 from gateway.lora.forwarder import RX1_DELAY_US
 from gateway.registry import NodeRegistry
 from gateway.service import Gateway
-from protocol import Ack, NodeKeys, Readings, TimeSync, open_frame, parse_header
+from protocol import (
+    Ack,
+    ConfigUpdate,
+    Event,
+    NodeKeys,
+    Readings,
+    TimeSync,
+    open_frame,
+    parse_header,
+)
 
 from .command import ROOT
 from .gateway_harness import (
@@ -69,6 +78,7 @@ class Site:
     gateway: Gateway
     sub: Subscriber
     keys: dict[str, NodeKeys]  # by station name on the channel
+    secrets: dict[str, bytes]  # by station name: the keys of any key epoch come from these
 
     def uplinks(self, station: str | None = None) -> list[Transmission]:
         return [tx for tx in self.medium.uplinks if station in (None, tx.source)]
@@ -82,22 +92,28 @@ class Site:
                 out.append((node, counter))
         return out
 
+    def open(self, station: str, frame: bytes) -> Any:
+        """A frame of or for the node, opened with its keys of the frame's key epoch."""
+        header = parse_header(frame)
+        keys = NodeKeys(header.node_id, self.secrets[station], epoch=header.epoch)
+        return open_frame(frame, keys, header.uplink, header)
+
     def readings_sent(self, station: str) -> list[tuple[Transmission, Readings]]:
         """The node's readings frames on the air, opened with its keys."""
         out = []
         for tx in self.uplinks(station):
-            message = open_frame(tx.payload, self.keys[station])
+            message = self.open(station, tx.payload)
             if isinstance(message, Readings):
                 out.append((tx, message))
         return out
 
     def heard(self, station: str) -> list[tuple[Transmission, Any]]:
         """Downlinks for the node that it received in its windows, opened with its keys."""
-        keys = self.keys[station]
+        node_id = self.keys[station].node_id
         return [
-            (tx, open_frame(tx.payload, keys, False))
+            (tx, self.open(station, tx.payload))
             for s, tx in self.medium.heard
-            if s == station and parse_header(tx.payload).node_id == keys.node_id
+            if s == station and parse_header(tx.payload).node_id == node_id
         ]
 
     async def check_mqtt_matches_channel(self) -> None:
@@ -123,8 +139,9 @@ class Site:
 
 
 def frame_id(tx: Transmission) -> tuple[int, int]:
+    """(node id, the frame's sequence as in its message id: key epoch x 2^32 + counter)."""
     header = parse_header(tx.payload)
-    return header.node_id, header.counter
+    return header.node_id, (header.epoch << 32) | header.counter
 
 
 @contextlib.asynccontextmanager
@@ -142,6 +159,7 @@ async def lora_site(
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     keys: dict[str, NodeKeys] = {}
+    secrets: dict[str, bytes] = {}
     with Mosquitto(tmp_path / "mosquitto") as broker:
         async with RadioMedium(servers=[("127.0.0.1", port)], seed=5, keepalive_s=1.0) as medium:
             config = delivery_config(
@@ -166,6 +184,7 @@ async def lora_site(
                 node_id, secret = cfg["node_id"], bytes.fromhex(cfg["secret"])
                 medium.add_node(node_id, *place(index))
                 keys[f"node-{node_id}"] = NodeKeys(node_id, secret)
+                secrets[f"node-{node_id}"] = secret
                 with NodeRegistry.open(state / "registry.db") as registry:
                     registry.add(node_id, secret, cfg["zone"])
                 cfg = lora_node_config(cfg, sf=sf, acks=acks)
@@ -190,7 +209,7 @@ async def lora_site(
                 )
                 await asyncio.to_thread(fleet.start)
                 try:
-                    yield Site(fleet, medium, gw, sub, keys)
+                    yield Site(fleet, medium, gw, sub, keys, secrets)
                 finally:
                     await asyncio.to_thread(fleet.stop)
 
@@ -270,6 +289,52 @@ async def test_acks_and_time_sync_reach_the_firmware_in_rx1(tmp_path: Path) -> N
             ends = {tx.end_us for tx in uplinks}
             for tx, _ in site.heard(station):
                 assert tx.start_us - RX1_DELAY_US in ends
+        await site.check_mqtt_matches_channel()
+
+
+@pytest.mark.asyncio
+@deadline(90)
+async def test_a_rekey_reaches_a_firmware_lora_node_in_rx1(tmp_path: Path) -> None:
+    """Issue 12 item 4: `edgeveil gateway nodes rekey` (here: the same registry call from
+    another process's connection) reaches the node as a LoRa downlink in RX1; the node moves
+    to the new keys, the gateway follows, and the node's readings keep arriving."""
+    async with lora_site(tmp_path, nodes=1, acks=True, sf=7, place=near_the_gateway) as site:
+        station = next(iter(site.keys))
+        node_id = site.keys[station].node_id
+        await until(lambda: site.readings_sent(station), "the node reports", timeout=20)
+        with NodeRegistry.open(tmp_path / "state" / "registry.db") as registry:
+            assert registry.request_rekey(node_id) == 1
+
+        def under_new_keys() -> list[Transmission]:
+            return [tx for tx in site.uplinks(station) if parse_header(tx.payload).epoch == 1]
+
+        await until(
+            lambda: any(
+                isinstance(site.open(station, tx.payload), Readings) for tx in under_new_keys()
+            ),
+            "the node reports under key epoch 1",
+            timeout=40,
+            detail=site.medium.report,
+        )
+        updates = [m for _, m in site.heard(station) if isinstance(m, ConfigUpdate)]
+        assert ConfigUpdate(1, {"key_epoch": 1}) in updates  # heard in an RX1 window
+        first = min(under_new_keys(), key=lambda tx: parse_header(tx.payload).counter)
+        assert parse_header(first.payload).counter == 0
+        assert site.open(station, first.payload) == Event(4, 1)  # config_applied, new keys
+
+        # the gateway answers under the new keys from then on, starting with that frame's ack
+        def answered_since() -> list[Transmission]:
+            return [tx for tx, _ in site.heard(station) if tx.start_us > first.end_us]
+
+        await until(answered_since, "a downlink after the switch", timeout=20)
+        assert {parse_header(tx.payload).epoch for tx in answered_since()} == {1}
+        # and no key and nonce pair was used twice, in either direction
+        pairs: dict[tuple[bytes, bytes], bytes] = {}
+        for tx in [*site.uplinks(station), *(tx for s, tx in site.medium.heard if s == station)]:
+            header = parse_header(tx.payload)
+            keys = NodeKeys(node_id, site.secrets[station], epoch=header.epoch)
+            key = keys.uplink_key if header.uplink else keys.downlink_key
+            assert pairs.setdefault((key, keys.nonce(header.counter)), tx.payload) == tx.payload
         await site.check_mqtt_matches_channel()
 
 

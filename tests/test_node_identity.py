@@ -171,6 +171,17 @@ async def test_no_technician_path_seals_two_frames_under_one_key_and_nonce(  # n
     assert any(f"no counter state of node {node_id} (key epoch 16)" in c for c in console), (
         "\n".join(console)
     )
+    with EmulatedBoard(a) as board_a:
+        doctor = edgeveil("node", "doctor", "--port", board_a.device, timeout=60)
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    assert (
+        f"FAIL configuration: invalid, checked on the board: no counter state of node {node_id}"
+        in doctor.stdout
+    )
+    assert (
+        "-> edgeveil node deploy --config FILE (for lost counter state: fresh keys)"
+        in doctor.stdout
+    )
 
     # the gateway takes the node's frames, under both epochs, and then only the new keys
     (tmp_path / "gateway").mkdir()

@@ -155,7 +155,11 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "first and are switched over at the end, main.py last: an unplugged cable leaves the "
         "previous version bootable. micropython-lib packages come from the local package cache. "
         "The first deploy binds the configuration to the board's chip (machine.unique_id(), "
-        'saved into FILE as "board"); a configuration bound to another board is refused.',
+        'saved into FILE as "board"); a configuration bound to another board is refused. The '
+        "first deploy also writes the node's first counter state; a later one that finds the "
+        "board's counter state missing, damaged or older (an erased flash, a restored backup) "
+        'gives the node fresh keys, a new key epoch (saved into FILE as "epoch"), so no '
+        "counter is ever used twice under one key; the gateway follows by itself.",
     )
     _port_option(deploy)
     deploy.add_argument(

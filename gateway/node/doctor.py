@@ -4,8 +4,9 @@ with what to do.
 One small script runs on the board through the raw REPL and answers with one JSON document:
 MicroPython version, free flash (os.statvfs), the Python heap and what it may grow into,
 whether cryptolib does AES (the node seals every frame with AES-CCM, built on cryptolib.aes),
-the board's clock, the last reset cause, and whether the deployed configuration is valid:
-checked by the firmware's own config.load() on the board when the application is deployed,
+the board's clock, the last reset cause, and whether the deployed configuration is valid and
+has its counter state: checked by the firmware's own config.load() and
+config.check_continuity() on the board when the application is deployed,
 else by parsing the board's edgeveil.json with the same module here on the host. The heap is
 judged against what the configuration needs, estimated from the firmware's measured footprint
 (footprint.py).
@@ -79,7 +80,9 @@ except ImportError:
     r['app'] = False
 if r['app'] and r['config_text'] is not None:
     try:
-        config.load()
+        c = config.load()
+        from edgeveil_node.counter import FrameCounter
+        config.check_continuity(c, FrameCounter(epoch=c.epoch))
         r['config_error'] = None
     except Exception as e:
         r['config_error'] = str(e)
@@ -231,16 +234,7 @@ def _config_check(found: dict[str, Any]) -> Check:
         except node_config.ConfigError as exc:
             error = str(exc)
     if error:
-        cloned = "is bound to board" in error  # another board's identity (config.check_board)
-        return Check(
-            "configuration",
-            False,
-            f"invalid, {where}: {error}",
-            "give this board its own identity: edgeveil node provision, then edgeveil node "
-            "deploy with the new file"
-            if cloned
-            else "fix the node's configuration file and deploy it again",
-        )
+        return Check("configuration", False, f"invalid, {where}: {error}", _config_fix(error))
     node = json.loads(text).get("node_id")
     deployed = "" if found.get("app") else "; the application is not deployed: run deploy"
     return Check(
@@ -249,6 +243,18 @@ def _config_check(found: dict[str, Any]) -> Check:
         f"node {node}, valid ({where}){deployed}",
         "edgeveil node deploy --config FILE",
     )
+
+
+def _config_fix(error: str) -> str:
+    """What to do about the firmware's objection to its configuration."""
+    if "is bound to board" in error:  # another board's identity (config.check_board)
+        return (
+            "give this board its own identity: edgeveil node provision, then edgeveil node "
+            "deploy with the new file"
+        )
+    if "no counter state" in error or "never deployed" in error or "counter files" in error:
+        return "edgeveil node deploy --config FILE (for lost counter state: fresh keys)"
+    return "fix the node's configuration file and deploy it again"
 
 
 def _clock_check(found: dict[str, Any], host_time: float) -> Check:

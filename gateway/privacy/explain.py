@@ -222,6 +222,15 @@ _T: dict[str, dict[str, str]] = {
         "en": "Only the following leaves the gateway; everything else is dropped there.",
         "nl": "Alleen het volgende verlaat de gateway; al het andere wordt daar weggegooid.",
     },
+    "alarm": {
+        "en": "Whatever this policy says, an alarm without any content when a sensor box's "
+        "identity is used by two devices (a copied box or a restored backup), on that box's "
+        "event topic, at most once an hour (counter_reuse).",
+        "nl": "Wat dit beleid ook zegt, een alarm zonder inhoud wanneer de identiteit van een "
+        "sensorkastje door twee apparaten wordt gebruikt (een gekopieerd kastje of een "
+        "teruggezette back-up), op het gebeurtenissenkanaal van dat kastje, hooguit eens per "
+        "uur (counter_reuse).",
+    },
     "zone": {
         "en": "A zone is an area, such as a street or a square, with one or more sensor boxes.",
         "nl": "Een zone is een gebied, zoals een straat of plein, met een of meer sensorkastjes.",
@@ -782,6 +791,7 @@ def statement_text(policy: Policy, language: str = "en") -> str:
         page.bullet(_released(s, lang))
         for detail in _details(s, lang):
             page.bullet(detail, level=1)
+    page.bullet(_t("alarm", lang))  # the gateway's own (ingest.py), whatever the policy
 
     page.heading(_t("h_never", lang))
     for line in _never(policy, lang):
@@ -856,6 +866,7 @@ def statement_json(policy: Policy) -> dict[str, Any]:
             "complete": _register_complete(r),
         },
         "streams": [_stream_json(s) for s in policy.streams],
+        "gateway_alarms": [{"name": "counter_reuse", **_both(lambda lang: _t("alarm", lang))}],
         "dropped": {"quantities": quantities, "messages": messages},
         "measured": _both(lambda lang: " ".join(_measured(policy, lang))),
         "never_leaves": _both(lambda lang: _never(policy, lang)),
