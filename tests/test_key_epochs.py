@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from edgeveil_node import config as config_mod
 from edgeveil_node.app import Node
-from edgeveil_node.counter import FrameCounter, slot_bytes
+from edgeveil_node.counter import LAST, FrameCounter, slot_bytes
 from edgeveil_node.serial_link import SerialLink
 
 from gateway.errors import RegistryError
@@ -294,3 +294,35 @@ def test_counter_slots_carry_the_epoch_and_old_slots_read_as_epoch_zero(tmp_path
     counter = FrameCounter(str(tmp_path) + "/")
     assert (counter.epoch, counter.take()) == (17, 0)
     assert not FrameCounter(str(tmp_path / "none") + "/").found
+
+
+@pytest.mark.asyncio
+async def test_a_node_near_its_counter_limit_gets_fresh_keys_and_counts_from_zero(
+    gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counter exhaustion (issue 12 item 5): a node close to the limit says counter_low, the
+    gateway re-keys it by itself, and the node counts again from 0 under new keys: it never
+    wraps and never falls silent."""
+    clock = FakeClock()
+    clock.install(monkeypatch)
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    start = LAST - 40
+    (flash / "counter.a").write_bytes(slot_bytes(1, start, 0))
+    line = Line()
+    node = boot_node(flash, line)
+    wire = await exchange(node, line, gateway, clock)
+    assert parse_header(wire[0]).counter >= start
+    low = [m for f in wire if isinstance(m := _open(f), Event) and m.code == 8]  # counter_low
+    assert low and low[0].value is not None and low[0].value <= 41
+    entry = gateway.registry.get(NODE)
+    assert entry is not None and entry.rekey == 1  # asked for, without an operator
+    for _ in range(3):
+        gateway.now += 61
+        wire += await exchange(node, line, gateway, clock)
+    assert node.keys.epoch == 1
+    assert max(parse_header(f).counter for f in wire) <= LAST
+    new = [parse_header(f).counter for f in wire if parse_header(f).epoch == 1]
+    assert new and new[0] == 0
+    assert node.counter.remaining() > LAST - 100
+    assert_unique_key_nonce_pairs(wire)
