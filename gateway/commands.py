@@ -7,8 +7,11 @@ CLI prints it as one line and exits 2).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import time
 import urllib.error
@@ -22,6 +25,7 @@ from . import config as config_mod
 from .errors import ConfigError, EdgeveilError, RegistryError
 from .registry import NodeRegistry
 from .service import Gateway, load_policy
+from .sqlite import SPOOL_MESSAGE_BYTES, state_dir_bound, state_dir_bytes
 
 
 class UsageError(Exception):
@@ -78,6 +82,7 @@ def check_config(path: Path | None) -> int:
         print(f"  mqtt: {m.host}:{m.port}, {tls}{user}, payload {m.payload}")
     s = config.spool
     print(f"  spool: at most {s.max_messages} messages, {s.max_age_s} s, when full: {s.when_full}")
+    _check_storage(config)
     print(f"  metrics: {config.metrics_listen or 'off'}")
     try:
         policy = load_policy(config)
@@ -86,6 +91,48 @@ def check_config(path: Path | None) -> int:
     origin = config.privacy_policy or "the default policy"
     print(f"  privacy: {policy.name!r} from {origin}, hash {policy.hash[:12]}")
     return 0
+
+
+def _check_storage(config: config_mod.GatewayConfig) -> None:
+    """The state directory's bound (README "Storage") against its filesystem's free space:
+    a warning, not an error (the gateway runs degraded on a full disk, losing nothing)."""
+    state = config.state_dir
+    nodes = _registered_nodes(state / "registry.db")
+    bound = state_dir_bound(config.spool.max_messages, max(nodes, 1))
+    used = state_dir_bytes(state)
+    where = next((p for p in (state, *state.parents) if p.exists()), None)
+    try:
+        fs = os.statvfs(where or ".")
+    except OSError as exc:
+        print(f"  storage: cannot read the free space of {where}: {exc.strerror}")
+        return
+    room = fs.f_bavail * fs.f_frsize + used  # what the directory can grow into, with itself
+    mb = 1024 * 1024
+    line = (
+        f"  storage: the state directory can reach {bound / mb:.0f} MB (a full spool, "
+        f"{nodes} nodes registered, bounded WAL files); it uses {used / mb:.1f} MB, "
+        f"{fs.f_bavail * fs.f_frsize / mb:.0f} MB free on its filesystem"
+    )
+    print(line)
+    if room < bound:
+        print(
+            f"  WARNING: storage: {where} has room for {room / mb:.0f} MB, less than the "
+            f"{bound / mb:.0f} MB the state directory can reach: when the disk is full the "
+            "gateway stops acknowledging frames until space returns. Lower [spool] "
+            "max_messages (each message takes about "
+            f"{SPOOL_MESSAGE_BYTES} bytes) or give state_dir a larger filesystem"
+        )
+
+
+def _registered_nodes(path: Path) -> int:
+    """How many nodes the registry at `path` holds (read-only; 0 when there is none yet)."""
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("SELECT count(*) FROM nodes").fetchone()[0])
+    except sqlite3.Error:
+        return 0  # unreadable or another file: `gateway run` says so in full
 
 
 def import_nodes(path: Path, config_path: Path | None, replace: bool) -> int:
@@ -267,6 +314,23 @@ def status(metrics_url: str) -> int:
         f"spool: {int(one('edgeveil_spool_depth'))} waiting, oldest "
         f"{one('edgeveil_spool_oldest_age_seconds'):.0f} s"
     )
+    failing = [labels["store"] for labels, v in values.get("edgeveil_storage_degraded", []) if v]
+    errors = ", ".join(
+        f"{labels['store']} {labels['reason']} {int(v)}"
+        for labels, v in values.get("edgeveil_storage_errors_total", [])
+        if v
+    )
+    size = one("edgeveil_state_dir_bytes") / 1e6
+    free = one("edgeveil_state_dir_free_bytes") / 1e6
+    if failing:
+        print(
+            f"storage: DEGRADED, cannot write the {' and the '.join(failing)} (failed writes: "
+            f"{errors}): frames are not acknowledged until it writes again; the log says "
+            f"what to do. State directory {size:.1f} MB, {free:.0f} MB free"
+        )
+    else:
+        past = f"; failed writes since start: {errors}" if errors else ""
+        print(f"storage: ok, state directory {size:.1f} MB, {free:.0f} MB free{past}")
     for labels, value in values.get("edgeveil_link_up", []):
         print(f"serial {labels['port']}: {'open' if value else 'WAITING for the port'}")
     outcomes: dict[str, float] = defaultdict(float)

@@ -26,4 +26,17 @@ class RegistryError(EdgeveilError):
 
 
 class SpoolFullError(EdgeveilError):
-    """The spool holds its maximum and its policy is to refuse new messages."""
+    """The spool holds its maximum and its policy is to refuse new messages (a full disk is a
+    StorageError)."""
+
+
+class StorageError(EdgeveilError):
+    """A store's file could not be written (or opened): the disk is full, failing, read-only
+    or busy. Nothing of the failed write took effect. `store` names the store ("spool",
+    "registry", "privacy ledger"), `reason` is one word for metrics (disk_full, io_error,
+    read_only, busy, cannot_open, corrupt, error)."""
+
+    def __init__(self, store: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.store = store
+        self.reason = reason

@@ -55,7 +55,7 @@ from protocol.messages import MAX_ACKED, OBSERVATIONS
 from protocol.replay import DUPLICATE
 
 from . import senml
-from .errors import RegistryError, SpoolFullError
+from .errors import RegistryError, SpoolFullError, StorageError
 from .lora.radio import RadioMeta
 from .metrics import UNREGISTERED, Metrics
 from .privacy import PrivacyStage, reveals_presence
@@ -77,6 +77,10 @@ _TIME_REQUEST = 6  # protocol event codes
 _COUNTER_LOW = 8
 REUSE_ALARM_GAP_S = 3600.0  # counter-reuse alarms published per node at most this often
 REKEY_GAP_S = 60.0  # a requested re-key is sent to a node at most this often
+# While the spool or the registry fails to write, one batch in this many seconds tries the
+# disk again; the others are refused before the privacy stage, which would otherwise take the
+# same readings into its windows again with every retransmission
+STORAGE_RETRY_S = 2.0
 
 
 class CounterReuse(RemoteProtocolError):
@@ -158,6 +162,11 @@ class Ingest:
         self._last_time_sync: dict[int, float] = {}
         self._last_reuse_alarm: dict[int, float] = {}
         self._last_rekey: dict[int, float] = {}
+        self._storage_tried = -STORAGE_RETRY_S
+        # frames whose messages were spooled but whose counters the registry failed to record
+        # (node, epoch, counter) -> frame digest: their retransmission is recorded, not spooled
+        # again (bounded like the re-ack memory; forgotten at a restart: then a duplicate)
+        self._unrecorded: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
 
     def submit(self, port: str, frame: bytes, radio: RadioMeta | None = None) -> None:
         """Called by the link layer for each frame; never blocks, never raises. LoRa links
@@ -176,6 +185,8 @@ class Ingest:
             await self.process(batch)
 
     async def process(self, batch: list[Arrival]) -> None:
+        if self._storage_refuses(batch):
+            return
         self.registry.reload_if_changed()  # a revocation or re-import by a technician command
         out: list[OutMessage] = []
         accepted: list[Accepted] = []  # node, counter, frame digest, key epoch
@@ -202,6 +213,11 @@ class Ingest:
                     self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
                 continue
             in_batch[key] = digest
+            if self._unrecorded.get(key) == digest:
+                # its messages are in the spool (perhaps published already): only its counter
+                # is to be recorded, and the privacy stage must not take it a second time
+                accepted.append((entry.node_id, header.counter, digest, header.epoch))
+                continue
             # the frame's place in the node's life: its key epoch's counters follow the older
             # epochs', so message ids (records.message_id) stay distinct across re-keys
             sequence = (header.epoch << 32) | header.counter
@@ -218,6 +234,43 @@ class Ingest:
                 time_syncs.add((arrival.port, entry.node_id))
             if isinstance(message, Event) and message.code == _COUNTER_LOW:
                 self._counter_low(arrival.port, entry, message.value)
+        stored = await self._store(batch, out, accepted, in_batch)
+        if not stored:
+            new = {(n, c) for n, _e, c in in_batch}
+            acks = {k: [c for c in v if (k[1], c) not in new] for k, v in acks.items()}
+            counted = []
+        self._count(counted)
+        await self._downlink(acks, time_syncs, radios, rekeys)
+
+    def _storage_refuses(self, batch: list[Arrival]) -> bool:
+        """True when the batch is refused unseen, unacknowledged (the nodes keep its frames),
+        because the spool or the registry cannot write: see STORAGE_RETRY_S. Counted per port
+        as `storage_unavailable`, observation frames not at all."""
+        failing = {**self.spool.health.failing, **self.registry.health.failing}
+        if "spool" not in failing and "registry" not in failing:
+            return False
+        now = time.monotonic()
+        if now - self._storage_tried >= STORAGE_RETRY_S:
+            self._storage_tried = now
+            return False  # this one tries the disk
+        for arrival in batch:
+            try:
+                if parse_header(arrival.frame).msg_type == OBSERVATIONS:
+                    continue
+            except RemoteProtocolError:
+                pass
+            self.metrics.frames.labels(arrival.port, UNREGISTERED, "storage_unavailable").inc()
+        return True
+
+    async def _store(
+        self,
+        batch: list[Arrival],
+        out: list[OutMessage],
+        accepted: list[Accepted],
+        in_batch: dict[tuple[int, int, int], bytes],
+    ) -> bool:
+        """Spool what the batch produced, then record its frames' counters: whether both are
+        durable, so that the frames may be acknowledged. Never raises for the storage."""
         if out:
             try:
                 # off the event loop: put() returns once the batch is on disk (fsync)
@@ -229,14 +282,24 @@ class Ingest:
                 self.burst_log.rejected(
                     "*", "spool_full", f"{exc}; {len(accepted)} frames not acknowledged"
                 )
-                stored = {(n, c) for n, _e, c in in_batch}
-                acks = {k: [c for c in v if (k[1], c) not in stored] for k, v in acks.items()}
-                accepted, counted = [], []
+                return False
+            except StorageError:
+                return False  # StorageHealth logged it, once per burst
             self.notify_uplink(out, at=min(a.time for a in batch))
         if accepted:
-            self.registry.accept_many(accepted)
-        self._count(counted)
-        await self._downlink(acks, time_syncs, radios, rekeys)
+            try:
+                self.registry.accept_many(accepted)
+            except StorageError:
+                # stored, but the counters are not recorded: acknowledged, a replay of these
+                # frames after a restart would be taken as new. The nodes send them again,
+                # and then only their counters are recorded (_unrecorded)
+                self._unrecorded.update(in_batch)
+                while len(self._unrecorded) > REACK_MEMORY:
+                    self._unrecorded.popitem(last=False)
+                return False
+            for key in in_batch:
+                self._unrecorded.pop(key, None)
+        return True
 
     def _verify(
         self,
@@ -325,6 +388,8 @@ class Ingest:
             return  # on its way
         try:
             epoch = self.registry.request_rekey(node_id)
+        except StorageError:
+            return  # logged by StorageHealth; asked again with the node's next status
         except RegistryError as exc:
             self.replace_log.rejected(
                 port,
@@ -443,7 +508,12 @@ class Ingest:
     ) -> bool:
         if not self.sends_downlinks(port):
             return False
-        counter = self.registry.next_downlink_counter(keys.node_id)
+        try:
+            counter = self.registry.next_downlink_counter(keys.node_id)
+        except StorageError:
+            # no counter could be reserved durably, so none is used (logged by StorageHealth):
+            # the node sends its frame again, and is answered once the disk takes writes
+            return False
         return await self.send(port, seal(message, counter, keys), radio)
 
 

@@ -80,6 +80,30 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.storage_degraded = Gauge(
+            "edgeveil_storage_degraded",
+            "1 while the store's last write failed (full disk, I/O error, read-only): frames "
+            "are then not acknowledged, and the availability topic says degraded",
+            ["store"],
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "edgeveil_storage_errors",
+            "Writes a store failed, by reason (disk_full, io_error, read_only, busy, "
+            "cannot_open, corrupt, error)",
+            ["store", "reason"],
+            registry=r,
+        )
+        self.state_dir_bytes = Gauge(
+            "edgeveil_state_dir_bytes",
+            "Size of the state directory's files (databases and their WAL files)",
+            registry=r,
+        )
+        self.state_dir_free_bytes = Gauge(
+            "edgeveil_state_dir_free_bytes",
+            "Free space on the state directory's filesystem (for the gateway's user)",
+            registry=r,
+        )
         self.registered_nodes = Gauge(
             "edgeveil_registered_nodes", "Nodes in the registry", registry=r
         )

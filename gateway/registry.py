@@ -88,7 +88,7 @@ from protocol import LocalProtocolError, NodeKeys, ReplayWindow
 from protocol.keys import MAX_EPOCH, MAX_NODE_ID, MAX_SECRET, MIN_SECRET
 
 from .errors import RegistryError
-from .sqlite import Closing, connect, create_private, transaction
+from .sqlite import Closing, StorageHealth, Store, connect, create_private, transaction
 
 __all__ = [
     "DOWNLINK_STEP",
@@ -261,9 +261,12 @@ class NodeRegistry(Closing):
     but see accept_many() about the replay windows.
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, health: StorageHealth | None = None
+    ) -> None:
         self.path = path
         self._conn = conn
+        self._file = Store("registry", path, health or StorageHealth())
         self._lock = threading.RLock()
         self._entries: dict[int, NodeEntry] = {}
         self._fingerprints: dict[int, bytes] = {}  # of each entry's counter state
@@ -274,8 +277,9 @@ class NodeRegistry(Closing):
     # -- opening and closing ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path) -> NodeRegistry:
-        """Open the registry at `path`, creating it (mode 0600) if it does not exist."""
+    def open(cls, path: Path, health: StorageHealth | None = None) -> NodeRegistry:
+        """Open the registry at `path`, creating it (mode 0600) if it does not exist. Failed
+        writes raise StorageError (gateway.errors) and are reported to `health`."""
         path = Path(path)
         create_private(path, what="registry", error_type=RegistryError)
         _check_private(path)
@@ -288,7 +292,12 @@ class NodeRegistry(Closing):
             hint="; a JSON registry file is loaded with import",
         )
         log.debug("registry %s opened", path)
-        return cls(path, conn)
+        return cls(path, conn, health)
+
+    @property
+    def health(self) -> StorageHealth:
+        """Whether the registry's writes succeed (shared with the other stores in the service)."""
+        return self._file.health
 
     def _read_data_version(self) -> int:
         with self._lock:
@@ -320,7 +329,7 @@ class NodeRegistry(Closing):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK on any exception."""
-        with self._lock, transaction(self._conn) as cur:
+        with self._lock, transaction(self._conn, self._file) as cur:
             yield cur
 
     # -- the set of nodes ---------------------------------------------------------------------

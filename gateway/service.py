@@ -18,6 +18,14 @@ retained, the transparency statement of the policy in force (`{base}/transparenc
 reconnect, as a broker without persistence forgets retained messages). SIGHUP
 (`reload_policy()`) reads the policy file again and applies it without losing window state
 (PolicyEngine.reload); a policy file with an error is logged and the running policy kept.
+
+Storage (gateway/sqlite.py): the three stores share one StorageHealth. A write the disk
+refuses never stops the service: ingest acknowledges nothing it could not store, the uplink
+keeps what it could not delete, window releases that could not be spooled wait in memory
+(UNSPOOLED_LIMIT) and are spooled again every second, the ledger releases nothing it could
+not book. Housekeeping turns the health into metrics and into the availability topic
+("degraded"). A store that cannot be opened for the disk's sake (a full disk at the first
+start) is tried again every STORE_RETRY_S instead of ending the service.
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import start_http_server
 
@@ -38,7 +47,7 @@ from protocol import NEED_DATA, RemoteProtocolError, StreamDecoder, encode_seria
 from . import __version__, senml, systemd
 from .broker import EmbeddedBroker
 from .config import GatewayConfig, MqttConfig
-from .errors import ConfigError, EdgeveilError, SpoolFullError
+from .errors import ConfigError, EdgeveilError, SpoolFullError, StorageError
 from .ingest import Ingest
 from .lora.forwarder import ForwarderTransport
 from .lora.radio import RadioMeta
@@ -52,6 +61,7 @@ from .privacy.policy import Policy
 from .records import OutMessage, Record, Topics
 from .registry import NodeRegistry
 from .spool import Spool
+from .sqlite import StorageHealth, make_reserve, release_reserve, state_dir_bytes
 from .transport import SerialTransport
 from .uplink import Uplink
 
@@ -59,6 +69,13 @@ log = logging.getLogger("edgeveil.gateway")
 
 HOUSEKEEPING_S = 5.0
 RELEASE_TICK_S = 1.0  # how often the privacy engine's due windows are released
+STORE_RETRY_S = 5.0  # a store the disk does not let open is tried again this often
+# released windows kept in memory while the spool cannot write (their aggregates cannot be
+# produced again); beyond this the oldest are dropped and counted (spool_dropped "storage")
+UNSPOOLED_LIMIT = 10_000
+STORES = ("spool", "registry", "privacy ledger")
+
+T = TypeVar("T")
 
 
 def load_policy(config: GatewayConfig) -> Policy:
@@ -98,6 +115,9 @@ class Gateway:
         self.link_states: dict[str, str] = {}
         self._reload = asyncio.Event()
         self._privacy_seen = {"dropped": dict[str, int](), "releases": dict[str, int]()}
+        self.health = StorageHealth()  # shared by the spool, the registry and the ledger
+        self._storage_seen: dict[tuple[str, str], int] = {}
+        self._unspooled: list[OutMessage] = []  # released, not yet spooled (disk refused)
 
     # -- link layer: bytes from a transport become frames for ingest ---------------------------
 
@@ -152,7 +172,9 @@ class Gateway:
         dropped = {"full": 0, "age": 0}
         while True:
             spool = self.spool
-            await asyncio.to_thread(spool.expire)
+            with contextlib.suppress(StorageError):  # logged by the health; tried next round
+                await asyncio.to_thread(spool.expire)
+            self._storage_state()
             m = self.metrics
             m.spool_depth.set(spool.depth)
             m.spool_oldest_age.set(spool.oldest_age() or 0)
@@ -164,6 +186,22 @@ class Gateway:
             self._privacy_metrics()
             systemd.notify("WATCHDOG=1")  # the loop is alive: it got here
             await asyncio.sleep(interval)
+
+    def _storage_state(self) -> None:
+        """The stores' health as metrics and as availability; the state directory's size."""
+        m, health = self.metrics, self.health
+        for store in STORES:
+            m.storage_degraded.labels(store).set(1 if store in health.failing else 0)
+        for key, count in list(health.failures.items()):
+            m.storage_errors.labels(*key).inc(count - self._storage_seen.get(key, 0))
+            self._storage_seen[key] = count
+        self.uplink.set_degraded(health.degraded)
+        if not health.failing:
+            make_reserve(self.config.state_dir)  # after it was given back: set aside again
+        m.state_dir_bytes.set(state_dir_bytes(self.config.state_dir))
+        with contextlib.suppress(OSError):
+            fs = os.statvfs(self.config.state_dir)
+            m.state_dir_free_bytes.set(fs.f_bavail * fs.f_frsize)
 
     def _privacy_metrics(self) -> None:
         engine, seen = self.engine, self._privacy_seen
@@ -190,6 +228,8 @@ class Gateway:
             if self._reload.is_set():
                 self._reload.clear()
                 await self._reload_policy()
+            if self._unspooled:
+                await self._spool([])  # releases the disk refused before
             due = self.engine.detach_due(time.time())  # in memory, on the loop like process()
             if due:
                 records = await asyncio.to_thread(self.engine.release, due)  # ledger: fsync
@@ -219,13 +259,28 @@ class Gateway:
         await self._spool(out)
 
     async def _spool(self, out: list[OutMessage]) -> None:
+        """Spool the gateway's own messages (releases, statement, budget). What the disk
+        refuses is kept and tried again (see UNSPOOLED_LIMIT); what a full spool refuses
+        (refuse_new) is dropped and counted."""
+        pending = self._unspooled + out
+        if not pending:
+            return
         try:
-            await asyncio.to_thread(self.spool.put, out)
+            await asyncio.to_thread(self.spool.put, pending)
         except SpoolFullError as exc:
-            self.metrics.spool_dropped.labels("refused").inc(len(out))
+            self._unspooled = []
+            self.metrics.spool_dropped.labels("refused").inc(len(pending))
             log.warning("privacy releases not stored: %s", exc)
             return
-        self.uplink.notify(out)
+        except StorageError:  # logged by the health
+            self._unspooled = pending[-UNSPOOLED_LIMIT:]
+            lost = len(pending) - len(self._unspooled)
+            if lost:
+                self.metrics.spool_dropped.labels("storage").inc(lost)
+                log.error("%d privacy releases dropped: the disk refused them too long", lost)
+            return
+        self._unspooled = []
+        self.uplink.notify(pending)
 
     async def _publish_privacy_state(self) -> None:
         """The transparency statement of the policy in force and today's budget, retained."""
@@ -278,17 +333,27 @@ class Gateway:
                 f"cannot create the state directory {config.state_dir}: {exc.strerror}"
             ) from None
         self.policy = load_policy(config)
+        state, health = config.state_dir, self.health
         with contextlib.ExitStack() as stack:
-            self.registry = stack.enter_context(NodeRegistry.open(config.state_dir / "registry.db"))
-            self.ledger = stack.enter_context(PrivacyLedger.open(config.state_dir / "privacy.db"))
+            self.registry = stack.enter_context(
+                await self._opened(lambda: NodeRegistry.open(state / "registry.db", health))
+            )
+            self.ledger = stack.enter_context(
+                await self._opened(lambda: PrivacyLedger.open(state / "privacy.db", health=health))
+            )
+            spool = config.spool
             self.spool = stack.enter_context(
-                Spool.open(
-                    config.state_dir / "spool.db",
-                    config.spool.max_messages,
-                    config.spool.max_age_s,
-                    config.spool.when_full,
+                await self._opened(
+                    lambda: Spool.open(
+                        state / "spool.db",
+                        spool.max_messages,
+                        spool.max_age_s,
+                        spool.when_full,
+                        health=health,
+                    )
                 )
             )
+            make_reserve(state)  # none when the disk is full: housekeeping tries again
             if config.metrics_listen:
                 host, _, port = config.metrics_listen.rpartition(":")
                 try:
@@ -311,6 +376,26 @@ class Gateway:
                 else:
                     self.mqtt = config.mqtt
                 yield
+
+    async def _opened(self, open_store: Callable[[], T]) -> T:
+        """open_store(), tried again every STORE_RETRY_S while the disk refuses: on a full
+        disk the gateway waits, degraded, instead of ending in a restart loop."""
+        failed: StorageError | None = None
+        while True:
+            try:
+                store = open_store()
+            except StorageError as exc:
+                failed = exc
+                self.health.failed(exc)
+                if release_reserve(self.config.state_dir):
+                    continue  # room for the files' shared-memory index: try again at once
+                systemd.notify(f"STATUS=waiting for storage: {exc}")
+                systemd.notify("WATCHDOG=1")  # alive, waiting on purpose
+                await asyncio.sleep(STORE_RETRY_S)
+                continue
+            if failed is not None:
+                self.health.succeeded(failed.store)
+            return store
 
     async def run(self) -> None:
         async with self._resources():

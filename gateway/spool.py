@@ -36,7 +36,15 @@ from pathlib import Path
 from .config import SPOOL_POLICIES
 from .errors import EdgeveilError, SpoolFullError
 from .records import OutMessage
-from .sqlite import Closing, closing_on_error, connect, create_private, transaction
+from .sqlite import (
+    Closing,
+    StorageHealth,
+    Store,
+    closing_on_error,
+    connect,
+    create_private,
+    transaction,
+)
 
 __all__ = ["Spool"]
 
@@ -71,8 +79,11 @@ class Spool(Closing):
         max_messages: int,
         max_age_s: int,
         when_full: str,
+        *,
+        health: StorageHealth | None = None,
     ) -> None:
         self.path = path
+        self._store = Store("spool", path, health or StorageHealth())
         self.max_messages = max_messages
         self.max_age_s = max_age_s
         self.when_full = when_full
@@ -85,8 +96,16 @@ class Spool(Closing):
         self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     @classmethod
-    def open(cls, path: Path, max_messages: int, max_age_s: int, when_full: str) -> Spool:
-        """Open the spool at `path`, creating it (mode 0600) if it does not exist."""
+    def open(
+        cls,
+        path: Path,
+        max_messages: int,
+        max_age_s: int,
+        when_full: str,
+        health: StorageHealth | None = None,
+    ) -> Spool:
+        """Open the spool at `path`, creating it (mode 0600) if it does not exist. Failed
+        writes raise StorageError and are reported to `health`."""
         if when_full not in SPOOL_POLICIES:
             raise ValueError(f"when_full must be one of {', '.join(SPOOL_POLICIES)}")
         if max_messages < 1 or max_age_s < 1:
@@ -97,7 +116,9 @@ class Spool(Closing):
             path, what="spool", schema=_SCHEMA, version=SCHEMA_VERSION, error_type=EdgeveilError
         )
         with closing_on_error(conn, path, what="spool", error_type=EdgeveilError):
-            spool = cls(path, conn, max_messages, max_age_s, when_full)  # reads the depth
+            spool = cls(
+                path, conn, max_messages, max_age_s, when_full, health=health
+            )  # reads the depth
         log.debug("spool %s opened: %d messages", path, spool.depth)
         return spool
 
@@ -107,6 +128,11 @@ class Spool(Closing):
 
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r}, depth={self._depth})"
+
+    @property
+    def health(self) -> StorageHealth:
+        """Whether the spool's writes succeed (shared with the other stores in the service)."""
+        return self._store.health
 
     @property
     def depth(self) -> int:
@@ -120,7 +146,7 @@ class Spool(Closing):
         the new messages do not fit: "drop_oldest" deletes the oldest to make room (counted in
         `dropped_full`; a batch larger than the spool keeps its newest part), "refuse_new"
         stores nothing of the batch and raises SpoolFullError (counted in `refused`). A full
-        disk raises SpoolFullError too, and stores nothing.
+        disk (or any failure of the storage) raises StorageError, and stores nothing.
         """
         if not messages:
             return 0
@@ -128,37 +154,28 @@ class Spool(Closing):
         rows = [(m.msg_id, m.topic, bytes(m.payload), int(m.retain), created) for m in messages]
         with self._lock:
             conn = self._conn
-            try:
-                with transaction(conn):
-                    before = conn.total_changes
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO spool (msg_id, topic, payload, retain, created) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    new = conn.total_changes - before
-                    excess = self._depth + new - self.max_messages
-                    if excess > 0 and self.when_full == "refuse_new":
-                        conn.execute("ROLLBACK")
-                        self.refused += new
-                        raise SpoolFullError(
-                            f"spool full ({self._depth} of {self.max_messages} messages): "
-                            f"refused {new} new messages"
-                        )
-                    if excess > 0:
-                        conn.execute(
-                            "DELETE FROM spool WHERE seq IN "
-                            "(SELECT seq FROM spool ORDER BY seq LIMIT ?)",
-                            (excess,),
-                        )
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
-                    self.refused += len(rows)
+            with transaction(conn, self._store):
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT OR IGNORE INTO spool (msg_id, topic, payload, retain, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                new = conn.total_changes - before
+                excess = self._depth + new - self.max_messages
+                if excess > 0 and self.when_full == "refuse_new":
+                    conn.execute("ROLLBACK")
+                    self.refused += new
                     raise SpoolFullError(
-                        f"the disk holding the spool {self.path} is full: refused "
-                        f"{len(rows)} messages"
-                    ) from exc
-                raise
+                        f"spool full ({self._depth} of {self.max_messages} messages): "
+                        f"refused {new} new messages"
+                    )
+                if excess > 0:
+                    conn.execute(
+                        "DELETE FROM spool WHERE seq IN "
+                        "(SELECT seq FROM spool ORDER BY seq LIMIT ?)",
+                        (excess,),
+                    )
             dropped = max(excess, 0)
             self._depth += new - dropped
             self.dropped_full += dropped
@@ -184,7 +201,8 @@ class Spool(Closing):
         ]
 
     def delete(self, seqs: Iterable[int]) -> None:
-        """Remove published messages (after their PUBACK). Unknown seqs are ignored."""
+        """Remove published messages (after their PUBACK). Unknown seqs are ignored.
+        StorageError when the disk refuses: nothing was removed."""
         params = [(int(s),) for s in seqs]
         if not params:
             return
@@ -218,7 +236,7 @@ class Spool(Closing):
         conn = self._conn
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            with transaction(conn):
+            with transaction(conn, self._store):
                 before = conn.total_changes
                 conn.executemany(sql, params)
                 removed = conn.total_changes - before

@@ -13,7 +13,14 @@ Availability is an MQTT last will: "offline", QoS 1, retained. After EVERY conne
 publishes "online" and the gateway metadata, both retained, before any data: a broker that
 restarted without persistence has forgotten both, and a bridge or dashboard that saw the will
 would otherwise keep showing the gateway offline. A clean stop publishes "offline" itself, as the
-will is not sent when a client disconnects properly.
+will is not sent when a client disconnects properly. While the gateway's storage fails
+(`set_degraded`), availability is "degraded" instead of "online": the gateway publishes what it
+holds, but takes no new data in.
+
+A message the broker acknowledged but the spool could not delete (a full or failing disk) is
+not published again: its sequence number is kept in memory and the deletion retried before
+each batch, so the broker sees each message once while the disk refuses writes (and at least
+once across a restart).
 
 Connection errors never end `run()`: it logs the first error of an outage (no stack trace), then
 retries with exponential backoff and jitter, and logs the reconnect. Configuration problems
@@ -42,13 +49,14 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from .config import MqttConfig
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .records import OutMessage, Topics
 
 log = logging.getLogger("edgeveil.uplink")
 
 ONLINE = b"online"
 OFFLINE = b"offline"
+DEGRADED = b"degraded"  # running, but its storage fails: frames are not acknowledged
 STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
 _PUT_TIMES_KEPT = 10_000  # put times remembered for latency samples (bounded memory)
 
@@ -56,12 +64,13 @@ _PUT_TIMES_KEPT = 10_000  # put times remembered for latency samples (bounded me
 class SpoolQueue(Protocol):
     """What the uplink needs of the spool (gateway.spool.Spool has more).
 
-    `peek` gives the oldest messages first, with their sequence numbers; `delete` removes
-    published ones. Both are called in a worker thread (asyncio.to_thread), as ingest calls
+    `peek` gives the oldest messages first (only those with a sequence number above `after`),
+    with their sequence numbers; `delete` removes published ones, or raises StorageError and
+    removes none. Both are called in a worker thread (asyncio.to_thread), as ingest calls
     `put`: they may block on the disk.
     """
 
-    def peek(self, limit: int, /) -> Sequence[tuple[int, OutMessage]]: ...
+    def peek(self, limit: int, after: int = 0, /) -> Sequence[tuple[int, OutMessage]]: ...
 
     def delete(self, seqs: list[int], /) -> object: ...
 
@@ -156,6 +165,8 @@ class Uplink:
         self._spool = spool
         self._metadata = _metadata_json(metadata)
         self._metadata_dirty = False
+        self._degraded: str | None = None
+        self._availability_dirty = False
         self._on_published = on_published
         self._window = window
         self._batch = max(batch, window)
@@ -179,6 +190,8 @@ class Uplink:
         self._outage_since: float | None = None
         self._failed_attempts = 0
         self._put_at: dict[str, float] = {}
+        # published and acknowledged, not yet deleted (the disk refused): oldest first
+        self._undeleted: list[int] = []
 
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -207,6 +220,19 @@ class Uplink:
         self._metadata = _metadata_json(metadata)
         self._metadata_dirty = True
         self._wake.set()
+
+    def set_degraded(self, reason: str | None) -> None:
+        """The gateway is degraded (`reason`, e.g. "spool: disk_full") or not (None): the
+        availability topic says "degraded" or "online", at once if connected."""
+        if reason == self._degraded:
+            return
+        self._degraded = reason
+        self._availability_dirty = True
+        self._wake.set()
+
+    @property
+    def _availability(self) -> bytes:
+        return DEGRADED if self._degraded else ONLINE
 
     async def run(self) -> None:
         """Connect, announce, drain the spool, and reconnect after any error, until close().
@@ -334,6 +360,15 @@ class Uplink:
     async def _work(self, client: aiomqtt.Client) -> None:
         await self._announce(client)
         while not self._stop.is_set():
+            if self._availability_dirty:
+                self._availability_dirty = False
+                await client.publish(
+                    self.topics.availability,
+                    self._availability,
+                    qos=1,
+                    retain=True,
+                    timeout=self._publish_timeout,
+                )
             if self._metadata_dirty:
                 self._metadata_dirty = False
                 await client.publish(
@@ -344,7 +379,10 @@ class Uplink:
                     timeout=self._publish_timeout,
                 )
             self._wake.clear()  # before the peek: a notify() during the batch is not missed
-            batch = await asyncio.to_thread(self._spool.peek, self._batch)
+            if self._undeleted:
+                await self._delete([])
+            after = self._undeleted[-1] if self._undeleted else 0
+            batch = await asyncio.to_thread(self._spool.peek, self._batch, after)
             if batch:
                 await self._publish_batch(client, batch)
                 continue
@@ -355,7 +393,10 @@ class Uplink:
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         t = self._publish_timeout
-        await client.publish(self.topics.availability, ONLINE, qos=1, retain=True, timeout=t)
+        self._availability_dirty = False
+        await client.publish(
+            self.topics.availability, self._availability, qos=1, retain=True, timeout=t
+        )
         self._metadata_dirty = False
         await client.publish(self.topics.metadata, self._metadata, qos=1, retain=True, timeout=t)
         self._connections += 1
@@ -428,7 +469,18 @@ class Uplink:
                 task.exception()  # retrieved: no "exception was never retrieved" noise
         if acked:
             # A crash between PUBACK and this delete means duplicates, never a loss.
-            await asyncio.to_thread(self._spool.delete, [seq for seq, _ in acked])
+            await self._delete([seq for seq, _ in acked])
+
+    async def _delete(self, seqs: list[int]) -> None:
+        """Delete published messages, and those whose deletion the disk refused before; what
+        it refuses now is kept for the next try (the spool's health logs the failure)."""
+        pending = self._undeleted + seqs
+        try:
+            await asyncio.to_thread(self._spool.delete, pending)
+        except StorageError:
+            self._undeleted = pending
+        else:
+            self._undeleted = []
 
     def _published_one(self, msg: OutMessage, acked_at: float) -> None:
         self.published += 1

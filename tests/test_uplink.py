@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.broker import EmbeddedBroker
 from gateway.config import MqttConfig
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StorageError
 from gateway.records import OutMessage, Topics
 from gateway.spool import Spool
 from gateway.uplink import Backoff, Uplink
@@ -307,11 +307,11 @@ async def test_a_failing_spool_is_logged_and_retried_never_fatal(
     class FlakySpool:
         fail = 2
 
-        def peek(self, limit: int) -> list[tuple[int, OutMessage]]:
+        def peek(self, limit: int, after: int = 0) -> list[tuple[int, OutMessage]]:
             if self.fail:
                 self.fail -= 1
                 raise sqlite3.OperationalError("disk I/O error")
-            return spool.peek(limit)
+            return spool.peek(limit, after)
 
         def delete(self, seqs: list[int]) -> None:
             spool.delete(seqs)
@@ -327,17 +327,51 @@ async def test_a_failing_spool_is_logged_and_retried_never_fatal(
     assert errors[0].exc_info
 
 
+@pytest.mark.asyncio
+async def test_what_the_disk_refuses_to_delete_is_not_published_again(
+    broker: Mosquitto, spool: RecordingSpool
+) -> None:
+    """A full disk refuses the delete after the PUBACK: the uplink keeps the acknowledged
+    messages aside (not published again) and deletes them once the disk lets it."""
+
+    class FullDiskSpool:
+        refuse = 3
+
+        def peek(self, limit: int, after: int = 0) -> list[tuple[int, OutMessage]]:
+            return spool.peek(limit, after)
+
+        def delete(self, seqs: list[int]) -> None:
+            if self.refuse:
+                self.refuse -= 1
+                raise StorageError("spool", "disk_full", "the spool cannot be written")
+            spool.delete(seqs)
+
+    full = FullDiskSpool()
+    async with subscribed(broker, DATA) as sub, uplink_for(broker, full) as up:
+        spool.put(messages(0, 3))
+        up.notify()
+        await sub.wait_for(lambda got: len(got) >= 3)
+        spool.put(messages(3, 3))
+        up.notify()
+        await sub.wait_for(lambda got: len(got) >= 6)
+        await eventually(lambda: spool.depth == 0, "deleted once the disk lets it")
+        assert full.refuse == 0
+        assert up.last_error is None  # not a connection problem
+        got = [r.payload for r in sub.received]
+    assert len(got) == len(set(got)) == 6  # each once
+
+
 # -- availability ------------------------------------------------------------------------------
 
 CHILD = """
 import asyncio, sys
 from gateway.config import MqttConfig
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StorageError
 from gateway.records import Topics
 from gateway.uplink import Uplink
 
 class EmptySpool:
-    def peek(self, limit):
+    def peek(self, limit, after=0):
         return []
     def delete(self, seqs):
         pass

@@ -96,7 +96,7 @@ from protocol import Event, Message, Observations, Readings, Status
 from protocol.messages import EVENT_CODES
 from protocol.quantities import QUANTITIES, exponent, quantity_id, quantity_name, senml_unit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageError
 from ..records import KINDS, Measurement, Record
 from . import dp, passthrough
 from .ledger import PrivacyLedger, utc_day
@@ -564,6 +564,9 @@ class PolicyEngine:
             booked = self.ledger.try_spend(
                 stream.name, label, day, dp.epsilon(noise), noise.daily_cap
             )
+        except StorageError:  # nothing booked, so nothing released; the ledger's health logs it
+            self.releases["withheld"] += 1
+            return [Measurement("devices", "count", WITHHELD_ERROR)]
         except Exception:
             log.exception(
                 "stream %s, %s: privacy ledger failed; window not released", stream.name, label

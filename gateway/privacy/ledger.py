@@ -26,6 +26,7 @@ it covers). Rows older than KEEP_DAYS days are pruned when the ledger is opened.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import sqlite3
@@ -33,8 +34,16 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EdgeveilError
-from ..sqlite import Closing, closing_on_error, connect, create_private, transaction
+from ..errors import EdgeveilError, StorageError
+from ..sqlite import (
+    Closing,
+    StorageHealth,
+    Store,
+    closing_on_error,
+    connect,
+    create_private,
+    transaction,
+)
 
 __all__ = ["KEEP_DAYS", "BudgetRow", "PrivacyLedger", "utc_day"]
 
@@ -74,14 +83,21 @@ class BudgetRow:
 class PrivacyLedger(Closing):
     """The persistent budget. Open it with PrivacyLedger.open(path); thread-safe."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, health: StorageHealth | None = None
+    ) -> None:
         self.path = path
         self._conn = conn
+        self._store = Store("privacy ledger", path, health or StorageHealth())
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: Path, *, today: str | None = None) -> PrivacyLedger:
-        """Open the ledger at `path`, creating it (mode 0600) if it does not exist."""
+    def open(
+        cls, path: Path, *, today: str | None = None, health: StorageHealth | None = None
+    ) -> PrivacyLedger:
+        """Open the ledger at `path`, creating it (mode 0600) if it does not exist. Failed
+        writes raise StorageError and are reported to `health`; the pruning of old days waits
+        for the next start when the disk refuses it."""
         path = Path(path)
         create_private(path, what="privacy ledger", error_type=EdgeveilError)
         conn = connect(
@@ -92,8 +108,9 @@ class PrivacyLedger(Closing):
             error_type=EdgeveilError,
         )
         with closing_on_error(conn, path, what="privacy ledger", error_type=EdgeveilError):
-            ledger = cls(path, conn)
-            ledger.prune(today or utc_day(dt.datetime.now(dt.UTC).timestamp()))
+            ledger = cls(path, conn, health)
+            with contextlib.suppress(StorageError):  # reported to health; not needed to run
+                ledger.prune(today or utc_day(dt.datetime.now(dt.UTC).timestamp()))
         return ledger
 
     def close(self) -> None:
@@ -105,10 +122,11 @@ class PrivacyLedger(Closing):
 
     def try_spend(self, stream: str, zone: str, day: str, epsilon: float, cap: float) -> bool:
         """Book `epsilon` if the day's total stays within `cap`: True, durable on return.
-        Otherwise book nothing, count the refusal (durably) and return False."""
+        Otherwise book nothing, count the refusal (durably) and return False. StorageError
+        when the disk refuses: nothing booked, so the caller must release nothing."""
         if epsilon <= 0:
             raise ValueError("epsilon must be positive")
-        with self._lock, transaction(self._conn) as cur:
+        with self._lock, transaction(self._conn, self._store) as cur:
             row = cur.execute(
                 "SELECT spent FROM budget WHERE stream = ? AND zone = ? AND day = ?",
                 (stream, zone, day),
@@ -147,7 +165,7 @@ class PrivacyLedger(Closing):
     def prune(self, today: str, keep_days: int = KEEP_DAYS) -> int:
         """Forget days more than `keep_days` before `today`; returns how many rows."""
         cutoff = (dt.date.fromisoformat(today) - dt.timedelta(days=keep_days)).isoformat()
-        with self._lock, transaction(self._conn) as cur:
+        with self._lock, transaction(self._conn, self._store) as cur:
             cur.execute("DELETE FROM budget WHERE day < ?", (cutoff,))
             removed = cur.rowcount
         if removed:
