@@ -1,9 +1,11 @@
 """Gateway benchmark, end to end: serial links in, MQTT out, with the gateway as its own process.
 
     .venv/bin/python benchmarks/bench_gateway.py [--links 20] [--seconds 20] [--nodes 1000]
-        [--rate 1.0] [--warmup 3] [--idle 3] [--profile py-spy|cprofile]
+        [--rate 1.0 | --frames-per-s 17] [--warmup 3] [--idle 3] [--profile py-spy|cprofile]
+        [--state-dir-parent DIR]
 
-What it sets up (all in a temporary directory, all removed at the end, also on Ctrl-C):
+What it sets up (all in a temporary directory under --state-dir-parent, by default the system's
+temporary directory or else /var/tmp, never on tmpfs; all removed at the end, also on Ctrl-C):
 
 - a real Mosquitto on a free 127.0.0.1 port (tests/mosquitto.py's helper);
 - a gateway state directory with --nodes registered nodes (random secrets), of which --links
@@ -20,7 +22,23 @@ load. The replayer writes pre-sealed four-reading frames to every link at --rate
 rate of 115200 baud 8N1 (11,520 bytes/s), drains the gateway's acks, and notes when each
 (node, counter) was written. It prints figures next to the targets of the gateway issue (at
 most 25 % of one core for 20 links, at most 60 MB resident with 1,000 nodes registered), never
-asserts on them.
+asserts on them. --frames-per-s replaces the line rate with a fixed rate for all links together,
+each link sending rate/links frames a second, the links' frame times spread evenly (17 frames/s
+is about one reading a minute from 1,000 nodes).
+
+Storage (SD-card wear): write_bytes and wchar of /proc/<gateway pid>/io at the start and the end
+of the measured seconds, divided by the readings accepted meanwhile. A reading here is one
+accepted readings frame (one node's reading cycle, four values; edgeveil_frames_total with
+outcome accepted). write_bytes counts what the gateway caused to be sent to the block layer:
+SQLite's fsynced WAL frames, checkpoints into the databases, and the gateway's log (its stdout
+goes to a file in the same temporary directory; the storage section says how much that grew).
+It is a lower bound of what the card sees: the file system's journal and the card's own write
+amplification are not in it. On tmpfs it would stay 0, hence the check. The state directory's
+files (spool.db, registry.db, privacy.db, their -wal and -shm) are sampled every few seconds;
+the report prints their size at one tenth of the measured seconds apart (a 30-minute run shows
+whether the directory stays flat after warm-up) and each file's size at the end and its maximum.
+Figures are printed next to the issue's targets (at most 1.5 KB written per reading at 17
+frames/s, 0.5 KB at line rate), never asserted.
 
 --profile samples the gateway during the measured seconds: py-spy (if it is on PATH; samples of
 whichever thread holds the GIL, 200 a second, grouped by gateway stage) or cProfile (the gateway
@@ -71,6 +89,13 @@ CPU_TARGET_LINKS = 20
 RSS_TARGET_MB = 60.0  # with 1,000 registered nodes
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PY_SPY_HZ = 200
+KB = 1024
+WRITE_TARGET_KB_FIXED = 1.5  # written per reading at 17 frames/s (--frames-per-s)
+WRITE_TARGET_KB_LINE = 0.5  # written per reading at line rate
+WRITE_TARGET_FPS = 17.0
+STATE_SAMPLE_S = 2.0  # the state directory's sizes are sampled about this often
+STATE_ROWS = 10  # and printed at this many points of the measured seconds, plus the end
+MEMORY_FS = ("tmpfs", "ramfs")  # write_bytes stays 0 there: nothing goes to a block device
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
@@ -110,6 +135,30 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def proc_io(pid: int) -> dict[str, int]:
+    """/proc/<pid>/io: wchar, write_bytes, cancelled_write_bytes... of all the threads."""
+    try:
+        with open(f"/proc/{pid}/io", encoding="ascii") as f:
+            return {k: int(v) for k, _, v in (line.partition(":") for line in f)}
+    except OSError:
+        return {}
+
+
+def filesystem(path: Path) -> tuple[str, str]:
+    """(type, device) of the file system holding `path`: the longest mount point in
+    /proc/mounts that contains it."""
+    real = os.path.realpath(path)
+    best = ("", "?", "?")
+    with open("/proc/mounts", encoding="utf-8") as f:
+        for line in f:
+            device, mount, fstype = line.split()[:3]
+            mount = mount.replace("\\040", " ")
+            inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best[0]):
+                best = (mount, fstype, device)
+    return best[1], best[2]
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs, from /proc/stat."""
     with open("/proc/stat", encoding="ascii") as f:
@@ -136,6 +185,7 @@ class Link:
     pending: bytearray = field(default_factory=bytearray)  # offered, not yet taken by the pty
     ack_bytes: int = 0
     write_stalls: int = 0  # ticks on which the pty took less than was due
+    phase: float = 0.0  # --frames-per-s: this link's share of a frame interval, 0 <= phase < 1
 
 
 def make_ptys(count: int, stack: contextlib.ExitStack) -> list[tuple[int, int, str]]:
@@ -442,11 +492,13 @@ def wait_ready(gw: GatewayProcess, url: str, links: int, sub: SubscriberProcess)
 
 
 class Replayer:
-    """Writes frames to every link's pty master at `rate` times the line rate; drains acks."""
+    """Writes frames to every link's pty master at `rate` times the line rate, or at
+    `frames_per_s` for all links together; drains acks."""
 
-    def __init__(self, links: list[Link], rate: float) -> None:
+    def __init__(self, links: list[Link], rate: float, frames_per_s: float | None = None) -> None:
         self.links = links
         self.bytes_per_s = LINE_BYTES_PER_S * rate
+        self.link_fps = frames_per_s / len(links) if frames_per_s else 0.0
         self.running = False
         self.ran_out = 0
 
@@ -464,17 +516,27 @@ class Replayer:
             link.ack_bytes += len(data)
 
     def _tick(self, link: Link, elapsed: float, now: float) -> None:
-        due = elapsed * self.bytes_per_s - link.bytes_offered
         frames, sent_at, i = link.frames, link.sent_at, link.next
-        while i < len(frames) and len(frames[i]) <= due:
+        if self.link_fps:
+            # frame k of link j is due at (k + 1 - phase_j) / link_fps: the links take turns
+            due_frames = math.floor(elapsed * self.link_fps + link.phase)
+            last = min(len(frames), due_frames)
+            if due_frames > len(frames):
+                self.ran_out += 1
+        else:
+            due = elapsed * self.bytes_per_s - link.bytes_offered
+            last = i
+            while last < len(frames) and len(frames[last]) <= due:
+                due -= len(frames[last])
+                last += 1
+            if last == len(frames) and due > 40:
+                self.ran_out += 1
+        while i < last:
             frame = frames[i]
-            due -= len(frame)
             link.bytes_offered += len(frame)
             link.pending += frame
             sent_at[i] = now
             i += 1
-        if i == len(frames) and due > 40:
-            self.ran_out += 1
         link.next = i
         if link.pending:
             try:
@@ -518,6 +580,7 @@ class Snapshot:
     other_ticks: dict[str, int]
     machine: tuple[int, int]
     metrics: dict[str, list[tuple[dict[str, str], float]]]
+    io: dict[str, int]
 
 
 async def snapshot(gw_pid: int, others: dict[str, int | str], url: str) -> Snapshot:
@@ -526,8 +589,48 @@ async def snapshot(gw_pid: int, others: dict[str, int | str], url: str) -> Snaps
     threads = thread_ticks(gw_pid)
     other = {name: cpu_ticks(pid) for name, pid in others.items()}
     machine = machine_ticks()
+    io = proc_io(gw_pid)
     metrics = await asyncio.to_thread(scrape, url)
-    return Snapshot(wall, mono, gw, threads, other, machine, metrics)
+    return Snapshot(wall, mono, gw, threads, other, machine, metrics, io)
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    """Bytes in each file of `directory` (the state directory: spool.db, spool.db-wal...)."""
+    sizes = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):  # a -wal or -shm may come and go
+                if entry.is_file():
+                    sizes[entry.name] = entry.stat().st_size
+    return sizes
+
+
+class StateSampler:
+    """Samples the state directory's file sizes during the measured seconds. Keeps each file's
+    maximum and STATE_ROWS + 1 rows of sizes, so memory stays bounded however long the run."""
+
+    def __init__(self, state_dir: Path, seconds: float) -> None:
+        self.state_dir = state_dir
+        self.per_row = math.ceil(seconds / STATE_ROWS / STATE_SAMPLE_S)
+        self.sample_s = seconds / STATE_ROWS / self.per_row
+        self.max: dict[str, int] = {}
+        self.max_total = 0
+        self.rows: list[tuple[float, dict[str, int]]] = []  # (seconds into the window, sizes)
+
+    def sample(self, at: float, row: bool) -> dict[str, int]:
+        sizes = file_sizes(self.state_dir)
+        for name, size in sizes.items():
+            self.max[name] = max(size, self.max.get(name, 0))
+        self.max_total = max(self.max_total, sum(sizes.values()))
+        if row:
+            self.rows.append((at, sizes))
+        return sizes
+
+    async def run(self, start: float) -> None:
+        """Samples at start, start + sample_s, ...; the caller takes the one at the end."""
+        for k in range(STATE_ROWS * self.per_row):
+            await asyncio.sleep(max(0.0, start + k * self.sample_s - time.monotonic()))
+            self.sample(k * self.sample_s, row=k % self.per_row == 0)
 
 
 def pct(ticks: int, seconds: float) -> float:
@@ -703,6 +806,9 @@ class Results:
     ack_bytes: int
     write_stalls: int
     ran_out: int
+    state_before: dict[str, int]  # the state directory's files before the load
+    state: StateSampler
+    log_bytes: int  # the gateway's log grew this much in the measured seconds
 
 
 async def measure(  # noqa: PLR0917 - the run's parts, each named at the one call
@@ -713,7 +819,9 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
     url: str,
     others: dict[str, int | str],
     profile: Path | None,
+    state: Path,
 ) -> Results:
+    state_before = file_sizes(state)
     # idle baseline: links open, broker connected, no traffic
     t = time.monotonic()
     ticks, machine = cpu_ticks(gw.pid), machine_ticks()
@@ -723,16 +831,22 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
     idle_machine = (os.cpu_count() or 1) * 100 * busy / max(1, all_)
     idle_mem = memory_kb(gw.pid)
 
-    replayer = Replayer(links, args.rate)
+    replayer = Replayer(links, args.rate, args.frames_per_s)
     task = asyncio.create_task(replayer.run())
     await asyncio.sleep(args.warmup)
     spy = None
     if profile is not None and args.profile == "py-spy":
         spy = start_py_spy(gw.pid, args.seconds, profile)
     start = await snapshot(gw.pid, others, url)
+    log_start = gw.log_path.stat().st_size
+    sampler = StateSampler(state, args.seconds)
+    sampling = asyncio.create_task(sampler.run(start.mono))
     await asyncio.sleep(args.seconds - (time.monotonic() - start.mono))
     end = await snapshot(gw.pid, others, url)
     end_mem = memory_kb(gw.pid)
+    log_bytes = gw.log_path.stat().st_size - log_start
+    await sampling
+    sampler.sample(end.mono - start.mono, row=True)
     replayer.running = False
     await task
     offered_total = sum(link.next for link in links)
@@ -768,6 +882,22 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
         ack_bytes=sum(link.ack_bytes for link in links),
         write_stalls=sum(link.write_stalls for link in links),
         ran_out=replayer.ran_out,
+        state_before=state_before,
+        state=sampler,
+        log_bytes=log_bytes,
+    )
+
+
+def load_text(args: argparse.Namespace, frame_len: float) -> str:
+    if args.frames_per_s:
+        return (
+            f"at 115200 baud, {args.frames_per_s:g} frames/s in all "
+            f"({args.frames_per_s / args.links:.3g} a link, evenly spaced; "
+            f"frames of {frame_len:.1f} B on the wire)"
+        )
+    return (
+        f"at {args.rate:.0%} of 115200 baud ({LINE_BYTES_PER_S * args.rate:,.0f} B/s each, "
+        f"frames of {frame_len:.1f} B on the wire)"
     )
 
 
@@ -803,13 +933,11 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
     # frames never delivered count as slower than any delivered one
     ranked = latencies + [math.inf] * max(0, lost)
 
-    bytes_per_s = LINE_BYTES_PER_S * args.rate
     frame_len = sum(len(f) for link in links for f in link.frames[:1000]) / sum(
         min(1000, len(link.frames)) for link in links
     )
     print(
-        f"\nedgeveil gateway, end to end: {args.links} serial links at {args.rate:.0%} of "
-        f"115200 baud ({bytes_per_s:,.0f} B/s each, frames of {frame_len:.1f} B on the wire),"
+        f"\nedgeveil gateway, end to end: {args.links} serial links {load_text(args, frame_len)},"
     )
     print(
         f"{args.nodes} nodes registered ({args.links} sending), Mosquitto on 127.0.0.1;"
@@ -921,6 +1049,74 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
         f"  subscriber process, whole run: {sub_ticks / CLK_TCK:.1f} s CPU; "
         f"drained {r.drain_s:.1f} s after the load stopped"
     )
+    report_storage(args, r, accepted, span)
+
+
+def _kb(n: float) -> str:
+    return f"{n / KB:,.1f}"
+
+
+def _by_database(sizes: dict[str, int]) -> dict[str, int]:
+    """spool.db + spool.db-wal + spool.db-shm -> "spool.db": their sum."""
+    out: Counter[str] = Counter()
+    for name, size in sizes.items():
+        out[name.removesuffix("-wal").removesuffix("-shm")] += size
+    return dict(out)
+
+
+def report_storage(args: argparse.Namespace, r: Results, accepted: int, span: float) -> None:
+    io0, io1 = r.start.io, r.end.io
+    written = io1.get("write_bytes", 0) - io0.get("write_bytes", 0)
+    cancelled = io1.get("cancelled_write_bytes", 0) - io0.get("cancelled_write_bytes", 0)
+    wchar = io1.get("wchar", 0) - io0.get("wchar", 0)
+    fstype, device = filesystem(r.state.state_dir)
+    if args.frames_per_s:
+        target, stated = WRITE_TARGET_KB_FIXED, f"{WRITE_TARGET_FPS:g} frames/s"
+        stated_here = args.frames_per_s == WRITE_TARGET_FPS
+    else:
+        target, stated, stated_here = WRITE_TARGET_KB_LINE, "line rate", args.rate == 1.0
+    per_reading = written / accepted / KB if accepted else math.nan
+    print(f"\nstorage: state directory on {fstype} ({device}), {r.state.state_dir}")
+    print(
+        f"  gateway write_bytes (to the block layer)  {written:14,} B"
+        f"   {written / span / KB:8,.1f} KB/s   (cancelled_write_bytes {cancelled:,} B)"
+    )
+    print(
+        f"  gateway wchar (every write, pty/MQTT too) {wchar:14,} B"
+        f"   {wchar / span / KB:8,.1f} KB/s"
+    )
+    print(f"  readings accepted (readings frames)       {accepted:14,}")
+    print(
+        f"  written per reading                       {per_reading:14,.2f} KB   target <= "
+        f"{target:g} KB at {stated}: {verdict(per_reading <= target)}"
+        + ("" if stated_here else " (the target is stated for another rate)")
+    )
+    print(
+        f"  (KB = {KB:,} B; the gateway's log, stdout to a file on the same disk, grew "
+        f"{r.log_bytes:,} B in the window, counted in write_bytes)"
+    )
+    if fstype in MEMORY_FS:
+        print(f"  (on {fstype} write_bytes stays 0: nothing is written to a disk)")
+
+    last = r.state.rows[-1][1]
+    start = r.state.rows[0][1]
+    print(
+        f"  state directory, KB: before the load {_kb(sum(r.state_before.values()))}, "
+        f"window start {_kb(sum(start.values()))}, end {_kb(sum(last.values()))}, "
+        f"max {_kb(r.state.max_total)} (sampled every {r.state.sample_s:.1f} s)"
+    )
+    print("  file, KB                    end        max")
+    for name in sorted(r.state.max):
+        print(f"    {name:<20} {_kb(last.get(name, 0)):>10} {_kb(r.state.max[name]):>10}")
+    names = sorted(_by_database(r.state.max))
+    print("  over the window, KB (each database with its -wal and -shm):")
+    print("    " + f"{'s':>7} {'total':>10}" + "".join(f" {n:>12}" for n in names))
+    for at, sizes in r.state.rows:
+        dbs = _by_database(sizes)
+        print(
+            f"    {at:7.0f} {_kb(sum(sizes.values())):>10}"
+            + "".join(f" {_kb(dbs.get(n, 0)):>12}" for n in names)
+        )
 
 
 def make_links(
@@ -929,6 +1125,8 @@ def make_links(
     """One pty pair and one sending node per link, with enough frames for the whole run."""
     seconds = args.warmup + args.seconds + 2
     per_link = math.ceil(LINE_BYTES_PER_S * args.rate * seconds / 31) + 16  # 31 B: shortest
+    if args.frames_per_s:
+        per_link = math.ceil(args.frames_per_s / args.links * seconds) + 16
     links = []
     ptys = make_ptys(args.links, stack)
     for i, ((master, slave, path), (node_id, secret)) in enumerate(
@@ -936,6 +1134,7 @@ def make_links(
     ):
         frames = seal_frames(node_id, secret, per_link)
         link = Link(f"link-{i + 1:02d}", node_id, master, slave, path, frames)
+        link.phase = i / args.links
         link.sent_at = array.array("d", bytes(8 * len(frames)))
         links.append(link)
     return links
@@ -945,7 +1144,7 @@ def run(args: argparse.Namespace) -> None:
     from tests.mosquitto import Mosquitto, free_port  # noqa: PLC0415 - after sys.path
 
     with contextlib.ExitStack() as stack:
-        tmp = Path(tempfile.mkdtemp(prefix="edgeveil-bench-"))
+        tmp = Path(tempfile.mkdtemp(prefix="edgeveil-bench-", dir=args.state_dir_parent))
         if args.keep:
             print(f"  keeping {tmp}")
         else:
@@ -996,7 +1195,7 @@ def run(args: argparse.Namespace) -> None:
             f"  idle {args.idle:g} s, then load: warm-up {args.warmup:g} s, "
             f"measured {args.seconds:g} s"
         )
-        results = asyncio.run(measure(args, links, gw, sub, url, others, profile))
+        results = asyncio.run(measure(args, links, gw, sub, url, others, profile, state))
         if gw.proc.poll() is not None:
             print(f"the gateway exited during the run:\n{gw.log_tail()}")
         report(args, links, results, gw.pid)
@@ -1017,16 +1216,38 @@ def main() -> None:
     parser.add_argument("--links", type=int, default=20, help="serial links (senders)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--nodes", type=int, default=1000, help="registered nodes")
-    parser.add_argument("--rate", type=float, default=1.0, help="fraction of the line rate")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, default=1.0, help="fraction of the line rate")
+    load.add_argument(
+        "--frames-per-s", type=float, help="fixed frame rate of all links together, e.g. 17"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load first")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle baseline")
     parser.add_argument("--profile", choices=("py-spy", "cprofile"), help="profile the gateway")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--state-dir-parent",
+        type=Path,
+        help="where the temporary directory goes (a disk, not tmpfs; default: the system's "
+        "temporary directory, or /var/tmp if that is tmpfs)",
+    )
     args = parser.parse_args()
     if not 1 <= args.links <= args.nodes:
         parser.error("--links must be 1..--nodes")
     if not 0 < args.rate <= 4 or args.seconds <= 0 or args.warmup < 0 or args.idle <= 0:
         parser.error("--rate must be in (0, 4]; --seconds and --idle > 0; --warmup >= 0")
+    if args.frames_per_s is not None and args.frames_per_s <= 0:
+        parser.error("--frames-per-s must be > 0")
+    if args.state_dir_parent is None:
+        args.state_dir_parent = Path(tempfile.gettempdir())
+        if filesystem(args.state_dir_parent)[0] in MEMORY_FS:
+            args.state_dir_parent = Path("/var/tmp")  # noqa: S108 - a disk, usually
+    fstype = filesystem(args.state_dir_parent)[0]
+    if fstype in MEMORY_FS:
+        parser.error(
+            f"{args.state_dir_parent} is on {fstype}: no bytes reach a disk there; "
+            "choose --state-dir-parent on a disk"
+        )
     signal.signal(signal.SIGTERM, _terminate)
     try:
         run(args)
