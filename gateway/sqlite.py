@@ -68,8 +68,13 @@ __all__ = [
 log = logging.getLogger("edgeveil.storage")
 
 # Chosen by measurement (benchmarks/bench_gateway.py --frames-per-s, README "Storage"): see the
-# module docstring. A page is 4096 bytes plus a 24-byte frame header in the WAL.
-WAL_AUTOCHECKPOINT_PAGES = 64
+# module docstring. A page (PAGE_SIZE) takes its size plus a 24-byte frame header in the WAL.
+WAL_AUTOCHECKPOINT_PAGES = 256
+# Small pages: a commit writes every page it changed to the WAL, and one reading changes a few
+# rows on different pages (the spool's table and indexes, the node's replay row and evidence).
+# 1 KB pages write a quarter of what SQLite's default 4 KB pages do (new files; a file keeps
+# the page size it was created with).
+PAGE_SIZE = 1024
 JOURNAL_SIZE_LIMIT = 512 * 1024
 # what one database's WAL can reach: a checkpoint's worth of pages plus the largest single
 # transaction (a spool batch of 256 messages of a few hundred bytes stays far below this)
@@ -301,6 +306,8 @@ def connect(
                 f"the {what} {path} has schema version {found}; this edgeveil knows "
                 f"{version} (a newer edgeveil wrote it)"
             )
+        if found == 0 and path.stat().st_size == 0:  # a new file: before its first page
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise error_type(f"the {what} {path}: cannot use a WAL journal (got {mode})")
