@@ -13,6 +13,7 @@ attribute, so tests can replace it) and holds no state.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ __all__ = [
     "board_guess",
     "describe_absent",
     "find_usb",
+    "is_absent",
     "list_ports",
     "resolve",
 ]
@@ -188,3 +190,19 @@ def describe_absent(port: SerialPortConfig) -> str:
     if port.usb is not None:
         return f"no USB port matches {_usb_text(port.usb)}"
     return f"{port.url} is not present"
+
+
+def is_absent(port: SerialPortConfig) -> bool:
+    """Whether `port`'s device is known not to be there now: its device path does not exist,
+    no USB port matches, or (hwgrep://) no port matches the regexp. Cheap enough to ask every
+    fraction of a second, and never opens anything. False for URLs with nothing local to look
+    for (socket://, rfc2217://, loop://): only opening them tells."""
+    if port.usb is not None:
+        return not find_usb(port.usb)
+    url = port.url or ""
+    if url.startswith("/"):
+        return not os.path.exists(url)  # follows symlinks: a by-id link to a gone tty is absent
+    if url.lower().startswith("hwgrep://"):
+        regexp = url[len("hwgrep://") :].split("&")[0]  # the options after & (as pyserial does)
+        return next(serial.tools.list_ports.grep(regexp), None) is None
+    return False

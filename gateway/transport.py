@@ -3,15 +3,15 @@
 `SerialTransport.run()` is a background loop for the service's TaskGroup (one named task per
 port, `transport.task_name`). It resolves the configured port (gateway.ports.resolve), opens
 it with pyserial-asyncio-fast, hands every received chunk to `on_data(port_name, data)`, and
-when the port goes away it reports the state "waiting" and reopens it, with exponential
-backoff, whenever it comes back: forever, raising out of run() only when cancelled.
+when the port goes away it reports the state "waiting" and reopens it as soon as it comes
+back: forever, raising out of run() only when cancelled.
 
 How a lost port is noticed on Linux:
 
 - USB unplug: the kernel hangs up the tty (usb-serial and cdc-acm call tty_port_tty_hangup).
   The fd then polls readable with POLLHUP; pyserial's read() sees EOF ("device reports
-  readiness to read but returned no data") or EIO, raises SerialException, and
-  pyserial-asyncio-fast closes the port and calls connection_lost(). No polling: this is
+  readiness to read but returned no data") or EIO, raises SerialException, and the
+  transport aborts the port and calls connection_lost(). No polling: this is
   noticed in the same event-loop turn. A pseudo-terminal whose master side closes behaves
   the same way, which is what the tests use.
 - write(): a poll(0) before each write; POLLHUP/POLLERR there aborts the link at once.
@@ -21,13 +21,26 @@ How a lost port is noticed on Linux:
 - socket:// links: the peer closing the connection (EOF) or a socket error.
 
 Reopening: each attempt resolves the port again (a USB adapter often comes back as ttyUSB1
-instead of ttyUSB0). Waits between attempts start at `backoff_base_s` (0.2 s), double up to
-`backoff_max_s` (10 s), each with +-20 % jitter so that many ports do not retry in step. The
-wait starts again from the base after a link that stayed open at least `backoff_max_s`
-(so a port that opens and at once fails again backs off instead of spinning).
+instead of ttyUSB0). What comes before the next attempt depends on whether the device is there
+(gateway.ports.is_absent: its device path exists, a USB or hwgrep:// match lists it):
+
+- Absent (unplugged): it is looked for every `absent_check_s` (0.25 s; a stat or a sysfs
+  listing, no open) and opened as soon as it is back, so a replug is open again within a
+  fraction of a second however long the port was away.
+- There, but it did not open (busy, permission denied, a broken device) or its link failed:
+  exponential backoff, so that it is not hammered. Waits start at `backoff_base_s` (0.2 s),
+  double up to `backoff_max_s` (10 s), each with +-20 % jitter so that many ports do not
+  retry in step; they start again from the base after a link that stayed open at least
+  `backoff_max_s` (a port that opens and at once fails again backs off instead of spinning),
+  and after the device was absent. Presence is checked during the wait too: a device
+  unplugged then is looked for as above. (One back within `absent_check_s` of a loss, before
+  the gateway looked, is to it a link that failed: it waits the backoff.)
+- Network URLs (socket://, rfc2217://) have nothing local to look for: backoff only.
 
 Logging: one line per state change (and one when the reason for waiting changes, e.g. from
-"not present" to "permission denied"); never per chunk, never any data.
+"not present" to "permission denied"); never per chunk, never any data. An unplug is one
+line and no traceback at any level: a port whose read or write failed is aborted, not closed
+with a flush (see _PortTransport).
 
 Writes never block and never queue much: `write()` returns False (the bytes are not sent)
 when the port is not open now, or when the kernel's output buffer is full (a node that
@@ -54,7 +67,7 @@ import serial
 import serial_asyncio_fast
 
 from .config import SerialPortConfig
-from .ports import describe_absent, resolve
+from .ports import describe_absent, is_absent, resolve
 
 __all__ = ["Backoff", "PortState", "SerialTransport"]
 
@@ -147,6 +160,34 @@ class _Link:
     callback_failed: bool = field(default=False)
 
 
+class _PortTransport(serial_asyncio_fast.SerialTransport):
+    """pyserial-asyncio-fast's serial transport, but a port that failed is aborted, not closed.
+
+    On a read error (an unplug) the library closes gracefully: it flushes (tcdrain) first,
+    which on the hung-up fd of a gone device fails with EIO and is logged with a traceback
+    ("Failed to flush serial connection", at DEBUG). With bytes still queued it goes on
+    writing to the dead fd, and that failure goes to the event loop's exception handler, an
+    ERROR with a traceback. A failed port has nothing left to flush, and its loss is no
+    programming error: the protocol hears connection_lost(exc) and SerialTransport logs it
+    in one line. These are private hooks of pyserial-asyncio-fast 0.16 (pinned to 0.16.x
+    in pyproject.toml; test_transport.py's unplug tests notice if they change).
+    """
+
+    def _close(self, exc: Exception | None = None) -> None:
+        if exc is None:
+            super()._close()  # close() by its owner, or a write after close: graceful
+        else:
+            self._abort(exc)
+
+    def _fatal_error(
+        self, exc: BaseException, message: str = "Fatal error on serial transport"
+    ) -> None:
+        if isinstance(exc, serial.SerialException):
+            self._abort(exc)
+        else:
+            super()._fatal_error(exc, message)  # anything else is a bug: keep its traceback
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, serial.SerialException | _NotNow | OSError) and text:
@@ -180,15 +221,19 @@ class SerialTransport:
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 10.0,
         presence_check_s: float | None = 1.0,
+        absent_check_s: float = 0.25,
         max_pending_write: int = DEFAULT_MAX_PENDING_WRITE,
     ) -> None:
         if presence_check_s is not None and presence_check_s <= 0:
             raise ValueError(f"presence_check_s must be > 0 or None, got {presence_check_s}")
+        if absent_check_s <= 0:
+            raise ValueError(f"absent_check_s must be > 0, got {absent_check_s}")
         self.port = port
         self._on_data = on_data
         self._on_state = on_state
         self._backoff = Backoff(backoff_base_s, backoff_max_s)
         self._presence_check_s = presence_check_s
+        self._absent_check_s = absent_check_s
         self._max_pending_write = max_pending_write
         self._state: PortState = "waiting"
         self._reported = False  # no state reported yet
@@ -244,12 +289,14 @@ class SerialTransport:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                absent = False
                 try:
                     link = await self._open()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # every failure to open means: wait, try again
                     self._set_waiting(_one_line(exc), absent=_is_absent(exc))
+                    absent = isinstance(exc, _Absent)
                 else:
                     opened_at = loop.time()
                     self._link = link
@@ -261,7 +308,7 @@ class SerialTransport:
                     self._set_waiting(reason, lost=link.target)
                     if loop.time() - opened_at >= self._backoff.maximum:
                         self._backoff.reset()
-                await asyncio.sleep(self._backoff.next_delay())
+                await self._wait_to_retry(absent)
         finally:
             await self._close()
 
@@ -286,7 +333,8 @@ class SerialTransport:
 
     async def _open(self) -> _Link:
         target = await asyncio.to_thread(resolve, self.port)
-        if target is None:
+        if target is None or await self._device_absent():
+            # looked for, not tried: the same one line whatever pyserial would have said
             raise _Absent(describe_absent(self.port))
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[None] = loop.create_future()
@@ -308,7 +356,7 @@ class SerialTransport:
                 f"{scheme}:// ports have no file descriptor for the event loop to watch; "
                 "use a device path, hwgrep://, a USB match or socket://"
             ) from None
-        transport, _ = await serial_asyncio_fast.connection_for_serial(loop, lambda: protocol, port)
+        transport = _PortTransport(loop, protocol, port)
         device = port.port if isinstance(port.port, str) and port.port.startswith("/") else None
         return _Link(transport, protocol, target, device, port)
 
@@ -330,6 +378,35 @@ class SerialTransport:
         except asyncio.CancelledError:
             opening.add_done_callback(_close_when_opened)
             raise
+
+    async def _wait_to_retry(self, absent: bool) -> None:
+        """Wait until the next open is worth trying.
+
+        A device that is there but did not open or failed at once (busy, permission denied,
+        broken) is retried after the backoff, so it is not hammered. An absent device costs
+        nothing to look for, so it is looked for every absent_check_s and opened as soon as it
+        is back, instead of after the rest of a backoff that may have grown to backoff_max_s;
+        also when it goes away during a backoff (unplugged after a failure, or after a loss
+        while udev had not yet removed its device path)."""
+        loop = asyncio.get_running_loop()
+        retry_at = loop.time() + self._backoff.next_delay()
+        while not absent:
+            if loop.time() >= retry_at:
+                return
+            absent = await self._device_absent()
+            if absent:
+                self._set_waiting(describe_absent(self.port), absent=True)
+            else:
+                await asyncio.sleep(min(self._absent_check_s, retry_at - loop.time()))
+        while await self._device_absent():
+            await asyncio.sleep(self._absent_check_s)
+        self._backoff.reset()  # plugged in again: a fresh start
+
+    async def _device_absent(self) -> bool:
+        try:
+            return await asyncio.to_thread(is_absent, self.port)  # USB matches read sysfs
+        except Exception:  # cannot tell (a bad hwgrep regexp...): the open will say why
+            return False
 
     async def _hold(self, link: _Link) -> str:
         """Wait until the link is lost; return why, in one line."""

@@ -21,6 +21,7 @@ import pytest
 import serial
 
 from firmware.host.fleet import Fleet
+from gateway.cli import main as edgeveil
 from gateway.registry import NodeRegistry
 from protocol import (
     NEED_DATA,
@@ -120,6 +121,22 @@ def test_emulate_starts_nodes_prints_devices_and_writes_a_private_registry(
                 os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     assert _nodes_under(str(out)) == []
+
+
+def test_emulate_out_may_be_a_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each node runs in its own flash directory: a relative --out must still name the one
+    under the directory emulate was started in (it used to fail: --flash: no such directory)."""
+    monkeypatch.chdir(tmp_path)
+    assert edgeveil(["emulate", "--out", "fleet", "--duration", "0.1"]) == 0  # nodes were up
+    lines = capsys.readouterr().out.splitlines()
+    node = NODE_LINE.match(lines[0])
+    assert node is not None, lines
+    fleet = tmp_path.resolve() / "fleet"
+    assert lines[1] == f"registry {fleet / 'registry.json'}"
+    assert (fleet / f"node-{node.group(1)}" / "flash" / "edgeveil.json").is_file()
+    assert _nodes_under(str(fleet)) == []
 
 
 @pytest.mark.parametrize(

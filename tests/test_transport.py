@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+import serial
 import serial.tools.list_ports
 from serial.tools.list_ports_common import ListPortInfo
 
@@ -33,12 +34,26 @@ from gateway.ports import (
     PortInfo,
     board_guess,
     find_usb,
+    is_absent,
     list_ports,
     resolve,
 )
 from gateway.transport import Backoff, SerialTransport
 
-FAST: dict[str, Any] = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "presence_check_s": 0.05}
+FAST: dict[str, Any] = {
+    "backoff_base_s": 0.01,
+    "backoff_max_s": 0.05,
+    "presence_check_s": 0.05,
+    "absent_check_s": 0.02,
+}
+# The backoff as it stands after many failed attempts, only longer than any test waits: a
+# reopen that slept it out would fail the test (a timeout), not merely make it slow. The
+# absent device is looked for at the production interval.
+GROWN_BACKOFF: dict[str, Any] = {
+    "backoff_base_s": 3600.0,
+    "backoff_max_s": 3600.0,
+    "presence_check_s": 0.05,
+}
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -321,7 +336,7 @@ def test_port_absent_at_start_is_waited_for(
         async with running(transport):
             await rec.state("waiting")
             assert transport.waiting_reason is not None
-            assert "No such file" in transport.waiting_reason
+            assert transport.waiting_reason == f"{link} is not present"
             await asyncio.sleep(0.3)  # several retries, with backoff
             assert rec.states == ["waiting"]  # reported once, not per retry
             pty = Pty()
@@ -339,6 +354,103 @@ def test_port_absent_at_start_is_waited_for(
     asyncio.run(main())
     waiting = [r for r in caplog.records if "waiting" in r.getMessage()]
     assert len(waiting) == 1
+
+
+def test_device_back_is_reopened_without_waiting_out_the_backoff(tmp_path: Path) -> None:
+    """Absent at start, unplugged while open, unplugged while it was there but failing to
+    open (busy: the backoff case): each time, the device is opened as soon as it is back."""
+    link = tmp_path / "ttyNODE"
+
+    async def main() -> None:
+        rec = Recorder()
+        port = SerialPortConfig(name="n", url=str(link))
+        transport = SerialTransport(port, rec.on_data, rec.on_state, **GROWN_BACKOFF)
+
+        async def unplug(pty: Pty) -> None:
+            """Unplug, and wait until the transport has seen the device gone: a person's
+            replug takes longer than its look (absent_check_s). A device back before the
+            transport looked is, to it, one whose link just failed: retried by backoff."""
+            link.unlink()
+            pty.close()
+            await rec.until(lambda: transport.waiting_reason == f"{link} is not present")
+
+        pty = Pty()
+        holder: serial.Serial | None = None
+        try:
+            async with running(transport):
+                await rec.state("waiting")  # absent at start
+                link.symlink_to(pty.path)
+                await rec.state("open")
+                for opened in (2, 3):  # unplugged while open, and back
+                    await unplug(pty)
+                    pty = Pty()
+                    link.symlink_to(pty.path)
+                    await rec.state("open", opened)
+                # back, but another program holds it: retried after the backoff (an hour)...
+                await unplug(pty)
+                pty = Pty()
+                holder = serial.Serial(pty.path, exclusive=True)
+                link.symlink_to(pty.path)
+                await rec.until(lambda: "exclusively lock" in (transport.waiting_reason or ""))
+                # ...unless it is unplugged meanwhile: then it is looked for again
+                holder.close()
+                await unplug(pty)
+                pty = Pty()
+                link.symlink_to(pty.path)
+                await rec.state("open", 4)
+                pty.send(b"back\x00")
+                await rec.received(b"back\x00")
+        finally:
+            if holder is not None:
+                holder.close()
+            pty.close()
+        assert rec.states == ["waiting"] + ["open", "waiting"] * 3 + ["open"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("writes_pending", [False, True], ids=["idle", "writes-pending"])
+def test_unplug_logs_one_line_and_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, writes_pending: bool
+) -> None:
+    """At every level, from every logger: pyserial-asyncio-fast flushing the dead port
+    (termios.error EIO, at DEBUG) or writing what was queued to it (an ERROR from the event
+    loop's exception handler) must not show up as tracebacks."""
+    caplog.set_level(logging.DEBUG)
+    link = tmp_path / "ttyNODE"
+
+    async def main() -> list[logging.LogRecord]:
+        rec = Recorder()
+        port = SerialPortConfig(name="n", url=str(link))
+        transport = SerialTransport(port, rec.on_data, rec.on_state, **FAST)
+        pty = Pty()
+        link.symlink_to(pty.path)
+        try:
+            async with running(transport):
+                await rec.state("open")
+                if writes_pending:  # the node stopped reading: bytes wait in the transport
+                    while await transport.write(b"a" * 4000):
+                        await asyncio.sleep(0)
+                    assert transport._link is not None
+                    assert transport._link.transport.get_write_buffer_size() > 0
+                caplog.clear()
+                link.unlink()
+                pty.close()
+                await rec.state("waiting")
+                await rec.until(lambda: transport.waiting_reason == f"{link} is not present")
+                unplug = list(caplog.records)
+                pty = Pty()
+                link.symlink_to(pty.path)
+                await rec.state("open", 2)
+        finally:
+            pty.close()
+        return unplug
+
+    unplug = asyncio.run(main())
+    lines = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in unplug]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"WARNING gateway.transport: serial n: lost {link} ("), lines
+    assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
 
 
 def test_device_path_removed_while_open(tmp_path: Path) -> None:
@@ -504,7 +616,7 @@ def test_hwgrep_without_match_waits(comports: list[Any]) -> None:
         async with running(transport):
             await rec.state("waiting")
             assert transport.waiting_reason is not None
-            assert "no ports found matching" in transport.waiting_reason
+            assert transport.waiting_reason == "hwgrep://NOTHERE is not present"
 
     asyncio.run(main())
 
@@ -662,6 +774,7 @@ def test_production_defaults() -> None:
     transport = SerialTransport(SerialPortConfig(name="n", url="/dev/null"), lambda n, d: None)
     assert transport._backoff.base == 0.2
     assert transport._backoff.maximum == 10.0
+    assert transport._absent_check_s == 0.25  # back within 1 s of a replug, cheaply
     assert transport.task_name == "serial:n"
 
 
@@ -762,6 +875,26 @@ def test_resolve_usb_that_serial_numbers_cannot_separate(comports: list[Any]) ->
     for match in (UsbMatch(0x1A86, 0x7523), UsbMatch(0x0403, 0x6010, "FT2X")):
         with pytest.raises(AmbiguousPortError, match="name the port by url"):
             resolve(SerialPortConfig(name="n", usb=match))
+
+
+def test_is_absent(comports: list[Any], tmp_path: Path) -> None:
+    comports.append(fake_port("/dev/ttyUSB0", 0x10C4, 0xEA60, serial_number="0001"))
+
+    def url(text: str) -> SerialPortConfig:
+        return SerialPortConfig(name="n", url=text)
+
+    def usb(vid: int, pid: int, sn: str | None = None) -> SerialPortConfig:
+        return SerialPortConfig(name="n", usb=UsbMatch(vid, pid, sn))
+
+    assert not is_absent(usb(0x10C4, 0xEA60, "0001"))
+    assert is_absent(usb(0x10C4, 0xEA60, "0002"))
+    assert not is_absent(url("hwgrep://10C4:EA60&skip_busy"))
+    assert is_absent(url("hwgrep://1a86"))
+    (tmp_path / "ttyNODE").symlink_to(tmp_path / "gone")
+    assert is_absent(url(str(tmp_path / "ttyNODE")))  # a by-id link left to a gone tty
+    assert not is_absent(url(str(tmp_path)))
+    for network in ("socket://192.0.2.10:7000", "rfc2217://192.0.2.10:2217", "loop://"):
+        assert not is_absent(url(network))  # nothing local to look for
 
 
 def test_find_usb_on_given_ports() -> None:

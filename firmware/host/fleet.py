@@ -226,8 +226,10 @@ class Fleet:
         self.radio_medium = radio_medium
         self.start_gap_s = start_gap_s
         self._own_directory = directory is None
+        # absolute: each node runs in its own flash directory, so a path relative to ours
+        # (edgeveil emulate --out fleet) would name nothing there
         self.directory = (
-            Path(directory)
+            Path(directory).resolve()
             if directory is not None
             else Path(tempfile.mkdtemp(prefix="edgeveil-fleet-"))
         )

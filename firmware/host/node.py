@@ -233,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     scenario = Scenario(args.scenario, args.seed, args.node_index, faults)
 
+    # paths given relative to where we were started, before the firmware's chdir
     main_script = args.main.resolve() if args.main is not None else None
+    ready_file = args.ready_file.resolve() if args.ready_file is not None else None
     os.chdir(flash)  # the flash filesystem is the firmware's current directory
     _install_paths()
     if args.protocol_backend == "micropython":
@@ -258,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if board.link.console:
         board.attach_console()
-    _write_ready(args.ready_file, board.device)
+    _write_ready(ready_file, board.device)
     _run_and_idle(main_script)
     return 0
 
