@@ -53,11 +53,16 @@ def _deploy(board: EmulatedBoard, config: Path, cache: Path) -> subprocess.Compl
 
 
 def listen(
-    flash: Path, seconds: float, frames_wanted: int = 0, answer: bytes = b""
+    flash: Path,
+    seconds: float,
+    frames_wanted: int = 0,
+    answer: bytes = b"",
+    console_wanted: str = "",
 ) -> tuple[list[bytes], list[str]]:
     """Power the board on flash `flash` up and read its line: (frames, console lines), until
-    `frames_wanted` distinct frames came or `seconds` passed. `answer`: a sealed frame from
-    the gateway, written once the node has sent its first frame."""
+    `frames_wanted` distinct frames came, a console line holds `console_wanted`, or `seconds`
+    passed. `answer`: a sealed frame from the gateway, written once the node has sent its
+    first frame."""
     splitter = StreamSplitter()
     frames: list[bytes] = []
     console: list[str] = []
@@ -72,6 +77,8 @@ def listen(
                 elif event.kind == "console":
                     console.append(event.text)
             if frames_wanted and len(set(frames)) >= frames_wanted:
+                break
+            if console_wanted and any(console_wanted in text for text in console):
                 break
     return frames, console
 
@@ -132,7 +139,8 @@ async def test_no_technician_path_seals_two_frames_under_one_key_and_nonce(  # n
 
     # 3. A's flash copied onto B by hand (mpremote cp): B seals nothing, and says why
     shutil.copytree(a, b, dirs_exist_ok=True)
-    frames, console = listen(b, 8, 5, seal(ConfigUpdate(5, {"reading_interval_s": 60}), 1, keys))
+    update = seal(ConfigUpdate(5, {"reading_interval_s": 60}), 1, keys)
+    frames, console = listen(b, 60, 5, update, console_wanted="is bound to board")
     assert frames == []
     assert any(f"this configuration (node {node_id}) is bound to board" in c for c in console)
     wire += frames
@@ -164,7 +172,8 @@ async def test_no_technician_path_seals_two_frames_under_one_key_and_nonce(  # n
     # 5. erased again and the files copied back by hand, without the counter state
     erase(a)
     shutil.copytree(backup, a, dirs_exist_ok=True, ignore=lambda _d, names: _counter_files(names))
-    frames, console = listen(a, 8, 5, seal(ConfigUpdate(6, {"reading_interval_s": 60}), 1, keys))
+    update = seal(ConfigUpdate(6, {"reading_interval_s": 60}), 1, keys)
+    frames, console = listen(a, 60, 5, update, console_wanted="no counter state of node")
     wire += frames
     key_nonce_pairs(wire, node_id, secret)  # every path above: no pair twice
     assert frames == []
