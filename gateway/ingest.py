@@ -210,7 +210,8 @@ class Ingest:
         self.registry.reload_if_changed()  # a revocation or re-import by a technician command
         out: list[OutMessage] = []
         accepted: list[Accepted] = []  # node, counter, frame digest, key epoch
-        counted: list[tuple[str, str, bool]] = []  # port, node, left nothing: for metrics
+        counted: list[tuple[str, str, bool, int]] = []  # port, node, left nothing, counter
+        produced: dict[tuple[int, int, int], list[OutMessage]] = {}  # each new frame's messages
         in_batch: dict[tuple[int, int, int], bytes] = {}  # (node, epoch, counter) -> digest
         acks: dict[tuple[str, int], list[int]] = defaultdict(list)
         radios: dict[tuple[str, int], RadioMeta | None] = {}  # the latest uplink heard
@@ -237,6 +238,8 @@ class Ingest:
                 # its messages are in the spool (perhaps published already): only its counter
                 # is to be recorded, and the privacy stage must not take it a second time
                 accepted.append((entry.node_id, header.counter, digest, header.epoch))
+                if not personal:
+                    counted.append((arrival.port, str(entry.node_id), False, header.counter))
                 continue
             # the frame's place in the node's life: its key epoch's counters follow the older
             # epochs', so message ids (records.message_id) stay distinct across re-keys
@@ -247,20 +250,28 @@ class Ingest:
             # no records: dropped by the policy, or taken into a window. Sightings and motion
             # events are not counted at all: how many there are says people were near
             if not personal:
-                counted.append((arrival.port, str(entry.node_id), not records))
-            out.extend(senml.encode(r, self.topics, self.payload_format) for r in records)
+                counted.append((arrival.port, str(entry.node_id), not records, header.counter))
+            messages = [senml.encode(r, self.topics, self.payload_format) for r in records]
+            out.extend(messages)
+            produced[key] = messages
             accepted.append((entry.node_id, header.counter, digest, header.epoch))
-            if _wants_time(message):
-                time_syncs.add((arrival.port, entry.node_id))
-            if isinstance(message, Event) and message.code == _COUNTER_LOW:
-                self._counter_low(arrival.port, entry, message.value)
-        stored = await self._store(batch, out, accepted, in_batch)
-        if not stored:
-            new = {(n, c) for n, _e, c in in_batch}
+            self._requests(arrival.port, entry, message, time_syncs)
+        unstored = await self._store(batch, out, produced, accepted, in_batch)
+        if unstored:  # not durable: neither acknowledged nor counted
+            new = {(n, c) for n, _e, c in unstored}
             acks = {k: [c for c in v if (k[1], c) not in new] for k, v in acks.items()}
-            counted = []
+            counted = [c for c in counted if (int(c[1]), c[3]) not in new]
         self._count(counted)
         await self._downlink(acks, time_syncs, radios, rekeys)
+
+    def _requests(
+        self, port: str, entry: NodeEntry, message: Message, time_syncs: set[tuple[str, int]]
+    ) -> None:
+        """What a new frame asks of the gateway: the time, or fresh keys (counter_low)."""
+        if _wants_time(message):
+            time_syncs.add((port, entry.node_id))
+        if isinstance(message, Event) and message.code == _COUNTER_LOW:
+            self._counter_low(port, entry, message.value)
 
     def _storage_refuses(self, batch: list[Arrival]) -> bool:
         """True when the batch is refused unseen, unacknowledged (the nodes keep its frames),
@@ -286,26 +297,34 @@ class Ingest:
         self,
         batch: list[Arrival],
         out: list[OutMessage],
+        produced: dict[tuple[int, int, int], list[OutMessage]],
         accepted: list[Accepted],
         in_batch: dict[tuple[int, int, int], bytes],
-    ) -> bool:
-        """Spool what the batch produced, then record its frames' counters: whether both are
-        durable, so that the frames may be acknowledged. Never raises for the storage."""
+    ) -> set[tuple[int, int, int]]:
+        """Spool what the batch produced, then record its frames' counters. Returns the frames
+        (node, epoch, counter) that are not durable and so must not be acknowledged: empty
+        when all are. Never raises for the storage."""
+        unstored: set[tuple[int, int, int]] = set()
         if out:
             try:
                 # off the event loop: put() returns once the batch is on disk (fsync)
                 await asyncio.to_thread(self.spool.put, out)
             except SpoolFullError as exc:
+                unstored = await self._store_what_fits(produced)
                 # not stored, so neither accepted nor acknowledged: the nodes send them again
                 # (and again: logged like a rejection, once per burst, not once per batch)
-                self.metrics.spool_dropped.labels("refused").inc(len(out))
+                refused = sum(len(produced[k]) for k in unstored)
+                self.metrics.spool_dropped.labels("refused").inc(refused)
                 self.burst_log.rejected(
-                    "*", "spool_full", f"{exc}; {len(accepted)} frames not acknowledged"
+                    "*", "spool_full", f"{exc}; {len(unstored)} frames not acknowledged"
                 )
-                return False
             except StorageError:
-                return False  # StorageHealth logged it, once per burst
-            self.notify_uplink(out, at=min(a.time for a in batch))
+                return set(in_batch)  # StorageHealth logged it, once per burst
+            else:
+                self.notify_uplink(out, at=min(a.time for a in batch))
+        if unstored:  # by node and counter, as the acknowledgements are
+            not_stored = {(n, c) for n, _e, c in unstored}
+            accepted = [a for a in accepted if (a[0], a[1]) not in not_stored]
         if accepted:
             try:
                 self.registry.accept_many(accepted)
@@ -313,13 +332,37 @@ class Ingest:
                 # stored, but the counters are not recorded: acknowledged, a replay of these
                 # frames after a restart would be taken as new. The nodes send them again,
                 # and then only their counters are recorded (_unrecorded)
-                self._unrecorded.update(in_batch)
+                recorded = {k: d for k, d in in_batch.items() if k not in unstored}
+                self._unrecorded.update(recorded)
                 while len(self._unrecorded) > REACK_MEMORY:
                     self._unrecorded.popitem(last=False)
-                return False
+                return set(in_batch)
             for key in in_batch:
                 self._unrecorded.pop(key, None)
-        return True
+        return unstored
+
+    async def _store_what_fits(
+        self, produced: dict[tuple[int, int, int], list[OutMessage]]
+    ) -> set[tuple[int, int, int]]:
+        """A spool that refuses new messages (refuse_new) refused the whole batch: store its
+        frames' messages frame by frame, in order, until one does not fit (so a batch larger
+        than the room left never blocks the spool for good). The frames not stored."""
+        unstored: set[tuple[int, int, int]] = set()
+        stored: list[OutMessage] = []
+        for key, messages in produced.items():
+            if unstored or not messages:
+                if messages:
+                    unstored.add(key)
+                continue
+            try:
+                await asyncio.to_thread(self.spool.put, messages)
+            except (SpoolFullError, StorageError):
+                unstored.add(key)
+                continue
+            stored.extend(messages)
+        if stored:
+            self.notify_uplink(stored)
+        return unstored
 
     def _verify(
         self,
@@ -468,10 +511,10 @@ class Ingest:
             self._reacks.popitem(last=False)
         return times <= MAX_REACKS
 
-    def _count(self, counted: list[tuple[str, str, bool]]) -> None:
+    def _count(self, counted: list[tuple[str, str, bool, int]]) -> None:
         """Count frames once they are stored: a frame the full spool refused comes again, and
         is counted then (not twice)."""
-        for port, node, left_nothing in counted:
+        for port, node, left_nothing, _counter in counted:
             self.metrics.frames.labels(port, node, "accepted").inc()
             if left_nothing:
                 self.metrics.privacy_denied.inc()

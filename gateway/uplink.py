@@ -17,10 +17,10 @@ will is not sent when a client disconnects properly. While the gateway's storage
 (`set_degraded`), availability is "degraded" instead of "online": the gateway publishes what it
 holds, but takes no new data in.
 
-A message the broker acknowledged but the spool could not delete (a full or failing disk) is
-not published again: its sequence number is kept in memory and the deletion retried before
-each batch, so the broker sees each message once while the disk refuses writes (and at least
-once across a restart).
+Acknowledged messages are deleted in groups (DELETE_BATCH, DELETE_AFTER_S), and one the broker
+acknowledged but the spool could not delete (a full or failing disk) is not published again:
+its sequence number is kept in memory until the deletion succeeds, so the broker sees each
+message once while the disk refuses writes (and at least once across a crash).
 
 Connection errors never end `run()`: it logs the first error of an outage (no stack trace), then
 retries with exponential backoff and jitter, and logs the reconnect. Configuration problems
@@ -58,6 +58,12 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 DEGRADED = b"degraded"  # running, but its storage fails: frames are not acknowledged
 STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
+# Published messages are deleted from the spool in one transaction once DELETE_BATCH of them
+# are set aside or the oldest was set aside DELETE_AFTER_S ago: a delete writes a few pages
+# of the spool's WAL however many rows it removes, so deleting each small batch on its own
+# wrote more than storing it (README "Storage"). A crash in between publishes those again.
+DELETE_BATCH = 256
+DELETE_AFTER_S = 2.0
 _PUT_TIMES_KEPT = 10_000  # put times remembered for latency samples (bounded memory)
 
 
@@ -152,6 +158,7 @@ class Uplink:
         window: int = 32,
         batch: int = 256,
         poll_interval_s: float = 1.0,
+        delete_after_s: float = DELETE_AFTER_S,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         publish_timeout_s: float | None = None,
@@ -171,6 +178,7 @@ class Uplink:
         self._window = window
         self._batch = max(batch, window)
         self._poll_interval = poll_interval_s
+        self._delete_after = delete_after_s
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         # A safety net only: a dead connection is noticed by keepalive well before this.
         self._publish_timeout = publish_timeout_s or 2.0 * config.keepalive_s + 10.0
@@ -190,8 +198,10 @@ class Uplink:
         self._outage_since: float | None = None
         self._failed_attempts = 0
         self._put_at: dict[str, float] = {}
-        # published and acknowledged, not yet deleted (the disk refused): oldest first
+        # published and acknowledged, not yet deleted (see DELETE_AFTER_S; or the disk
+        # refused): oldest first
         self._undeleted: list[int] = []
+        self._delete_due = 0.0
 
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -260,6 +270,8 @@ class Uplink:
                     self._lost(f"{type(exc).__name__}: {exc}", exc)
                 finally:
                     self.connected = False
+                if self._undeleted:  # published before the loss: no broker needed to delete
+                    await self._delete()
                 if self._stop.is_set():
                     break
                 up = self._up_since
@@ -379,16 +391,23 @@ class Uplink:
                     timeout=self._publish_timeout,
                 )
             self._wake.clear()  # before the peek: a notify() during the batch is not missed
-            if self._undeleted:
-                await self._delete([])
+            if self._undeleted and (
+                len(self._undeleted) >= DELETE_BATCH or time.monotonic() >= self._delete_due
+            ):
+                await self._delete()
             after = self._undeleted[-1] if self._undeleted else 0
             batch = await asyncio.to_thread(self._spool.peek, self._batch, after)
             if batch:
                 await self._publish_batch(client, batch)
                 continue
+            wait = self._poll_interval
+            if self._undeleted:
+                wait = max(0.0, min(wait, self._delete_due - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
+        if self._undeleted:
+            await self._delete()  # a clean stop leaves nothing to publish twice
         await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0)
 
     async def _announce(self, client: aiomqtt.Client) -> None:
@@ -468,17 +487,20 @@ class Uplink:
             elif not task.cancelled():
                 task.exception()  # retrieved: no "exception was never retrieved" noise
         if acked:
-            # A crash between PUBACK and this delete means duplicates, never a loss.
-            await self._delete([seq for seq, _ in acked])
+            # Deleted later, several batches in one transaction (_work). A crash before the
+            # delete means duplicates, never a loss.
+            if not self._undeleted:
+                self._delete_due = time.monotonic() + self._delete_after
+            self._undeleted.extend(seq for seq, _ in acked)
 
-    async def _delete(self, seqs: list[int]) -> None:
-        """Delete published messages, and those whose deletion the disk refused before; what
-        it refuses now is kept for the next try (the spool's health logs the failure)."""
-        pending = self._undeleted + seqs
+    async def _delete(self) -> None:
+        """Delete the published messages set aside; what the disk refuses stays set aside for
+        the next try (the spool's health logs the failure)."""
+        pending = self._undeleted
         try:
             await asyncio.to_thread(self._spool.delete, pending)
         except StorageError:
-            self._undeleted = pending
+            self._delete_due = time.monotonic() + self._delete_after
         else:
             self._undeleted = []
 

@@ -751,7 +751,8 @@ async def test_full_spool_refusing_new_frames_loses_nothing(tmp_path: Path) -> N
                         timeout=20,
                         detail=lambda: (refused(), gateway.spool.depth, node),
                     )
-                    assert gateway.spool.depth == limit  # (with the privacy statement)
+                    # full (with the privacy statement), up to a batch that did not fit whole
+                    assert limit - node.window < gateway.spool.depth <= limit
                     spooled = await asyncio.to_thread(gateway.spool.peek, limit)
                     stored = {parse_mid(m.msg_id)[2] for _, m in spooled if "/node/" in m.topic}
                     assert stored

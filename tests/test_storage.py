@@ -40,9 +40,12 @@ from gateway.sqlite import (
     state_dir_bound,
 )
 from gateway.uplink import DEGRADED, ONLINE
+from protocol import Readings, seal
 
 from .gateway_harness import deadline, parse_mid, running_gateway, until, write_policy
 from .mosquitto import Mosquitto, subscribed
+from .test_counter_reuse import KEYS as COUNTER_KEYS
+from .test_counter_reuse import Gateway as CounterGateway
 from .test_gateway_e2e import (
     BASE,
     GATEWAY_ID,
@@ -369,3 +372,44 @@ async def test_a_full_disk_never_stops_the_gateway_and_loses_nothing(  # noqa: P
     assert len(errors) <= 12  # once per burst and store, not once per frame
     with sqlite3.connect(state / "spool.db") as db:  # the disk is free again: nothing left
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# -- ingest, with stores that refuse ---------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_ingest_acknowledges_nothing_it_could_not_record_and_records_it_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool took the batch, the registry refused to record its counters: no ack, the
+    replay window unmoved; the retransmission is recorded and acknowledged without being
+    spooled (or taken by the privacy stage) a second time. A spool that refuses: no ack."""
+    gateway = CounterGateway(tmp_path)
+    try:
+        frames = [seal(Readings({0: c}), c, COUNTER_KEYS) for c in range(3)]
+        real_accept = gateway.registry.accept_many
+
+        def refuse(_items: object) -> None:
+            error = StorageError("registry", "disk_full", "the registry cannot be written")
+            gateway.registry.health.failed(error)
+            raise error
+
+        monkeypatch.setattr(gateway.registry, "accept_many", refuse)
+        assert await gateway.feed(*frames) == []
+        assert gateway.registry.get(gateway.node).window.highest == -1  # type: ignore[union-attr]
+        spooled = [m.msg_id for _, m in gateway.spool.peek(100)]
+        assert len(spooled) == 3
+        monkeypatch.setattr(gateway.registry, "accept_many", real_accept)
+        gateway.registry.health.succeeded("registry")
+        assert sorted(await gateway.feed(*frames)) == [0, 1, 2]
+        assert [m.msg_id for _, m in gateway.spool.peek(100)] == spooled  # not again
+        assert gateway.outcome("accepted") == 3  # counted once, when recorded
+
+        def full(_messages: object, now: float | None = None) -> int:
+            raise StorageError("spool", "disk_full", "the spool cannot be written")
+
+        monkeypatch.setattr(gateway.spool, "put", full)
+        assert await gateway.feed(seal(Readings({0: 3}), 3, COUNTER_KEYS)) == []
+        assert gateway.registry.get(gateway.node).window.highest == 2  # type: ignore[union-attr]
+    finally:
+        gateway.close()

@@ -123,6 +123,7 @@ def uplink_for(broker: Mosquitto | EmbeddedBroker, spool: Spool, **kwargs: objec
         "backoff_initial_s": 0.1,
         "backoff_max_s": 0.5,
         "poll_interval_s": 0.2,
+        "delete_after_s": 0.2,
     }
     settings.update(kwargs)
     cfg = settings.pop("config", None) or config(broker)
@@ -354,7 +355,7 @@ async def test_what_the_disk_refuses_to_delete_is_not_published_again(
         spool.put(messages(3, 3))
         up.notify()
         await sub.wait_for(lambda got: len(got) >= 6)
-        await eventually(lambda: spool.depth == 0, "deleted once the disk lets it")
+        await eventually(lambda: spool.depth == 0, "deleted once the disk lets it", timeout=20)
         assert full.refuse == 0
         assert up.last_error is None  # not a connection problem
         got = [r.payload for r in sub.received]
