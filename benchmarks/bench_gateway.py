@@ -245,9 +245,14 @@ action = "pass"
 """
 
 
-def gateway_toml(state_dir: Path, links: list[Link], mqtt_port: int, metrics_port: int) -> str:
+def gateway_toml(
+    state_dir: Path, links: list[Link], mqtt_port: int, metrics_port: int, policy_name: str
+) -> str:
     policy = state_dir.parent / "policy.toml"
-    policy.write_text(READINGS_POLICY, encoding="utf-8")
+    if policy_name == "default":  # the shipped policy: readings become zone aggregates
+        policy.write_text(default_policy_text(), encoding="utf-8")
+    else:
+        policy.write_text(READINGS_POLICY, encoding="utf-8")
     lines = [
         "[gateway]",
         f'site = "{SITE}"',
@@ -268,6 +273,11 @@ def gateway_toml(state_dir: Path, links: list[Link], mqtt_port: int, metrics_por
     for link in links:
         lines += ["", "[[serial]]", f'name = "{link.name}"', f'url = "{link.path}"']
     return "\n".join(lines) + "\n"
+
+
+def default_policy_text() -> str:
+    """The policy a gateway runs when none is configured (gateway/policies/default.toml)."""
+    return (ROOT / "gateway" / "policies" / "default.toml").read_text(encoding="utf-8")
 
 
 # -- the subscriber (a child process) ------------------------------------------------------------
@@ -1173,7 +1183,8 @@ def run(args: argparse.Namespace) -> None:
 
         metrics_port = free_port()
         config = tmp / "gateway.toml"
-        config.write_text(gateway_toml(state, links, broker.port, metrics_port), encoding="utf-8")
+        toml = gateway_toml(state, links, broker.port, metrics_port, args.policy)
+        config.write_text(toml, encoding="utf-8")
         profile: Path | None = None
         if args.profile:
             profile = tmp / ("gateway.prof" if args.profile == "cprofile" else "py-spy.txt")
@@ -1220,6 +1231,14 @@ def main() -> None:
     load.add_argument("--rate", type=float, default=1.0, help="fraction of the line rate")
     load.add_argument(
         "--frames-per-s", type=float, help="fixed frame rate of all links together, e.g. 17"
+    )
+    parser.add_argument(
+        "--policy",
+        choices=("pass", "default"),
+        default="pass",
+        help="pass: every readings frame one MQTT message (the per-frame path, default); "
+        "default: the shipped policy, readings as 15-minute zone aggregates (storage figures "
+        "of a typical site; nothing to deliver per frame)",
     )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load first")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle baseline")

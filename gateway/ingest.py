@@ -5,8 +5,9 @@ For each frame that a link delivered:
     header -> registered node? -> replay window -> verify and decrypt -> privacy stage
            -> SenML -> spool (durable) -> replay window updated -> acknowledgement to the node
 
-Frames are taken in batches (group commit: up to GATHER_S after the first frame, at most
-BATCH_LIMIT): one spool transaction (one fsync) covers a whole batch, and the
+Frames are taken in batches (group commit: GATHER_FRAMES, GATHER_S, BATCH_LIMIT): one spool
+transaction (one fsync) covers a whole batch and its frames' counters (the spool's
+accepted-counter journal, which the registry takes every FOLD_S), and the
 node is acknowledged only after that transaction returned, so delivery is at-least-once from
 node to broker. A retransmitted frame (a DUPLICATE in the replay window, or the same counter
 twice in one batch) is acknowledged again and forwarded nothing, but only MAX_REACKS times: a
@@ -36,6 +37,7 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from protocol import (
     Ack,
@@ -68,12 +70,16 @@ log = logging.getLogger("edgeveil.ingest")
 
 QUEUE_LIMIT = 10_000  # frames waiting for ingest; beyond it they are dropped unacknowledged
 BATCH_LIMIT = 256
-# A batch waits this long after its first frame for more: one spool and one registry commit
-# (each an fsync, and at least a few KB written to the SD card) then serve all of them. At one
-# reading a minute from 1,000 nodes that is 3 to 4 frames per commit instead of one; an ack
-# leaves at most this much later (a node waits 2 s, a LoRa downlink's RX1 opens 1 s after
-# the uplink).
-GATHER_S = 0.2
+# Group commit. A batch gathers frames until it holds GATHER_FRAMES or GATHER_S passed since
+# its first frame: one spool commit (an fsync, and a few KB written to the SD card) then
+# serves all of them. At one reading a minute from 1,000 nodes that is 8 frames per commit
+# instead of one; under load the batch fills at once (up to BATCH_LIMIT, all that waits).
+# An ack leaves at most GATHER_S later: a serial node waits 2 s for it. A LoRa frame closes
+# its batch within GATHER_LORA_S, as its ack must reach the concentrator before RX1 opens,
+# 1 s after the uplink.
+GATHER_S = 0.5
+GATHER_FRAMES = 64
+GATHER_LORA_S = 0.2
 TIME_SYNC_GAP_S = 60.0  # answer a node's time requests at most once a minute
 # Acks sent again for one frame (its counter): more than a node's retries (5 by default; its
 # retransmit.max_retries), fewer than a replayer would like. Remembered for the last
@@ -84,6 +90,11 @@ _TIME_REQUEST = 6  # protocol event codes
 _COUNTER_LOW = 8
 REUSE_ALARM_GAP_S = 3600.0  # counter-reuse alarms published per node at most this often
 REKEY_GAP_S = 60.0  # a requested re-key is sent to a node at most this often
+# The registry writes the counters the spool's journal holds every FOLD_S, or once it holds
+# FOLD_FRAMES: each node's window and evidence pages once per fold instead of once per frame
+# (README "Storage"); memory for the pending counters stays bounded.
+FOLD_S = 300.0
+FOLD_FRAMES = 8192
 # While the spool or the registry fails to write, one batch in this many seconds tries the
 # disk again; the others are refused before the privacy stage, which would otherwise take the
 # same readings into its windows again with every retransmission
@@ -174,6 +185,11 @@ class Ingest:
         # (node, epoch, counter) -> frame digest: their retransmission is recorded, not spooled
         # again (bounded like the re-ack memory; forgotten at a restart: then a duplicate)
         self._unrecorded: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._folded_at = time.monotonic()
+        # what the spool's journal holds from before a restart: the windows take it first
+        taken = self.registry.replay_journal(row for _seq, row in self.spool.journal())
+        if taken:
+            log.info("%d accepted frame counters taken from the spool's journal", taken)
 
     def submit(self, port: str, frame: bytes, radio: RadioMeta | None = None) -> None:
         """Called by the link layer for each frame; never blocks, never raises. LoRa links
@@ -188,14 +204,17 @@ class Ingest:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
-            # group commit: frames that come within GATHER_S of the first share its fsyncs
-            gathered_by = loop.time() + GATHER_S
+            # group commit: the frames that come while the batch gathers share its fsync
+            gathered_by = loop.time() + (GATHER_LORA_S if batch[0].radio else GATHER_S)
             while len(batch) < BATCH_LIMIT:
                 if not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
+                    arrival = self.queue.get_nowait()
+                    batch.append(arrival)
+                    if arrival.radio is not None:
+                        gathered_by = min(gathered_by, loop.time() + GATHER_LORA_S)
                     continue
                 left = gathered_by - loop.time()
-                if left <= 0:
+                if left <= 0 or len(batch) >= GATHER_FRAMES:
                     break
                 try:
                     async with asyncio.timeout(left):
@@ -301,19 +320,21 @@ class Ingest:
         accepted: list[Accepted],
         in_batch: dict[tuple[int, int, int], bytes],
     ) -> set[tuple[int, int, int]]:
-        """Spool what the batch produced, then record its frames' counters. Returns the frames
-        (node, epoch, counter) that are not durable and so must not be acknowledged: empty
-        when all are. Never raises for the storage."""
+        """Spool what the batch produced with its frames' counters (the accepted-counter
+        journal, in the same transaction: one fsync), then move the registry's windows.
+        Returns the frames (node, epoch, counter) that are not durable and so must not be
+        acknowledged: empty when all are. Never raises for the storage."""
         unstored: set[tuple[int, int, int]] = set()
-        if out:
+        journal = [(n, e, c, d) for (n, e, c), d in in_batch.items()]
+        if out or journal:
             try:
                 # off the event loop: put() returns once the batch is on disk (fsync)
-                await asyncio.to_thread(self.spool.put, out)
+                await asyncio.to_thread(partial(self.spool.put, out, accepted=journal))
             except SpoolFullError as exc:
-                unstored = await self._store_what_fits(produced)
+                unstored = await self._store_what_fits(produced, in_batch)
                 # not stored, so neither accepted nor acknowledged: the nodes send them again
                 # (and again: logged like a rejection, once per burst, not once per batch)
-                refused = sum(len(produced[k]) for k in unstored)
+                refused = sum(len(produced.get(k, ())) for k in unstored)
                 self.metrics.spool_dropped.labels("refused").inc(refused)
                 self.burst_log.rejected(
                     "*", "spool_full", f"{exc}; {len(unstored)} frames not acknowledged"
@@ -321,17 +342,18 @@ class Ingest:
             except StorageError:
                 return set(in_batch)  # StorageHealth logged it, once per burst
             else:
-                self.notify_uplink(out, at=min(a.time for a in batch))
+                if out:
+                    self.notify_uplink(out, at=min(a.time for a in batch))
         if unstored:  # by node and counter, as the acknowledgements are
             not_stored = {(n, c) for n, _e, c in unstored}
             accepted = [a for a in accepted if (a[0], a[1]) not in not_stored]
         if accepted:
             try:
-                self.registry.accept_many(accepted)
+                self.registry.accept_many(accepted, journaled=True)
             except StorageError:
-                # stored, but the counters are not recorded: acknowledged, a replay of these
-                # frames after a restart would be taken as new. The nodes send them again,
-                # and then only their counters are recorded (_unrecorded)
+                # journaled, but a new key epoch or a replacement could not be committed to
+                # the registry: unacknowledged, the frames come again and are then recorded
+                # without being spooled a second time (_unrecorded)
                 recorded = {k: d for k, d in in_batch.items() if k not in unstored}
                 self._unrecorded.update(recorded)
                 while len(self._unrecorded) > REACK_MEMORY:
@@ -339,23 +361,43 @@ class Ingest:
                 return set(in_batch)
             for key in in_batch:
                 self._unrecorded.pop(key, None)
+        self.fold()
         return unstored
 
+    def fold(self, *, now: float | None = None, force: bool = False) -> None:
+        """Every FOLD_S (or FOLD_FRAMES frames, or when `force`d: at a clean stop) the
+        registry writes the journaled counters into its own file, and the spool's journal
+        then forgets them. A failure of the storage leaves both as they are, to try again."""
+        now = time.monotonic() if now is None else now
+        due = now - self._folded_at >= FOLD_S or self.registry.pending >= FOLD_FRAMES
+        if not (force or due):
+            return
+        self._folded_at = now
+        try:
+            upto = self.spool.journal_end()
+            self.registry.fold()
+            self.spool.forget_journal(upto)
+        except StorageError:
+            pass  # logged by StorageHealth; the journal keeps them
+
     async def _store_what_fits(
-        self, produced: dict[tuple[int, int, int], list[OutMessage]]
+        self,
+        produced: dict[tuple[int, int, int], list[OutMessage]],
+        in_batch: dict[tuple[int, int, int], bytes],
     ) -> set[tuple[int, int, int]]:
         """A spool that refuses new messages (refuse_new) refused the whole batch: store its
-        frames' messages frame by frame, in order, until one does not fit (so a batch larger
-        than the room left never blocks the spool for good). The frames not stored."""
+        frames frame by frame, in order, until one does not fit (so a batch larger than the
+        room left never blocks the spool for good). The frames not stored."""
         unstored: set[tuple[int, int, int]] = set()
         stored: list[OutMessage] = []
-        for key, messages in produced.items():
-            if unstored or not messages:
-                if messages:
-                    unstored.add(key)
+        for key, digest in in_batch.items():
+            messages = produced.get(key, [])
+            if unstored:
+                unstored.add(key)
                 continue
             try:
-                await asyncio.to_thread(self.spool.put, messages)
+                put = partial(self.spool.put, messages, accepted=[(*key, digest)])
+                await asyncio.to_thread(put)
             except (SpoolFullError, StorageError):
                 unstored.add(key)
                 continue

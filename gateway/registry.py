@@ -62,6 +62,14 @@ Why the choices:
   node's first frame under the new epoch is accepted, which deletes the request. The gateway
   counts re-keys within the generation deploy started (16 epochs each): the two never pick the
   same epoch.
+- **Counters journaled by the spool.** The gateway does not commit each batch's counters
+  here: ingest writes them into the spool's accepted-counter journal in the transaction that
+  stores the batch's messages (gateway/spool.py), and calls accept_many(journaled=True), which
+  moves the windows in memory only. fold() writes them here every few minutes (a node's
+  window once, however many of its frames it holds), then ingest drops them from the
+  journal; at start, replay_journal() takes what the journal still holds. So the file's
+  windows and evidence may be minutes behind while the service runs (`gateway nodes list`
+  shows that), never behind what the journal and the file hold together.
 - **Keys derived once.** get() derives a node's keys (three HKDFs and two AEAD objects) on first
   use and caches the entry; later frames of the node cost a dict lookup.
 
@@ -84,8 +92,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from protocol import LocalProtocolError, NodeKeys, ReplayWindow
+from protocol import LocalProtocolError, NodeKeys, RemoteProtocolError, ReplayWindow
 from protocol.keys import MAX_EPOCH, MAX_NODE_ID, MAX_SECRET, MIN_SECRET
+from protocol.replay import DUPLICATE
 
 from .errors import RegistryError
 from .sqlite import Closing, StorageHealth, Store, connect, create_private, transaction
@@ -207,6 +216,18 @@ def frame_digest(frame: bytes) -> bytes:
     return hashlib.sha256(frame).digest()[:DIGEST_BYTES]
 
 
+def _take(window: ReplayWindow, counter: int) -> bool:
+    """Move `window` to hold `counter` unless it does already or it is below the window;
+    whether it moved."""
+    try:
+        if window.check(counter) == DUPLICATE:
+            return False
+    except RemoteProtocolError:  # below the window: older than what it can hold
+        return False
+    window.accept(counter)
+    return True
+
+
 def _bitmap_blob(bitmap: int) -> bytes:
     return bitmap.to_bytes(8, "big")
 
@@ -272,6 +293,9 @@ class NodeRegistry(Closing):
         self._fingerprints: dict[int, bytes] = {}  # of each entry's counter state
         self._secrets: dict[int, bytes] = {}  # for the keys of a node's next epoch
         self._downlink: dict[int, _Downlink] = {}
+        # accepted frames a journal made durable (the spool's: accept_many(journaled=True)),
+        # not yet written here: node -> counter -> (key epoch, state fingerprint, digest)
+        self._pending: dict[int, dict[int, tuple[int, bytes, bytes]]] = {}
         self._data_version = self._read_data_version()
 
     # -- opening and closing ------------------------------------------------------------------
@@ -495,6 +519,9 @@ class NodeRegistry(Closing):
             window = ReplayWindow()
             if fp_stored is not None and bytes(fp_stored) == state:
                 window = ReplayWindow(int(highest), int.from_bytes(bytes(bitmap), "big"))
+            for counter, (p_epoch, p_state, _d) in sorted(self._pending.get(node_id, {}).items()):
+                if (p_epoch, p_state) == (epoch, state):  # accepted, not yet folded in
+                    _take(window, counter)
             try:
                 keys = NodeKeys(node_id, secret, epoch=epoch)
             except LocalProtocolError as exc:  # its message never shows the value
@@ -547,14 +574,23 @@ class NodeRegistry(Closing):
         epoch, or None when none is kept (never accepted, older than EVIDENCE_SPAN, or
         accepted without one)."""
         with self._lock:
+            pending = self._pending.get(node_id, {}).get(counter)
+            if pending is not None and pending[1] == self._fingerprints.get(node_id):
+                return pending[2] or None
             row = self._conn.execute(
                 "SELECT digest FROM evidence WHERE node_id = ? AND counter = ?", (node_id, counter)
             ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def accept_many(self, items: Iterable[Accepted]) -> None:
+    def accept_many(self, items: Iterable[Accepted], *, journaled: bool = False) -> None:
         """accept() for several (node_id, counter, digest[, epoch]) in one transaction (one
         fsync).
+
+        `journaled`: the caller made these durable in a journal of its own already (the
+        spool's, in the transaction that stored the frames' messages). They then change the
+        windows in memory only and are written here by fold(), which the caller runs every
+        few minutes before it drops them from its journal; a node's move to a new key epoch
+        or a replacement's first frame is still committed here at once.
 
         The pairs are applied per node in ascending counter order, so a batch that holds an
         older and a much newer frame of one node is accepted whatever its order. A node's
@@ -590,6 +626,18 @@ class NodeRegistry(Closing):
                 else self._fingerprints[n]
                 for n in staged
             }
+            replacing = any(self._entries[n].replaces is not None for n in staged)
+            if journaled and not switched and not replacing:
+                for node_id, window in staged.items():
+                    live = self._entries[node_id].window
+                    live.highest, live.bitmap = window.highest, window.bitmap
+                for node_id, epoch, counter, digest in pairs:
+                    self._pending.setdefault(node_id, {})[counter] = (
+                        epoch,
+                        states[node_id],
+                        digest,
+                    )
+                return
             with self._transaction() as cur:
                 for node_id, epoch in switched.items():
                     secret = self._secrets[node_id]
@@ -635,6 +683,71 @@ class NodeRegistry(Closing):
                 self._entries[new].replaces = None
                 self._forget(old)
                 log.warning("registry: node %d revoked: its replacement %d was heard", old, new)
+
+    @property
+    def pending(self) -> int:
+        """Accepted frames held in memory for fold()."""
+        return sum(len(p) for p in self._pending.values())
+
+    def fold(self) -> int:
+        """Write the journaled frames (accept_many(journaled=True)) into the file: each node's
+        window, the frames' digests as evidence, in one transaction. Returns how many frames;
+        StorageError leaves them pending. Frames of a key epoch the node has left, or of an
+        identity replaced since, are dropped: their state is no longer the node's."""
+        with self._lock:
+            if not self._pending:
+                return 0
+            windows: list[tuple[int, bytes, int, bytes]] = []
+            evidence: list[tuple[int, int, bytes]] = []
+            cleanup: list[tuple[int, int]] = []
+            folded = 0
+            for node_id, counters in self._pending.items():
+                entry = self.get(node_id)
+                state = self._fingerprints.get(node_id)
+                if entry is None or state is None:
+                    continue
+                live = [
+                    (c, d) for c, (e, st, d) in counters.items() if (e, st) == (entry.epoch, state)
+                ]
+                if not live:
+                    continue
+                folded += len(live)
+                window = entry.window
+                windows.append((node_id, state, window.highest, _bitmap_blob(window.bitmap)))
+                evidence.extend((node_id, c, d) for c, d in live if d)
+                cleanup.append((node_id, window.highest - EVIDENCE_SPAN))
+            with self._transaction() as cur:
+                cur.executemany(
+                    "INSERT INTO replay (node_id, fingerprint, highest, bitmap) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                    "fingerprint = excluded.fingerprint, highest = excluded.highest, "
+                    "bitmap = excluded.bitmap",
+                    windows,
+                )
+                cur.executemany(
+                    "INSERT OR REPLACE INTO evidence (node_id, counter, digest) VALUES (?, ?, ?)",
+                    evidence,
+                )
+                cur.executemany("DELETE FROM evidence WHERE node_id = ? AND counter <= ?", cleanup)
+            self._pending.clear()
+            return folded
+
+    def replay_journal(self, rows: Iterable[tuple[int, int, int, bytes]]) -> int:
+        """At start: take what a journal still holds (node, epoch, counter, digest), as
+        accept_many(journaled=True) did before the restart. Rows of unknown nodes, of a key
+        epoch other than the node's current one, or that the window holds already are
+        skipped. Returns how many were taken."""
+        taken = 0
+        with self._lock:
+            for node_id, epoch, counter, digest in rows:
+                entry = self.get(node_id)
+                if entry is None or epoch != entry.epoch:
+                    continue
+                state = self._fingerprints[node_id]
+                if _take(entry.window, counter):
+                    taken += 1
+                self._pending.setdefault(node_id, {})[counter] = (epoch, state, digest)
+        return taken
 
     def _validated(self, items: Iterable[Accepted]) -> list[tuple[int, int, int, bytes]]:
         """accept_many's items as sorted, distinct (node, epoch, counter, digest)."""

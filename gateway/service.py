@@ -460,6 +460,7 @@ class Gateway:
                     systemd.notify("READY=1")
                     self.ready.set()
             finally:
+                self.ingest.fold(force=True)  # the registry takes the journaled counters
                 self.engine.close()  # pseudonym keys destroyed; open windows are not released
 
 

@@ -2,24 +2,35 @@
 
     privacy ──OutMessage──► Spool.put ... Spool.peek ──► publish ──PUBACK──► Spool.delete
 
-One SQLite file (WAL journal), one table:
+One SQLite file (WAL journal), two tables:
 
-    spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT UNIQUE, topic TEXT,
-           payload BLOB, retain INTEGER, created REAL)
+    spool (seq INTEGER PRIMARY KEY, msg_id TEXT, topic TEXT, payload BLOB, retain INTEGER,
+           created REAL)
+    accepted (seq INTEGER PRIMARY KEY, node_id INTEGER, epoch INTEGER, counter INTEGER,
+              digest BLOB)
+
+The second table is the accepted-counter journal: ingest writes the counters of a batch's
+frames in the same transaction as the batch's messages, so one fsync makes both durable and
+the frames may be acknowledged; the registry writes them into its own file every few minutes
+(NodeRegistry.fold) and the journal then forgets them. At start, ingest gives the registry
+what the journal still holds. (Writing each batch's counters to the registry itself cost a
+commit and several random pages of registry.db per frame: most of the bytes the gateway
+wrote to its SD card.)
 
 Why the choices:
 
-- **put() commits with synchronous=FULL**: when it returns, the batch is in the fsynced WAL and
-  survives kill -9 and power loss, so the gateway may then record the frames' counters and
-  acknowledge them. A batch is one transaction: all of it or none of it is stored.
+- **put() commits with synchronous=FULL**: when it returns, the batch and its frames' counters
+  are in the fsynced WAL and survive kill -9 and power loss, so the gateway may acknowledge
+  the frames. A batch is one transaction: all of it or none of it is stored.
 - **delete() and expire() commit with synchronous=NORMAL**: no fsync of their own. A power cut
   may undo them (never corrupt the file); the undone messages are then published again, which
   MQTT's at-least-once delivery allows and the msg_id lets consumers drop. The next put()'s
   fsync makes them durable as well, since the WAL is written in order.
-- **AUTOINCREMENT** never reuses a seq, not even after the spool was emptied, so seq order is
-  put order across restarts.
-- **msg_id UNIQUE with INSERT OR IGNORE**: a frame retransmitted after a crash between storing
-  and recording its counter yields the same msg_id (records.message_id) and is stored once.
+- **No index but on created**: a new row's seq is one above the highest held, so seq order is
+  put order, and each put appends to the table's last pages. An index on msg_id (schema 1
+  had one, to store a frame retransmitted after a crash between storing and recording its
+  counter once) wrote a random page per message; with the journal that crash cannot happen,
+  and a consumer drops duplicates by msg_id anyway.
 - **check_same_thread=False plus a lock**: call it from a worker thread (asyncio.to_thread) to
   keep fsyncs off the event loop; every method holds the lock for its whole transaction.
 """
@@ -50,26 +61,52 @@ __all__ = ["Spool"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: the accepted-counter journal. An older edgeveil would ignore it and so forget the
+# counters of the last minutes' frames: it refuses the file instead.
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spool ("
-    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " msg_id TEXT NOT NULL UNIQUE,"
+    " seq INTEGER PRIMARY KEY,"
+    " msg_id TEXT NOT NULL,"
     " topic TEXT NOT NULL,"
     " payload BLOB NOT NULL,"
     " retain INTEGER NOT NULL,"
     " created REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS spool_created ON spool (created)",
+    "CREATE TABLE IF NOT EXISTS accepted ("
+    " seq INTEGER PRIMARY KEY,"
+    " node_id INTEGER NOT NULL,"
+    " epoch INTEGER NOT NULL,"
+    " counter INTEGER NOT NULL,"
+    " digest BLOB NOT NULL)",
 )
+
+# an accepted frame in the journal: node id, key epoch, counter, frame digest
+Journaled = tuple[int, int, int, bytes]
+
+
+def _migrate(conn: sqlite3.Connection, found: int) -> None:
+    """Schema 1 to 2: the spool table without its msg_id index and AUTOINCREMENT (see the
+    module docstring), its messages kept in order."""
+    if found != 1:
+        return
+    conn.execute("ALTER TABLE spool RENAME TO spool_1")
+    conn.execute("DROP INDEX IF EXISTS spool_created")
+    conn.execute(_SCHEMA[0])
+    conn.execute(
+        "INSERT INTO spool (seq, msg_id, topic, payload, retain, created) "
+        "SELECT seq, msg_id, topic, payload, retain, created FROM spool_1 ORDER BY seq"
+    )
+    conn.execute("DROP TABLE spool_1")
 
 
 class Spool(Closing):
     """The durable message queue. Open it with Spool.open(...); every method is thread-safe.
 
     Counters for metrics (since open): `dropped_full` (deleted by drop_oldest to make room),
-    `refused` (new messages refused by refuse_new), `dropped_age` (expired), `duplicates`
-    (put again while still spooled, ignored). `depth` is the number of messages held.
+    `refused` (new messages refused by refuse_new), `dropped_age` (expired). `depth` is the
+    number of messages held.
     """
 
     def __init__(
@@ -92,7 +129,6 @@ class Spool(Closing):
         self.dropped_full = 0
         self.refused = 0
         self.dropped_age = 0
-        self.duplicates = 0
         self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     @classmethod
@@ -113,7 +149,12 @@ class Spool(Closing):
         path = Path(path)
         create_private(path, what="spool", error_type=EdgeveilError)
         conn = connect(
-            path, what="spool", schema=_SCHEMA, version=SCHEMA_VERSION, error_type=EdgeveilError
+            path,
+            what="spool",
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            error_type=EdgeveilError,
+            migrate=_migrate,
         )
         with closing_on_error(conn, path, what="spool", error_type=EdgeveilError):
             spool = cls(
@@ -139,16 +180,27 @@ class Spool(Closing):
         """How many messages the spool holds."""
         return self._depth
 
-    def put(self, messages: Sequence[OutMessage], now: float | None = None) -> int:
+    def put(
+        self,
+        messages: Sequence[OutMessage],
+        now: float | None = None,
+        *,
+        accepted: Sequence[Journaled] = (),
+    ) -> int:
         """Store a batch in one transaction; returns how many were new. Durable on return.
 
-        A message whose msg_id is spooled already is ignored (counted in `duplicates`). When
-        the new messages do not fit: "drop_oldest" deletes the oldest to make room (counted in
+        `accepted`: the counters of the frames that produced the batch, written to the
+        accepted-counter journal in the same transaction (one fsync for both; the registry
+        takes them later, NodeRegistry.fold). They do not count as messages.
+
+        Every message given is stored (ingest never gives a frame's messages twice: the
+        journal records its counter in the same transaction). When they do not fit:
+        "drop_oldest" deletes the oldest to make room (counted in
         `dropped_full`; a batch larger than the spool keeps its newest part), "refuse_new"
         stores nothing of the batch and raises SpoolFullError (counted in `refused`). A full
         disk (or any failure of the storage) raises StorageError, and stores nothing.
         """
-        if not messages:
+        if not messages and not accepted:
             return 0
         created = time.time() if now is None else now
         rows = [(m.msg_id, m.topic, bytes(m.payload), int(m.retain), created) for m in messages]
@@ -157,7 +209,7 @@ class Spool(Closing):
             with transaction(conn, self._store):
                 before = conn.total_changes
                 conn.executemany(
-                    "INSERT OR IGNORE INTO spool (msg_id, topic, payload, retain, created) "
+                    "INSERT INTO spool (msg_id, topic, payload, retain, created) "
                     "VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
@@ -176,10 +228,13 @@ class Spool(Closing):
                         "(SELECT seq FROM spool ORDER BY seq LIMIT ?)",
                         (excess,),
                     )
+                conn.executemany(
+                    "INSERT INTO accepted (node_id, epoch, counter, digest) VALUES (?, ?, ?, ?)",
+                    accepted,
+                )
             dropped = max(excess, 0)
             self._depth += new - dropped
             self.dropped_full += dropped
-            self.duplicates += len(rows) - new
         if dropped:
             log.warning("spool full: dropped the %d oldest messages", dropped)
         return new
@@ -220,6 +275,26 @@ class Spool(Closing):
         if removed:
             log.warning("spool: %d messages older than %d s expired", removed, self.max_age_s)
         return removed
+
+    def journal(self) -> list[tuple[int, Journaled]]:
+        """The accepted-counter journal, oldest first, each row with its sequence number."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, node_id, epoch, counter, digest FROM accepted ORDER BY seq"
+            ).fetchall()
+        return [(int(q), (int(n), int(e), int(c), bytes(d))) for q, n, e, c, d in rows]
+
+    def journal_end(self) -> int:
+        """The sequence number of the journal's newest row (0 when empty)."""
+        with self._lock:
+            row = self._conn.execute("SELECT max(seq) FROM accepted").fetchone()
+        return int(row[0] or 0)
+
+    def forget_journal(self, upto: int) -> None:
+        """Drop the journal's rows up to `upto` once the registry holds them (unsynced: a
+        power cut may bring them back, and the registry takes them again harmlessly)."""
+        with self._lock:
+            self._commit_unsynced("DELETE FROM accepted WHERE seq <= ?", [(upto,)])
 
     def oldest_age(self, now: float | None = None) -> float | None:
         """Seconds since the oldest message was put (never negative), or None when empty."""

@@ -20,10 +20,14 @@ nothing it could not store, the uplink keeps what it could not delete, the priva
 releases nothing it could not book.
 
 The WAL stays small. SQLite checkpoints the WAL into the database once it holds
-WAL_AUTOCHECKPOINT_PAGES pages, and then starts writing it from the beginning again, but it
-never shrinks the file unless told to: without a limit a WAL keeps the size of its largest
-moment (4 MB and more were seen). journal_size_limit truncates it to JOURNAL_SIZE_LIMIT after
-each checkpoint, so each database's WAL stays within about WAL_BOUND bytes.
+WAL_AUTOCHECKPOINT_PAGES pages (its default, 1,000), and then starts writing it from the
+beginning again, but it never shrinks the file unless told to: a WAL keeps the size of its
+largest moment (with SQLite's 4 KB pages 4 MB and more were seen). New files get 1 KB pages
+(PAGE_SIZE), so a checkpoint's worth is about 1 MB, and journal_size_limit truncates a WAL
+that a large transaction grew to JOURNAL_SIZE_LIMIT after the next checkpoint: each
+database's WAL stays within WAL_BOUND bytes. A checkpoint every 1,000 pages (rather than
+more often) lets a spooled message's page be written into the database once, after it was
+stored and deleted, instead of in each state (benchmarks/bench_gateway.py --frames-per-s).
 
 Errors of opening are raised as the caller's exception type, naming the file as the caller's
 `what` (StorageError when the disk is the cause).
@@ -39,7 +43,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +53,7 @@ from .errors import StorageError
 
 __all__ = [
     "JOURNAL_SIZE_LIMIT",
+    "PAGE_SIZE",
     "WAL_AUTOCHECKPOINT_PAGES",
     "WAL_BOUND",
     "Closing",
@@ -69,13 +74,13 @@ log = logging.getLogger("edgeveil.storage")
 
 # Chosen by measurement (benchmarks/bench_gateway.py --frames-per-s, README "Storage"): see the
 # module docstring. A page (PAGE_SIZE) takes its size plus a 24-byte frame header in the WAL.
-WAL_AUTOCHECKPOINT_PAGES = 256
+WAL_AUTOCHECKPOINT_PAGES = 1000
 # Small pages: a commit writes every page it changed to the WAL, and one reading changes a few
 # rows on different pages (the spool's table and indexes, the node's replay row and evidence).
 # 1 KB pages write a quarter of what SQLite's default 4 KB pages do (new files; a file keeps
 # the page size it was created with).
 PAGE_SIZE = 1024
-JOURNAL_SIZE_LIMIT = 512 * 1024
+JOURNAL_SIZE_LIMIT = 1024 * 1024
 # what one database's WAL can reach: a checkpoint's worth of pages plus the largest single
 # transaction (a spool batch of 256 messages of a few hundred bytes stays far below this)
 WAL_BOUND = 2 * 1024 * 1024
@@ -285,8 +290,11 @@ def connect(
     version: int,
     error_type: type[Exception],
     hint: str = "",
+    migrate: Callable[[sqlite3.Connection, int], None] | None = None,
 ) -> sqlite3.Connection:
     """Open the database at `path` (see the module docstring); `schema`: its statements.
+    `migrate(conn, found_version)` runs first in the schema's transaction when the file's
+    version is older (0: a new file).
 
     A file that is not such a database raises error_type "... is not an edgeveil {what}
     database (...)", followed by `hint`. On any error the connection is closed.
@@ -317,6 +325,8 @@ def connect(
         statements = list(schema)
         if found < version or _lacks(conn, statements):
             with transaction(conn):
+                if migrate is not None and found < version:
+                    migrate(conn, found)
                 for statement in statements:  # one by one: executescript() commits on its own
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={version}")

@@ -63,7 +63,7 @@ STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
 # of the spool's WAL however many rows it removes, so deleting each small batch on its own
 # wrote more than storing it (README "Storage"). A crash in between publishes those again.
 DELETE_BATCH = 256
-DELETE_AFTER_S = 2.0
+DELETE_AFTER_S = 5.0
 _PUT_TIMES_KEPT = 10_000  # put times remembered for latency samples (bounded memory)
 
 
