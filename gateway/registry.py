@@ -277,9 +277,9 @@ class NodeRegistry(Closing):
     """The node registry in one SQLite file. Open it with NodeRegistry.open(path).
 
     Synchronous and short: every call is a dict lookup or one small transaction. Calls that
-    commit (add, remove, accept, accept_many, a downlink reservation every 256 counters,
-    import_file) wait for one fsync. The object is safe to share between threads (one lock),
-    but see accept_many() about the replay windows.
+    commit (add, remove, accept, accept_many unless journaled, fold, a downlink reservation
+    every 256 counters, import_file) wait for one fsync. The object is safe to share between
+    threads (one lock), but see accept_many() about the replay windows.
     """
 
     def __init__(

@@ -398,6 +398,9 @@ async def test_status_of_a_running_gateway_and_of_nothing(
             assert "serial unplugged: WAITING for the port" in lines
             assert "frames: none yet" in lines
             assert "nodes registered: 0" in lines
+            storage = next(line for line in lines if line.startswith("storage: "))
+            assert storage.startswith("storage: ok, state directory ")
+            assert storage.endswith(" MB free")
     finally:
         os.close(master)
         os.close(slave)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import commands
 from gateway.config import GatewayConfig, MqttConfig, SerialPortConfig
 from gateway.errors import StorageError
 from gateway.privacy import PrivacyLedger
@@ -232,6 +233,26 @@ def test_the_bound_counts_the_spool_the_nodes_and_the_wal_files() -> None:
     small, large = state_dir_bound(1000, 10), state_dir_bound(1_000_000, 1000)
     assert small < 10 * 1024 * 1024 < large
     assert state_dir_bound(1000, 11) - state_dir_bound(1000, 10) > 16 * 1024  # per node
+
+
+def test_check_config_warns_when_the_state_directory_cannot_reach_its_bound(
+    small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nsite = "s"\nid = "g"\nstate_dir = "{small_disk / "state"}"\n'
+        "[spool]\nmax_messages = 100000\n",
+        encoding="utf-8",
+    )
+    assert commands.check_config(config) == 0
+    out = capsys.readouterr().out
+    bound = round(state_dir_bound(100_000, 1) / 2**20)  # 100,000 messages of 600 B, and more
+    assert bound == 65
+    assert f"storage: the state directory can reach {bound} MB" in out
+    assert f"WARNING: storage: {small_disk} has room for 4 MB, less than the {bound} MB" in out
+    config.write_text(config.read_text().replace(str(small_disk), str(tmp_path)), "utf-8")
+    assert commands.check_config(config) == 0
+    assert "WARNING" not in capsys.readouterr().out  # a disk with room
 
 
 # -- the gateway, end to end -----------------------------------------------------------------
