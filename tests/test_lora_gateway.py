@@ -168,7 +168,10 @@ async def test_packet_forwarder_uplink_to_mqtt_with_merged_copies_and_ack_in_rx1
                 assert await fwd.receive() == b"\x02" + token + b"\x04"
 
             far.send(b"\x02\x00")  # garbage: counted and dropped; the server goes on
-            far.send(b"\x02\x00\x00\x00" + far.eui + b"{not json")
+            # a PUSH_DATA with a good header and bad JSON: counted, and acknowledged all the
+            # same (PROTOCOL.TXT: the server acknowledges every PUSH_DATA at once)
+            far.send(b"\x02\x5e\x04\x00" + far.eui + b"{not json")
+            assert await far.receive() == b"\x02\x5e\x04\x01"
 
             # an unknown gateway gets no answer and its frame goes nowhere
             stray = seal(Readings({ILLUMINANCE: 999}), 7, keys)

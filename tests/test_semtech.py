@@ -237,7 +237,6 @@ BAD_RXPK = [
     ({"data": None}, "missing_field"),
     ({"tmst": None}, "missing_field"),
     ({"stat": -1}, "crc_error"),
-    ({"stat": 0}, "crc_error"),
     ({"modu": "FSK"}, "not_lora"),
     ({"datr": "SF13BW125"}, "bad_field"),
     ({"datr": "SF7BW200"}, "bad_field"),
@@ -335,3 +334,24 @@ def test_duty_cycle_limits_each_eu868_sub_band_over_an_hour() -> None:
     now[0] = 3600.5  # the first transmission left the window
     assert duty.allow(868_100_000, 35.0)
     assert duty.used(868_100_000) == pytest.approx(35.0)
+
+
+def test_no_crc_is_taken_a_failed_one_is_not() -> None:
+    """stat 0: the node sent no CRC; the frame authenticates itself, so it is taken."""
+    event = parse_datagram(rxpk_datagram(stat=0))
+    assert isinstance(event, PushData) and len(event.rxpk) == 1 and not event.rejected
+    event = parse_datagram(rxpk_datagram(stat=-1))
+    assert isinstance(event, PushData) and event.rejected[0].reason == "crc_error"
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"rxpk": [', b"\xff\xfe", b"[1, 2]", b'{"rxpk": {}}', b'{"stat": 7}']
+)
+def test_a_push_data_with_a_good_header_is_acknowledged_whatever_its_json(body: bytes) -> None:
+    with pytest.raises(MalformedDatagram) as caught:
+        parse_datagram(b"\x02\x12\x34\x00" + EUI + body)
+    assert caught.value.push == (2, b"\x12\x34", EUI.hex().upper())
+    assert push_ack(caught.value.push) == b"\x02\x12\x34\x01"
+    with pytest.raises(MalformedDatagram) as caught:
+        parse_datagram(b"\x02\x00\x00\x00" + EUI[:4])  # no whole header: nothing to answer
+    assert caught.value.push is None

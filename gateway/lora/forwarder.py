@@ -10,9 +10,11 @@ packet forwarder or its forks). For each datagram (gateway.lora.semtech parses i
   an EUI), so an EUI is tied to its address: the configured one ("EUI@host"), else the one
   it is first heard from, which moves only after the gateway has been silent there for
   REBIND_S (a gateway whose address changed: a new DHCP lease, NAT);
-- PUSH_DATA: PUSH_ACK at once (same version and token), then each good rxpk goes through the
-  duplicate merger (gateway.lora.dedupe) to `on_frame(port, frame, RadioMeta)`; bad rxpk
-  are counted by reason (crc_error, base64 ...);
+- PUSH_DATA: PUSH_ACK at once (same version and token), also when its JSON is malformed
+  (PROTOCOL.TXT: the server acknowledges every PUSH_DATA), then each good rxpk goes through
+  the duplicate merger (gateway.lora.dedupe) to `on_frame(port, frame, RadioMeta)`; bad rxpk
+  are counted by reason (crc_error for a failed CRC; "no CRC", stat 0, is taken: the frame
+  authenticates itself), base64 ...);
 - PULL_DATA: PULL_ACK, and the datagram's source address is remembered as that gateway's
   downlink route (the gateway may be behind NAT: PULL_DATA keeps the route open);
 - TX_ACK: counted by result (tx_ok, TOO_LATE, COLLISION_PACKET ...);
@@ -209,6 +211,9 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         try:
             event = parse_datagram(data)
         except MalformedDatagram as exc:
+            push = exc.push
+            if push is not None and push[2] in self._allowed and self._from_its_host(push[2], addr):
+                self._reply(push_ack(push), addr)  # every PUSH_DATA, whatever its JSON
             self._count_datagram(exc.reason)
             self._burst_log.rejected(self.name, exc.reason, f"{exc.detail} (from {addr[0]})")
             return

@@ -57,7 +57,7 @@ REASONS = (
     "missing_field",  # an rxpk without data, freq, datr, modu, stat, rssi or tmst
     "base64",  # rxpk data is not base64
     "size_mismatch",  # rxpk size differs from the decoded data's length
-    "crc_error",  # stat != 1: the radio's CRC failed (-1) or there was none (0)
+    "crc_error",  # stat -1: the radio's CRC failed (0, no CRC, is taken)
     "not_lora",  # an FSK packet: edgeveil nodes send LoRa only
 )
 
@@ -75,12 +75,19 @@ TX_ERRORS = (
 
 
 class MalformedDatagram(Exception):
-    """A gateway sent something this protocol does not allow. `reason` is one of REASONS."""
+    """A gateway sent something this protocol does not allow. `reason` is one of REASONS.
 
-    def __init__(self, reason: str, detail: str) -> None:
+    `push`: for a PUSH_DATA whose header (version, token, gateway EUI) is good but whose JSON
+    is not, that header: the server acknowledges every PUSH_DATA at once (PROTOCOL.TXT 3.2),
+    whatever its content, and the forwarder's `ackr` statistic counts on it."""
+
+    def __init__(
+        self, reason: str, detail: str, push: tuple[int, bytes, str] | None = None
+    ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.push = push
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +205,11 @@ def parse_datagram(datagram: bytes) -> Event:
         return PullData(version, token, gateway)
     if identifier == TX_ACK:
         return _tx_ack(version, token, gateway, body)
-    root = _json_object(body)
-    return _push_data(version, token, gateway, root)
+    try:
+        return _push_data(version, token, gateway, _json_object(body))
+    except MalformedDatagram as exc:
+        exc.push = (version, token, gateway)
+        raise
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -241,8 +251,10 @@ def parse_rxpk(item: object) -> Rxpk:
         if name not in item:
             raise MalformedDatagram("missing_field", f"rxpk without {name!r}")
     stat = _number(item, "stat")
-    if stat != 1:
-        raise MalformedDatagram("crc_error", f"CRC status {stat} (1 is OK)")
+    # 1: CRC OK; 0: no CRC (the node sent none). A frame's own authentication makes the radio
+    # CRC unnecessary for safety, so only a failed one (-1) is dropped.
+    if stat not in (0, 1):
+        raise MalformedDatagram("crc_error", f"CRC status {stat} (1 is OK, 0 is none)")
     if item["modu"] != "LORA":
         raise MalformedDatagram("not_lora", f"modulation {item['modu']!r}")
     datr = item["datr"]
@@ -350,9 +362,11 @@ def _one_line(exc: BaseException) -> str:
 # -- building --------------------------------------------------------------------------------
 
 
-def push_ack(event: PushData) -> bytes:
-    """The PUSH_ACK for a PUSH_DATA: its version and token."""
-    return bytes((event.version,)) + event.token + bytes((PUSH_ACK,))
+def push_ack(event: PushData | tuple[int, bytes, str]) -> bytes:
+    """The PUSH_ACK for a PUSH_DATA (or the header of one, MalformedDatagram.push): its
+    version and token."""
+    version, token = (event.version, event.token) if isinstance(event, PushData) else event[:2]
+    return bytes((version,)) + token + bytes((PUSH_ACK,))
 
 
 def pull_ack(event: PullData) -> bytes:
