@@ -378,6 +378,8 @@ def _run_firmware_lora(
                 # switched on one after the other, spread over (at most) a reading interval:
                 # boards that start together send together, and collide every time
                 start_gap_s=min(1.0, reading_interval / nodes),
+                # before the boards start: a gateway importing it then hears every frame
+                on_registry=lambda path: print(f"registry {path}", flush=True),
             )
             starting = asyncio.ensure_future(asyncio.to_thread(fleet.start))
             try:
@@ -418,7 +420,7 @@ def _print_firmware_lora(  # noqa: PLR0917 - what the banner shows, each named a
         print(f"node {node.node_id} {node.device} x {x:.0f} y {y:.0f} zone {node.zone}")
     for gw in medium.gateways:
         print(f"gateway {gw.eui.hex().upper()} x {gw.x_m:.0f} y {gw.y_m:.0f} -> {forwarder}")
-    print(f"registry {fleet.registry_path}", flush=True)
+    # the registry line came first, before the boards started (Fleet on_registry)
     euis = ", ".join(f'"{gw.eui.hex().upper()}"' for gw in medium.gateways)
     n = len(fleet.nodes)
     print(

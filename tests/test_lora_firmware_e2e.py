@@ -418,6 +418,8 @@ async def test_emulate_link_lora_runs_firmware_nodes_whose_frames_reach_the_forw
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 40)
     assert proc.returncode == 0, stderr
     lines = stdout.decode().splitlines()
+    # the registry first, before the boards start: a gateway importing it misses no frame
+    assert lines[0] == f"registry {out / 'registry.json'}"
     node_lines = [line.split() for line in lines if line.startswith("node ")]
     assert len(node_lines) == 2
     assert all(fields[2].startswith("/dev/pts/") for fields in node_lines)  # the console

@@ -13,8 +13,9 @@ pseudo-terminal, with a fresh identity, supervised like boards on a bench.
 Options: scenario and faults (firmware/host/scenario.py; faults as in `--faults`, e.g.
 "drop=0.1,garbage"), reading_interval (seconds), configure(index, config) to change a node's
 edgeveil.json before it starts (e.g. config["link"] = {"type": "serial", "port": "console"}),
-on_event(node, text) to hear about resets and power cuts, firmware_main to run a script of
-your own instead of firmware/main.py (it gets the same shims and board).
+on_event(node, text) to hear about resets and power cuts, on_registry(path) to hear that the
+registry is written (before any board starts), firmware_main to run a script of your own
+instead of firmware/main.py (it gets the same shims and board).
 
 LoRa nodes: configure each node's link as LoRa (medium.lora_node_config) and give the address
 of a running RadioMedium (firmware/host/medium.py) as radio_medium: the boards' `lora` modems
@@ -205,6 +206,7 @@ class Fleet:
         firmware_main: str | Path | None = None,
         radio_medium: str | None = None,
         start_gap_s: float = 0.0,
+        on_registry: Callable[[Path], None] | None = None,
     ) -> None:
         if n < 1:
             raise ValueError("a fleet needs at least 1 node")
@@ -220,6 +222,7 @@ class Fleet:
         self.reading_interval = reading_interval
         self.configure = configure
         self.on_event = on_event
+        self.on_registry = on_registry
         self.protocol_backend = protocol_backend
         self.ready_timeout = ready_timeout
         self.firmware_main = Path(firmware_main).resolve() if firmware_main is not None else None
@@ -253,8 +256,10 @@ class Fleet:
         self.stop()
 
     def start(self) -> Fleet:
-        """Create the identities and flash directories, start every node, wait until each
-        is up, write the registry. FleetError if a node does not come up."""
+        """Create the identities and flash directories, write the registry (then call
+        on_registry(path): a gateway that imports it now misses none of the nodes' first
+        frames), start every node and wait until each is up. FleetError if a node does not
+        come up."""
         if self.started:
             return self
         self.started = True
@@ -263,13 +268,15 @@ class Fleet:
             os.chmod(self.directory, 0o700)
             self.world_start = time.time()
             self.nodes = [self._create(i) for i in range(self.n)]
+            self._write_registry()
+            if self.on_registry is not None:
+                self.on_registry(self.registry_path)
             for i, node in enumerate(self.nodes):
                 if i and self.start_gap_s > 0:
                     time.sleep(self.start_gap_s)  # boards not switched on at one instant
                 self._spawn(node, "power_on")
             for node in self.nodes:
                 self._wait_ready(node, self.ready_timeout)
-            self._write_registry()
         except BaseException:
             self.stop()
             raise
