@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .lora.region import PLANS
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # safe in MQTT topics and file names
 PAYLOAD_FORMATS = ("senml+json", "senml+cbor")
@@ -54,7 +55,9 @@ class PacketForwarderConfig:
     fixed_hosts: tuple[tuple[str, str], ...] = ()
     acks: bool = False  # acknowledgements and time sync as downlinks (airtime, duty cycle)
     dedupe_ms: int = 200  # copies of one frame from several gateways merged within this
-    tx_power_dbm: int = 14
+    tx_power_dbm: int = 14  # conducted, at the concentrator's antenna port
+    region: str = "EU868"  # the plan downlinks must keep to (gateway.lora.region)
+    antenna_gain_dbi: float = 2.15  # for the ERP limit: conducted + gain - 2.15
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class SpiRadioConfig:
     dio2_rf_switch: bool = False  # SX1262 modules whose DIO2 drives the antenna switch
     acks: bool = False
     tx_power_dbm: int = 14
+    region: str = "EU868"
+    antenna_gain_dbi: float = 2.15
 
 
 @dataclass(frozen=True)
@@ -294,9 +299,34 @@ def _packet_forwarder(item: Any, index: int, source: str) -> PacketForwarderConf
         acks=t.get("acks", bool, False),
         dedupe_ms=t.integer("dedupe_ms", 200, 0, 5000),
         tx_power_dbm=t.integer("tx_power_dbm", 14, 0, 27),
+        region=t.choice("region", "EU868", tuple(PLANS)),
+        antenna_gain_dbi=_gain(t),
     )
     t.done()
+    plan = PLANS[config.region]
+    # a RX1 downlink goes out on the uplink's channel, which may be any of the plan's
+    limit = plan.rx1_max_erp_dbm()
+    most = limit + 2.15 - config.antenna_gain_dbi
+    if config.tx_power_dbm > most + 1e-9:
+        raise ConfigError(
+            t.key("tx_power_dbm"),
+            f"{config.tx_power_dbm} dBm with a {config.antenna_gain_dbi:g} dBi antenna is above "
+            f"the {limit:g} dBm ERP {plan.name} allows on its uplink channels: at most "
+            f"{most:g} dBm",
+            source,
+        )
     return config
+
+
+def _gain(t: _Table) -> float:
+    """antenna_gain_dbi: the antenna's gain in dBi (2.15 for a dipole), as a number."""
+    t.used.add("antenna_gain_dbi")
+    value = t.data.get("antenna_gain_dbi", 2.15)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -10 <= value <= 20:
+        raise ConfigError(
+            t.key("antenna_gain_dbi"), f"must be a number of dBi, -10..20; got {value!r}", t.source
+        )
+    return float(value)
 
 
 def _spi_radio(item: Any, index: int, source: str) -> SpiRadioConfig:
@@ -340,8 +370,21 @@ def _spi_radio(item: Any, index: int, source: str) -> SpiRadioConfig:
         dio2_rf_switch=t.get("dio2_rf_switch", bool, False),
         acks=t.get("acks", bool, False),
         tx_power_dbm=t.integer("tx_power_dbm", 14, 0, 22 if chip == "sx1262" else 20),
+        region=t.choice("region", "EU868", tuple(PLANS)),
+        antenna_gain_dbi=_gain(t),
     )
     t.done()
+    plan = PLANS[config.region]
+    where = plan.refusal(config.freq_hz, config.bw_khz, config.tx_power_dbm, 2.15)
+    if where in ("outside_plan", "crosses_edge"):  # it receives there and answers there
+        problem = plan.explain(config.freq_hz, config.bw_khz, config.tx_power_dbm, 2.15)
+        raise ConfigError(t.key("freq_khz"), f"{problem}", source)
+    if config.acks:
+        power = plan.explain(
+            config.freq_hz, config.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi
+        )
+        if power is not None:
+            raise ConfigError(t.key("tx_power_dbm"), power, source)
     return config
 
 

@@ -142,7 +142,8 @@ class Metrics:
         self.lora_downlinks = Counter(
             "edgeveil_lora_downlinks",
             "Downlinks (acks, time sync), by link and outcome: sent, too_late (RX1 missed), "
-            "duty_cycle (sub-band limit reached), slot_taken (one downlink per uplink), "
+            "duty_cycle (sub-band limit reached), outside_plan, crosses_edge, over_power "
+            "(the region plan), slot_taken (one downlink per uplink), "
             "no_route (gateway sent no PULL_DATA yet), or a TX_ACK result (tx_ok, TOO_LATE ...)",
             ["port", "outcome"],
             registry=r,

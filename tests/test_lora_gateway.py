@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +362,68 @@ async def test_downlinks_off_late_taken_or_over_duty_cycle_are_not_sent(
     )
     assert not await off.send(b"ack", meta)  # acks = false (the default): never a downlink
     assert off.stats() == {}
+
+
+@contextlib.asynccontextmanager
+async def downlink_server(
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder], **settings: Any
+) -> AsyncIterator[tuple[ForwarderTransport, FakeForwarder]]:
+    """A forwarder server with acks on, and gateway EUI_A on its downlink route."""
+    config = PacketForwarderConfig(
+        name="lora",
+        host="127.0.0.1",
+        port=0,
+        gateways=(EUI_A,),
+        acks=True,
+        dedupe_ms=0,
+        **settings,
+    )
+    transport = ForwarderTransport(config, lambda *_a: None)
+    task = asyncio.create_task(transport.run())
+    try:
+        await until(lambda: transport.address is not None, "listening", 10)
+        assert transport.address is not None
+        gw = forwarders(EUI_A, transport.address)
+        gw.pull_data()
+        await gw.receive()
+        yield transport, gw
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_a_downlink_outside_the_plan_is_never_sent(
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+) -> None:
+    """Uplinks heard at 915.0, 862.5 and 868.55 MHz get no downlink (the issue's run sent one
+    on each); 868.1 MHz does. Nothing refused is charged to the duty cycle."""
+    async with downlink_server(forwarders) as (transport, gw):
+
+        def heard(freq_hz: int, tmst: int) -> RadioMeta:
+            rate = DataRate(12, 125)
+            return RadioMeta(EUI_A, -90, 5.0, freq_hz, rate, "4/5", tmst, time.monotonic())
+
+        assert not await transport.send(bytes(20), heard(915_000_000, 1))
+        assert not await transport.send(bytes(20), heard(862_500_000, 2))
+        assert not await transport.send(bytes(20), heard(868_550_000, 3))
+        assert await transport.send(bytes(20), heard(868_100_000, 4))
+        assert gw.pending() is not None and gw.pending() is None  # one PULL_RESP only
+        stats = transport.stats()
+        assert (stats["downlink:outside_plan"], stats["downlink:crosses_edge"]) == (2, 1)
+        assert stats["downlink:sent"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_downlink_over_the_power_limit_is_never_sent(
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+) -> None:
+    """A configuration made in code (check-config would refuse it): 20 dBm at 868.1 MHz."""
+    async with downlink_server(forwarders, tx_power_dbm=20) as (transport, gw):
+        meta = RadioMeta(EUI_A, -90, 5.0, 868_100_000, DataRate(7, 125), "4/5", 1, time.monotonic())
+        assert not await transport.send(bytes(20), meta)
+        assert transport.stats()["downlink:over_power"] == 1
+        assert gw.pending() is None
 
 
 @pytest.mark.asyncio

@@ -24,8 +24,11 @@ Downlinks (`send()`, only with `acks = true`): the sealed frame as a txpk in a P
 the gateway that heard the node best, in RX1: the uplink's tmst + 1 s, same frequency and
 data rate, inverted IQ (as LoRaWAN downlinks: nodes do not hear each other's uplinks as
 downlinks). At most one downlink per uplink (the node's receive window holds one packet); it
-is not sent when RX1 can no longer be reached, or when it would take the gateway's sub-band
-over its EU868 duty-cycle limit (gateway.lora.radio). A node that gets no ack sends its
+is not sent when RX1 can no longer be reached, when the uplink's channel is outside the
+configured region plan (`region`, EU868), crosses one of its sub-band edges, or the power
+(`tx_power_dbm`, with `antenna_gain_dbi`) is above the sub-band's ERP limit
+(gateway.lora.region), or when it would take the gateway's sub-band over its duty-cycle limit
+(gateway.lora.radio); each counted by reason. A node that gets no ack sends its
 frame again, so a downlink not sent costs a retransmission, never data.
 """
 
@@ -44,6 +47,7 @@ from ..transport import Backoff
 from .dedupe import Deduplicator
 from .link import LoraLink, OnFrame, log, observations
 from .radio import DutyCycle, RadioMeta, time_on_air
+from .region import PLANS
 from .semtech import (
     TX_ERRORS,
     MalformedDatagram,
@@ -116,6 +120,7 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         self._slots: OrderedDict[tuple[str, int], None] = OrderedDict()  # (EUI, tmst) used
         self._tokens: OrderedDict[bytes, str] = OrderedDict()  # PULL_RESP token -> EUI
         self._duty: dict[str, DutyCycle] = {}
+        self._plan = PLANS[config.region]
         self._dedupe = Deduplicator(self._release, config.dedupe_ms / 1000)
         self._burst_log = BurstLog(what="datagram or packet dropped")
         self._tx_warnings = BurstLog(what="sent with a limitation")
@@ -199,11 +204,16 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             return "too_late"
         if (meta.link, tmst) in self._slots:
             return "slot_taken"
-        if not self._duty.setdefault(meta.link, DutyCycle()).allow(
+        config = self.config
+        region = self._plan.refusal(
+            meta.freq_hz, meta.rate.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi
+        )
+        # outside_plan, crosses_edge, over_power: never sent, and nothing charged
+        if region is None and not self._duty.setdefault(meta.link, DutyCycle()).allow(
             meta.freq_hz, airtime, meta.rate.bw_khz
         ):
-            return "duty_cycle"
-        return None
+            region = "duty_cycle"
+        return region
 
     # -- receiving ---------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from ..transport import Backoff
 from .forwarder import RX1_DELAY_US, RX1_LEAD_S
 from .link import LoraLink, OnFrame, log, observations
 from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
+from .region import PLANS
 
 __all__ = ["Chip", "ChipUnavailable", "SpiTransport", "open_lorarf"]
 
@@ -213,16 +214,11 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         chip = self._chip
         if not self.config.acks or meta is None or chip is None or meta.link != self.name:
             return False
-        if len(frame) > 255:
-            return self._not_sent("too_big")
         tx_at = meta.received + RX1_DELAY_US / 1e6
-        if time.monotonic() > tx_at - RX1_LEAD_S:
-            return self._not_sent("too_late")
-        if self._last_slot == meta.received:
-            return self._not_sent("slot_taken")
         airtime = time_on_air(len(frame), self._rate, self.config.codr, preamble=PREAMBLE)
-        if not self._duty.allow(self.config.freq_hz, airtime, self.config.bw_khz):
-            return self._not_sent("duty_cycle")
+        refusal = self._refusal(frame, meta, tx_at, airtime)
+        if refusal is not None:
+            return self._not_sent(refusal)
         self._last_slot = meta.received
         # scheduled, not awaited: ingest goes on with other frames until RX1 comes
         task = asyncio.get_running_loop().create_task(
@@ -231,6 +227,23 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         self._downlinks.add(task)
         task.add_done_callback(self._downlinks.discard)
         return True
+
+    def _refusal(self, frame: bytes, meta: RadioMeta, tx_at: float, airtime: float) -> str | None:
+        """Why this downlink cannot go out, or None; the duty cycle is charged when it can."""
+        config = self.config
+        if len(frame) > 255:
+            return "too_big"
+        if time.monotonic() > tx_at - RX1_LEAD_S:
+            return "too_late"
+        if self._last_slot == meta.received:
+            return "slot_taken"
+        # check-config refuses these; a configuration made in code may not
+        region = PLANS[config.region].refusal(
+            config.freq_hz, config.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi
+        )
+        if region is None and not self._duty.allow(config.freq_hz, airtime, config.bw_khz):
+            region = "duty_cycle"
+        return region
 
     async def _transmit_at(self, tx_at: float, chip: Chip, frame: bytes, airtime: float) -> None:
         await asyncio.sleep(max(0.0, tx_at - time.monotonic()))
