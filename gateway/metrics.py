@@ -143,14 +143,16 @@ class Metrics:
             "edgeveil_lora_downlinks",
             "Downlinks (acks, time sync), by link and outcome: sent, too_late (RX1 missed), "
             "duty_cycle (sub-band limit reached), outside_plan, crosses_edge, over_power "
-            "(the region plan), slot_taken (one downlink per uplink), "
+            "(the region plan), overlap (the concentrator sends another then), slot_taken (one "
+            "downlink per uplink), "
             "no_route (gateway sent no PULL_DATA yet), or a TX_ACK result (tx_ok, TOO_LATE ...)",
             ["port", "outcome"],
             registry=r,
         )
         self.lora_airtime = Counter(
             "edgeveil_lora_downlink_airtime_seconds",
-            "Time on air of the downlinks sent, per gateway (EU868 duty cycle: see README)",
+            "Time on air of the downlinks a concentrator confirmed sending (TX_ACK; protocol v1: "
+            "scheduled), per gateway (EU868 duty cycle: see README)",
             ["port", "gateway"],
             registry=r,
         )

@@ -33,7 +33,7 @@ from gateway.errors import ConfigError
 from gateway.lora import forwarder as forwarder_mod
 from gateway.lora.dedupe import Deduplicator
 from gateway.lora.forwarder import ForwarderTransport
-from gateway.lora.radio import DataRate, RadioMeta
+from gateway.lora.radio import DataRate, RadioMeta, time_on_air
 from gateway.lora.spi import ChipUnavailable, SpiTransport, open_lorarf
 from gateway.metrics import Metrics
 from gateway.registry import NodeRegistry
@@ -341,9 +341,16 @@ async def test_downlinks_off_late_taken_or_over_duty_cycle_are_not_sent(
         # SF12 in g2 (868.7-869.2 MHz, 0.1 %: 3.6 s an hour): the third 51-byte packet is over
         slow = [
             RadioMeta(
-                EUI_A, -90, 5.0, 869_000_000, DataRate(12, 125), "4/5", 100 + i, time.monotonic()
+                EUI_A,
+                -90,
+                5.0,
+                869_000_000,
+                DataRate(12, 125),
+                "4/5",
+                10**7 * (i + 1),
+                time.monotonic(),
             )
-            for i in range(3)
+            for i in range(3)  # seconds apart: none overlaps another on the concentrator
         ]
         assert [await transport.send(bytes(51), s) for s in slow] == [True, False, False]
         stats = transport.stats()
@@ -366,7 +373,9 @@ async def test_downlinks_off_late_taken_or_over_duty_cycle_are_not_sent(
 
 @contextlib.asynccontextmanager
 async def downlink_server(
-    forwarders: Callable[[str, tuple[str, int]], FakeForwarder], **settings: Any
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+    metrics: Metrics | None = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[ForwarderTransport, FakeForwarder]]:
     """A forwarder server with acks on, and gateway EUI_A on its downlink route."""
     config = PacketForwarderConfig(
@@ -378,7 +387,7 @@ async def downlink_server(
         dedupe_ms=0,
         **settings,
     )
-    transport = ForwarderTransport(config, lambda *_a: None)
+    transport = ForwarderTransport(config, lambda *_a: None, metrics=metrics)
     task = asyncio.create_task(transport.run())
     try:
         await until(lambda: transport.address is not None, "listening", 10)
@@ -424,6 +433,62 @@ async def test_a_downlink_over_the_power_limit_is_never_sent(
         assert not await transport.send(bytes(20), meta)
         assert transport.stats()["downlink:over_power"] == 1
         assert gw.pending() is None
+
+
+@pytest.mark.asyncio
+async def test_downlinks_on_one_concentrator_never_overlap(
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+) -> None:
+    """Two uplinks ending 1 ms apart: the second's RX1 would overlap the first's downlink on
+    the same concentrator (which would refuse it, COLLISION_PACKET), so it is not sent."""
+    async with downlink_server(forwarders) as (transport, _gw):
+
+        def heard(tmst: int) -> RadioMeta:
+            rate = DataRate(9, 125)
+            return RadioMeta(EUI_A, -90, 5.0, 868_300_000, rate, "4/5", tmst, time.monotonic())
+
+        assert await transport.send(bytes(20), heard(5_000_000))
+        assert not await transport.send(bytes(20), heard(5_001_000))  # 1 ms later
+        assert await transport.send(bytes(20), heard(5_500_000))  # after the first one's end
+        # across the wrap of the 32-bit microsecond counter as well
+        assert await transport.send(bytes(20), heard(2**32 - 1_000_050))
+        assert not await transport.send(bytes(20), heard(2**32 - 1_000_000 + 40))
+        stats = transport.stats()
+        assert (stats["downlink:sent"], stats["downlink:overlap"]) == (3, 2)
+
+
+@pytest.mark.asyncio
+async def test_the_duty_cycle_counts_what_the_concentrator_sent(
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+) -> None:
+    """A downlink the concentrator refuses (TX_ACK COLLISION_PACKET, TOO_LATE ...) gives back
+    its duty-cycle charge and its slot; the airtime metric counts what TX_ACK confirmed."""
+    metrics = Metrics()
+    async with downlink_server(forwarders, metrics=metrics) as (transport, gw):
+        rate = DataRate(12, 125)  # SF12 in 868.7-869.2 MHz (0.1 %: 3.6 s an hour)
+
+        def heard(tmst: int) -> RadioMeta:
+            return RadioMeta(EUI_A, -90, 5.0, 869_000_000, rate, "4/5", tmst, time.monotonic())
+
+        def tx_ack(token: bytes, error: str) -> None:
+            body = json.dumps({"txpk_ack": {"error": error}}).encode()
+            gw.send(b"\x02" + token + b"\x05" + gw.eui + body)
+
+        def airtime() -> float:
+            name = "edgeveil_lora_downlink_airtime_seconds_total"
+            return metric(metrics, name, port="lora", gateway=EUI_A)
+
+        assert await transport.send(bytes(51), heard(10_000_000))
+        first = await gw.receive()
+        assert not await transport.send(bytes(51), heard(20_000_000))  # the budget is used
+        tx_ack(first[1:3], "COLLISION_PACKET")  # ... by a downlink that never went out
+        await until(lambda: transport.stats().get("downlink:COLLISION_PACKET") == 1, "ack", 5)
+        assert airtime() == 0
+        assert await transport.send(bytes(51), heard(30_000_000))  # the budget came back
+        second = await gw.receive()
+        tx_ack(second[1:3], "NONE")
+        await until(lambda: transport.stats().get("downlink:tx_ok") == 1, "tx_ok", 5)
+        assert airtime() == pytest.approx(time_on_air(51, rate), rel=1e-6)
 
 
 @pytest.mark.asyncio

@@ -554,9 +554,7 @@ def test_a_restored_registry_reuses_nonces_until_its_counters_are_advanced(
     config = tmp_path / "gateway.toml"
     config.write_text(f'[gateway]\nstate_dir = "{path.parent}"\n')
     path.rename(path.parent / "registry.db")
-    result = edgeveil(
-        "gateway", "advance-counters", "--config", str(config), "--uplinks", "1000"
-    )
+    result = edgeveil("gateway", "advance-counters", "--config", str(config), "--uplinks", "1000")
     assert result.returncode == 0, result.stderr
     assert "downlink counters of every node advanced by 16777216" in result.stdout
     with NodeRegistry.open(path.parent / "registry.db") as reg:

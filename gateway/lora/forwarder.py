@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from ..config import PacketForwarderConfig
@@ -70,6 +71,12 @@ RX1_DELAY_US = 1_000_000  # the node opens RX1 1 s after its uplink ends
 # just-in-time queue needs ~30 ms; the rest is network). Later than this: not sent.
 RX1_LEAD_S = 0.1
 MAX_LORA_PAYLOAD = 255
+# A concentrator sends one packet at a time: its downlinks must not overlap, with the margins
+# of Semtech's just-in-time queue (jitqueue.c: TX_START_DELAY 1.5 ms before, TX_MARGIN_DELAY
+# 1 ms either side), here rounded up. Closer ones it refuses with COLLISION_PACKET.
+TX_GUARD_BEFORE_US = 3000
+TX_GUARD_AFTER_US = 1500
+_BUSY_KEPT = 64  # scheduled downlinks remembered per concentrator (a few seconds' worth)
 _MAX_REMEMBERED = 1024  # unknown EUIs logged, downlink slots and tokens remembered
 # A gateway sends PULL_DATA every 10 s and statistics every 30 s by default: a minute of
 # silence at its address means it has moved (or is gone), not that it is busy.
@@ -118,7 +125,9 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             eui: (host, float("inf")) for eui, host in config.fixed_hosts
         }
         self._slots: OrderedDict[tuple[str, int], None] = OrderedDict()  # (EUI, tmst) used
-        self._tokens: OrderedDict[bytes, str] = OrderedDict()  # PULL_RESP token -> EUI
+        self._tokens: OrderedDict[bytes, _Scheduled] = OrderedDict()  # PULL_RESP token ->
+        # concentrator EUI -> its scheduled downlinks (tmst at start, airtime in us)
+        self._busy: dict[str, deque[tuple[int, int]]] = {}
         self._duty: dict[str, DutyCycle] = {}
         self._plan = PLANS[config.region]
         self._dedupe = Deduplicator(self._release, config.dedupe_ms / 1000)
@@ -179,19 +188,25 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             return False
         _remember(self._slots, (meta.link, meta.tmst), None)
         address, version = route
+        tx_at = (meta.tmst + RX1_DELAY_US) & 0xFFFFFFFF
+        airtime_us = round(airtime * 1e6)
+        busy = self._busy.setdefault(meta.link, deque(maxlen=_BUSY_KEPT))
+        busy.append((tx_at, airtime_us))
         txpk = Txpk(
             data=frame,
             freq_hz=meta.freq_hz,
             rate=meta.rate,
             power_dbm=self.config.tx_power_dbm,
-            tmst=(meta.tmst + RX1_DELAY_US) & 0xFFFFFFFF,
+            tmst=tx_at,
             codr=meta.codr,
         )
         datagram = pull_resp(txpk, version)
-        _remember(self._tokens, datagram[1:3], meta.link)
+        pending = _Scheduled(meta.link, meta.freq_hz, meta.rate.bw_khz, airtime, tx_at)
+        _remember(self._tokens, datagram[1:3], pending)
         udp.sendto(datagram, address)
         self._count_downlink("sent")
-        self.metrics.lora_airtime.labels(self.name, meta.link).inc(airtime)
+        if version < 2:  # no TX_ACK will confirm it: counted as scheduled
+            self.metrics.lora_airtime.labels(self.name, meta.link).inc(airtime)
         return True
 
     def _refusal(self, frame: bytes, meta: RadioMeta, tmst: int, airtime: float) -> str | None:
@@ -204,6 +219,9 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             return "too_late"
         if (meta.link, tmst) in self._slots:
             return "slot_taken"
+        tx_at = (tmst + RX1_DELAY_US) & 0xFFFFFFFF
+        if _overlaps(self._busy.get(meta.link, ()), tx_at, round(airtime * 1e6)):
+            return "overlap"  # the concentrator sends another downlink then
         config = self.config
         region = self._plan.refusal(
             meta.freq_hz, meta.rate.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi
@@ -291,9 +309,11 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             log.exception("lora %s: on_frame failed", self.name)
 
     def _tx_ack(self, event: TxAck) -> None:
-        self._tokens.pop(event.token, None)
+        sent = self._tokens.pop(event.token, None)
         if event.error is None:
             self._count_downlink("tx_ok")
+            if sent is not None:  # the airtime the concentrator confirmed
+                self.metrics.lora_airtime.labels(self.name, sent.link).inc(sent.airtime)
             if event.warning is not None:
                 # text from the network: escaped, cut short, at most one line per burst
                 self._tx_warnings.rejected(
@@ -304,6 +324,13 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             return
         reason = event.error if event.error in TX_ERRORS else "other"
         self._count_downlink(reason)
+        if sent is not None:  # not sent: neither its airtime nor its slot counts
+            duty = self._duty.get(sent.link)
+            if duty is not None:
+                duty.refund(sent.freq_hz, sent.airtime, sent.bw_khz)
+            busy = self._busy.get(sent.link)
+            if busy is not None and (sent.tx_at, round(sent.airtime * 1e6)) in busy:
+                busy.remove((sent.tx_at, round(sent.airtime * 1e6)))
         self._burst_log.rejected(
             self.name, f"downlink {reason}", f"gateway {event.gateway} did not send it (TX_ACK)"
         )
@@ -359,6 +386,31 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
     def _count_packet(self, gateway: str, outcome: str) -> None:
         self.counts[f"packet:{outcome}"] += 1
         self.metrics.lora_packets.labels(self.name, gateway, outcome).inc()
+
+
+@dataclass(frozen=True, slots=True)
+class _Scheduled:
+    """A downlink handed to a concentrator, until its TX_ACK says whether it went out."""
+
+    link: str
+    freq_hz: int
+    bw_khz: int
+    airtime: float
+    tx_at: int  # concentrator microseconds
+
+
+def _overlaps(busy: Iterable[tuple[int, int]], start: int, airtime_us: int) -> bool:
+    """Whether a downlink at `start` (concentrator us, 32-bit, wrapping) for `airtime_us`
+    comes within the guard times of one already scheduled."""
+    low = (start - TX_GUARD_BEFORE_US) & 0xFFFFFFFF
+    length = TX_GUARD_BEFORE_US + airtime_us + TX_GUARD_AFTER_US
+    for other, other_us in busy:
+        other_low = (other - TX_GUARD_BEFORE_US) & 0xFFFFFFFF
+        other_length = TX_GUARD_BEFORE_US + other_us + TX_GUARD_AFTER_US
+        # two intervals on a circle of 2^32 us overlap when either starts inside the other
+        if (other_low - low) & 0xFFFFFFFF < length or (low - other_low) & 0xFFFFFFFF < other_length:
+            return True
+    return False
 
 
 def _remember(table: OrderedDict[_K, _V], key: _K, value: _V) -> None:

@@ -139,6 +139,18 @@ class DutyCycle:
         sent.append((now, airtime_s))
         return True
 
+    def refund(self, freq_hz: int, airtime_s: float, bw_khz: int = 125) -> None:
+        """Take back the latest charge of `airtime_s` in the sub-band: the transmitter did not
+        send it (a concentrator's TX_ACK said so)."""
+        band = subband(freq_hz, bw_khz)
+        sent = self._sent.get(band[0]) if band is not None else None
+        if not sent:
+            return
+        for entry in reversed(sent):
+            if entry[1] == airtime_s:
+                sent.remove(entry)
+                return
+
     def used(self, freq_hz: int, bw_khz: int = 125) -> float:
         """Seconds sent in the sub-band of freq_hz within the last hour."""
         band = subband(freq_hz, bw_khz)
