@@ -32,7 +32,7 @@ from gateway.config import PacketForwarderConfig, SpiRadioConfig
 from gateway.errors import ConfigError
 from gateway.lora import forwarder as forwarder_mod
 from gateway.lora.dedupe import Deduplicator
-from gateway.lora.forwarder import ForwarderTransport
+from gateway.lora.forwarder import ConcentratorClock, ForwarderTransport
 from gateway.lora.radio import DataRate, RadioMeta, time_on_air
 from gateway.lora.spi import ChipUnavailable, SpiTransport, open_lorarf
 from gateway.metrics import Metrics
@@ -489,6 +489,54 @@ async def test_the_duty_cycle_counts_what_the_concentrator_sent(
         tx_ack(second[1:3], "NONE")
         await until(lambda: transport.stats().get("downlink:tx_ok") == 1, "tx_ok", 5)
         assert airtime() == pytest.approx(time_on_air(51, rate), rel=1e-6)
+
+
+def test_the_concentrator_clock_tells_a_late_uplink_from_a_fresh_one() -> None:
+    clock = ConcentratorClock()
+    assert clock.received(1_000_000, 100.0) == 100.0
+    assert clock.received(2_000_000, 101.002) == pytest.approx(101.0)  # 2 ms slower on the way
+    # ended 50 ms after the first, but here 1 s after it: 0.95 s old on arrival
+    assert clock.received(1_050_000, 101.0) == pytest.approx(100.05)
+    # across the wrap of the 32-bit counter (every 71.6 minutes)
+    wrap = ConcentratorClock()
+    wrap.received(2**32 - 500_000, 10.0)
+    assert wrap.received(500_000, 11.0) == pytest.approx(11.0)  # 1 s later, not 71 minutes
+    assert wrap.received(2**32 - 400_000, 11.5) == pytest.approx(10.1)  # a late one from before
+    # the concentrator restarted: its counter began again, the estimate starts afresh
+    assert wrap.received(3_000, 20.0) == 20.0
+    assert wrap.received(1_003_000, 21.0) == pytest.approx(21.0)
+
+
+@pytest.mark.asyncio
+async def test_an_uplink_too_old_for_rx1_is_not_answered(
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+) -> None:
+    """A PUSH_DATA held up on the way: its rxpk ended 50 ms after the previous one but arrives
+    0.95 s after it, too late for RX1 (the issue's concentrator said TOO_LATE)."""
+    got: list[RadioMeta] = []
+    config = PacketForwarderConfig(
+        name="lora", host="127.0.0.1", port=0, gateways=(EUI_A,), acks=True, dedupe_ms=0
+    )
+    transport = ForwarderTransport(config, lambda _p, _f, meta: got.append(meta))
+    task = asyncio.create_task(transport.run())
+    try:
+        await until(lambda: transport.address is not None, "listening", 10)
+        assert transport.address is not None
+        gw = forwarders(EUI_A, transport.address)
+        gw.pull_data()
+        await gw.receive()
+        gw.push_data(b"\x01", rssi=-90, tmst=7_000_000)
+        await gw.receive()  # PUSH_ACK
+        await until(lambda: len(got) == 1, "the first uplink", 5)
+        await asyncio.sleep(0.95)
+        gw.push_data(b"\x02", rssi=-90, tmst=7_050_000)
+        await gw.receive()
+        await until(lambda: len(got) == 2, "the late uplink", 5)
+        assert not await transport.send(bytes(10), got[1])
+        assert transport.stats()["downlink:too_late"] == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.mark.asyncio

@@ -24,7 +24,8 @@ Downlinks (`send()`, only with `acks = true`): the sealed frame as a txpk in a P
 the gateway that heard the node best, in RX1: the uplink's tmst + 1 s, same frequency and
 data rate, inverted IQ (as LoRaWAN downlinks: nodes do not hear each other's uplinks as
 downlinks). At most one downlink per uplink (the node's receive window holds one packet); it
-is not sent when RX1 can no longer be reached, when the uplink's channel is outside the
+is not sent when RX1 can no longer be reached (judged by when the concentrator received the
+uplink, ConcentratorClock, not when its PUSH_DATA arrived), when the uplink's channel is outside the
 configured region plan (`region`, EU868), crosses one of its sub-band edges, or the power
 (`tx_power_dbm`, with `antenna_gain_dbi`) is above the sub-band's ERP limit
 (gateway.lora.region), or when it would take the gateway's sub-band over its duty-cycle limit
@@ -77,6 +78,8 @@ MAX_LORA_PAYLOAD = 255
 TX_GUARD_BEFORE_US = 3000
 TX_GUARD_AFTER_US = 1500
 _BUSY_KEPT = 64  # scheduled downlinks remembered per concentrator (a few seconds' worth)
+CLOCK_WINDOW_S = 600.0  # packets a concentrator clock estimate learns from (ConcentratorClock)
+CLOCK_RESET_S = 5.0  # no packet is this old at arrival: the concentrator's counter restarted
 _MAX_REMEMBERED = 1024  # unknown EUIs logged, downlink slots and tokens remembered
 # A gateway sends PULL_DATA every 10 s and statistics every 30 s by default: a minute of
 # silence at its address means it has moved (or is gone), not that it is busy.
@@ -128,6 +131,7 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         self._tokens: OrderedDict[bytes, _Scheduled] = OrderedDict()  # PULL_RESP token ->
         # concentrator EUI -> its scheduled downlinks (tmst at start, airtime in us)
         self._busy: dict[str, deque[tuple[int, int]]] = {}
+        self._clocks: dict[str, ConcentratorClock] = {}  # EUI -> its tmst against our clock
         self._duty: dict[str, DutyCycle] = {}
         self._plan = PLANS[config.region]
         self._dedupe = Deduplicator(self._release, config.dedupe_ms / 1000)
@@ -274,6 +278,7 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
                 f"rxpk {rejected.index} from {gateway}: {rejected.detail}",
             )
         now = time.monotonic()
+        clock = self._clocks.setdefault(gateway, ConcentratorClock())
         for rxpk in event.rxpk:
             counted = not observations(rxpk.data)
             if counted:
@@ -288,7 +293,7 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
                 rate=rxpk.rate,
                 codr=rxpk.codr,
                 tmst=rxpk.tmst,
-                received=now,
+                received=clock.received(rxpk.tmst, now),  # a late PUSH_DATA is seen as late
             )
             merged, late = self._dedupe.merged, self._dedupe.late
             self._dedupe.offer(rxpk.data, meta)
@@ -386,6 +391,53 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
     def _count_packet(self, gateway: str, outcome: str) -> None:
         self.counts[f"packet:{outcome}"] += 1
         self.metrics.lora_packets.labels(self.name, gateway, outcome).inc()
+
+
+class ConcentratorClock:
+    """When a concentrator received a packet, in this process's time.monotonic(), from its
+    tmst: what tells an uplink that reached us late (a PUSH_DATA held up on the network, a
+    forwarder that batched) from a fresh one, so that it is not answered in an RX1 window
+    that has passed or is about to.
+
+    Each packet gives `arrival - tmst`: the clocks' offset plus that packet's delay. The least
+    of these over the last CLOCK_WINDOW_S is the offset plus the shortest delay; a packet's
+    age at arrival is its own value minus that least one. The 32-bit microsecond tmst is
+    unwrapped (it wraps every 71.6 minutes); a packet that would be more than CLOCK_RESET_S
+    old means the concentrator restarted (its counter began again), and the estimate starts
+    afresh. Drift of the two clocks over the window (tens of ppm: ms) is left out.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None  # the highest unwrapped tmst seen
+        self._offsets: deque[tuple[float, float]] = deque(maxlen=256)  # (arrival, offset)
+
+    def received(self, tmst: int, arrival: float) -> float:
+        """The estimated time.monotonic() at which the concentrator received the packet."""
+        value = self._unwrap(tmst)
+        offset = arrival - value / 1e6
+        while self._offsets and self._offsets[0][0] < arrival - CLOCK_WINDOW_S:
+            self._offsets.popleft()
+        least = min((o for _, o in self._offsets), default=offset)
+        age = offset - least
+        if age > CLOCK_RESET_S or age < -CLOCK_RESET_S:  # the counter began again
+            self._offsets.clear()
+            self._last = tmst
+            age = 0.0
+        self._offsets.append((arrival, offset))
+        return arrival - max(0.0, age)
+
+    def _unwrap(self, tmst: int) -> int:
+        last = self._last
+        if last is None:
+            self._last = tmst
+            return tmst
+        value = (last & ~0xFFFFFFFF) | tmst
+        if value < last - (1 << 31):
+            value += 1 << 32  # the counter wrapped
+        elif value > last + (1 << 31):
+            value -= 1 << 32  # a packet from before the wrap, arriving after it
+        self._last = max(last, value)
+        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,9 @@ class RadioMeta:
     `link` is the gateway that heard it: a concentrator's EUI (16 hex digits) or the name of a
     single-channel SPI transport. `tmst` is the concentrator's microsecond counter at the end
     of reception (packet forwarder only; downlinks are scheduled against it). `received` is
-    time.monotonic() when this process got it, to tell whether RX1 can still be reached.
+    the time.monotonic() at which the radio received it (for a concentrator estimated from
+    its tmst, gateway.lora.forwarder.ConcentratorClock), to tell whether RX1 can still be
+    reached.
     """
 
     link: str
