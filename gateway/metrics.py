@@ -143,8 +143,8 @@ class Metrics:
             "edgeveil_lora_downlinks",
             "Downlinks (acks, time sync), by link and outcome: sent, too_late (RX1 missed), "
             "duty_cycle (sub-band limit reached), outside_plan, crosses_edge, over_power "
-            "(the region plan), overlap (the concentrator sends another then), slot_taken (one "
-            "downlink per uplink), "
+            "(the region plan), overlap (the concentrator sends another then), slot_taken (two "
+            "downlinks per uplink already), "
             "no_route (gateway sent no PULL_DATA yet), or a TX_ACK result (tx_ok, TOO_LATE ...)",
             ["port", "outcome"],
             registry=r,

@@ -333,7 +333,8 @@ async def test_downlinks_off_late_taken_or_over_duty_cycle_are_not_sent(
         gw.pull_data()
         await gw.receive()
         assert await transport.send(b"ack", meta)
-        assert not await transport.send(b"sync", meta)  # RX1 holds one downlink
+        assert await transport.send(b"sync", meta)  # RX1 takes a second, right after the first
+        assert not await transport.send(b"more", meta)  # and no third (SPEC.md section 13)
         late = RadioMeta(
             EUI_A, -90, 5.0, 868_300_000, DataRate(9, 125), "4/5", 20, time.monotonic() - 0.95
         )
@@ -358,7 +359,7 @@ async def test_downlinks_off_late_taken_or_over_duty_cycle_are_not_sent(
         assert stats["downlink:slot_taken"] == 1
         assert stats["downlink:too_late"] == 1
         assert stats["downlink:duty_cycle"] == 2
-        assert stats["downlink:sent"] == 2
+        assert stats["downlink:sent"] == 3
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -789,11 +790,10 @@ async def test_spi_radio_delivers_frames_counts_crc_errors_and_acks_in_rx1() -> 
         assert metric(metrics, "edgeveil_lora_rssi_dbm_count", port="hat", gateway="hat") == 1
 
         assert await transport.send(b"the ack", meta)  # scheduled for RX1
-        assert not await transport.send(b"a second", meta)  # one downlink per uplink
-        assert await asyncio.to_thread(chip.transmitted.wait, 10)
-        await until(lambda: transport.stats().get("downlink:sent") == 1, "sent counted", 10)
-        sent = chip.calls[1:]
-        assert sent == [
+        assert await transport.send(b"a sync", meta)  # right after it, in the same window
+        assert not await transport.send(b"a third", meta)  # two frames a window (SPEC.md 13)
+        await until(lambda: transport.stats().get("downlink:sent") == 2, "sent counted", 10)
+        one = [
             ("invert_iq", True),
             ("begin", None),
             ("put", b"the ack"),
@@ -801,6 +801,8 @@ async def test_spi_radio_delivers_frames_counts_crc_errors_and_acks_in_rx1() -> 
             ("invert_iq", False),
             ("request", FakeChip.RX_CONTINUOUS),  # back to receiving
         ]
+        sent = chip.calls[1:]
+        assert sent == [*one, *[(c, b"a sync" if c == "put" else a) for c, a in one]]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

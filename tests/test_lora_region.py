@@ -13,7 +13,7 @@ import pytest
 from gateway import config as config_mod
 from gateway.config import SpiRadioConfig
 from gateway.errors import ConfigError
-from gateway.lora.radio import DataRate, RadioMeta
+from gateway.lora.radio import DataRate
 from gateway.lora.region import EU868, erp_dbm
 from gateway.lora.spi import SpiTransport
 
@@ -51,8 +51,7 @@ def test_the_plan_knows_rx2_and_the_rx1_power_limit() -> None:
 def test_an_spi_radio_on_a_channel_outside_the_plan_sends_nothing() -> None:
     config = SpiRadioConfig(name="hat", chip="sx1276", freq_hz=915_000_000, acks=True)
     transport = SpiTransport(config, lambda *_a: None)
-    meta = RadioMeta("hat", -90, 5.0, 915_000_000, DataRate(7, 125), "4/5", None, time.monotonic())
-    assert transport._refusal(bytes(20), meta, time.monotonic() + 1.0, 0.05) == "outside_plan"
+    assert transport._refusal(bytes(20), 0, time.monotonic() + 1.0, 0.05) == "outside_plan"
 
 
 def _load(tmp_path: Path, text: str) -> config_mod.GatewayConfig:

@@ -23,7 +23,8 @@ packet forwarder or its forks). For each datagram (gateway.lora.semtech parses i
 Downlinks (`send()`, only with `acks = true`): the sealed frame as a txpk in a PULL_RESP to
 the gateway that heard the node best, in RX1: the uplink's tmst + 1 s, same frequency and
 data rate, inverted IQ (as LoRaWAN downlinks: nodes do not hear each other's uplinks as
-downlinks). At most one downlink per uplink (the node's receive window holds one packet); it
+downlinks). At most two downlinks per uplink (SPEC.md section 13: the node's receive window
+takes a second frame right after the first), the second scheduled after the first's airtime; it
 is not sent when RX1 can no longer be reached (judged by when the concentrator received the
 uplink, ConcentratorClock, not when its PUSH_DATA arrived), when the uplink's channel is outside the
 configured region plan (`region`, EU868), crosses one of its sub-band edges, or the power
@@ -71,6 +72,10 @@ RX1_DELAY_US = 1_000_000  # the node opens RX1 1 s after its uplink ends
 # A PULL_RESP must reach the gateway this long before its TX time (the packet forwarder's
 # just-in-time queue needs ~30 ms; the rest is network). Later than this: not sent.
 RX1_LEAD_S = 0.1
+FRAMES_PER_WINDOW = 2  # SPEC.md 13: an ack and a time sync, the second right after the first
+# between the end of a window's first frame and the start of its second: time for the node to
+# hand the first to its firmware and listen again (SPEC.md section 13)
+SECOND_FRAME_GAP_US = 25_000
 MAX_LORA_PAYLOAD = 255
 # A concentrator sends one packet at a time: its downlinks must not overlap, with the margins
 # of Semtech's just-in-time queue (jitqueue.c: TX_START_DELAY 1.5 ms before, TX_MARGIN_DELAY
@@ -127,7 +132,8 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         self._hosts: dict[str, tuple[str, float]] = {
             eui: (host, float("inf")) for eui, host in config.fixed_hosts
         }
-        self._slots: OrderedDict[tuple[str, int], None] = OrderedDict()  # (EUI, tmst) used
+        # (EUI, uplink tmst) -> downlinks sent in its RX1, when the next one may start
+        self._slots: OrderedDict[tuple[str, int], tuple[int, int]] = OrderedDict()
         self._tokens: OrderedDict[bytes, _Scheduled] = OrderedDict()  # PULL_RESP token ->
         # concentrator EUI -> its scheduled downlinks (tmst at start, airtime in us)
         self._busy: dict[str, deque[tuple[int, int]]] = {}
@@ -186,14 +192,18 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         if not self.config.acks or meta is None or meta.tmst is None or udp is None:
             return False
         airtime = time_on_air(len(frame), meta.rate, meta.codr)
-        refusal = self._refusal(frame, meta, meta.tmst, airtime)
+        # the window's first frame at its start, a second right after the first (SPEC.md 13)
+        frames, tx_at = self._slots.get(
+            (meta.link, meta.tmst), (0, (meta.tmst + RX1_DELAY_US) & 0xFFFFFFFF)
+        )
+        refusal = self._refusal(frame, meta, frames, tx_at, airtime)
         if refusal is not None or route is None:
             self._count_downlink(refusal or "no_route")
             return False
-        _remember(self._slots, (meta.link, meta.tmst), None)
         address, version = route
-        tx_at = (meta.tmst + RX1_DELAY_US) & 0xFFFFFFFF
         airtime_us = round(airtime * 1e6)
+        after = (tx_at + airtime_us + SECOND_FRAME_GAP_US) & 0xFFFFFFFF
+        _remember(self._slots, (meta.link, meta.tmst), (frames + 1, after))
         busy = self._busy.setdefault(meta.link, deque(maxlen=_BUSY_KEPT))
         busy.append((tx_at, airtime_us))
         txpk = Txpk(
@@ -213,17 +223,19 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
             self.metrics.lora_airtime.labels(self.name, meta.link).inc(airtime)
         return True
 
-    def _refusal(self, frame: bytes, meta: RadioMeta, tmst: int, airtime: float) -> str | None:
-        """Why this downlink cannot go out, or None; the duty cycle is charged when it can."""
+    def _refusal(
+        self, frame: bytes, meta: RadioMeta, frames: int, tx_at: int, airtime: float
+    ) -> str | None:
+        """Why this downlink (the window's `frames`+1-th, at `tx_at`) cannot go out, or None;
+        the duty cycle is charged when it can."""
         if meta.link not in self._routes:
             return "no_route"
         if len(frame) > MAX_LORA_PAYLOAD:
             return "too_big"
         if time.monotonic() - meta.received > RX1_DELAY_US / 1e6 - RX1_LEAD_S:
             return "too_late"
-        if (meta.link, tmst) in self._slots:
+        if frames >= FRAMES_PER_WINDOW:
             return "slot_taken"
-        tx_at = (tmst + RX1_DELAY_US) & 0xFFFFFFFF
         if _overlaps(self._busy.get(meta.link, ()), tx_at, round(airtime * 1e6)):
             return "overlap"  # the concentrator sends another downlink then
         config = self.config

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from ..config import SpiRadioConfig
 from ..metrics import Metrics
 from ..transport import Backoff
-from .forwarder import RX1_DELAY_US, RX1_LEAD_S
+from .forwarder import FRAMES_PER_WINDOW, RX1_DELAY_US, RX1_LEAD_S, SECOND_FRAME_GAP_US
 from .link import LoraLink, OnFrame, log, observations
 from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
 from .region import PLANS
@@ -43,6 +43,7 @@ __all__ = ["Chip", "ChipUnavailable", "SpiTransport", "open_lorarf"]
 
 
 PREAMBLE = 8  # symbols, as LoRaWAN
+SECOND_FRAME_GAP_S = SECOND_FRAME_GAP_US / 1e6  # a window's second frame after the first
 _TX_TIMEOUT_S = 5.0  # longer than any 255-byte packet at SF12/125 kHz (about 2.8 s)
 
 
@@ -175,7 +176,8 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         self._radio_lock = threading.Lock()  # the GPIO thread reads while a downlink sends
         self._rate = DataRate(config.sf, config.bw_khz)
         self._duty = DutyCycle()
-        self._last_slot: float | None = None  # `received` of the last uplink answered
+        # the last uplink answered (its `received`), downlinks sent for it, the next one's time
+        self._slot: tuple[float, int, float] | None = None
         self._downlinks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -214,12 +216,14 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         chip = self._chip
         if not self.config.acks or meta is None or chip is None or meta.link != self.name:
             return False
-        tx_at = meta.received + RX1_DELAY_US / 1e6
+        frames, tx_at = 0, meta.received + RX1_DELAY_US / 1e6
+        if self._slot is not None and self._slot[0] == meta.received:
+            _uplink, frames, tx_at = self._slot  # a second frame, right after the first
         airtime = time_on_air(len(frame), self._rate, self.config.codr, preamble=PREAMBLE)
-        refusal = self._refusal(frame, meta, tx_at, airtime)
+        refusal = self._refusal(frame, frames, tx_at, airtime)
         if refusal is not None:
             return self._not_sent(refusal)
-        self._last_slot = meta.received
+        self._slot = (meta.received, frames + 1, tx_at + airtime + SECOND_FRAME_GAP_S)
         # scheduled, not awaited: ingest goes on with other frames until RX1 comes
         task = asyncio.get_running_loop().create_task(
             self._transmit_at(tx_at, chip, frame, airtime), name=f"{self.task_name}:downlink"
@@ -228,14 +232,15 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         task.add_done_callback(self._downlinks.discard)
         return True
 
-    def _refusal(self, frame: bytes, meta: RadioMeta, tx_at: float, airtime: float) -> str | None:
-        """Why this downlink cannot go out, or None; the duty cycle is charged when it can."""
+    def _refusal(self, frame: bytes, frames: int, tx_at: float, airtime: float) -> str | None:
+        """Why this downlink (its window's `frames`+1-th, at `tx_at`) cannot go out, or None;
+        the duty cycle is charged when it can."""
         config = self.config
         if len(frame) > 255:
             return "too_big"
         if time.monotonic() > tx_at - RX1_LEAD_S:
             return "too_late"
-        if self._last_slot == meta.received:
+        if frames >= FRAMES_PER_WINDOW:
             return "slot_taken"
         # check-config refuses these; a configuration made in code may not
         region = PLANS[config.region].refusal(
