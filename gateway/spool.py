@@ -129,7 +129,8 @@ class Spool(Closing):
         self.dropped_full = 0
         self.refused = 0
         self.dropped_age = 0
-        self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+        self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])  # rows held
+        self._published: set[int] = set()  # acknowledged by the broker, not yet deleted
 
     @classmethod
     def open(
@@ -177,8 +178,28 @@ class Spool(Closing):
 
     @property
     def depth(self) -> int:
-        """How many messages the spool holds."""
+        """How many messages wait to be published: those held, less those the broker
+        acknowledged whose deletion is still to come (published())."""
+        return self._depth - len(self._published)
+
+    @property
+    def held(self) -> int:
+        """How many messages the file holds, published or not (the room they take)."""
         return self._depth
+
+    def published(self, seqs: Iterable[int]) -> None:
+        """The broker acknowledged these; their deletion follows later (the uplink deletes in
+        groups). In memory only: a restart publishes them again, as before."""
+        with self._lock:
+            self._published.update(int(s) for s in seqs)
+
+    def _forget_deleted(self) -> None:
+        """Drop published seqs whose rows another deletion (expiry, drop_oldest) removed: they
+        are below the oldest row held. The caller holds the lock."""
+        if self._published:
+            row = self._conn.execute("SELECT min(seq) FROM spool").fetchone()
+            oldest = row[0] if row[0] is not None else float("inf")
+            self._published = {s for s in self._published if s >= oldest}
 
     def put(
         self,
@@ -234,6 +255,8 @@ class Spool(Closing):
                 )
             dropped = max(excess, 0)
             self._depth += new - dropped
+            if dropped:
+                self._forget_deleted()
             self.dropped_full += dropped
         if dropped:
             log.warning("spool full: dropped the %d oldest messages", dropped)
@@ -264,6 +287,7 @@ class Spool(Closing):
         with self._lock:
             removed = self._commit_unsynced("DELETE FROM spool WHERE seq = ?", params)
             self._depth -= removed
+            self._published.difference_update(s for (s,) in params)
 
     def expire(self, now: float | None = None) -> int:
         """Drop messages older than max_age_s; returns how many (also in `dropped_age`)."""
@@ -272,6 +296,8 @@ class Spool(Closing):
             removed = self._commit_unsynced("DELETE FROM spool WHERE created < ?", [(cutoff,)])
             self._depth -= removed
             self.dropped_age += removed
+            if removed:
+                self._forget_deleted()
         if removed:
             log.warning("spool: %d messages older than %d s expired", removed, self.max_age_s)
         return removed
@@ -297,9 +323,13 @@ class Spool(Closing):
             self._commit_unsynced("DELETE FROM accepted WHERE seq <= ?", [(upto,)])
 
     def oldest_age(self, now: float | None = None) -> float | None:
-        """Seconds since the oldest message was put (never negative), or None when empty."""
+        """Seconds since the oldest message waiting (not published) was put (never negative),
+        or None when none waits."""
         with self._lock:
-            row = self._conn.execute("SELECT min(created) FROM spool").fetchone()
+            after = max(self._published, default=0)  # published ones are the oldest
+            row = self._conn.execute(
+                "SELECT min(created) FROM spool WHERE seq > ?", (after,)
+            ).fetchone()
         if row[0] is None:
             return None
         return max(0.0, (time.time() if now is None else now) - float(row[0]))

@@ -71,14 +71,17 @@ class SpoolQueue(Protocol):
     """What the uplink needs of the spool (gateway.spool.Spool has more).
 
     `peek` gives the oldest messages first (only those with a sequence number above `after`),
-    with their sequence numbers; `delete` removes published ones, or raises StorageError and
-    removes none. Both are called in a worker thread (asyncio.to_thread), as ingest calls
+    with their sequence numbers; `published` says the broker acknowledged some (deleted later,
+    in groups); `delete` removes published ones, or raises StorageError and removes none.
+    `peek` and `delete` are called in a worker thread (asyncio.to_thread), as ingest calls
     `put`: they may block on the disk.
     """
 
     def peek(self, limit: int, after: int = 0, /) -> Sequence[tuple[int, OutMessage]]: ...
 
     def delete(self, seqs: list[int], /) -> object: ...
+
+    def published(self, seqs: list[int], /) -> object: ...
 
 
 OnPublished = Callable[[OutMessage, float | None], None]
@@ -491,7 +494,9 @@ class Uplink:
             # delete means duplicates, never a loss.
             if not self._undeleted:
                 self._delete_due = time.monotonic() + self._delete_after
-            self._undeleted.extend(seq for seq, _ in acked)
+            seqs = [seq for seq, _ in acked]
+            self._undeleted.extend(seqs)
+            self._spool.published(seqs)  # no longer waiting, though still in the file
 
     async def _delete(self) -> None:
         """Delete the published messages set aside; what the disk refuses stays set aside for

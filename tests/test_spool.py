@@ -269,3 +269,19 @@ def test_a_spool_of_schema_1_gets_the_journal_and_version_2(path: Path) -> None:
         assert conn.execute("SELECT seq, msg_id FROM spool").fetchall() == [(1, "gw:1")]
         indexes = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
         assert indexes == [("spool_created",)]  # no msg_id index: a random page per message
+
+
+def test_published_messages_no_longer_count_as_waiting(path: Path) -> None:
+    """The uplink deletes in groups: what the broker acknowledged is not waiting any more,
+    though it is still in the file until its deletion (or an expiry) removes it."""
+    with Spool.open(path, 100, DAY, "drop_oldest") as spool:
+        spool.put([msg(i) for i in range(4)])
+        seqs = [seq for seq, _ in spool.peek(4)]
+        spool.published(seqs[:3])
+        assert (spool.depth, spool.held) == (1, 4)
+        spool.delete(seqs[:2])
+        assert (spool.depth, spool.held) == (1, 2)
+        spool.expire(now=time.time() + 2 * DAY)  # removes the published one left, too
+        assert spool.depth == 0
+        spool.put([msg(9)])
+        assert spool.depth == 1

@@ -178,7 +178,7 @@ async def test_delivers_in_order_exactly_once_and_deletes_only_after_puback(
             spool.put(first)
             up.notify(first)
             await sub.wait_for(lambda got: len(by_topic_data(got)) >= 300)
-            await eventually(lambda: up.published == 300 and spool.depth == 0, "all deleted")
+            await eventually(lambda: up.published == 300 and spool.held == 0, "all deleted")
 
             data = by_topic_data(sub.received)
             assert [(r.topic, r.payload) for r in data] == [(m.topic, m.payload) for m in first]
@@ -198,7 +198,7 @@ async def test_delivers_in_order_exactly_once_and_deletes_only_after_puback(
             assert up.published == 300
             broker.resume()
             await sub.wait_for(lambda got: len(by_topic_data(got)) >= 340)
-            await eventually(lambda: up.published == 340 and spool.depth == 0, "all deleted")
+            await eventually(lambda: up.published == 340 and spool.held == 0, "all deleted")
             data = by_topic_data(sub.received)
             assert [r.payload for r in data] == [m.payload for m in first + second]
             assert up.reconnects == 0
@@ -249,7 +249,7 @@ async def test_broker_outage_loses_nothing_and_uplink_reconnects_by_itself(
             up.notify(after)
 
             await sub.wait_for(lambda got: len({mid(r) for r in got}) >= 100, timeout=8)
-            await eventually(lambda: up.published >= 100 and spool.depth == 0, "all deleted")
+            await eventually(lambda: up.published >= 100 and spool.held == 0, "all deleted")
             assert up.reconnects == 1
 
     kept = first_copies(sub.received)
@@ -317,6 +317,9 @@ async def test_a_failing_spool_is_logged_and_retried_never_fatal(
         def delete(self, seqs: list[int]) -> None:
             spool.delete(seqs)
 
+        def published(self, seqs: list[int]) -> None:
+            spool.published(seqs)
+
     batch = messages(0, 5)
     spool.put(batch)
     async with subscribed(broker, DATA) as sub, uplink_for(broker, FlakySpool()) as up:
@@ -347,6 +350,9 @@ async def test_what_the_disk_refuses_to_delete_is_not_published_again(
                 raise StorageError("spool", "disk_full", "the spool cannot be written")
             spool.delete(seqs)
 
+        def published(self, seqs: list[int]) -> None:
+            spool.published(seqs)
+
     full = FullDiskSpool()
     async with subscribed(broker, DATA) as sub, uplink_for(broker, full) as up:
         spool.put(messages(0, 3))
@@ -355,7 +361,7 @@ async def test_what_the_disk_refuses_to_delete_is_not_published_again(
         spool.put(messages(3, 3))
         up.notify()
         await sub.wait_for(lambda got: len(got) >= 6)
-        await eventually(lambda: spool.depth == 0, "deleted once the disk lets it", timeout=20)
+        await eventually(lambda: spool.held == 0, "deleted once the disk lets it", timeout=20)
         assert full.refuse == 0
         assert up.last_error is None  # not a connection problem
         got = [r.payload for r in sub.received]
@@ -375,6 +381,8 @@ class EmptySpool:
     def peek(self, limit, after=0):
         return []
     def delete(self, seqs):
+        pass
+    def published(self, seqs):
         pass
 
 async def main():
