@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .lora.region import PLANS
+from .lora.region import DIPOLE_GAIN_DBI, PLANS, erp_dbm, max_conducted_dbm
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # safe in MQTT topics and file names
 PAYLOAD_FORMATS = ("senml+json", "senml+cbor")
@@ -306,8 +306,8 @@ def _packet_forwarder(item: Any, index: int, source: str) -> PacketForwarderConf
     plan = PLANS[config.region]
     # a RX1 downlink goes out on the uplink's channel, which may be any of the plan's
     limit = plan.rx1_max_erp_dbm()
-    most = limit + 2.15 - config.antenna_gain_dbi
-    if config.tx_power_dbm > most + 1e-9:
+    most = max_conducted_dbm(limit, config.antenna_gain_dbi)
+    if erp_dbm(config.tx_power_dbm, config.antenna_gain_dbi) > limit + 1e-9:
         raise ConfigError(
             t.key("tx_power_dbm"),
             f"{config.tx_power_dbm} dBm with a {config.antenna_gain_dbi:g} dBi antenna is above "
@@ -321,7 +321,7 @@ def _packet_forwarder(item: Any, index: int, source: str) -> PacketForwarderConf
 def _gain(t: _Table) -> float:
     """antenna_gain_dbi: the antenna's gain in dBi (2.15 for a dipole), as a number."""
     t.used.add("antenna_gain_dbi")
-    value = t.data.get("antenna_gain_dbi", 2.15)
+    value = t.data.get("antenna_gain_dbi", DIPOLE_GAIN_DBI)
     if isinstance(value, bool) or not isinstance(value, int | float) or not -10 <= value <= 20:
         raise ConfigError(
             t.key("antenna_gain_dbi"), f"must be a number of dBi, -10..20; got {value!r}", t.source
@@ -375,16 +375,12 @@ def _spi_radio(item: Any, index: int, source: str) -> SpiRadioConfig:
     )
     t.done()
     plan = PLANS[config.region]
-    where = plan.refusal(config.freq_hz, config.bw_khz, config.tx_power_dbm, 2.15)
+    channel = (config.freq_hz, config.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi)
+    where = plan.refusal(*channel)
     if where in ("outside_plan", "crosses_edge"):  # it receives there and answers there
-        problem = plan.explain(config.freq_hz, config.bw_khz, config.tx_power_dbm, 2.15)
-        raise ConfigError(t.key("freq_khz"), f"{problem}", source)
-    if config.acks:
-        power = plan.explain(
-            config.freq_hz, config.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi
-        )
-        if power is not None:
-            raise ConfigError(t.key("tx_power_dbm"), power, source)
+        raise ConfigError(t.key("freq_khz"), str(plan.explain(*channel)), source)
+    if where == "over_power" and config.acks:  # the power matters only when it transmits
+        raise ConfigError(t.key("tx_power_dbm"), str(plan.explain(*channel)), source)
     return config
 
 

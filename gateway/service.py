@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -61,7 +60,13 @@ from .privacy.policy import Policy
 from .records import OutMessage, Record, Topics
 from .registry import NodeRegistry
 from .spool import Spool
-from .sqlite import StorageHealth, make_reserve, release_reserve, state_dir_bytes
+from .sqlite import (
+    StorageHealth,
+    free_bytes,
+    make_reserve,
+    release_reserve,
+    state_dir_bytes,
+)
 from .transport import SerialTransport
 from .uplink import Uplink
 
@@ -199,9 +204,9 @@ class Gateway:
         if not health.failing:
             make_reserve(self.config.state_dir)  # after it was given back: set aside again
         m.state_dir_bytes.set(state_dir_bytes(self.config.state_dir))
-        with contextlib.suppress(OSError):
-            fs = os.statvfs(self.config.state_dir)
-            m.state_dir_free_bytes.set(fs.f_bavail * fs.f_frsize)
+        free = free_bytes(self.config.state_dir)
+        if free is not None:
+            m.state_dir_free_bytes.set(free)
 
     def _privacy_metrics(self) -> None:
         engine, seen = self.engine, self._privacy_seen

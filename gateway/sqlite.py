@@ -62,6 +62,7 @@ __all__ = [
     "closing_on_error",
     "connect",
     "create_private",
+    "free_bytes",
     "make_reserve",
     "release_reserve",
     "storage_error",
@@ -137,18 +138,19 @@ def storage_error(exc: sqlite3.Error, what: str, path: Path) -> StorageError | N
     return StorageError(what, reason, message)
 
 
-def _free_bytes(directory: Path) -> int:
-    """Free space for unprivileged users on `directory`'s filesystem (a large number when it
-    cannot be read: then the free space decides nothing)."""
+def free_bytes(directory: Path) -> int | None:
+    """Free space for unprivileged users on `directory`'s filesystem, or None when it cannot
+    be read."""
     try:
         fs = os.statvfs(directory)
     except OSError:
-        return 1 << 62
+        return None
     return fs.f_bavail * fs.f_frsize
 
 
 def _nearly_full(directory: Path) -> bool:
-    return _free_bytes(directory) < 64 * 1024
+    free = free_bytes(directory)
+    return free is not None and free < 64 * 1024
 
 
 def make_reserve(state_dir: Path) -> bool:
@@ -192,8 +194,7 @@ class StorageHealth:
 
     Thread-safe (stores write from worker threads). `failing`: store -> its last StorageError,
     for the stores whose last write failed; `failures`: (store, reason) -> writes failed since
-    start; `degraded`: a line saying what fails, or None. `on_change` is called (from the
-    writing thread) when the set of failing stores changes."""
+    start; `degraded`: a line saying what fails, or None."""
 
     def __init__(self) -> None:
         self.failing: dict[str, StorageError] = {}
@@ -240,7 +241,8 @@ class StorageHealth:
             return
         error = self.failing.get(store)
         full = error is not None and error.reason == "disk_full"
-        if full and directory is not None and _free_bytes(directory) < RESERVE_BYTES:
+        free = free_bytes(directory) if full and directory is not None else None
+        if free is not None and free < RESERVE_BYTES:
             return
         with self._lock:
             error = self.failing.pop(store, None)

@@ -377,22 +377,10 @@ class Uplink:
         while not self._stop.is_set():
             if self._availability_dirty:
                 self._availability_dirty = False
-                await client.publish(
-                    self.topics.availability,
-                    self._availability,
-                    qos=1,
-                    retain=True,
-                    timeout=self._publish_timeout,
-                )
+                await self._retained(client, self.topics.availability, self._availability)
             if self._metadata_dirty:
                 self._metadata_dirty = False
-                await client.publish(
-                    self.topics.metadata,
-                    self._metadata,
-                    qos=1,
-                    retain=True,
-                    timeout=self._publish_timeout,
-                )
+                await self._retained(client, self.topics.metadata, self._metadata)
             self._wake.clear()  # before the peek: a notify() during the batch is not missed
             if self._undeleted and (
                 len(self._undeleted) >= DELETE_BATCH or time.monotonic() >= self._delete_due
@@ -413,14 +401,14 @@ class Uplink:
             await self._delete()  # a clean stop leaves nothing to publish twice
         await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0)
 
+    async def _retained(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        await client.publish(topic, payload, qos=1, retain=True, timeout=self._publish_timeout)
+
     async def _announce(self, client: aiomqtt.Client) -> None:
-        t = self._publish_timeout
         self._availability_dirty = False
-        await client.publish(
-            self.topics.availability, self._availability, qos=1, retain=True, timeout=t
-        )
+        await self._retained(client, self.topics.availability, self._availability)
         self._metadata_dirty = False
-        await client.publish(self.topics.metadata, self._metadata, qos=1, retain=True, timeout=t)
+        await self._retained(client, self.topics.metadata, self._metadata)
         self._connections += 1
         if self._connections > 1:
             self.reconnects += 1

@@ -376,6 +376,7 @@ async def test_downlinks_off_late_taken_or_over_duty_cycle_are_not_sent(
 async def downlink_server(
     forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
     metrics: Metrics | None = None,
+    on_frame: Callable[[str, bytes, RadioMeta], None] = lambda *_a: None,
     **settings: Any,
 ) -> AsyncIterator[tuple[ForwarderTransport, FakeForwarder]]:
     """A forwarder server with acks on, and gateway EUI_A on its downlink route."""
@@ -388,7 +389,7 @@ async def downlink_server(
         dedupe_ms=0,
         **settings,
     )
-    transport = ForwarderTransport(config, lambda *_a: None, metrics=metrics)
+    transport = ForwarderTransport(config, on_frame, metrics=metrics)
     task = asyncio.create_task(transport.run())
     try:
         await until(lambda: transport.address is not None, "listening", 10)
@@ -515,29 +516,20 @@ async def test_an_uplink_too_old_for_rx1_is_not_answered(
     """A PUSH_DATA held up on the way: its rxpk ended 50 ms after the previous one but arrives
     0.95 s after it, too late for RX1 (the issue's concentrator said TOO_LATE)."""
     got: list[RadioMeta] = []
-    config = PacketForwarderConfig(
-        name="lora", host="127.0.0.1", port=0, gateways=(EUI_A,), acks=True, dedupe_ms=0
-    )
-    transport = ForwarderTransport(config, lambda _p, _f, meta: got.append(meta))
-    task = asyncio.create_task(transport.run())
-    try:
-        await until(lambda: transport.address is not None, "listening", 10)
-        assert transport.address is not None
-        gw = forwarders(EUI_A, transport.address)
-        gw.pull_data()
-        await gw.receive()
+
+    def heard(_port: str, _frame: bytes, meta: RadioMeta) -> None:
+        got.append(meta)
+
+    async with downlink_server(forwarders, on_frame=heard) as (transport, gw):
         gw.push_data(b"\x01", rssi=-90, tmst=7_000_000)
         await gw.receive()  # PUSH_ACK
         await until(lambda: len(got) == 1, "the first uplink", 5)
-        await asyncio.sleep(0.95)
+        await asyncio.sleep(1.0)  # it ended 50 ms after the first: 0.95 s old on arrival
         gw.push_data(b"\x02", rssi=-90, tmst=7_050_000)
         await gw.receive()
         await until(lambda: len(got) == 2, "the late uplink", 5)
         assert not await transport.send(bytes(10), got[1])
         assert transport.stats()["downlink:too_late"] == 1
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.mark.asyncio

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from gateway import commands
-from gateway.config import GatewayConfig, MqttConfig, SerialPortConfig
+from gateway.config import SerialPortConfig
 from gateway.errors import StorageError
 from gateway.privacy import PrivacyLedger
 from gateway.records import OutMessage
@@ -44,7 +44,7 @@ from gateway.sqlite import (
 from gateway.uplink import DEGRADED, ONLINE
 from protocol import Readings, seal
 
-from .gateway_harness import deadline, parse_mid, running_gateway, until, write_policy
+from .gateway_harness import deadline, delivery_config, parse_mid, running_gateway, until
 from .mosquitto import Mosquitto, subscribed
 from .test_counter_reuse import KEYS as COUNTER_KEYS
 from .test_counter_reuse import Gateway as CounterGateway
@@ -281,15 +281,8 @@ async def test_a_full_disk_never_stops_the_gateway_and_loses_nothing(  # noqa: P
         registry.add(node.node_id, node.secret)
     pty = Pty()
     with Mosquitto(tmp_path / "mosquitto", persistence=True) as broker:
-        config = GatewayConfig(
-            site=SITE,
-            gateway_id=GATEWAY_ID,
-            state_dir=state,
-            serial=(SerialPortConfig(name="bench", url=pty.path),),
-            mqtt=MqttConfig(host=broker.host, port=broker.port, keepalive_s=5),
-            metrics_listen=None,
-            privacy_policy=write_policy(tmp_path),
-        )
+        serial = (SerialPortConfig(name="bench", url=pty.path),)
+        config = delivery_config(tmp_path, state, broker, SITE, GATEWAY_ID, serial=serial)
         try:
             async with (
                 subscribed(broker, NODE_DATA, session="e2e-disk-consumer") as sub,

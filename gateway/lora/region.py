@@ -25,7 +25,7 @@ from firmware.edgeveil_node import dutycycle
 
 from .radio import DataRate
 
-__all__ = ["EU868", "PLANS", "RegionPlan", "SubBand", "erp_dbm"]
+__all__ = ["EU868", "PLANS", "RegionPlan", "SubBand", "erp_dbm", "max_conducted_dbm"]
 
 DIPOLE_GAIN_DBI = 2.15  # ERP is measured against a half-wave dipole
 
@@ -33,6 +33,11 @@ DIPOLE_GAIN_DBI = 2.15  # ERP is measured against a half-wave dipole
 def erp_dbm(conducted_dbm: float, antenna_gain_dbi: float) -> float:
     """Effective radiated power of a transmitter with this antenna."""
     return conducted_dbm + antenna_gain_dbi - DIPOLE_GAIN_DBI
+
+
+def max_conducted_dbm(max_erp_dbm: float, antenna_gain_dbi: float) -> float:
+    """The conducted power that radiates `max_erp_dbm` through this antenna."""
+    return max_erp_dbm + DIPOLE_GAIN_DBI - antenna_gain_dbi
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,7 @@ class RegionPlan:
         if reason == "over_power":
             band = self.sub_band(freq_hz, bw_khz)
             assert band is not None  # noqa: S101 - refusal() found it
-            most = self.max_conducted_dbm(band, antenna_gain_dbi)
+            most = max_conducted_dbm(band.max_erp_dbm, antenna_gain_dbi)
             return (
                 f"{conducted_dbm:g} dBm with a {antenna_gain_dbi:g} dBi antenna is "
                 f"{erp_dbm(conducted_dbm, antenna_gain_dbi):g} dBm ERP, above the "
@@ -104,10 +109,6 @@ class RegionPlan:
                 f"most {most:g} dBm"
             )
         return None
-
-    @staticmethod
-    def max_conducted_dbm(band: SubBand, antenna_gain_dbi: float) -> float:
-        return band.max_erp_dbm + DIPOLE_GAIN_DBI - antenna_gain_dbi
 
     def rx1_max_erp_dbm(self) -> float:
         """The power limit every uplink channel allows (a RX1 downlink goes out on the uplink's
