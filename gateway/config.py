@@ -58,6 +58,11 @@ class PacketForwarderConfig:
     tx_power_dbm: int = 14  # conducted, at the concentrator's antenna port
     region: str = "EU868"  # the plan downlinks must keep to (gateway.lora.region)
     antenna_gain_dbi: float = 2.15  # for the ERP limit: conducted + gain - 2.15
+    # RX2, when RX1 cannot be used (duty cycle, another downlink, a late uplink): the nodes'
+    # rx2_freq_khz and rx2_sf must match; the region plan's RX2 channel by default
+    rx2: bool = True
+    rx2_freq_hz: int = 869_525_000
+    rx2_sf: int = 12
 
 
 @dataclass(frozen=True)
@@ -290,6 +295,8 @@ def _packet_forwarder(item: Any, index: int, source: str) -> PacketForwarderConf
         euis.append(eui.upper())
         if host:
             fixed.append((eui.upper(), host))
+    region = t.choice("region", "EU868", tuple(PLANS))
+    plan = PLANS[region]
     config = PacketForwarderConfig(
         name=name,
         host=match[1].strip("[]"),
@@ -299,11 +306,18 @@ def _packet_forwarder(item: Any, index: int, source: str) -> PacketForwarderConf
         acks=t.get("acks", bool, False),
         dedupe_ms=t.integer("dedupe_ms", 200, 0, 5000),
         tx_power_dbm=t.integer("tx_power_dbm", 14, 0, 27),
-        region=t.choice("region", "EU868", tuple(PLANS)),
+        region=region,
         antenna_gain_dbi=_gain(t),
+        rx2=t.get("rx2", bool, True),
+        rx2_freq_hz=t.integer("rx2_freq_hz", plan.rx2_freq_hz, plan.low_hz, plan.high_hz),
+        rx2_sf=t.integer("rx2_sf", plan.rx2_rate.sf, 7, 12),
     )
     t.done()
-    plan = PLANS[config.region]
+    rx2_problem = plan.explain(
+        config.rx2_freq_hz, plan.rx2_rate.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi
+    )
+    if rx2_problem is not None:
+        raise ConfigError(t.key("rx2_freq_hz"), f"RX2: {rx2_problem}", source)
     # a RX1 downlink goes out on the uplink's channel, which may be any of the plan's
     limit = plan.rx1_max_erp_dbm()
     most = max_conducted_dbm(limit, config.antenna_gain_dbi)

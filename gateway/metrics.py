@@ -141,11 +141,13 @@ class Metrics:
         )
         self.lora_downlinks = Counter(
             "edgeveil_lora_downlinks",
-            "Downlinks (acks, time sync), by link and outcome: sent, too_late (RX1 missed), "
-            "duty_cycle (sub-band limit reached), outside_plan, crosses_edge, over_power "
-            "(the region plan), overlap (the concentrator sends another then), slot_taken (two "
-            "downlinks per uplink already), "
-            "no_route (gateway sent no PULL_DATA yet), or a TX_ACK result (tx_ok, TOO_LATE ...)",
+            "Downlinks (acks, time sync), by link and outcome: sent (in RX1), too_late (RX1 "
+            "missed), duty_cycle (sub-band limit reached), outside_plan, crosses_edge, "
+            "over_power (the region plan), overlap (the concentrator sends another then), "
+            "slot_taken (two downlinks per uplink already), too_big (for the data rate), "
+            "no_route (gateway sent no PULL_DATA yet); rx2_sent or rx2_<reason> for RX2, tried "
+            "after too_late, overlap or duty_cycle in RX1; or a TX_ACK result (tx_ok, "
+            "TOO_LATE ...)",
             ["port", "outcome"],
             registry=r,
         )

@@ -21,7 +21,7 @@ from edgeveil_node import config as config_mod
 from edgeveil_node.app import Node
 from edgeveil_node.counter import FrameCounter
 from edgeveil_node.dutycycle import SUB_BANDS, AirtimeWindow, DutyCycleLimiter, sub_band
-from edgeveil_node.lora_link import RX_DELAY_MS, LoRaLink, modem_config
+from edgeveil_node.lora_link import RX2_DELAY_MS, RX_DELAY_MS, LoRaLink, modem_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -255,9 +255,15 @@ class FakeModem:
         self.receives: list[tuple[int, int | None]] = []  # (start ms, timeout_ms)
         self.downlinks: list[RxPacket] = []
         self.configured: list[dict[str, Any]] = []
+        self.channel = (868100, sf)  # (freq_khz, sf) the modem is tuned to
+        self.downlinks_on: tuple[int, int] | None = None  # the downlinks come on this channel only
 
     def configure(self, lora_cfg: dict[str, Any]) -> None:
         self.configured.append(dict(lora_cfg))
+        self.channel = (
+            lora_cfg.get("freq_khz", self.channel[0]),
+            lora_cfg.get("sf", self.channel[1]),
+        )
 
     def send(self, packet: bytes, tx_at_ms: int | None = None) -> int:
         self.sent.append((self.clock.ms, bytes(packet)))
@@ -272,7 +278,7 @@ class FakeModem:
         self, timeout_ms: int | None = None, rx_length: int = 0xFF, rx_packet: Any = None
     ) -> RxPacket | None:
         self.receives.append((self.clock.ms, timeout_ms))
-        if self.downlinks:
+        if self.downlinks and self.downlinks_on in (None, self.channel):
             self.clock.ms += 100
             return self.downlinks.pop(0)
         self.clock.ms += timeout_ms or 0
@@ -373,7 +379,10 @@ def test_ack_and_time_sync_in_the_receive_window(clock: FakeClock) -> None:
     opened_at, timeout = modem.receives[0]
     assert 0 < tx_end + RX_DELAY_MS - opened_at <= 50  # RX1: 1 s after the uplink, a bit early
     assert timeout == link.rx_window_ms
-    assert timeout > airtime.time_on_air_us(51, 12, 125000) // 1000  # a whole 51-byte downlink
+    # it catches a downlink's preamble and header (8 + 12.25 symbols of 32.768 ms at SF12),
+    # after which the modem receives the packet whole, and closes before RX2 would open
+    assert timeout > 20.25 * 32.768 + 2 * 20
+    assert opened_at + timeout < tx_end + RX2_DELAY_MS - 20
     assert len(modem.receives) == 2  # an ack and a time sync: at most two frames a window
     assert link.poll() == [Ack([1]), TimeSync(1_800_000_000)]
     # a replayed ack, a forgery and another node's frame in the next windows
@@ -393,14 +402,42 @@ def test_ack_and_time_sync_in_the_receive_window(clock: FakeClock) -> None:
     # ignored without counting; every packet with a good CRC was received
     assert link.rx_rejected == 2
     assert link.received == 6
+    # RX1 brought something each time: RX2 was never opened, the modem never retuned
+    assert len(modem.receives) == 8 and modem.configured == [{"freq_khz": 868100, "sf": 12}] * 4
+
+
+def test_rx2_when_nothing_comes_in_rx1(clock: FakeClock) -> None:
+    modem = FakeModem(clock)
+    link = LoRaLink(modem, KEYS, lora_settings(acks=True))
+    modem.downlinks = [downlink(1, Ack([1])), downlink(2, TimeSync(1_800_000_000))]
+    modem.downlinks_on = (869525, 12)  # the gateway answers in RX2 only
+    link.send(uplink(1))
+    tx_end = 1_000 + airtime.time_on_air_us(len(uplink(1)), 12, 125000) // 1000
+    (rx1_at, rx1_timeout), (rx2_at, rx2_timeout) = modem.receives[:2]
+    assert 0 < tx_end + RX_DELAY_MS - rx1_at <= 50 and rx1_timeout == link.rx_window_ms
+    assert 0 < tx_end + RX2_DELAY_MS - rx2_at <= 50 and rx2_timeout == link.rx2_window_ms
+    assert len(modem.receives) == 3  # RX1 empty, then the ack and the time sync in RX2
+    # tuned to 869.525 MHz SF12 for RX2, then back to the uplink's channel
+    assert modem.configured == [{"freq_khz": 869525, "sf": 12}, {"freq_khz": 868100, "sf": 12}]
+    assert link.poll() == [Ack([1]), TimeSync(1_800_000_000)]
+    # nothing in either window: two receives, the modem back on the uplink's channel
+    link.send(uplink(2))
+    assert len(modem.receives) == 5 and modem.channel == (868100, 12)
+    # RX2 as configured: SF9 there gives a shorter window
+    fast = LoRaLink(FakeModem(clock), KEYS, lora_settings(acks=True, rx2_sf=9))
+    assert fast.rx2_window_ms < link.rx2_window_ms
 
 
 def test_receive_window_on_its_own_frequency_and_spreading_factor(clock: FakeClock) -> None:
     modem = FakeModem(clock)
     link = LoRaLink(modem, KEYS, lora_settings(acks=True, rx_freq_khz=869525, rx_sf=9))
     link.send(uplink(1))
-    assert modem.configured == [{"freq_khz": 869525, "sf": 9}, {"freq_khz": 868100, "sf": 12}]
-    assert link.rx_window_ms < 1000  # a 115-byte SF9 downlink (0.6 s), not an SF12 one (2.5 s)
+    assert modem.configured == [
+        {"freq_khz": 869525, "sf": 9},  # RX1
+        {"freq_khz": 869525, "sf": 12},  # RX2: nothing came in RX1
+        {"freq_khz": 868100, "sf": 12},  # the uplink's channel again
+    ]
+    assert link.rx_window_ms < link.rx2_window_ms  # SF9 symbols are an eighth of SF12's
 
 
 def test_modem_configuration_from_the_node_configuration() -> None:
@@ -504,6 +541,8 @@ def test_node_with_acks_takes_the_ack_from_the_window_and_does_not_resend(
         ({"busy": 4}, "link.busy: unknown setting for a sx1276 LoRa link"),
         ({"dio0": None, "dio1": 33}, "link.dio1: an SX1276 needs dio0 as well"),
         ({"rx_sf": 13}, "link.rx_sf: must be a whole number 7..12"),
+        ({"rx2_sf": 6}, "link.rx2_sf: must be a whole number 7..12"),
+        ({"rx2_freq_khz": 868600}, "link.rx2_freq_khz: the 125 kHz channel around 868600"),
     ],
 )
 def test_lora_config_errors_name_the_key(change: dict[str, Any], message: str) -> None:

@@ -39,7 +39,8 @@ from firmware.host.medium import (
 from firmware.host.radio import COLLISION, Radio, Transmission
 from firmware.host.sim.lora_modem import RxPacket
 from gateway.config import PacketForwarderConfig
-from gateway.lora.forwarder import RX1_DELAY_US
+from gateway.lora.forwarder import RX1_DELAY_US, RX2_DELAY_US, ForwarderTransport
+from gateway.lora.radio import DutyCycle
 from gateway.registry import NodeRegistry
 from gateway.service import Gateway
 from protocol import (
@@ -299,6 +300,69 @@ async def test_acks_and_time_sync_reach_the_firmware_in_rx1(tmp_path: Path) -> N
                 windows.setdefault(end, set()).add(type(message))
             # the time sync did not displace its frame's ack: both came in one window
             assert any({TimeSync, Ack} <= kinds for kinds in windows.values()), windows
+        await site.check_mqtt_matches_channel()
+
+
+def in_rx2(down: Transmission, uplink_end_us: int) -> bool:
+    """Whether a downlink came in the RX2 window of an uplink that ended then (2 s after it,
+    or as the window's second frame: within an SF12 frame's airtime and a few ms after it)."""
+    return 0 <= down.start_us - (uplink_end_us + RX2_DELAY_US) < 2_600_000
+
+
+@pytest.mark.asyncio
+@deadline(60)
+async def test_rx2_carries_acks_and_time_when_rx1_is_refused(tmp_path: Path) -> None:
+    """The gateway's RX1 sub-band (868.0-868.6 MHz, 1 %) is used up, as by a busy hour of
+    other downlinks: every ack and time sync goes in RX2, 869.525 MHz SF12, 2 s after the
+    uplink, where the firmware listens when RX1 brought nothing; its frames are acknowledged
+    there and not sent again."""
+    async with lora_site(tmp_path, nodes=1, acks=True, sf=7, place=near_the_gateway) as site:
+        transport = site.gateway.lora["lora"]
+        assert isinstance(transport, ForwarderTransport)
+        for gw in site.medium.gateways:  # the hour's 36 s of 868.1 MHz are spent
+            duty = transport._duty.setdefault(gw.eui.hex().upper(), DutyCycle())
+            assert duty.allow(868_100_000, 36.0)
+        station = next(iter(site.keys))
+
+        def acked_in_rx2() -> list[Transmission]:
+            heard = site.heard(station)
+            return [
+                tx
+                for tx in site.uplinks(station)
+                if any(
+                    in_rx2(down, tx.end_us) and isinstance(m, Ack) and frame_id(tx)[1] in m.counters
+                    for down, m in heard
+                )
+            ]
+
+        def synced_and_acked() -> bool:
+            synced = [tx for tx, m in site.heard(station) if isinstance(m, TimeSync)]
+            return bool(synced) and len(acked_in_rx2()) >= 2
+
+        await until(
+            synced_and_acked,
+            "a time sync and acks in RX2",
+            timeout=40,
+            detail=lambda: (
+                transport.stats(),
+                site.medium.report(),
+                [(type(m).__name__, d.start_us) for d, m in site.heard(station)],
+                [(frame_id(t), site.open(station, t.payload)) for t in site.uplinks(station)],
+            ),
+        )
+        await asyncio.sleep(2.5)  # longer than the firmware's ack timeout
+        ends = [tx.end_us for tx in site.uplinks(station)]
+        for down, _ in site.heard(station):
+            assert down.radio.freq_hz == 869_525_000 and down.radio.sf == 12, down
+            assert any(in_rx2(down, end) for end in ends), down
+        uplinks = site.uplinks(station)
+        for tx in acked_in_rx2():
+            again = [t for t in uplinks if frame_id(t) == frame_id(tx) and t.start_us > tx.start_us]
+            assert not again, f"frame {frame_id(tx)[1]} acknowledged in RX2, sent again"
+        stats = transport.stats()
+        assert stats["downlink:rx2_sent"] >= 3 and "downlink:sent" not in stats
+        # each window's first frame was refused in RX1; a second one followed it in RX2
+        assert 0 < stats["downlink:duty_cycle"] <= stats["downlink:rx2_sent"]
         await site.check_mqtt_matches_channel()
 
 

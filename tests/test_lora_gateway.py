@@ -309,8 +309,8 @@ async def test_downlinks_off_late_taken_or_over_duty_cycle_are_not_sent(
     forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
 ) -> None:
     got: list[tuple[str, bytes, RadioMeta]] = []
-    config = PacketForwarderConfig(
-        name="lora", host="127.0.0.1", port=0, gateways=(EUI_A,), acks=True, dedupe_ms=0
+    config = PacketForwarderConfig(  # RX1's rules alone: RX2 has its own test
+        name="lora", host="127.0.0.1", port=0, gateways=(EUI_A,), acks=True, dedupe_ms=0, rx2=False
     )
     transport = ForwarderTransport(config, lambda *a: got.append(a))
     task = asyncio.create_task(transport.run())
@@ -443,7 +443,7 @@ async def test_downlinks_on_one_concentrator_never_overlap(
 ) -> None:
     """Two uplinks ending 1 ms apart: the second's RX1 would overlap the first's downlink on
     the same concentrator (which would refuse it, COLLISION_PACKET), so it is not sent."""
-    async with downlink_server(forwarders) as (transport, _gw):
+    async with downlink_server(forwarders, rx2=False) as (transport, _gw):
 
         def heard(tmst: int) -> RadioMeta:
             rate = DataRate(9, 125)
@@ -466,7 +466,7 @@ async def test_the_duty_cycle_counts_what_the_concentrator_sent(
     """A downlink the concentrator refuses (TX_ACK COLLISION_PACKET, TOO_LATE ...) gives back
     its duty-cycle charge and its slot; the airtime metric counts what TX_ACK confirmed."""
     metrics = Metrics()
-    async with downlink_server(forwarders, metrics=metrics) as (transport, gw):
+    async with downlink_server(forwarders, metrics=metrics, rx2=False) as (transport, gw):
         rate = DataRate(12, 125)  # SF12 in 868.7-869.2 MHz (0.1 %: 3.6 s an hour)
 
         def heard(tmst: int) -> RadioMeta:
@@ -510,11 +510,12 @@ def test_the_concentrator_clock_tells_a_late_uplink_from_a_fresh_one() -> None:
 
 
 @pytest.mark.asyncio
-async def test_an_uplink_too_old_for_rx1_is_not_answered(
+async def test_an_uplink_too_old_for_rx1_is_answered_in_rx2_or_not_at_all(
     forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
 ) -> None:
     """A PUSH_DATA held up on the way: its rxpk ended 50 ms after the previous one but arrives
-    0.95 s after it, too late for RX1 (the issue's concentrator said TOO_LATE)."""
+    0.95 s after it, too late for RX1 (the issue's concentrator said TOO_LATE): answered in
+    RX2 a second later. One held up 1.95 s misses RX2 as well: not answered."""
     got: list[RadioMeta] = []
 
     def heard(_port: str, _frame: bytes, meta: RadioMeta) -> None:
@@ -528,8 +529,83 @@ async def test_an_uplink_too_old_for_rx1_is_not_answered(
         gw.push_data(b"\x02", rssi=-90, tmst=7_050_000)
         await gw.receive()
         await until(lambda: len(got) == 2, "the late uplink", 5)
-        assert not await transport.send(bytes(10), got[1])
-        assert transport.stats()["downlink:too_late"] == 1
+        assert await transport.send(bytes(10), got[1])
+        txpk = json.loads((await gw.receive())[4:])["txpk"]
+        assert (txpk["tmst"], txpk["freq"], txpk["datr"]) == (9_050_000, 869.525, "SF12BW125")
+        await asyncio.sleep(1.0)  # 1.95 s old: RX2 has passed too
+        gw.push_data(b"\x03", rssi=-90, tmst=7_100_000)
+        await gw.receive()
+        await until(lambda: len(got) == 3, "the later uplink", 5)
+        assert not await transport.send(bytes(10), got[2])
+        stats = transport.stats()
+        assert (stats["downlink:too_late"], stats["downlink:rx2_too_late"]) == (2, 1)
+        assert stats["downlink:rx2_sent"] == 1 and "downlink:sent" not in stats
+
+
+@pytest.mark.asyncio
+async def test_rx2_carries_what_rx1_cannot(
+    forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+) -> None:
+    """RX1 refused for its sub-band's duty cycle or an overlap: the downlink goes in RX2
+    (869.525 MHz, SF12, tmst + 2 s), and a second one follows it there; a window whose first
+    frame went in RX1 never moves to RX2 (the node does not listen there then); a frame too
+    long for SF12 is not sent in RX2; RX2 has a duty cycle of its own (10 %)."""
+    async with downlink_server(forwarders) as (transport, gw):
+
+        def heard(freq_hz: int, sf: int, tmst: int) -> RadioMeta:
+            rate = DataRate(sf, 125)
+            return RadioMeta(EUI_A, -90, 5.0, freq_hz, rate, "4/5", tmst, time.monotonic())
+
+        async def txpk() -> dict[str, Any]:
+            got: dict[str, Any] = json.loads((await gw.receive())[4:])["txpk"]
+            return got
+
+        # SF12 at 869.0 MHz (0.1 %: 3.6 s an hour): the first 51-byte downlink uses it up
+        first = heard(869_000_000, 12, 10_000_000)
+        assert await transport.send(bytes(51), first)
+        assert (await txpk())["tmst"] == 11_000_000
+        # the second uplink's RX1 is over the duty cycle: RX2 takes its ack and time sync
+        second = heard(869_000_000, 12, 20_000_000)
+        assert await transport.send(bytes(30), second)
+        ack = await txpk()
+        assert (ack["tmst"], ack["freq"], ack["datr"], ack["size"]) == (
+            22_000_000,
+            869.525,
+            "SF12BW125",
+            30,
+        )
+        assert await transport.send(bytes(20), second)
+        sync = await txpk()
+        after = 22_000_000 + round(time_on_air(30, DataRate(12, 125)) * 1e6) + 25_000
+        assert (sync["tmst"], sync["freq"], sync["datr"]) == (after, 869.525, "SF12BW125")
+        assert not await transport.send(bytes(20), second)  # no third, in RX2 either
+        # the first uplink's window is RX1: a frame it cannot take there is not moved to RX2
+        assert not await transport.send(bytes(20), first)
+        # too long for SF12 (51 bytes at most): RX1 at SF7 would take it but overlaps the
+        # first uplink's downlink; RX2 cannot
+        big = heard(868_100_000, 7, 10_000_500)
+        assert not await transport.send(bytes(60), big)
+        # RX1 overlapping the first uplink's downlink (11.0-13.5 s): RX2 instead
+        close = heard(868_100_000, 12, 12_000_000)
+        assert await transport.send(bytes(20), close)
+        assert (await txpk())["tmst"] == 14_000_000
+        stats = transport.stats()
+        assert stats["downlink:sent"] == 1
+        assert stats["downlink:duty_cycle"] == 2  # the second's ack, the first again
+        assert stats["downlink:overlap"] == 2  # big, close
+        assert stats["downlink:rx2_sent"] == 3
+        assert stats["downlink:rx2_slot_taken"] == 1 and stats["downlink:rx2_too_big"] == 1
+        assert "downlink:slot_taken" not in stats
+
+    # the 10 % sub-band holds 360 s an hour: 145 SF12 downlinks of 51 bytes, then no more
+    async with downlink_server(forwarders) as (transport, gw):
+        per_frame = time_on_air(51, DataRate(12, 125))
+        sent = 0
+        for i in range(200):  # RX1 at 869.0 MHz takes the first, then its 0.1 % is used up
+            sent += await transport.send(bytes(51), heard(869_000_000, 12, 10_000_000 * (i + 1)))
+        assert sent == 1 + int(360 // per_frame)
+        assert transport.stats()["downlink:rx2_duty_cycle"] == 200 - sent
+        assert transport.stats()["downlink:rx2_sent"] == sent - 1
 
 
 @pytest.mark.asyncio
@@ -785,6 +861,7 @@ async def test_spi_radio_delivers_frames_counts_crc_errors_and_acks_in_rx1() -> 
         assert await transport.send(b"a sync", meta)  # right after it, in the same window
         assert not await transport.send(b"a third", meta)  # two frames a window (SPEC.md 13)
         await until(lambda: transport.stats().get("downlink:sent") == 2, "sent counted", 10)
+        assert metric(metrics, "edgeveil_lora_downlinks_total", port="hat", outcome="sent") == 2
         one = [
             ("invert_iq", True),
             ("begin", None),

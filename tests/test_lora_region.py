@@ -90,6 +90,21 @@ def _load(tmp_path: Path, text: str) -> config_mod.GatewayConfig:
             "above the 14 dBm ERP EU868 allows in 868-868.6 MHz: at most 14 dBm",
         ),
         (
+            PF + "rx2_freq_hz = 868650000\n",
+            "lora.packet_forwarder[0].rx2_freq_hz",
+            "RX2: the 125 kHz channel at 868.65 MHz crosses a sub-band edge of EU868",
+        ),
+        (
+            PF + "rx2_freq_hz = 915000000\n",
+            "lora.packet_forwarder[0].rx2_freq_hz",
+            "must be 863000000..870000000, got 915000000",
+        ),
+        (
+            PF + "rx2_sf = 13\n",
+            "lora.packet_forwarder[0].rx2_sf",
+            "must be 7..12, got 13",
+        ),
+        (
             PF + 'region = "US915"\n',
             "lora.packet_forwarder[0].region",
             "must be one of EU868",
@@ -103,6 +118,13 @@ def test_check_config_refuses_what_the_plan_does_not_allow(
         _load(tmp_path, table)
     assert refused.value.key == key
     assert words in str(refused.value)
+
+
+def test_rx2_defaults_to_the_plans_channel(tmp_path: Path) -> None:
+    forwarder = _load(tmp_path, PF).packet_forwarders[0]
+    assert (forwarder.rx2, forwarder.rx2_freq_hz, forwarder.rx2_sf) == (True, 869_525_000, 12)
+    forwarder = _load(tmp_path, PF + "rx2 = false\nrx2_sf = 9\n").packet_forwarders[0]
+    assert (forwarder.rx2, forwarder.rx2_sf) == (False, 9)
 
 
 def test_the_rx2_channel_takes_more_power(tmp_path: Path) -> None:

@@ -251,8 +251,11 @@ class Node:
     # -- what the gateway sends ------------------------------------------------------------
 
     def _receive(self):
-        for message in self.link.poll():
+        """Handle what the gateway sent; True when there was anything."""
+        messages = self.link.poll()
+        for message in messages:
             self.handle(message)
+        return bool(messages)
 
     def handle(self, message):
         if isinstance(message, Ack):
@@ -326,14 +329,14 @@ class Node:
         if self.wdt is not None:
             self.wdt.feed()
         seals = self._seals
-        self._receive()
+        received = self._receive()
         if self._rekey is not None and not len(self.queue) and not len(self.personal_queue):
             self._rekey_step()
         now = time.ticks_ms()
-        # one unit per pass: answering the gateway (a configuration update's event), else a
-        # cycle (its frames go out as they are sealed), else the oldest frame waiting to be
-        # sent again
-        if self._seals == seals and not self._work(now):
+        # one unit per pass: the gateway's messages (and a configuration update's event),
+        # else a cycle (its frames go out as they are sealed), else the oldest frame waiting
+        # to be sent again
+        if not received and self._seals == seals and not self._work(now):
             self._flush(time.ticks_ms())
         if self.pir is not None:
             self.motion_check(now)
@@ -357,20 +360,23 @@ class Node:
         return max(0, wait)
 
     def _work(self, now):
-        """The first unit of work that is due, if any; False when none was."""
-        if time.ticks_diff(now, self._next_reading) >= 0:
-            self._next_reading = time.ticks_add(now, _ms(self.intervals["reading_s"]))
-            self.readings_cycle()
-        elif time.ticks_diff(now, self._next_status) >= 0:
+        """The first unit of work that is due, if any; False when none was. The status and
+        the time request come before the readings: they are due at most hourly, so they cannot
+        starve the readings, where readings due again after every cycle (a slow link, a short
+        interval) would starve them."""
+        if time.ticks_diff(now, self._next_status) >= 0:
             self._next_status = time.ticks_add(now, _ms(self.intervals["status_s"]))
             self.status_cycle()
+        elif self.acks and time.ticks_diff(now, self._next_time_request) >= 0:
+            self._next_time_request = time.ticks_add(now, _TIME_REQUEST_GAP_MS)
+            self.send_event(_EV_TIME_REQUEST)
+        elif time.ticks_diff(now, self._next_reading) >= 0:
+            self._next_reading = time.ticks_add(now, _ms(self.intervals["reading_s"]))
+            self.readings_cycle()
         elif self._observations_waiting():
             self.observations_frame()
         elif self.ble_scan and time.ticks_diff(now, self._next_scan) >= 0:
             self.scan_cycle(now)
-        elif self.acks and time.ticks_diff(now, self._next_time_request) >= 0:
-            self._next_time_request = time.ticks_add(now, _TIME_REQUEST_GAP_MS)
-            self.send_event(_EV_TIME_REQUEST)
         else:
             return False
         return True

@@ -202,6 +202,10 @@ _LORA_DEFAULTS = {
     "output_power": 14,
     "acks": False,
     "daily_airtime_s": 0,
+    # RX2, where the gateway answers when it cannot in RX1 (LoRaWAN EU868's RX2 channel: the
+    # 10 % sub-band, SF12); the gateway's lora.packet_forwarder rx2_freq_hz and rx2_sf must match
+    "rx2_freq_khz": 869525,
+    "rx2_sf": 12,
 }
 # Pins per chip: required, then optional. SX127x signals on DIO0 (and DIO1 for RX timeout);
 # SX126x needs BUSY and signals on DIO1 (its datasheet 8.3.1, 13.3).
@@ -268,6 +272,9 @@ def _lora_radio(link, out):
         out["rx_freq_khz"] = link["rx_freq_khz"]
     if "rx_sf" in link:
         out["rx_sf"] = _int(link["rx_sf"], "link.rx_sf", 7, 12)
+    out["rx2_freq_khz"] = link.get("rx2_freq_khz", 869525)
+    _lora_band(out["rx2_freq_khz"], bw, "link.rx2_freq_khz")
+    out["rx2_sf"] = _int(link.get("rx2_sf", 12), "link.rx2_sf", 7, 12)
     daily = _int(link.get("daily_airtime_s", 0), "link.daily_airtime_s", 0, 86400)
     longest = time_on_air_us(max_frame(out["sf"]), out["sf"], bw * 1000, out["coding_rate"])
     longest_s = -(-longest // 1000000)

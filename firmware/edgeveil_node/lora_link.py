@@ -16,11 +16,17 @@
 # - over the daily airtime budget, readings and observations are dropped (dropped_budget: by the
 #   time the budget returns they are stale); status and events wait for it.
 #
-# Receive window: like LoRaWAN class A's RX1, the modem listens 1 s after the end of the uplink
+# Receive windows: like LoRaWAN class A's RX1, the modem listens 1 s after the end of the uplink
 # (RP002: RECEIVE_DELAY1), on the uplink's frequency and spreading factor unless configured
 # (rx_freq_khz, rx_sf), with inverted IQ as LoRaWAN downlinks use (so that nodes do not hear
 # each other's uplinks in their windows). A frame received there may be followed at once by a
 # second one (an ack and then a time_sync); the window stays open for it, at most two frames.
+# When nothing at all came in RX1, RX2 opens 2 s after the end of the uplink (RECEIVE_DELAY2)
+# on its own channel (rx2_freq_khz, rx2_sf: 869.525 MHz SF12 by default), the same way: the
+# gateway answers there when RX1 was not free (duty cycle, another downlink, a late uplink).
+# A window need only catch the start of a downlink: the SX127x's symbol timeout and the
+# SX126x's RX timer stop once a preamble and header are detected, and the packet is then
+# received whole (the simulator's modem does the same), so RX1 has closed before RX2 opens.
 
 import time
 
@@ -28,11 +34,12 @@ from micropython import const
 
 from protocol import RemoteProtocolError, ReplayWindow, parse_header
 
-from .airtime import max_frame, time_on_air_us
+from .airtime import max_frame, symbol_time_us, time_on_air_us
 from .dutycycle import DutyCycleLimiter
 from .link import accept_downlink, load_window
 
 RX_DELAY_MS = const(1000)  # RX1 opens 1 s after the end of the uplink (LoRaWAN RECEIVE_DELAY1)
+RX2_DELAY_MS = const(2000)  # RX2 1 s later (RECEIVE_DELAY2), when nothing came in RX1
 _RX_EARLY_MS = const(20)  # listen a little before the gateway starts: our clock is in ms
 _MAX_DOWNLINKS = const(2)  # frames one receive window takes: an ack, then a time_sync
 _QUEUE = const(8)  # frames waiting for airtime
@@ -91,15 +98,13 @@ class LoRaLink:
         self.limiter = limiter
         rx_sf = link.get("rx_sf", self.sf)
         rx_freq = link.get("rx_freq_khz", self.freq_khz)
-        self._rx_cfg = None  # the receive window's settings when they differ from the uplink's
+        self._rx_cfg = None  # RX1's settings when they differ from the uplink's
         if rx_sf != self.sf or rx_freq != self.freq_khz:
             self._rx_cfg = {"freq_khz": rx_freq, "sf": rx_sf}
-        # long enough to receive the longest downlink whole: the modem ends a receive at its
-        # timeout even in the middle of a packet
-        longest = time_on_air_us(
-            max_frame(rx_sf), rx_sf, self.bw_khz * 1000, self._coding_rate, self._preamble_len
-        )
-        self.rx_window_ms = 2 * _RX_EARLY_MS + longest // 1000 + 1
+        self.rx_window_ms = self._window_ms(rx_sf)
+        rx2_sf = link.get("rx2_sf", 12)
+        self._rx2_cfg = {"freq_khz": link.get("rx2_freq_khz", 869525), "sf": rx2_sf}
+        self.rx2_window_ms = self._window_ms(rx2_sf)
         self._waiting = []  # (frame, droppable) oldest first
         self._held_by_band = False  # the oldest waiting frame waits for the duty cycle
         self._inbox = []  # frames received in the last windows, not yet verified
@@ -116,6 +121,13 @@ class LoRaLink:
         self.dropped = 0  # all of the dropped_* above but personal frames, for the status
         self.rx_rejected = 0  # downlinks with a bad CRC or that do not verify
         self.received = 0
+
+    def _window_ms(self, sf):
+        """How long a receive window listens: long enough to detect a downlink that starts on
+        time (its preamble, sync word and header: preamble + 12.25 symbols), from our early
+        start to as late after the gateway's moment (our clock counts in ms)."""
+        symbols = self._preamble_len + 13
+        return 2 * _RX_EARLY_MS + symbol_time_us(sf, self.bw_khz * 1000) * symbols // 1000 + 1
 
     def airtime_us(self, length):
         return time_on_air_us(
@@ -209,28 +221,36 @@ class LoRaLink:
     # -- downlink --------------------------------------------------------------------------
 
     def _listen(self, tx_end):
-        """RX1 after an uplink that ended at `tx_end` (ticks_ms, as modem.send() returns it)."""
-        opens = time.ticks_add(tx_end, RX_DELAY_MS - _RX_EARLY_MS)
-        if self._rx_cfg is not None:
-            self._modem.configure(self._rx_cfg)
+        """RX1 after an uplink that ended at `tx_end` (ticks_ms, as modem.send() returns it),
+        then RX2 if nothing came in RX1."""
         try:
-            for _ in range(_MAX_DOWNLINKS):
-                wait = time.ticks_diff(opens, time.ticks_ms())
-                if wait > 0:
-                    time.sleep_ms(wait)
-                packet = self._modem.recv(timeout_ms=self.rx_window_ms, rx_packet=self._rx_packet)
-                if packet is None:
-                    return
-                self._rx_packet = packet
-                if not packet.valid_crc:  # micropython-lib's RxPacket (lora/modem.py)
-                    self.rx_rejected += 1
-                else:
-                    self.received += 1
-                    self._inbox.append(bytes(packet))
-                opens = time.ticks_ms()  # a second frame follows at once, if at all
+            opens = time.ticks_add(tx_end, RX_DELAY_MS - _RX_EARLY_MS)
+            if not self._rx_window(opens, self._rx_cfg, self.rx_window_ms):
+                opens = time.ticks_add(tx_end, RX2_DELAY_MS - _RX_EARLY_MS)
+                self._rx_window(opens, self._rx2_cfg, self.rx2_window_ms)
         finally:
-            if self._rx_cfg is not None:
-                self._modem.configure({"freq_khz": self.freq_khz, "sf": self.sf})
+            self._modem.configure({"freq_khz": self.freq_khz, "sf": self.sf})
+
+    def _rx_window(self, opens, cfg, window_ms):
+        """Up to two frames in a window that opens at `opens` (ticks_ms), on `cfg`'s channel
+        (None: the uplink's); the number of packets heard there, good or not."""
+        if cfg is not None:
+            self._modem.configure(cfg)
+        for heard in range(_MAX_DOWNLINKS):
+            wait = time.ticks_diff(opens, time.ticks_ms())
+            if wait > 0:
+                time.sleep_ms(wait)
+            packet = self._modem.recv(timeout_ms=window_ms, rx_packet=self._rx_packet)
+            if packet is None:
+                return heard
+            self._rx_packet = packet
+            if not packet.valid_crc:  # micropython-lib's RxPacket (lora/modem.py)
+                self.rx_rejected += 1
+            else:
+                self.received += 1
+                self._inbox.append(bytes(packet))
+            opens = time.ticks_ms()  # a second frame follows at once, if at all
+        return _MAX_DOWNLINKS
 
     def poll(self):
         """Verified messages from the gateway received since the last call. Also sends frames

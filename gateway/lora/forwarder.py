@@ -24,14 +24,20 @@ Downlinks (`send()`, only with `acks = true`): the sealed frame as a txpk in a P
 the gateway that heard the node best, in RX1: the uplink's tmst + 1 s, same frequency and
 data rate, inverted IQ (as LoRaWAN downlinks: nodes do not hear each other's uplinks as
 downlinks). At most two downlinks per uplink (SPEC.md section 13: the node's receive window
-takes a second frame right after the first), the second scheduled after the first's airtime; it
-is not sent when RX1 can no longer be reached (judged by when the concentrator received the
-uplink, ConcentratorClock, not when its PUSH_DATA arrived), when the uplink's channel is outside the
-configured region plan (`region`, EU868), crosses one of its sub-band edges, or the power
+takes a second frame right after the first), the second scheduled after the first's airtime.
+A downlink is not sent in RX1 when RX1 can no longer be reached (judged by when the
+concentrator received the uplink, ConcentratorClock, not when its PUSH_DATA arrived), when it
+would overlap another downlink of the same concentrator, when the uplink's channel is outside
+the configured region plan (`region`, EU868), crosses one of its sub-band edges, or the power
 (`tx_power_dbm`, with `antenna_gain_dbi`) is above the sub-band's ERP limit
-(gateway.lora.region), or when it would take the gateway's sub-band over its duty-cycle limit
-(gateway.lora.radio); each counted by reason. A node that gets no ack sends its
-frame again, so a downlink not sent costs a retransmission, never data.
+(gateway.lora.region), when it is longer than the data rate allows (SPEC.md 13), or when it
+would take the gateway's sub-band over its duty-cycle limit (gateway.lora.radio); each counted
+by reason. When RX1 was refused for its moment or its sub-band (too late, overlap, duty cycle)
+and the uplink's window carries nothing yet, RX2 is tried under the same rules: tmst + 2 s on
+`rx2_freq_hz` at `rx2_sf` (869.525 MHz SF12, the 10 % sub-band, by default), where the node
+listens when nothing came in RX1; counted as rx2_sent or rx2_<reason>. The window the first
+downlink took is the window of the second. A node that gets no ack sends its frame again, so
+a downlink not sent costs a retransmission, never data.
 """
 
 from __future__ import annotations
@@ -43,13 +49,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from firmware.edgeveil_node import airtime
+
 from ..config import PacketForwarderConfig
 from ..ingest import BurstLog
 from ..metrics import Metrics
 from ..transport import Backoff
 from .dedupe import Deduplicator
 from .link import LoraLink, OnFrame, log, observations
-from .radio import DutyCycle, RadioMeta, time_on_air
+from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
 from .region import PLANS
 from .semtech import (
     TX_ERRORS,
@@ -64,11 +72,15 @@ from .semtech import (
     push_ack,
 )
 
-__all__ = ["RX1_DELAY_US", "ForwarderTransport", "OnFrame"]
+__all__ = ["RX1_DELAY_US", "RX2_DELAY_US", "ForwarderTransport", "OnFrame", "largest_downlink"]
 
 Address = tuple[str, int]
 
 RX1_DELAY_US = 1_000_000  # the node opens RX1 1 s after its uplink ends
+RX2_DELAY_US = 2_000_000  # and RX2 2 s after it, when nothing came in RX1
+# RX1 refusals that leave RX2 worth trying: the moment or the sub-band was the problem, not
+# the frame or the uplink's channel (a node on a channel outside the plan is not ours)
+RX2_WHEN_RX1 = frozenset({"too_late", "overlap", "duty_cycle"})
 # A PULL_RESP must reach the gateway this long before its TX time (the packet forwarder's
 # just-in-time queue needs ~30 ms; the rest is network). Later than this: not sent.
 RX1_LEAD_S = 0.1
@@ -132,8 +144,9 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         self._hosts: dict[str, tuple[str, float]] = {
             eui: (host, float("inf")) for eui, host in config.fixed_hosts
         }
-        # (EUI, uplink tmst) -> downlinks sent in its RX1, when the next one may start
-        self._slots: OrderedDict[tuple[str, int], tuple[int, int]] = OrderedDict()
+        # (EUI, uplink tmst) -> the window its downlinks use, how many went, when the next
+        # one may start
+        self._slots: OrderedDict[tuple[str, int], tuple[_Window, int, int]] = OrderedDict()
         self._tokens: OrderedDict[bytes, _Scheduled] = OrderedDict()  # PULL_RESP token ->
         # concentrator EUI -> its scheduled downlinks (tmst at start, airtime in us)
         self._busy: dict[str, deque[tuple[int, int]]] = {}
@@ -186,65 +199,85 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
                 self._udp = None
 
     async def send(self, frame: bytes, meta: RadioMeta | None) -> bool:
-        """Send a sealed downlink frame in the RX1 window of the uplink `meta` describes,
-        through the gateway that heard it. False when it is not sent (counted by reason)."""
-        udp, route = self._udp, self._routes.get(meta.link) if meta is not None else None
-        if not self.config.acks or meta is None or meta.tmst is None or udp is None:
+        """Send a sealed downlink frame in a receive window of the uplink `meta` describes,
+        through the gateway that heard it: RX1, else RX2 (module docstring). False when it is
+        not sent (counted by reason)."""
+        if not self.config.acks or meta is None or meta.tmst is None or self._udp is None:
             return False
-        airtime = time_on_air(len(frame), meta.rate, meta.codr)
-        # the window's first frame at its start, a second right after the first (SPEC.md 13)
-        frames, tx_at = self._slots.get(
-            (meta.link, meta.tmst), (0, (meta.tmst + RX1_DELAY_US) & 0xFFFFFFFF)
-        )
-        refusal = self._refusal(frame, meta, frames, tx_at, airtime)
-        if refusal is not None or route is None:
-            self._count_downlink(refusal or "no_route")
+        if meta.link not in self._routes:
+            self._count_downlink("no_route")
             return False
-        address, version = route
+        used = self._slots.get((meta.link, meta.tmst))
+        if used is not None:
+            # the window this uplink's first downlink took: the node listens there, and only
+            # there (it opens RX2 only when nothing came in RX1)
+            return self._try(frame, meta, *used) is None
+        refusal = self._try(frame, meta, _Window(1, meta.freq_hz, meta.rate, RX1_DELAY_US))
+        if refusal is None:
+            return True
+        if refusal not in RX2_WHEN_RX1 or not self.config.rx2:
+            return False
+        rate = DataRate(self.config.rx2_sf, meta.rate.bw_khz)
+        rx2 = _Window(2, self.config.rx2_freq_hz, rate, RX2_DELAY_US)
+        return self._try(frame, meta, rx2) is None
+
+    def _try(
+        self, frame: bytes, meta: RadioMeta, window: _Window, frames: int = 0, tx_at: int = -1
+    ) -> str | None:
+        """Hand the downlink to the concentrator as a PULL_RESP, the window's `frames`+1-th
+        at `tx_at` (-1: at the window's start); None, or why it is refused (counted)."""
+        assert self._udp is not None and meta.tmst is not None  # noqa: S101 - send() checked
+        if tx_at < 0:
+            tx_at = window.opens(meta.tmst)
+        refusal = self._refusal(frame, meta, window, frames, tx_at)
+        if refusal is not None:
+            self._count_downlink(refusal if window.rx == 1 else f"rx2_{refusal}")
+            return refusal
+        airtime = time_on_air(len(frame), window.rate, meta.codr)
         airtime_us = round(airtime * 1e6)
         after = (tx_at + airtime_us + SECOND_FRAME_GAP_US) & 0xFFFFFFFF
-        _remember(self._slots, (meta.link, meta.tmst), (frames + 1, after))
+        _remember(self._slots, (meta.link, meta.tmst), (window, frames + 1, after))
         busy = self._busy.setdefault(meta.link, deque(maxlen=_BUSY_KEPT))
         busy.append((tx_at, airtime_us))
         txpk = Txpk(
             data=frame,
-            freq_hz=meta.freq_hz,
-            rate=meta.rate,
+            freq_hz=window.freq_hz,
+            rate=window.rate,
             power_dbm=self.config.tx_power_dbm,
             tmst=tx_at,
             codr=meta.codr,
         )
+        address, version = self._routes[meta.link]
         datagram = pull_resp(txpk, version)
-        pending = _Scheduled(meta.link, meta.freq_hz, meta.rate.bw_khz, airtime, tx_at)
+        pending = _Scheduled(meta.link, window.freq_hz, window.rate.bw_khz, airtime, tx_at)
         _remember(self._tokens, datagram[1:3], pending)
-        udp.sendto(datagram, address)
-        self._count_downlink("sent")
+        self._udp.sendto(datagram, address)
+        self._count_downlink("sent" if window.rx == 1 else "rx2_sent")
         if version < 2:  # no TX_ACK will confirm it: counted as scheduled
             self.metrics.lora_airtime.labels(self.name, meta.link).inc(airtime)
-        return True
+        return None
 
     def _refusal(
-        self, frame: bytes, meta: RadioMeta, frames: int, tx_at: int, airtime: float
+        self, frame: bytes, meta: RadioMeta, window: _Window, frames: int, tx_at: int
     ) -> str | None:
         """Why this downlink (the window's `frames`+1-th, at `tx_at`) cannot go out, or None;
         the duty cycle is charged when it can."""
-        if meta.link not in self._routes:
-            return "no_route"
-        if len(frame) > MAX_LORA_PAYLOAD:
+        if len(frame) > largest_downlink(window.rate):
             return "too_big"
-        if time.monotonic() - meta.received > RX1_DELAY_US / 1e6 - RX1_LEAD_S:
+        if time.monotonic() - meta.received > window.delay_us / 1e6 - RX1_LEAD_S:
             return "too_late"
         if frames >= FRAMES_PER_WINDOW:
             return "slot_taken"
+        airtime = time_on_air(len(frame), window.rate, meta.codr)
         if _overlaps(self._busy.get(meta.link, ()), tx_at, round(airtime * 1e6)):
             return "overlap"  # the concentrator sends another downlink then
         config = self.config
         region = self._plan.refusal(
-            meta.freq_hz, meta.rate.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi
+            window.freq_hz, window.rate.bw_khz, config.tx_power_dbm, config.antenna_gain_dbi
         )
         # outside_plan, crosses_edge, over_power: never sent, and nothing charged
         if region is None and not self._duty.setdefault(meta.link, DutyCycle()).allow(
-            meta.freq_hz, airtime, meta.rate.bw_khz
+            window.freq_hz, airtime, window.rate.bw_khz
         ):
             region = "duty_cycle"
         return region
@@ -450,6 +483,29 @@ class ConcentratorClock:
             value -= 1 << 32  # a packet from before the wrap, arriving after it
         self._last = max(last, value)
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """A receive window of the node: RX1 on the uplink's channel 1 s after it, or RX2 on its
+    own channel 2 s after it."""
+
+    rx: int  # 1 or 2
+    freq_hz: int
+    rate: DataRate
+    delay_us: int  # after the end of the uplink
+
+    def opens(self, tmst: int) -> int:
+        """When the window opens, in concentrator microseconds (32-bit, wrapping)."""
+        return (tmst + self.delay_us) & 0xFFFFFFFF
+
+
+def largest_downlink(rate: DataRate) -> int:
+    """The largest frame a downlink may carry at this data rate: the nodes' own limit per
+    spreading factor (SPEC.md section 13: 51 bytes at SF10-SF12), the radio's 255 beyond it."""
+    if 7 <= rate.sf <= 12:
+        return int(airtime.max_frame(rate.sf))
+    return MAX_LORA_PAYLOAD
 
 
 @dataclass(frozen=True, slots=True)

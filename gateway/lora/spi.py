@@ -34,7 +34,13 @@ from typing import Any, Protocol
 from ..config import SpiRadioConfig
 from ..metrics import Metrics
 from ..transport import Backoff
-from .forwarder import FRAMES_PER_WINDOW, RX1_DELAY_US, RX1_LEAD_S, SECOND_FRAME_GAP_US
+from .forwarder import (
+    FRAMES_PER_WINDOW,
+    RX1_DELAY_US,
+    RX1_LEAD_S,
+    SECOND_FRAME_GAP_US,
+    largest_downlink,
+)
 from .link import LoraLink, OnFrame, log, observations
 from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
 from .region import PLANS
@@ -236,7 +242,7 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         """Why this downlink (its window's `frames`+1-th, at `tx_at`) cannot go out, or None;
         the duty cycle is charged when it can."""
         config = self.config
-        if len(frame) > 255:
+        if len(frame) > largest_downlink(DataRate(config.sf, config.bw_khz)):
             return "too_big"
         if time.monotonic() > tx_at - RX1_LEAD_S:
             return "too_late"
@@ -260,8 +266,7 @@ class SpiTransport(LoraLink[SpiRadioConfig]):
         if not sent:
             self._not_sent("tx_failed")
             return
-        self._count_downlink("sent")
-        self.metrics.lora_downlinks.labels(self.name, "sent").inc()
+        self._count_downlink("sent")  # counts the metric too
         self.metrics.lora_airtime.labels(self.name, self.name).inc(airtime)
 
     # -- in LoRaRF's GPIO thread, and in worker threads ---------------------------------------
