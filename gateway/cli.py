@@ -265,6 +265,10 @@ def _gateway(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
                 return commands.revoke_node(args.config, args.node)
             if args.nodes_command == "rekey":
                 return commands.rekey_node(args.config, args.node)
+            if args.nodes_command == "configure":
+                return commands.configure_node(args.config, args.node, args.settings, args.by)
+            if args.nodes_command == "show":
+                return commands.show_node(args.config, args.node)
             return commands.list_nodes(args.config)
         return commands.status(args.metrics)
     except commands.UsageError as exc:
@@ -340,7 +344,7 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     nodes = sub.add_parser(
         "nodes",
-        help="the registered nodes: list them, revoke or re-key one",
+        help="the registered nodes: list, show, configure, revoke or re-key them",
         description="The gateway's node registry (the state directory's registry.db).",
     )
     nodes_sub = nodes.add_subparsers(dest="nodes_command", metavar="COMMAND", required=True)
@@ -376,6 +380,39 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "most 15 re-keys follow one deploy; then deploy the node again or replace it.",
     )
     rekey.add_argument("node", type=int, metavar="NODE", help="the node id to re-key")
+    show = nodes_sub.add_parser(
+        "show",
+        parents=[with_config],
+        help="one node: zone, keys' state, and its history of configuration changes",
+        description="Show one registered node: its zone, key epoch, highest counter accepted, "
+        "state, and its latest remote configuration commands (source, who asked, settings, "
+        "version, state and reason). Secrets are never shown.",
+    )
+    show.add_argument("node", type=int, metavar="NODE", help="the node id")
+    configure = nodes_sub.add_parser(
+        "configure",
+        parents=[with_config],
+        help="change a node's settings remotely (reading interval, zone ...)",
+        description="Queue a configuration change for a node: checked with the node "
+        "firmware's own rules, kept in the registry (a restart keeps it), sent by the running "
+        "gateway as a sealed configuration update at the node's next contact (serial: its next "
+        "frame; LoRa: the receive window after its next uplink), again every minute until the "
+        "node answers (at most 5 times). The zone is the gateway's and changes at once. The "
+        "same is possible over MQTT: {prefix}/{site}/{gateway}/command/node/NODE/configure, "
+        "results on .../result (README 'Remote configuration'). Settings: "
+        "reading_interval_s, status_interval_s, scan_window_s (seconds, at least 1), "
+        "max_retries (0 or more), ble_scan (true or false), zone (text, at most 32 bytes).",
+    )
+    configure.add_argument("node", type=int, metavar="NODE", help="the node id")
+    configure.add_argument(
+        "settings",
+        nargs="+",
+        metavar="NAME=VALUE",
+        help="e.g. reading_interval_s=300 zone=north-square",
+    )
+    configure.add_argument(
+        "--by", metavar="NAME", help="who asks, for the audit log (default: your user name)"
+    )
     status = sub.add_parser(
         "status",
         help="what a running gateway is doing: links, broker, spool, frames",

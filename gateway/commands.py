@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import json
 import logging
 import os
 import signal
@@ -23,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from . import config as config_mod
 from .errors import ConfigError, EdgeveilError, RegistryError
+from .node_config import CommandRejected, NodeConfigs, parse_assignments
+from .records import Topics
 from .registry import NodeRegistry
 from .service import Gateway, load_policy
 from .sqlite import SPOOL_MESSAGE_BYTES, state_dir_bound, state_dir_bytes
@@ -220,6 +224,78 @@ def list_nodes(config_path: Path | None) -> int:
         widths = [max(len(r[i]) for r in table) for i in range(5)]
         for row in table:
             print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def show_node(config_path: Path | None, node_id: int) -> int:
+    path = _registry_path(config_path)
+    try:
+        with NodeRegistry.open(path) as registry:
+            entry = registry.get(node_id)
+            if entry is None:
+                raise UsageError(
+                    f"node {node_id} is not registered in {path} (edgeveil gateway nodes list "
+                    "shows the registered ones)"
+                )
+            revoked = registry.revoked()
+            history = registry.commands(node_id)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    highest = entry.window.highest
+    print(f"node {node_id}")
+    print(f"  zone             {entry.zone or '-'}")
+    print(f"  key epoch        {entry.epoch}")
+    print(f"  highest counter  {'-' if highest < 0 else highest}")
+    state = "revoked " + _utc(revoked[node_id]) if node_id in revoked else "active"
+    if entry.rekey is not None and node_id not in revoked:
+        state += f", re-key to key epoch {entry.rekey} pending"
+    print(f"  state            {state}")
+    print(f"  configuration changes ({len(history)}, newest first):")
+    for c in history:
+        settings = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(c.settings.items()))
+        version = "-" if c.version is None else str(c.version)
+        who = f"{c.source}" + (f" ({c.by})" if c.by else "")
+        line = f"    {_utc(c.created)}  {c.id}  {who}  version {version}  {c.state}"
+        if c.sends:
+            line += f" after {c.sends} deliveries" if c.sends > 1 else " after 1 delivery"
+        if c.reason:
+            line += f": {c.reason}"
+        print(line)
+        if settings:
+            print(f"      {settings}")
+    return 0
+
+
+def configure_node(
+    config_path: Path | None, node_id: int, assignments: list[str], by: str | None
+) -> int:
+    path = _registry_path(config_path)
+    config = _load(config_path)
+    try:
+        settings = parse_assignments(assignments)
+        with NodeRegistry.open(path) as registry:
+            prefix = (config.mqtt or config_mod.MqttConfig()).topic_prefix
+            topics = Topics(prefix, config.site, config.gateway_id)
+            configs = NodeConfigs(registry, topics, publish=None)
+            command_id = f"cli-{int(time.time())}-{os.getpid()}"
+            command = asyncio.run(
+                configs.submit(
+                    node_id, command_id, settings, source="cli", by=by or getpass.getuser()
+                )
+            )
+    except CommandRejected as exc:
+        raise UsageError(f"node {node_id}: not configured: {exc}") from None
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    if command.version is None:
+        print(f"node {node_id}: zone changed to {settings['zone']!r} (applies from its next frame)")
+        return 0
+    print(
+        f"node {node_id}: configuration {command.id} accepted as version {command.version}; a "
+        "running gateway sends it at the node's next contact and publishes the results on "
+        f"{topics.base}/command/node/{node_id}/result. Follow it with: edgeveil gateway nodes "
+        f"show {node_id}"
+    )
     return 0
 
 

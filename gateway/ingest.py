@@ -59,8 +59,9 @@ from protocol.replay import DUPLICATE
 
 from . import senml
 from .errors import RegistryError, SpoolFullError, StorageError
-from .lora.radio import RadioMeta
+from .lora.radio import RX1_LEAD_S, RX2_DELAY_US, RadioMeta
 from .metrics import UNREGISTERED, Metrics
+from .node_config import NodeConfigs
 from .privacy import PrivacyStage, reveals_presence
 from .records import Measurement, OutMessage, Record, Topics
 from .registry import REUSE_HINT, Accepted, NodeEntry, NodeRegistry, frame_digest
@@ -86,8 +87,13 @@ TIME_SYNC_GAP_S = 60.0  # answer a node's time requests at most once a minute
 # REACK_MEMORY frames acknowledged again (bounded memory).
 MAX_REACKS = 8
 REACK_MEMORY = 4096
-_TIME_REQUEST = 6  # protocol event codes
+_CONFIG_APPLIED = 4  # protocol event codes
+_CONFIG_REJECTED = 5
+_TIME_REQUEST = 6
 _COUNTER_LOW = 8
+# a LoRa uplink older than this has no receive window left to answer in (RX2, with the lead a
+# concentrator needs): its node gets its configuration at its next uplink
+RX_REACHABLE_S = RX2_DELAY_US / 1e6 - RX1_LEAD_S
 REUSE_ALARM_GAP_S = 3600.0  # counter-reuse alarms published per node at most this often
 REKEY_GAP_S = 60.0  # a requested re-key is sent to a node at most this often
 # The registry writes the counters the spool's journal holds every FOLD_S, or once it holds
@@ -160,6 +166,7 @@ class Ingest:
         notify_uplink: Callable[..., None],  # Uplink.notify(messages, at=arrival)
         metrics: Metrics,
         sends_downlinks: Callable[[str], bool] = lambda _port: True,
+        configs: NodeConfigs | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -172,6 +179,7 @@ class Ingest:
         # whether a link sends downlinks at all (a LoRa link with acks off does not): asked
         # before sealing, so no downlink counter is spent on a frame that never leaves
         self.sends_downlinks = sends_downlinks
+        self.configs = configs  # remote configuration commands (gateway.node_config)
         self.queue: asyncio.Queue[Arrival] = asyncio.Queue(QUEUE_LIMIT)
         self.burst_log = BurstLog()
         # nodes that say they must be replaced (counter_low events): once an hour per node
@@ -180,6 +188,8 @@ class Ingest:
         self._last_time_sync: dict[int, float] = {}
         self._last_reuse_alarm: dict[int, float] = {}
         self._last_rekey: dict[int, float] = {}
+        # where each node was last heard: a serial node gets its configuration at once
+        self._last_link: dict[int, tuple[str, RadioMeta | None]] = {}
         self._storage_tried = -STORAGE_RETRY_S
         # frames whose messages were spooled but whose counters the registry failed to record
         # (node, epoch, counter) -> frame digest: their retransmission is recorded, not spooled
@@ -236,6 +246,7 @@ class Ingest:
         radios: dict[tuple[str, int], RadioMeta | None] = {}  # the latest uplink heard
         time_syncs: set[tuple[str, int]] = set()
         rekeys: dict[tuple[str, int], float] = {}  # nodes heard under keys to renew: when
+        answers: list[tuple[int, int, bool]] = []  # node, configuration version, applied
         for arrival in batch:
             verified = self._verify(arrival, in_batch, out)
             if verified is None:
@@ -274,21 +285,33 @@ class Ingest:
             out.extend(messages)
             produced[key] = messages
             accepted.append((entry.node_id, header.counter, digest, header.epoch))
-            self._requests(arrival.port, entry, message, time_syncs)
+            self._requests(arrival.port, entry, message, time_syncs, answers)
         unstored = await self._store(batch, out, produced, accepted, in_batch)
         if unstored:  # not durable: neither acknowledged nor counted
             new = {(n, c) for n, _e, c in unstored}
             acks = {k: [c for c in v if (k[1], c) not in new] for k, v in acks.items()}
             counted = [c for c in counted if (int(c[1]), c[3]) not in new]
         self._count(counted)
-        await self._downlink(acks, time_syncs, radios, rekeys)
+        await self._downlink(acks, time_syncs, radios, rekeys, answers)
 
     def _requests(
-        self, port: str, entry: NodeEntry, message: Message, time_syncs: set[tuple[str, int]]
+        self,
+        port: str,
+        entry: NodeEntry,
+        message: Message,
+        time_syncs: set[tuple[str, int]],
+        answers: list[tuple[int, int, bool]],
     ) -> None:
-        """What a new frame asks of the gateway: the time, or fresh keys (counter_low)."""
+        """What a new frame asks of the gateway: the time, or fresh keys (counter_low); or
+        what it answers: a configuration applied or rejected (its version)."""
         if _wants_time(message):
             time_syncs.add((port, entry.node_id))
+        if (
+            isinstance(message, Event)
+            and message.code in (_CONFIG_APPLIED, _CONFIG_REJECTED)
+            and message.value is not None
+        ):
+            answers.append((entry.node_id, message.value, message.code == _CONFIG_APPLIED))
         if isinstance(message, Event) and message.code == _COUNTER_LOW:
             self._counter_low(port, entry, message.value)
 
@@ -567,8 +590,12 @@ class Ingest:
         time_syncs: set[tuple[str, int]],
         radios: dict[tuple[str, int], RadioMeta | None],
         rekeys: dict[tuple[str, int], float],
+        answers: list[tuple[int, int, bool]],
     ) -> None:
         now = time.time()
+        if self.configs is not None:  # before the next command is picked
+            for node_id, version, applied in answers:
+                await self.configs.answered(node_id, version, applied)
         # Time sync first: a LoRa uplink has room for one downlink (RX1), and a node asking
         # for the time would otherwise never get it past its acks. The ack it misses then
         # (at most once per TIME_SYNC_GAP_S) comes with its retransmission.
@@ -581,6 +608,10 @@ class Ingest:
                 self._last_time_sync[node_id] = now
         for (port, node_id), heard in rekeys.items():
             await self._send_rekey(port, node_id, radios.get((port, node_id)), heard)
+        for (port, node_id), radio in radios.items():
+            self._last_link[node_id] = (port, radio)
+            if (port, node_id) not in rekeys:  # new keys first: the update follows them
+                await self.send_config(node_id)
         for (port, node_id), counters in acks.items():
             entry = self.registry.get(node_id)
             if entry is None:
@@ -588,6 +619,25 @@ class Ingest:
             for start in range(0, len(counters), MAX_ACKED):
                 chunk = counters[start : start + MAX_ACKED]
                 await self._send(port, entry.keys, Ack(chunk), radios.get((port, node_id)))
+
+    async def send_config(self, node_id: int) -> bool:
+        """The node's due configuration command (gateway.node_config), as a config_update on
+        the link it was last heard on: at once on a serial line, in the receive window of the
+        uplink just heard on LoRa (an older uplink's window has passed: not sent then)."""
+        if self.configs is None or node_id not in self._last_link:
+            return False
+        port, radio = self._last_link[node_id]
+        entry = self.registry.get(node_id)
+        command = await self.configs.due(node_id)
+        if entry is None or command is None or command.version is None:
+            return False
+        if radio is not None and time.monotonic() - radio.received > RX_REACHABLE_S:
+            return False
+        update = ConfigUpdate(command.version, command.settings)
+        if not await self._send(port, entry.keys, update, radio):
+            return False
+        await self.configs.sent(command)
+        return True
 
     async def _send_rekey(
         self, port: str, node_id: int, radio: RadioMeta | None, now: float

@@ -10,6 +10,7 @@ One SQLite file (stdlib sqlite3, WAL journal, synchronous=FULL), readable by its
     successor old_node_id, new_node_id                   a replacement board, until it is heard
     epochs    node_id, fingerprint, epoch                the node's current key epoch (v1.1)
     rekey     node_id, fingerprint, epoch, requested     a re-key sent until the node takes it
+    commands  seq, node_id, id, settings, version, state  remote configuration (node_config.py)
 
 Why the choices:
 
@@ -89,6 +90,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,7 @@ __all__ = [
     "MAX_ZONE_BYTES",
     "REUSE_HINT",
     "Accepted",
+    "Command",
     "NodeEntry",
     "NodeRegistry",
     "frame_digest",
@@ -138,6 +141,9 @@ REUSE_HINT = (
 )
 MAX_COUNTER = 2**32 - 1  # SPEC.md section 9: a 4-byte partial IV
 MAX_ZONE_BYTES = 32  # as in the node's configuration (firmware/edgeveil_node/config.py)
+# finished remote configurations kept per node (its history; the highest version among them
+# keeps the node's next version above every one it was sent)
+KEPT_COMMANDS = 50
 _HEX = re.compile(r"[0-9a-fA-F]*")
 
 _SCHEMA = """
@@ -178,6 +184,22 @@ CREATE TABLE IF NOT EXISTS rekey (
     epoch INTEGER NOT NULL,
     requested REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS commands (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_id INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    by TEXT,
+    settings TEXT NOT NULL,
+    version INTEGER,
+    state TEXT NOT NULL,
+    reason TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    sends INTEGER NOT NULL DEFAULT 0,
+    last_sent REAL
+);
+CREATE INDEX IF NOT EXISTS commands_node ON commands (node_id, state);
 CREATE TABLE IF NOT EXISTS evidence (
     node_id INTEGER NOT NULL,
     counter INTEGER NOT NULL,
@@ -230,6 +252,56 @@ def _take(window: ReplayWindow, counter: int) -> bool:
 
 def _bitmap_blob(bitmap: int) -> bytes:
     return bitmap.to_bytes(8, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A remote configuration of one node (gateway.node_config), as the registry keeps it."""
+
+    seq: int  # the order commands were taken in
+    node_id: int
+    id: str  # the client's own id
+    source: str  # "mqtt" or "cli"
+    by: str | None  # who asked, as given (audit)
+    settings: dict[str, Any]  # what the node is sent (the zone is the gateway's, applied at once)
+    version: int | None  # the configuration version sent; None when nothing is sent
+    state: str  # accepted, delivered, applied, rejected, failed
+    reason: str | None
+    created: float
+    updated: float
+    sends: int  # deliveries so far
+    last_sent: float | None
+
+    @property
+    def open(self) -> bool:
+        """Still to be answered by the node."""
+        return self.state in ("accepted", "delivered")
+
+
+_COMMAND_COLUMNS = (
+    "seq, node_id, id, source, by, settings, version, state, reason, created, updated, sends, "
+    "last_sent"
+)
+
+
+def _command(row: tuple[Any, ...]) -> Command:
+    seq, node_id, id_, source, by, settings, version, state, reason = row[:9]
+    created, updated, sends, last_sent = row[9:]
+    return Command(
+        int(seq),
+        int(node_id),
+        str(id_),
+        str(source),
+        None if by is None else str(by),
+        json.loads(settings),
+        None if version is None else int(version),
+        str(state),
+        None if reason is None else str(reason),
+        float(created),
+        float(updated),
+        int(sends),
+        None if last_sent is None else float(last_sent),
+    )
 
 
 class NodeEntry:
@@ -296,6 +368,7 @@ class NodeRegistry(Closing):
         # accepted frames a journal made durable (the spool's: accept_many(journaled=True)),
         # not yet written here: node -> counter -> (key epoch, state fingerprint, digest)
         self._pending: dict[int, dict[int, tuple[int, bytes, bytes]]] = {}
+        self._open_commands: dict[int, list[Command]] | None = None  # node -> oldest first
         self._data_version = self._read_data_version()
 
     # -- opening and closing ------------------------------------------------------------------
@@ -339,6 +412,7 @@ class NodeRegistry(Closing):
             self._entries.clear()
             self._fingerprints.clear()
             self._secrets.clear()
+            self._open_commands = None
         return True
 
     def close(self) -> None:
@@ -541,6 +615,125 @@ class NodeRegistry(Closing):
             self._fingerprints[node_id] = state
             self._secrets[node_id] = secret
             return entry
+
+    # -- remote configuration (gateway.node_config) ----------------------------------------------
+
+    def add_command(
+        self,
+        node_id: int,
+        id_: str,
+        settings: dict[str, Any],
+        *,
+        source: str,
+        by: str | None,
+        zone: str | None = None,
+        first_version: int = 1,
+        max_open: int = 4,
+    ) -> Command:
+        """Store a checked command, durable on return: `settings` for the node (none: nothing
+        to send), `zone` set for the node here in the same transaction. Its version is the
+        node's next (at least `first_version`). RegistryError when the node is unknown or
+        has `max_open` commands open already."""
+        now = time.time()
+        with self._transaction() as cur:
+            if not _exists(cur, node_id):
+                raise RegistryError(f"node {node_id} is not registered")
+            (open_,) = cur.execute(
+                "SELECT count(*) FROM commands WHERE node_id = ? AND state IN "
+                "('accepted', 'delivered')",
+                (node_id,),
+            ).fetchone()
+            if open_ >= max_open:
+                raise RegistryError(
+                    f"node {node_id} has {open_} commands waiting for it already: wait for "
+                    "their results"
+                )
+            version = None
+            if settings:
+                (highest,) = cur.execute(
+                    "SELECT max(version) FROM commands WHERE node_id = ?", (node_id,)
+                ).fetchone()
+                version = max(first_version, (highest or 0) + 1)
+            if zone is not None:
+                cur.execute("UPDATE nodes SET zone = ? WHERE node_id = ?", (zone, node_id))
+            state = "accepted" if settings else "applied"
+            cur.execute(
+                "INSERT INTO commands (node_id, id, source, by, settings, version, state, "
+                "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (node_id, id_, source, by, json.dumps(settings), version, state, now, now),
+            )
+            seq = cur.lastrowid
+        self._entries.pop(node_id, None)  # the zone may have changed
+        self._open_commands = None
+        return Command(
+            int(seq or 0),
+            node_id,
+            id_,
+            source,
+            by,
+            settings,
+            version,
+            state,
+            None,
+            now,
+            now,
+            0,
+            None,
+        )
+
+    def open_commands(self, node_id: int) -> list[Command]:
+        """The node's commands still to be answered, oldest first (cached: one query per
+        change of the file, not per frame)."""
+        cache = self._open_commands
+        if cache is None:
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT {_COMMAND_COLUMNS} FROM commands "  # noqa: S608 - constant columns
+                    "WHERE state IN ('accepted', 'delivered') ORDER BY seq"
+                ).fetchall()
+            cache = {}
+            for row in rows:
+                command = _command(row)
+                cache.setdefault(command.node_id, []).append(command)
+            self._open_commands = cache
+        return list(cache.get(node_id, ()))
+
+    def commands(self, node_id: int, limit: int = 20) -> list[Command]:
+        """The node's latest commands, newest first: its history of configuration changes."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE node_id = ? "  # noqa: S608
+                "ORDER BY seq DESC LIMIT ?",
+                (node_id, limit),
+            ).fetchall()
+        return [_command(r) for r in rows]
+
+    def update_command(
+        self,
+        seq: int,
+        state: str,
+        reason: str | None = None,
+        *,
+        sent: bool = False,
+        now: float | None = None,
+    ) -> None:
+        """A command's new state (and one more delivery at `now`, with `sent`)."""
+        now = time.time() if now is None else now
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE commands SET state = ?, reason = ?, updated = ?, "
+                "sends = sends + ?, last_sent = CASE WHEN ? THEN ? ELSE last_sent END "
+                "WHERE seq = ?",
+                (state, reason, now, int(sent), int(sent), now, seq),
+            )
+            # the history is bounded: the node's last KEPT_COMMANDS finished ones stay
+            cur.execute(
+                "DELETE FROM commands WHERE state NOT IN ('accepted', 'delivered') AND seq IN "
+                "(SELECT seq FROM commands WHERE node_id = (SELECT node_id FROM commands "
+                "WHERE seq = ?) ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+                (seq, KEPT_COMMANDS),
+            )
+        self._open_commands = None
 
     def keys_for(self, node_id: int, epoch: int) -> NodeKeys:
         """The keys of a registered node at `epoch` (a frame of a higher epoch than its current

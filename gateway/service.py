@@ -52,6 +52,7 @@ from .lora.forwarder import ForwarderTransport
 from .lora.radio import RadioMeta
 from .lora.spi import SpiTransport
 from .metrics import Metrics
+from .node_config import NodeConfigs
 from .privacy import PolicyEngine, PrivacyLedger
 from .privacy import policy as policy_mod
 from .privacy.engine import check as check_policy
@@ -104,6 +105,7 @@ class Gateway:
     mqtt: MqttConfig  # the broker in use: configured, or the embedded one
     uplink: Uplink
     ingest: Ingest
+    configs: NodeConfigs
     policy: Policy
     ledger: PrivacyLedger
     engine: PolicyEngine
@@ -163,6 +165,13 @@ class Gateway:
             return await serial.write(encode_serial(frame))
         lora = self.lora.get(port)
         return await lora.send(frame, radio) if lora is not None else False
+
+    async def _command(self, topic: str, payload: bytes) -> None:
+        """A remote configuration command from MQTT: checked and stored, then sent at once to
+        a node on a serial line (a LoRa node gets it at its next uplink)."""
+        command = await self.configs.handle_mqtt(topic, payload)
+        if command is not None and command.version is not None:
+            await self.ingest.send_config(command.node_id)
 
     def _published(self, message: OutMessage, seconds: float | None) -> None:
         self.metrics.published.inc()
@@ -411,8 +420,15 @@ class Gateway:
                 entry = self.registry.get(node_id)
                 if entry is not None:
                     self.engine.add_node(node_id, entry.zone)
+            self.configs = NodeConfigs(self.registry, topics, self._spool)
             self.uplink = Uplink(
-                self.mqtt, self.spool, topics, self.metadata(), on_published=self._published
+                self.mqtt,
+                self.spool,
+                topics,
+                self.metadata(),
+                on_published=self._published,
+                subscriptions=[self.configs.subscription],
+                on_message=self._command,
             )
             self.ingest = Ingest(
                 self.registry,
@@ -424,6 +440,7 @@ class Gateway:
                 self.uplink.notify,
                 self.metrics,
                 self._sends_downlinks,
+                self.configs,
             )
             for port in config.serial:
                 self._decoders[port.name] = StreamDecoder()

@@ -27,8 +27,10 @@ retries with exponential backoff and jitter, and logs the reconnect. Configurati
 (an unreadable password file or certificate) are raised by the constructor as ConfigError, at
 start, where the operator sees them.
 
-Built on aiomqtt (paho-mqtt underneath), which offers no "connection lost" callback: a
-connection's loss surfaces as the end of `client.messages`, which a watcher task awaits.
+The gateway's one subscription is remote configuration (gateway.node_config): its messages go
+to `on_message`, in order. Built on aiomqtt (paho-mqtt underneath), which offers no
+"connection lost" callback: a connection's loss surfaces as the end of `client.messages`, which
+the receiving task awaits.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -85,6 +87,7 @@ class SpoolQueue(Protocol):
 
 
 OnPublished = Callable[[OutMessage, float | None], None]
+OnMessage = Callable[[str, bytes], Awaitable[None]]  # topic, payload
 
 
 class _PahoLog(logging.Logger):
@@ -158,6 +161,8 @@ class Uplink:
         metadata: Mapping[str, Any],
         *,
         on_published: OnPublished | None = None,
+        subscriptions: Sequence[str] = (),
+        on_message: OnMessage | None = None,
         window: int = 32,
         batch: int = 256,
         poll_interval_s: float = 1.0,
@@ -178,6 +183,8 @@ class Uplink:
         self._degraded: str | None = None
         self._availability_dirty = False
         self._on_published = on_published
+        self._subscriptions = tuple(subscriptions)
+        self._on_message = on_message
         self._window = window
         self._batch = max(batch, window)
         self._poll_interval = poll_interval_s
@@ -347,7 +354,7 @@ class Uplink:
         async with self._client() as client:
             self._session_up = True
             self._up_since = time.monotonic()
-            watch = asyncio.create_task(_until_lost(client), name="edgeveil-uplink-watch")
+            watch = asyncio.create_task(self._receive(client), name="edgeveil-uplink-watch")
             work = asyncio.create_task(self._work(client), name="edgeveil-uplink-work")
             try:
                 await asyncio.wait((watch, work), return_when=asyncio.FIRST_COMPLETED)
@@ -401,6 +408,17 @@ class Uplink:
             await self._delete()  # a clean stop leaves nothing to publish twice
         await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0)
 
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Hands each message on the subscriptions to on_message, one at a time, in order;
+        ends (with MqttError) when the connection is lost, which is how aiomqtt tells it."""
+        async for message in client.messages:
+            if self._on_message is None or not isinstance(message.payload, bytes):
+                continue
+            try:
+                await self._on_message(str(message.topic), message.payload)
+            except Exception:  # a bug in a handler must not cost the connection
+                log.exception("MQTT message on %s: handler failed", message.topic)
+
     async def _retained(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         await client.publish(topic, payload, qos=1, retain=True, timeout=self._publish_timeout)
 
@@ -409,6 +427,8 @@ class Uplink:
         await self._retained(client, self.topics.availability, self._availability)
         self._metadata_dirty = False
         await self._retained(client, self.topics.metadata, self._metadata)
+        for topic_filter in self._subscriptions:  # after every connect: the session is clean
+            await client.subscribe(topic_filter, qos=1, timeout=self._publish_timeout)
         self._connections += 1
         if self._connections > 1:
             self.reconnects += 1
@@ -540,13 +560,6 @@ class Uplink:
         self.last_error = reason
 
 
-async def _until_lost(client: aiomqtt.Client) -> None:
-    """Ends (with MqttError) when the connection is lost; we subscribe to nothing, so no
-    message ever arrives and `client.messages` only ends by a disconnection."""
-    async for _ in client.messages:
-        pass
-
-
 async def _cancel(task: asyncio.Task[Any]) -> None:
     """Cancel a task and wait for it, retrieving its outcome (no "never retrieved" noise)."""
     if not task.done():
@@ -565,7 +578,7 @@ def _describe(exc: aiomqtt.MqttError, socket_error: str | None = None) -> str:
             text += " (check mqtt.username and mqtt.password_file)"
         return text
     cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    if str(exc).startswith("Disconnected during message iteration"):  # from _until_lost
+    if str(exc).startswith("Disconnected during message iteration"):  # from _receive
         if socket_error:
             return f"connection lost: {socket_error}"
         if "Keep alive timeout" in str(cause):

@@ -41,6 +41,7 @@ from firmware.host.sim.lora_modem import RxPacket
 from gateway.config import PacketForwarderConfig
 from gateway.lora.forwarder import RX1_DELAY_US, RX2_DELAY_US, ForwarderTransport
 from gateway.lora.radio import DutyCycle
+from gateway.node_config import NodeConfigs
 from gateway.registry import NodeRegistry
 from gateway.service import Gateway
 from protocol import (
@@ -410,6 +411,40 @@ async def test_a_rekey_reaches_a_firmware_lora_node_in_rx1(tmp_path: Path) -> No
             key = keys.uplink_key if header.uplink else keys.downlink_key
             assert pairs.setdefault((key, keys.nonce(header.counter)), tx.payload) == tx.payload
         await site.check_mqtt_matches_channel()
+
+
+@pytest.mark.asyncio
+@deadline(90)
+async def test_a_configuration_reaches_a_firmware_lora_node_after_its_uplink(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: a remote configuration (here from another process's registry connection, as
+    `edgeveil gateway nodes configure` does) goes to a LoRa node in the receive window of its
+    next uplink; the node applies it and its config_applied event comes back."""
+    async with lora_site(tmp_path, nodes=1, acks=True, sf=7, place=near_the_gateway) as site:
+        station = next(iter(site.keys))
+        node_id = site.keys[station].node_id
+        await until(lambda: site.readings_sent(station), "the node reports", timeout=20)
+        with NodeRegistry.open(tmp_path / "state" / "registry.db") as registry:
+            configs = NodeConfigs(registry, site.gateway.topics, publish=None)
+            command = await configs.submit(
+                node_id, "slower", {"reading_interval_s": 5}, source="cli"
+            )
+        update = ConfigUpdate(command.version or 0, {"reading_interval_s": 5})
+
+        def answered() -> bool:
+            return any(
+                site.open(station, tx.payload) == Event(4, command.version)
+                for tx in site.uplinks(station)
+            )
+
+        await until(answered, "the node's config_applied", timeout=40, detail=site.medium.report)
+        assert update in [m for _, m in site.heard(station)]  # heard in a receive window
+        await until(
+            lambda: site.gateway.registry.commands(node_id)[0].state == "applied",
+            "the gateway takes the answer",
+            timeout=10,
+        )
 
 
 START_TOGETHER = """\

@@ -279,8 +279,12 @@ class Node:
         _forget("rekey")
 
     def apply_config(self, update):
-        if update.version <= self.config_version:
+        if update.version < self.config_version:
             return  # an old update delivered again
+        if update.version == self.config_version and update.version:
+            # applied already: our answer was lost, so the gateway sends it again
+            self.send_event(_EV_CONFIG_APPLIED, update.version)
+            return
         s = update.settings
         interval_keys = (
             ("reading_interval_s", "reading_s"),

@@ -64,6 +64,44 @@ def _int(value, where, lo, hi):
     return value
 
 
+def _zone(zone, where):
+    if type(zone) is not str or len(zone.encode()) > 32:
+        raise ConfigError(where + ": must be text of at most 32 bytes")
+    return zone
+
+
+# A configuration update's settings (SPEC.md section 7.7) and their least values: what the
+# node applies (app.Node.apply_config) and how this file bounds the same settings
+_UPDATE_LEAST = {
+    "reading_interval_s": 1,
+    "status_interval_s": 1,
+    "scan_window_s": 1,
+    "max_retries": 0,
+}
+
+
+def check_update(settings):
+    """A configuration update's settings by the rules of this file: ConfigError naming the
+    first wrong one. The node applies updates without this module (it is dropped after boot,
+    README "RAM"); the gateway checks a remote configuration with it before sending anything.
+    key_epoch is the gateway's own (re-keys), never a configuration an operator sends."""
+    if type(settings) is not dict or not settings:
+        raise ConfigError("settings: must name at least one setting")
+    for name, value in settings.items():
+        if name in _UPDATE_LEAST:
+            _int(value, name, _UPDATE_LEAST[name], 86400000)
+        elif name == "ble_scan":
+            if type(value) is not bool:
+                raise ConfigError("ble_scan: must be true or false")
+        elif name == "zone":
+            _zone(value, "zone")
+        else:
+            known = ", ".join(list(_UPDATE_LEAST) + ["ble_scan", "zone"])
+            raise ConfigError(
+                str(name) + ": not a setting a node takes remotely (known: " + known + ")"
+            )
+
+
 def _section(data, key, defaults):
     section = data.get(key, {})
     if type(section) is not dict:
@@ -86,10 +124,7 @@ class Config:
             raise ConfigError("the configuration must be a JSON object")
         self.node_id = _int(data.get("node_id"), "node_id", 1, 4294967295)
         self.secret = _secret(data.get("secret"))
-        zone = data.get("zone", "")
-        if type(zone) is not str or len(zone.encode()) > 32:
-            raise ConfigError("zone: must be text of at most 32 bytes")
-        self.zone = zone
+        self.zone = _zone(data.get("zone", ""), "zone")
         self.link = _link(data.get("link", {"type": "serial", "port": "console"}))
         sensors = data.get("sensors", [])
         if type(sensors) is not list:

@@ -57,7 +57,15 @@ from ..metrics import Metrics
 from ..transport import Backoff
 from .dedupe import Deduplicator
 from .link import LoraLink, OnFrame, log, observations
-from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
+from .radio import (
+    RX1_DELAY_US,
+    RX1_LEAD_S,
+    RX2_DELAY_US,
+    DataRate,
+    DutyCycle,
+    RadioMeta,
+    time_on_air,
+)
 from .region import PLANS
 from .semtech import (
     TX_ERRORS,
@@ -76,14 +84,9 @@ __all__ = ["RX1_DELAY_US", "RX2_DELAY_US", "ForwarderTransport", "OnFrame", "lar
 
 Address = tuple[str, int]
 
-RX1_DELAY_US = 1_000_000  # the node opens RX1 1 s after its uplink ends
-RX2_DELAY_US = 2_000_000  # and RX2 2 s after it, when nothing came in RX1
 # RX1 refusals that leave RX2 worth trying: the moment or the sub-band was the problem, not
 # the frame or the uplink's channel (a node on a channel outside the plan is not ours)
 RX2_WHEN_RX1 = frozenset({"too_late", "overlap", "duty_cycle"})
-# A PULL_RESP must reach the gateway this long before its TX time (the packet forwarder's
-# just-in-time queue needs ~30 ms; the rest is network). Later than this: not sent.
-RX1_LEAD_S = 0.1
 FRAMES_PER_WINDOW = 2  # SPEC.md 13: an ack and a time sync, the second right after the first
 # between the end of a window's first frame and the start of its second: time for the node to
 # hand the first to its firmware and listen again (SPEC.md section 13)

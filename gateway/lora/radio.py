@@ -23,6 +23,11 @@ from dataclasses import dataclass
 
 from firmware.edgeveil_node import airtime, dutycycle
 
+RX1_DELAY_US = 1_000_000  # the node opens RX1 1 s after its uplink ends
+RX2_DELAY_US = 2_000_000  # and RX2 2 s after it, when nothing came in RX1
+# A PULL_RESP must reach the gateway this long before its TX time (the packet forwarder's
+# just-in-time queue needs ~30 ms; the rest is network). Later than this: not sent.
+RX1_LEAD_S = 0.1
 _DATR = re.compile(r"^SF(\d{1,2})BW(\d{2,3})$")
 SPREADING_FACTORS = range(5, 13)
 BANDWIDTHS_KHZ = (125, 250, 500)

@@ -34,15 +34,9 @@ from typing import Any, Protocol
 from ..config import SpiRadioConfig
 from ..metrics import Metrics
 from ..transport import Backoff
-from .forwarder import (
-    FRAMES_PER_WINDOW,
-    RX1_DELAY_US,
-    RX1_LEAD_S,
-    SECOND_FRAME_GAP_US,
-    largest_downlink,
-)
+from .forwarder import FRAMES_PER_WINDOW, SECOND_FRAME_GAP_US, largest_downlink
 from .link import LoraLink, OnFrame, log, observations
-from .radio import DataRate, DutyCycle, RadioMeta, time_on_air
+from .radio import RX1_DELAY_US, RX1_LEAD_S, DataRate, DutyCycle, RadioMeta, time_on_air
 from .region import PLANS
 
 __all__ = ["Chip", "ChipUnavailable", "SpiTransport", "open_lorarf"]
