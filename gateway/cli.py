@@ -269,7 +269,7 @@ def _gateway(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
                 return commands.configure_node(args.config, args.node, args.settings, args.by)
             if args.nodes_command == "show":
                 return commands.show_node(args.config, args.node)
-            return commands.list_nodes(args.config)
+            return commands.list_nodes(args.config, args.json)
         return commands.status(args.metrics)
     except commands.UsageError as exc:
         raise CliError(str(exc)) from None
@@ -348,13 +348,21 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="The gateway's node registry (the state directory's registry.db).",
     )
     nodes_sub = nodes.add_subparsers(dest="nodes_command", metavar="COMMAND", required=True)
-    nodes_sub.add_parser(
+    listing = nodes_sub.add_parser(
         "list",
         parents=[with_config],
-        help="every registered node: zone, key epoch, highest counter accepted, state",
-        description="List the registered nodes: id, zone, the key epoch the node uses, the "
-        "highest uplink counter accepted under it, and its state (active, re-key pending, "
-        "replaced, revoked). Secrets are never shown.",
+        help="every registered node: zone, link, last heard, frames, health, state",
+        description="List the registered nodes: id, zone, the link it was last heard on and "
+        "when, its frames accepted and rejected, from its last status battery, uptime, queue "
+        "depth, dropped frames and clock sync, its resets and their cause, on LoRa its last "
+        "spreading factor, RSSI and SNR, and its state (active, SILENT when nothing was heard "
+        "for three times its observed reading interval, re-key pending, replaced, revoked). "
+        "Reads the state directory: a running gateway saves these figures every 30 s, a "
+        "stopped one left them at its stop. Presence frames (sightings, motion) are counted "
+        "nowhere. Secrets are never shown.",
+    )
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON document, for scripts (more fields)"
     )
     revoke = nodes_sub.add_parser(
         "revoke",

@@ -20,14 +20,18 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from protocol.messages import RESET_CAUSES
 
 from . import config as config_mod
 from .errors import ConfigError, EdgeveilError, RegistryError
 from .node_config import CommandRejected, NodeConfigs, parse_assignments
+from .node_health import NodeHealth, summary
 from .records import Topics
-from .registry import NodeRegistry
+from .registry import NodeEntry, NodeRegistry
 from .service import Gateway, load_policy
 from .sqlite import SPOOL_MESSAGE_BYTES, state_dir_bound, state_dir_bytes
 
@@ -189,42 +193,131 @@ def _registry_path(
     return path
 
 
-def list_nodes(config_path: Path | None) -> int:
+def list_nodes(config_path: Path | None, as_json: bool = False) -> int:
     path = _registry_path(config_path)
+    now = time.time()
     try:
         with NodeRegistry.open(path) as registry:
             revoked = registry.revoked()
             successors = registry.successors()
-            rows = []
+            books = registry.health_docs()
+            nodes = []
             for node_id in registry.node_ids():
                 entry = registry.get(node_id)
                 if entry is None:
                     continue
+                doc = books.get(node_id)
+                health = summary(None if doc is None else NodeHealth.from_doc(node_id, doc), now)
+                waiting = len(registry.open_commands(node_id))
                 highest = entry.window.highest
-                rows.append(
-                    (
-                        str(node_id),
-                        entry.zone or "-",
-                        str(entry.epoch),
-                        "-" if highest < 0 else str(highest),
-                        "revoked " + _utc(revoked[node_id])
-                        if node_id in revoked
-                        else f"active, until node {successors[node_id]} is heard"
-                        if node_id in successors
-                        else f"active, re-key to key epoch {entry.rekey} pending"
-                        if entry.rekey is not None
-                        else "active",
-                    )
+                nodes.append(
+                    {
+                        "node": node_id,
+                        "zone": entry.zone,
+                        "key_epoch": entry.epoch,
+                        "highest_counter": None if highest < 0 else highest,
+                        "state": _node_state(entry, node_id, revoked, successors, health),
+                        "commands_waiting": waiting,
+                        **health,
+                    }
                 )
     except RegistryError as exc:
         raise UsageError(str(exc)) from None
-    print(f"{path}: {len(rows)} nodes")
-    if rows:
-        table = [("node", "zone", "key epoch", "highest counter", "state"), *rows]
-        widths = [max(len(r[i]) for r in table) for i in range(5)]
+    if as_json:
+        print(json.dumps({"registry": str(path), "time": now, "nodes": nodes}, indent=1))
+        return 0
+    print(f"{path}: {len(nodes)} nodes")
+    if nodes:
+        table = [
+            (
+                "node",
+                "zone",
+                "link",
+                "last heard",
+                "frames",
+                "rejected",
+                "battery",
+                "uptime",
+                "resets",
+                "queue",
+                "dropped",
+                "clock",
+                "signal",
+                "state",
+            ),
+            *(_node_row(n, now) for n in nodes),
+        ]
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         for row in table:
             print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _node_state(
+    entry: NodeEntry,
+    node_id: int,
+    revoked: dict[int, float],
+    successors: dict[int, int],
+    health: dict[str, Any],
+) -> str:
+    if node_id in revoked:
+        return "revoked " + _utc(revoked[node_id])
+    state = "active"
+    if node_id in successors:
+        state = f"active, until node {successors[node_id]} is heard"
+    elif entry.rekey is not None:
+        state = f"active, re-key to key epoch {entry.rekey} pending"
+    if health.get("silent"):
+        state = "SILENT, " + state
+    return state
+
+
+def _reset_cause(cause: int) -> str:
+    return RESET_CAUSES[cause] if 0 <= cause < len(RESET_CAUSES) else str(cause)
+
+
+def _ago(then: float | None, now: float) -> str:
+    if then is None:
+        return "never"
+    seconds = max(0, int(now - then))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _node_row(node: dict[str, Any], now: float) -> tuple[str, ...]:
+    status = node.get("status") or {}
+
+    def field(name: str, fmt: str = "{}") -> str:
+        return fmt.format(status[name]) if name in status else "-"
+
+    rejected = sum((node.get("frames_rejected") or {}).values())
+    lora = node.get("lora")
+    signal = "-"
+    if lora:
+        signal = f"SF{lora['sf']} {lora['rssi_dbm']:g} dBm {lora['snr_db']:g} dB"
+    cause = node.get("reset_cause")
+    resets = f"{node.get('boots', 0)}" + (f" ({_reset_cause(cause)})" if cause is not None else "")
+    clock = "-"
+    if "clock_synced" in status:
+        clock = "synced" if status["clock_synced"] else "NOT SYNCED"
+    return (
+        str(node["node"]),
+        node["zone"] or "-",
+        node.get("link") or "-",
+        _ago(node.get("last_heard"), now),
+        str(node.get("frames_accepted", 0)),
+        str(rejected),
+        field("battery_mv", "{} mV"),
+        field("uptime_s", "{} s"),
+        resets,
+        field("queue_depth"),
+        field("dropped"),
+        clock,
+        signal,
+        node["state"],
+    )
 
 
 def show_node(config_path: Path | None, node_id: int) -> int:
@@ -239,6 +332,7 @@ def show_node(config_path: Path | None, node_id: int) -> int:
                 )
             revoked = registry.revoked()
             history = registry.commands(node_id)
+            doc = registry.health_docs().get(node_id)
     except RegistryError as exc:
         raise UsageError(str(exc)) from None
     highest = entry.window.highest
@@ -250,6 +344,8 @@ def show_node(config_path: Path | None, node_id: int) -> int:
     if entry.rekey is not None and node_id not in revoked:
         state += f", re-key to key epoch {entry.rekey} pending"
     print(f"  state            {state}")
+    if doc is not None:
+        _print_health(NodeHealth.from_doc(node_id, doc))
     print(f"  configuration changes ({len(history)}, newest first):")
     for c in history:
         settings = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(c.settings.items()))
@@ -264,6 +360,33 @@ def show_node(config_path: Path | None, node_id: int) -> int:
         if settings:
             print(f"      {settings}")
     return 0
+
+
+def _print_health(node: NodeHealth) -> None:
+    now = time.time()
+    health = summary(node, now)
+    interval = health["reading_interval_s"]
+    print(f"  link             {health['link'] or '-'}")
+    print(f"  first heard      {_utc(health['first_heard']) if health['first_heard'] else '-'}")
+    heard = _ago(health["last_heard"], now) + (" (SILENT)" if health["silent"] else "")
+    print(f"  last heard       {heard}")
+    print(f"  reading interval {'-' if interval is None else f'{interval:g} s (observed)'}")
+    rejected = health["frames_rejected"]
+    print(
+        f"  frames           {health['frames_accepted']} accepted, "
+        f"{health['frames_duplicate']} duplicate, rejected: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none")
+    )
+    cause = health["reset_cause"]
+    shown = "-" if cause is None else _reset_cause(cause)
+    print(f"  resets           {health['boots']} heard, last cause {shown}")
+    if health["status"]:
+        fields = " ".join(f"{k}={v}" for k, v in sorted(health["status"].items()))
+        print(f"  last status      {_ago(health['status_at'], now)}: {fields}")
+    if "lora" in health:
+        lora = health["lora"]
+        signal = f"SF{lora['sf']}, RSSI {lora['rssi_dbm']} dBm, SNR {lora['snr_db']} dB"
+        print(f"  LoRa             {signal}")
 
 
 def configure_node(

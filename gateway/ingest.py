@@ -46,6 +46,7 @@ from protocol import (
     Header,
     Message,
     NodeKeys,
+    Readings,
     Reason,
     RemoteProtocolError,
     Status,
@@ -62,6 +63,7 @@ from .errors import RegistryError, SpoolFullError, StorageError
 from .lora.radio import RX1_LEAD_S, RX2_DELAY_US, RadioMeta
 from .metrics import UNREGISTERED, Metrics
 from .node_config import NodeConfigs
+from .node_health import HealthBook
 from .privacy import PrivacyStage, reveals_presence
 from .records import Measurement, OutMessage, Record, Topics
 from .registry import REUSE_HINT, Accepted, NodeEntry, NodeRegistry, frame_digest
@@ -87,7 +89,8 @@ TIME_SYNC_GAP_S = 60.0  # answer a node's time requests at most once a minute
 # REACK_MEMORY frames acknowledged again (bounded memory).
 MAX_REACKS = 8
 REACK_MEMORY = 4096
-_CONFIG_APPLIED = 4  # protocol event codes
+_BOOT = 0  # protocol event codes
+_CONFIG_APPLIED = 4
 _CONFIG_REJECTED = 5
 _TIME_REQUEST = 6
 _COUNTER_LOW = 8
@@ -167,6 +170,7 @@ class Ingest:
         metrics: Metrics,
         sends_downlinks: Callable[[str], bool] = lambda _port: True,
         configs: NodeConfigs | None = None,
+        health: HealthBook | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -180,6 +184,7 @@ class Ingest:
         # before sealing, so no downlink counter is spent on a frame that never leaves
         self.sends_downlinks = sends_downlinks
         self.configs = configs  # remote configuration commands (gateway.node_config)
+        self.health = health  # what `gateway nodes` shows (gateway.node_health)
         self.queue: asyncio.Queue[Arrival] = asyncio.Queue(QUEUE_LIMIT)
         self.burst_log = BurstLog()
         # nodes that say they must be replaced (counter_low events): once an hour per node
@@ -259,9 +264,9 @@ class Ingest:
                 acks[(arrival.port, entry.node_id)].append(header.counter)
                 radios[(arrival.port, entry.node_id)] = arrival.radio
             personal = reveals_presence(message)
+            if not personal:
+                self._heard(arrival, entry.node_id, duplicate)
             if duplicate:
-                if not personal:
-                    self.metrics.frames.labels(arrival.port, str(entry.node_id), "duplicate").inc()
                 continue
             in_batch[key] = digest
             if self._unrecorded.get(key) == digest:
@@ -294,6 +299,16 @@ class Ingest:
         self._count(counted)
         await self._downlink(acks, time_syncs, radios, rekeys, answers)
 
+    def _heard(self, arrival: Arrival, node_id: int, duplicate: bool) -> None:
+        """An authentic frame that is no presence frame: the node's health knows it was heard
+        (a duplicate is counted here; a new frame once it is stored, _count)."""
+        if duplicate:
+            self.metrics.frames.labels(arrival.port, str(node_id), "duplicate").inc()
+        if self.health is not None:
+            self.health.heard(node_id, arrival.port, arrival.radio, arrival.time)
+            if duplicate:
+                self.health.counted(node_id, "duplicate")
+
     def _requests(
         self,
         port: str,
@@ -306,6 +321,8 @@ class Ingest:
         what it answers: a configuration applied or rejected (its version)."""
         if _wants_time(message):
             time_syncs.add((port, entry.node_id))
+        if self.health is not None:
+            self._health(entry.node_id, message)
         if (
             isinstance(message, Event)
             and message.code in (_CONFIG_APPLIED, _CONFIG_REJECTED)
@@ -314,6 +331,18 @@ class Ingest:
             answers.append((entry.node_id, message.value, message.code == _CONFIG_APPLIED))
         if isinstance(message, Event) and message.code == _COUNTER_LOW:
             self._counter_low(port, entry, message.value)
+
+    def _health(self, node_id: int, message: Message) -> None:
+        """What a new frame tells of its node's health: readings (their interval), a status,
+        a boot event."""
+        assert self.health is not None  # noqa: S101 - the caller checked
+        now = time.time()
+        if isinstance(message, Readings):
+            self.health.reading(node_id, now)
+        elif isinstance(message, Status):
+            self.health.status(node_id, dict(message.fields), now)
+        elif isinstance(message, Event) and message.code == _BOOT:
+            self.health.boot(node_id, message.value)
 
     def _storage_refuses(self, batch: list[Arrival]) -> bool:
         """True when the batch is refused unseen, unacknowledged (the nodes keep its frames),
@@ -566,6 +595,8 @@ class Ingest:
                 pass
         if not personal:
             self.metrics.frames.labels(arrival.port, node, exc.reason_name).inc()
+            if self.health is not None and node != UNREGISTERED:
+                self.health.counted(int(node), exc.reason_name)
         self.burst_log.rejected(arrival.port, exc.reason_name, exc.detail)
 
     def _may_ack_again(self, key: tuple[int, int, int]) -> bool:
@@ -581,6 +612,8 @@ class Ingest:
         is counted then (not twice)."""
         for port, node, left_nothing, _counter in counted:
             self.metrics.frames.labels(port, node, "accepted").inc()
+            if self.health is not None:
+                self.health.counted(int(node), "accepted")
             if left_nothing:
                 self.metrics.privacy_denied.inc()
 

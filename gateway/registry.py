@@ -11,6 +11,7 @@ One SQLite file (stdlib sqlite3, WAL journal, synchronous=FULL), readable by its
     epochs    node_id, fingerprint, epoch                the node's current key epoch (v1.1)
     rekey     node_id, fingerprint, epoch, requested     a re-key sent until the node takes it
     commands  seq, node_id, id, settings, version, state  remote configuration (node_config.py)
+    health    node_id, doc, updated                      what was heard of a node (node_health.py)
 
 Why the choices:
 
@@ -200,6 +201,11 @@ CREATE TABLE IF NOT EXISTS commands (
     last_sent REAL
 );
 CREATE INDEX IF NOT EXISTS commands_node ON commands (node_id, state);
+CREATE TABLE IF NOT EXISTS health (
+    node_id INTEGER PRIMARY KEY,
+    doc TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS evidence (
     node_id INTEGER NOT NULL,
     counter INTEGER NOT NULL,
@@ -734,6 +740,25 @@ class NodeRegistry(Closing):
                 (seq, KEPT_COMMANDS),
             )
         self._open_commands = None
+
+    # -- node health (gateway.node_health) -----------------------------------------------------
+
+    def health_docs(self) -> dict[int, dict[str, Any]]:
+        """Every node's saved health document (JSON objects, as node_health writes them)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT node_id, doc FROM health").fetchall()
+        return {int(n): json.loads(doc) for n, doc in rows}
+
+    def save_health(self, docs: dict[int, dict[str, Any]]) -> None:
+        """Replace these nodes' health documents, in one transaction."""
+        if not docs:
+            return
+        now = time.time()
+        with self._transaction() as cur:
+            cur.executemany(
+                "INSERT OR REPLACE INTO health (node_id, doc, updated) VALUES (?, ?, ?)",
+                [(n, json.dumps(doc, separators=(",", ":")), now) for n, doc in docs.items()],
+            )
 
     def keys_for(self, node_id: int, epoch: int) -> NodeKeys:
         """The keys of a registered node at `epoch` (a frame of a higher epoch than its current

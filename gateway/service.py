@@ -53,6 +53,8 @@ from .lora.radio import RadioMeta
 from .lora.spi import SpiTransport
 from .metrics import Metrics
 from .node_config import NodeConfigs
+from .node_health import SAVE_S as HEALTH_SAVE_S
+from .node_health import HealthBook
 from .privacy import PolicyEngine, PrivacyLedger
 from .privacy import policy as policy_mod
 from .privacy.engine import check as check_policy
@@ -106,6 +108,7 @@ class Gateway:
     uplink: Uplink
     ingest: Ingest
     configs: NodeConfigs
+    node_health: HealthBook
     policy: Policy
     ledger: PrivacyLedger
     engine: PolicyEngine
@@ -184,7 +187,15 @@ class Gateway:
         watchdog = systemd.watchdog_interval()
         interval = min(HOUSEKEEPING_S, watchdog) if watchdog else HOUSEKEEPING_S
         dropped = {"full": 0, "age": 0}
+        health_saved = time.monotonic()
         while True:
+            if time.monotonic() - health_saved >= HEALTH_SAVE_S:
+                health_saved = time.monotonic()
+                docs = self.node_health.changed()
+                try:
+                    await asyncio.to_thread(self.registry.save_health, docs)
+                except StorageError:  # logged by the health; saved at the next round
+                    self.node_health.unsaved(docs)
             spool = self.spool
             with contextlib.suppress(StorageError):  # logged by the health; tried next round
                 await asyncio.to_thread(spool.expire)
@@ -421,6 +432,7 @@ class Gateway:
                 if entry is not None:
                     self.engine.add_node(node_id, entry.zone)
             self.configs = NodeConfigs(self.registry, topics, self._spool)
+            self.node_health = HealthBook(self.registry)
             self.uplink = Uplink(
                 self.mqtt,
                 self.spool,
@@ -441,6 +453,7 @@ class Gateway:
                 self.metrics,
                 self._sends_downlinks,
                 self.configs,
+                self.node_health,
             )
             for port in config.serial:
                 self._decoders[port.name] = StreamDecoder()
@@ -483,6 +496,8 @@ class Gateway:
                     self.ready.set()
             finally:
                 self.ingest.fold(force=True)  # the registry takes the journaled counters
+                with contextlib.suppress(StorageError):  # logged by the health
+                    self.node_health.save()
                 self.engine.close()  # pseudonym keys destroyed; open windows are not released
 
 

@@ -618,11 +618,19 @@ def test_nodes_list_and_revoke_commands(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].endswith(": 2 nodes")
-    assert lines[1].split() == ["node", "zone", "key", "epoch", "highest", "counter", "state"]
+    assert lines[1].split()[:4] == ["node", "zone", "link", "last"]
+    assert lines[1].split()[-1] == "state"
     pending = "active, re-key to key epoch 1 pending"
-    assert lines[2].split(maxsplit=4) == ["3", "hal", "0", "17", pending]
-    assert lines[3].split()[:5] == ["4", "-", "0", "-", "revoked"]
+    assert lines[2].split()[:4] == ["3", "hal", "-", "never"] and lines[2].endswith(pending)
+    assert lines[3].split()[:4] == ["4", "-", "-", "never"] and " revoked " in lines[3]
     assert SECRET.hex() not in listed.stdout and SECRET2.hex() not in listed.stdout
+    as_json = edgeveil("gateway", "nodes", "list", "--json", "--config", str(config))
+    nodes = json.loads(as_json.stdout)["nodes"]
+    assert [(n["node"], n["zone"], n["key_epoch"], n["highest_counter"]) for n in nodes] == [
+        (3, "hal", 0, 17),
+        (4, "", 0, None),
+    ]
+    assert nodes[0]["state"] == pending and nodes[0]["heard"] is False
     revoked = edgeveil("gateway", "nodes", "rekey", "4", "--config", str(config))
     assert revoked.returncode == 2 and "node 4 is revoked: it gets no new keys" in revoked.stderr
     unknown = edgeveil("gateway", "nodes", "revoke", "5", "--config", str(config))
