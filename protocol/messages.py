@@ -52,7 +52,8 @@ EVENT_CODES = (
     "counter_low",  # value: frame counters left before the node must stop (SPEC.md 7.4)
 )
 
-# Field tables for the map-shaped bodies: (key, name, kind). Kinds: "uint", "text", "bool".
+# Field tables for the map-shaped bodies: (key, name, kind). Kinds: "uint", "text", "bool",
+# "dbm" (a signal strength, -200..50 dBm), "db" (a signal-to-noise ratio, -50..50 dB).
 STATUS_FIELDS = (
     (0, "battery_mv", "uint"),
     (1, "uptime_s", "uint"),
@@ -64,6 +65,14 @@ STATUS_FIELDS = (
     (7, "queue_depth", "uint"),
     (8, "firmware", "text"),
     (9, "clock_synced", "bool"),
+    # v1.1, a LoRa link's health (SPEC.md 7.3): airtime sent, frames deferred by the duty
+    # cycle, dropped over the daily budget, dropped as too big; the last downlink's signal
+    (10, "airtime_ms", "uint"),
+    (11, "deferred", "uint"),
+    (12, "budget_drops", "uint"),
+    (13, "too_big", "uint"),
+    (14, "downlink_rssi", "dbm"),
+    (15, "downlink_snr", "db"),
 )
 CONFIG_FIELDS = (
     (0, "reading_interval_s", "uint"),
@@ -97,7 +106,8 @@ def _int_problem(v: object, lo: int, hi: int, what: str) -> "str | None":
     return None
 
 
-_INT_KINDS = {"uint": (0, UINT32_MAX), "epoch": (1, 255)}  # kind -> (lowest, highest)
+# kind -> (lowest, highest)
+_INT_KINDS = {"uint": (0, UINT32_MAX), "epoch": (1, 255), "dbm": (-200, 50), "db": (-50, 50)}
 
 
 def _field_problem(kind: str, v: object, what: str) -> "str | None":

@@ -120,6 +120,23 @@ VALID: list[tuple[str, str, int, int, Message]] = [
             }
         ),
     ),
+    (
+        "status-lora-link",
+        "v1.1: a LoRa node's link health (no presence sensors), with the last downlink's signal",
+        0x1234,
+        310,
+        Status(
+            {
+                "uptime_s": 7200,
+                "airtime_ms": 93410,
+                "deferred": 2,
+                "budget_drops": 0,
+                "too_big": 1,
+                "downlink_rssi": -117,
+                "downlink_snr": -9,
+            }
+        ),
+    ),
     ("event-motion", "PIR motion, 2 triggers", 0x1234, 306, Event(1, 2)),
     ("event-boot", "boot after a watchdog reset", 0x1234, 0, Event(0, 3)),
     ("event-time-request", "the node has no valid clock", 0x1234, 1, Event(6)),

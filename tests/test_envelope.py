@@ -55,7 +55,9 @@ text = st.text(max_size=10)
 
 def field_value(kind: str) -> st.SearchStrategy[object]:
     epoch = st.integers(1, 255)  # key_epoch (v1.1)
-    return {"uint": uint32, "bool": st.booleans(), "text": text, "epoch": epoch}[kind]
+    dbm, db = st.integers(-200, 50), st.integers(-50, 50)  # a LoRa link's signal (v1.1)
+    kinds = {"uint": uint32, "bool": st.booleans(), "text": text, "epoch": epoch}
+    return {**kinds, "dbm": dbm, "db": db}[kind]
 
 
 def fields(table: tuple[tuple[int, str, str], ...]) -> st.SearchStrategy[dict[str, object]]:

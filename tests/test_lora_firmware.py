@@ -29,6 +29,7 @@ from protocol import (
     Ack,
     Event,
     NodeKeys,
+    Observations,
     Readings,
     Status,
     TimeSync,
@@ -504,6 +505,42 @@ def test_node_without_acks_sends_once_and_splits_what_does_not_fit(
     for status in statuses:
         merged.update(status.fields)
     assert {"uptime_s", "free_heap", "firmware", "clock_synced"} <= set(merged)
+    # the link's health (v1.1): a node without presence sensors reports the duty cycle's
+    # deferrals and budget drops too; no downlink heard, so no downlink signal
+    assert {"airtime_ms", "too_big", "deferred", "budget_drops"} <= set(merged)
+    assert "downlink_rssi" not in merged and merged["too_big"] == 0
+    first_status = next(i for i, f in enumerate(frames) if isinstance(messages[i], Status))
+    airtime_before = sum(link_airtime_ms(f) for f in frames[:first_status])
+    first_airtime = next(m.fields["airtime_ms"] for m in statuses if "airtime_ms" in m.fields)
+    assert first_airtime == airtime_before  # every frame sent before the status, to the ms
+
+
+def link_airtime_ms(frame: bytes) -> int:
+    return airtime.time_on_air_us(len(frame), 12, 125000) // 1000
+
+
+def test_link_health_leaves_presence_frames_out(clock: FakeClock) -> None:
+    modem = FakeModem(clock)
+    link = LoRaLink(modem, KEYS, lora_settings(acks=True))
+    reading, sighting = uplink(1), uplink(2, Observations(0, [(b"\x01" * 6, -70)]))
+    link.send(reading)
+    link.send(sighting, personal=True)
+    big = uplink(3, Readings({q: 30000 + q for q in range(12)}))
+    link.send(big)
+    link.send(uplink(4, Observations(0, [(bytes([n]) * 6, -70) for n in range(8)])), True)
+    health = link.health(presence=True)
+    # only the reading's airtime and the big reading: neither the sightings frame sent nor
+    # the one too big for SF12 counts; deferrals and budget drops are left out altogether
+    assert health == {"airtime_ms": link_airtime_ms(reading), "too_big": 1}
+    assert link.dropped_too_big == 2
+    # the signal of the last downlink heard, SNR from quarter dB
+    packet = downlink(1, Ack([1]))
+    packet.rssi, packet.snr = -117, -37  # -9.25 dB
+    modem.downlinks = [packet]
+    link.send(uplink(5))
+    health = link.health(presence=False)
+    assert (health["downlink_rssi"], health["downlink_snr"]) == (-117, -9)
+    assert {"deferred", "budget_drops"} <= set(health)
 
 
 def test_node_with_acks_takes_the_ack_from_the_window_and_does_not_resend(

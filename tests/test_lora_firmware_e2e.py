@@ -242,6 +242,11 @@ async def test_firmware_lora_nodes_readings_arrive_on_mqtt_as_the_channel_delive
             sent = site.readings_sent(station)
             assert len(sent) >= 2, station
             assert all(r.values and r.time is None for _, r in sent)  # no acks: no time sync
+        # the LoRa link's health in each node's status (v1.1), as SenML on MQTT: airtime and
+        # frames too big; no duty-cycle or budget figures, as the nodes have a motion sensor
+        statuses = [r for r in site.sub.received if r.topic.endswith("/status")]
+        names = {record["n"] for r in statuses for record in json.loads(r.payload)}
+        assert {"airtime", "too_big"} <= names and not {"deferred", "budget_drops"} & names
 
 
 def in_rx1(down: Transmission, uplink_end_us: int) -> bool:

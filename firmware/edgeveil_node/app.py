@@ -210,6 +210,8 @@ class Node:
             "firmware": FIRMWARE_VERSION,
             "clock_synced": self._clock_offset is not None,
         }
+        if hasattr(self.link, "health"):  # a LoRa link (v1.1 status keys)
+            fields.update(self.link.health(self.scanner is not None or self.pir is not None))
         if self.battery is not None:
             values = {}
             try:

@@ -121,6 +121,10 @@ class LoRaLink:
         self.dropped = 0  # all of the dropped_* above but personal frames, for the status
         self.rx_rejected = 0  # downlinks with a bad CRC or that do not verify
         self.received = 0
+        # for the status (SPEC.md 7.3, v1.1), presence frames left out
+        self.airtime_ms = 0
+        self.too_big = 0
+        self._rx_signal = None  # (RSSI dBm, SNR dB) of the last downlink heard
 
     def _window_ms(self, sf):
         """How long a receive window listens: long enough to detect a downlink that starts on
@@ -154,6 +158,7 @@ class LoRaLink:
             self.dropped_too_big += 1
             if not personal:
                 self.dropped += 1
+                self.too_big += 1
             return
         for item in self._waiting:
             if item[0] == frame:
@@ -206,11 +211,27 @@ class LoRaLink:
                 return
             self.limiter.spend(self.freq_khz, self.bw_khz, airtime, now)
             self._waiting.pop(0)
+            if not item[2]:
+                self.airtime_ms += airtime // 1000
             tx_end = self._modem.send(item[0])
             self.sent += 1
             if self.acks:
                 self._listen(tx_end)
             return
+
+    def health(self, presence):
+        """The link's status fields (SPEC.md 7.3, v1.1). `presence`: the node sends presence
+        frames, whose airtime would show in the duty cycle's deferrals and the budget's drops:
+        those are left out then."""
+        out = {"airtime_ms": self.airtime_ms, "too_big": self.too_big}
+        if not presence:
+            out["deferred"] = self.deferred_duty_cycle
+            out["budget_drops"] = self.dropped_budget
+        if self._rx_signal is not None:
+            rssi = self._rx_signal[0]
+            out["downlink_rssi"] = -200 if rssi < -200 else 50 if rssi > 50 else rssi
+            out["downlink_snr"] = self._rx_signal[1]
+        return out
 
     def next_due_ms(self):
         """Milliseconds until a waiting frame may go, or None when none waits."""
@@ -249,6 +270,9 @@ class LoRaLink:
             else:
                 self.received += 1
                 self._inbox.append(bytes(packet))
+                # RxPacket's SNR counts quarter dB; clamped to the status field's range
+                snr = (packet.snr + 2) // 4
+                self._rx_signal = (packet.rssi, -50 if snr < -50 else 50 if snr > 50 else snr)
             opens = time.ticks_ms()  # a second frame follows at once, if at all
         return _MAX_DOWNLINKS
 

@@ -23,6 +23,13 @@ _STATUS = {
     "retransmissions": ("retransmissions", "count", 1),
     "dropped": ("dropped", "count", 1),
     "queue_depth": ("queue_depth", "count", 1),
+    # a LoRa link's health (v1.1); dBm is a SenML unit of RFC 8798
+    "airtime_ms": ("airtime", "s", 0.001),
+    "deferred": ("deferred", "count", 1),
+    "budget_drops": ("budget_drops", "count", 1),
+    "too_big": ("too_big", "count", 1),
+    "downlink_rssi": ("downlink_rssi", "dBm", 1),
+    "downlink_snr": ("downlink_snr", "dB", 1),
 }
 
 
