@@ -664,6 +664,9 @@ class Ingest:
         command = await self.configs.due(node_id)
         if entry is None or command is None or command.version is None:
             return False
+        if not self.sends_downlinks(port):
+            await self.configs.fail(command, f"{port} sends no downlinks (acks = false)")
+            return False
         if radio is not None and time.monotonic() - radio.received > RX_REACHABLE_S:
             return False
         update = ConfigUpdate(command.version, command.settings)

@@ -258,6 +258,10 @@ class NodeConfigs:
                     await self._finish(command, "rejected", "the node rejected it")
                 return
 
+    async def fail(self, command: Command, reason: str) -> None:
+        """The command cannot be delivered (the node's link sends no downlinks)."""
+        await self._finish(command, "failed", reason)
+
     async def _finish(self, command: Command, state: str, reason: str | None) -> None:
         self.registry.update_command(command.seq, state, reason)
         log.info(

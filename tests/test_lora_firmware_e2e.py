@@ -247,6 +247,18 @@ async def test_firmware_lora_nodes_readings_arrive_on_mqtt_as_the_channel_delive
         statuses = [r for r in site.sub.received if r.topic.endswith("/status")]
         names = {record["n"] for r in statuses for record in json.loads(r.payload)}
         assert {"airtime", "too_big"} <= names and not {"deferred", "budget_drops"} & names
+        # a configuration for a node on a link without downlinks fails at its next uplink,
+        # saying why, rather than waiting forever
+        node_id = site.keys[next(iter(site.keys))].node_id
+        configs = site.gateway.configs
+        await configs.submit(node_id, "never", {"reading_interval_s": 60}, source="cli")
+        await until(
+            lambda: site.gateway.registry.commands(node_id)[0].state == "failed",
+            "the command fails",
+            timeout=15,
+        )
+        (command,) = site.gateway.registry.commands(node_id)
+        assert command.reason == "lora sends no downlinks (acks = false)" and command.sends == 0
 
 
 def in_rx1(down: Transmission, uplink_end_us: int) -> bool:
