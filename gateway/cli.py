@@ -460,6 +460,8 @@ def _load_policy(path: Path | None, config_path: Path | None) -> tuple[Policy, s
 
 
 def _policy(args: argparse.Namespace) -> int:
+    from .privacy.policy import budget_shortfall, releases_per_day, windows_per_day  # noqa: PLC0415
+
     loaded, where = _load_policy(args.policy, args.config)
     if args.policy_command == "check":
         print(f"{where}: ok")
@@ -472,6 +474,14 @@ def _policy(args: argparse.Namespace) -> int:
                 else f"aggregate per {stream.group_by} every {stream.window_minutes} min"
             )
             print(f"  {stream.name}: {what} ({how})")
+            short = budget_shortfall(stream)
+            if short and stream.noise is not None:
+                print(
+                    f"  warning: {stream.name}: its daily cap {stream.noise.daily_cap:g} pays for "
+                    f"{releases_per_day(stream)} of the {windows_per_day(stream)} windows per "
+                    f"{stream.group_by} and day; the other {short} are withheld (budget) every "
+                    "day. Raise daily_cap or lengthen window_minutes (the statement says so too)"
+                )
         unset = [
             name
             for name, value in vars(loaded.register).items()

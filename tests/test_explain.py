@@ -43,7 +43,7 @@ WORDS: dict[str, dict[str, tuple[str, ...]]] = {
         "people": ("number of people (people counter)",),
         "observations": ("nearby phones and other Bluetooth devices", "never identified"),
         "status": ("battery", "running time"),
-        "event": ("restarts", "movement noticed by its motion sensor"),
+        "event": ("restarts",),
     },
     "nl": {
         "temperature": ("temperatuur",),
@@ -60,7 +60,7 @@ WORDS: dict[str, dict[str, tuple[str, ...]]] = {
         "people": ("aantal mensen (personenteller)",),
         "observations": ("Bluetooth-apparaten in de buurt", "nooit herkend"),
         "status": ("batterij", "looptijd"),
-        "event": ("herstarts", "beweging die de bewegingsmelder opmerkt"),
+        "event": ("herstarts",),
     },
 }
 
@@ -188,19 +188,60 @@ def test_k_epsilon_cap_and_accuracy_quoted_with_opendps_figure(default: Policy) 
     n = round(opendp_accuracy(people.noise.epsilon, people.noise.max_contribution))
     assert n == round(dp.accuracy(people.noise, 0.05))
     en = flat(statement_text(default, "en"))
-    assert f"Counts below {people.k} are not published" in en
-    assert "epsilon 0.5 per count, at most 2.0 per day per zone" in en
-    assert "When that budget is spent, no more counts are published that day" in en
+    # the threshold as it works: on the published (noisy) count, never the true one
+    assert f"only when the published (noisy) count is at least {people.k}" in en
+    assert "a small true count can be published and a larger one withheld" in en
+    assert "epsilon 0.5 per count, at most 12.0 per day per zone" in en
+    # both guarantees: one window's device, and a device present all day
+    assert "A device seen within an hour is protected at epsilon 0.5" in en
+    assert "a device present all day, at epsilon 12.0 at most" in en
+    assert "enough for at most 24 counts per zone per day" in en
+    assert "withheld until the next day" not in en  # the cap covers all 24 windows
     assert f"Counts are accurate to about ±{n} with 95% confidence" in en
-    assert "replaced every 15 minutes" in en
+    assert n == 6  # the issue's figure for epsilon 0.5
+    assert "replaced every hour" in en
     assert "working memory (RAM)" in en
     nl = flat(statement_text(default, "nl"))
-    assert f"Aantallen onder de {people.k} worden niet gepubliceerd" in nl
-    assert "epsilon 0,5 per telling, hooguit 2,0 per dag per zone" in nl
+    assert f"alleen gepubliceerd als het gepubliceerde aantal (met ruis) minstens {people.k}" in nl
+    assert "epsilon 0,5 per telling, hooguit 12,0 per dag per zone" in nl
+    assert "Een apparaat dat binnen een uur wordt gezien, is beschermd met epsilon 0,5" in nl
     assert "Is dat budget op, dan worden die dag geen tellingen meer gepubliceerd" in nl
     assert f"met 95% zekerheid nauwkeurig tot op ongeveer ±{n}" in nl
-    assert "elk kwartier wordt vervangen" in nl
+    assert "elk uur wordt vervangen" in nl
     assert "werkgeheugen (RAM)" in nl
+
+
+def test_a_cap_short_of_a_day_of_windows_is_said_and_warned(tmp_path: Path) -> None:
+    """15-minute people counts under the old cap of 2.0: 4 of 96 windows per zone and day."""
+    text = (Path(policy.__file__).parent.parent / "policies" / "default.toml").read_text()
+    text = text.replace("window_minutes = 60", "window_minutes = 15").replace(
+        "daily_cap = 12.0", "daily_cap = 2.0"
+    )
+    short = tmp_path / "short.toml"
+    short.write_text(text)
+    p = policy.load(short)
+    en, nl = (flat(statement_text(p, lang)) for lang in LANGUAGES)
+    assert "fewer than the day's 96 windows: from the 5th window of a day on, counts are " in en
+    assert "minder dan de 96 vensters van een dag: vanaf het 5e venster" in nl
+    checked = edgeveil("policy", "check", "--policy", str(short))
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        "warning: people: its daily cap 2 pays for 4 of the 96 windows per zone and day; "
+        "the other 92 are withheld (budget) every day"
+    ) in checked.stdout
+    shipped = edgeveil("policy", "check")
+    assert "warning" not in shipped.stdout  # the default covers every hourly window
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_motion_events_are_said_only_when_the_policy_lets_them_pass(lang: str) -> None:
+    motion = {"en": "movement noticed by its motion sensor", "nl": "beweging die de "
+              "bewegingsmelder opmerkt"}[lang]  # fmt: skip
+    every = policy.parse({"streams": [{"name": "e", "message": "event", "action": "pass"}]})
+    assert motion in flat(statement_text(every, lang))
+    assert motion not in flat(statement_text(policy.default(), lang))
+    demo = policy.load(Path(policy.__file__).parent.parent / "policies" / "demo.toml")
+    assert motion not in flat(statement_text(demo, lang))
 
 
 def test_accuracy_follows_the_policys_noise() -> None:
@@ -313,6 +354,7 @@ def test_every_event_code_has_words() -> None:
             assert code not in what
         for word in WORDS[lang]["event"]:
             assert word in what
+        assert {"en": "motion sensor", "nl": "bewegingsmelder"}[lang] in what  # all events
 
 
 def test_deterministic(default: Policy) -> None:
@@ -349,10 +391,10 @@ def test_json_round_trips_and_has_the_same_facts(filled: Policy) -> None:
     assert people["personal_data"] is True
     assert people["k"] == 5
     assert people["epsilon"] == 0.5
-    assert people["daily_cap"] == 2.0
-    assert people["max_releases_per_day"] == 4
+    assert people["daily_cap"] == 12.0
+    assert people["max_releases_per_day"] == 24
     assert people["accuracy_95"] == round(opendp_accuracy(0.5, 1))
-    assert people["key_rotation_minutes"] == 15
+    assert people["key_rotation_minutes"] == 60
     assert people["forward_pseudonyms"] is False
     assert people["statistics"] == ["distinct_devices"]
     assert f"±{people['accuracy_95']}" in data["statement"]["en"]

@@ -369,7 +369,7 @@ def test_noisy_count_from_opendp_is_a_non_negative_integer() -> None:
 def test_pseudonyms_forwarded_only_when_the_policy_says_so(ledger: PrivacyLedger) -> None:
     e = engine(ledger, policy_text(policy_mod.default()))
     e.process(1, "plein", 1, seen(*(bytes([i]) * 6 for i in range(9))), T0 + 1)
-    people = one(e.release_due(T0 + W), "people")
+    people = one(e.release_due(T0 + 3600), "people")  # the default counts people hourly
     assert [m.name for m in people.measurements] == ["devices"]  # default: the count only
 
     text = POLICY.replace("k = 2", "k = 2\nforward_pseudonyms = true\npseudonym_bits = 32")

@@ -84,11 +84,12 @@ POLICIES = Path(policy_mod.__file__).resolve().parent.parent / "policies"
 
 
 def short_window_policy(directory: Path) -> Path:
-    """default.toml with window_minutes = 1 wherever it sets 15; nothing else changed."""
+    """default.toml with window_minutes = 1 wherever it sets 15 or 60; nothing else changed."""
     text = (POLICIES / "default.toml").read_text(encoding="utf-8")
-    assert text.count("window_minutes = 15") == 4
+    assert text.count("window_minutes = 15") == 3 and text.count("window_minutes = 60") == 1
     path = directory / "default-1min.toml"
-    path.write_text(text.replace("window_minutes = 15", "window_minutes = 1"), encoding="utf-8")
+    text = re.sub(r"window_minutes = (15|60)\b", "window_minutes = 1", text)
+    path.write_text(text, encoding="utf-8")
     default, derived = policy_mod.default(), policy_mod.load(path)
     assert len(derived.streams) == len(default.streams)
     for shipped, used in zip(default.streams, derived.streams, strict=True):
@@ -96,7 +97,7 @@ def short_window_policy(directory: Path) -> Path:
         assert used == (same if shipped.action == "aggregate" else shipped), used.name
     people = derived.stream_for("observations")
     assert people is not None and people.k == 5 and people.noise is not None
-    assert (people.noise.epsilon, people.noise.daily_cap) == (0.5, 2.0)
+    assert (people.noise.epsilon, people.noise.daily_cap) == (0.5, 12.0)
     assert (people.pseudonym_bits, people.forward_pseudonyms) == (64, False)
     return path
 

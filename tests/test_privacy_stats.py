@@ -22,7 +22,6 @@ import dataclasses
 import math
 import random
 import statistics
-import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +29,6 @@ import pytest
 
 from gateway.privacy import PolicyEngine, PrivacyLedger, dp
 from gateway.privacy import policy as policy_mod
-from gateway.privacy.engine import WITHHELD
 from gateway.privacy.ledger import utc_day
 from gateway.privacy.policy import Noise
 from protocol import Observations
@@ -137,10 +135,10 @@ def test_noisy_counts_follow_the_configured_discrete_laplace(epsilon: float) -> 
 
 # -- (c) accuracy of released counts, and (b) the daily cap, through the engine -------------------
 
-WINDOWS_PER_ZONE = 50
-ZONES = 10  # 500 windows in all
-T0 = 1_800_057_600  # midnight UTC: 50 windows of 15 minutes stay within one day
-W = 900
+WINDOWS_PER_ZONE = 24  # a day of the default's hourly windows
+ZONES = 21  # 504 windows in all
+T0 = 1_800_057_600  # midnight UTC
+W = 3600
 
 
 class Clock:
@@ -152,19 +150,19 @@ class Clock:
 
 
 def test_released_counts_are_as_accurate_as_the_statement_says(tmp_path: Path) -> None:
-    """The default policy's people stream (k 5, epsilon 0.5, 15-minute windows) with a daily
-    cap that allows 50 releases per zone (25.0), fed a seeded crowd: per window and zone a
-    known number of distinct devices (30..120), each seen 1..3 times by one of the zone's two
-    nodes. The released counts must be within +/-N of the truth at least as often as the exact
-    discrete Laplace says (which is at least 95%: the statement's promise), up to sampling."""
-    assert utc_day(T0) == utc_day(T0 + (WINDOWS_PER_ZONE + 1) * W)
-    text = (Path(policy_mod.__file__).parent.parent / "policies" / "default.toml").read_text()
-    text = text.replace("daily_cap = 2.0", "daily_cap = 25.0")
-    policy = policy_mod.parse(tomllib.loads(text), "accuracy test")
+    """The default policy's people stream as shipped (k 5, epsilon 0.5 per hourly count, daily
+    cap 12.0), fed a seeded crowd for a whole UTC day: per window and zone a known number of
+    distinct devices (30..120), each seen 1..3 times by one of the zone's two nodes. (b) Every
+    hourly window of the day is released in every zone, none withheld, and the ledger has spent
+    24 x 0.5 per zone; the next day's first window is released again. (c) The released counts
+    are within +/-N of the truth at least as often as the exact discrete Laplace says (which is
+    at least 95%: the statement's promise), up to sampling."""
+    assert utc_day(T0) == utc_day(T0 + WINDOWS_PER_ZONE * W - 1) != utc_day(T0 + 24 * W)
+    policy = policy_mod.default()
     stream = policy.stream_for("observations")
     assert stream is not None and stream.noise is not None and stream.k == 5
     noise = stream.noise
-    assert dataclasses.replace(noise, daily_cap=2.0) == people_noise()
+    assert (noise.epsilon, noise.daily_cap, stream.window_minutes * 60) == (0.5, 12.0, W)
     n_bound = round(dp.accuracy(noise, 0.05))
     t = dp.scale(noise)
     exact = 1 - tail(n_bound, t)
@@ -194,10 +192,12 @@ def test_released_counts_are_as_accurate_as_the_statement_says(tmp_path: Path) -
             clock.now = start + W
             released = {r.zone: r.measurements for r in engine.release_due(start + W)}
             assert set(released) == set(zones)
-            if w == WINDOWS_PER_ZONE:  # (b) the 51st window: 25.0 spent in every zone today
-                assert {z: m[0].value for z, m in released.items()} == dict.fromkeys(
-                    zones, WITHHELD
-                )
+            if w == WINDOWS_PER_ZONE - 1:  # (b) the day's last window: the cap is spent
+                rows = ledger.day(utc_day(T0))
+                spent = {r.zone: (round(r.spent, 9), r.releases, r.refused) for r in rows}
+                assert spent == dict.fromkeys(zones, (12.0, 24, 0))
+            if w == WINDOWS_PER_ZONE:  # the next day's first window: a new day's budget
+                assert all(isinstance(m[0].value, int) for m in released.values())
                 break
             for zone, measurements in released.items():
                 value = measurements[0].value

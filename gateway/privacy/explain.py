@@ -25,7 +25,6 @@ dictionary-order surprises), so a published statement can be compared and cited.
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Iterable
 from dataclasses import fields
@@ -36,7 +35,15 @@ from protocol.messages import EVENT_CODES
 
 from . import dp
 from .ledger import KEEP_DAYS
-from .policy import MESSAGES, QUANTITY_NAMES, Policy, Register, Stream
+from .policy import (
+    MESSAGES,
+    QUANTITY_NAMES,
+    Policy,
+    Register,
+    Stream,
+    releases_per_day,
+    windows_per_day,
+)
 from .pseudonyms import rotation_seconds
 
 LANGUAGES = ("en", "nl")
@@ -241,22 +248,38 @@ _T: dict[str, dict[str, str]] = {
         "nl": "Samenvattingen van minder dan {k} metingen worden niet gepubliceerd.",
     },
     "k": {
-        "en": "Counts below {k} are not published (a small number could point to one person).",
-        "nl": "Aantallen onder de {k} worden niet gepubliceerd (een klein aantal kan naar één "
-        "persoon wijzen).",
+        "en": "A count is published only when the published (noisy) count is at least {k}. "
+        "Because of the noise, a small true count can be published and a larger one withheld: "
+        "the threshold is applied after the noise on purpose, since a threshold on the true "
+        "count would itself tell whether few people were there.",
+        "nl": "Een aantal wordt alleen gepubliceerd als het gepubliceerde aantal (met ruis) "
+        "minstens {k} is. Door de ruis kan een klein werkelijk aantal wel worden gepubliceerd "
+        "en een groter niet: de drempel geldt bewust na de ruis, want een drempel op het "
+        "werkelijke aantal zou zelf verraden dat er maar weinig mensen waren.",
     },
     "noise": {
         "en": "Random noise is added to each count, so that the numbers reveal next to nothing "
         "about any single device (differential privacy): epsilon {epsilon} per count, at most "
         "{cap} per day per {unit}. Epsilon measures how much a count can reveal: the smaller, "
-        "the more private. When that budget is spent, no more counts are published that day; "
-        "it is enough for at most {releases} per {unit} per day (days count in UTC).",
+        "the more private. A device seen within {window} is protected at epsilon {epsilon}; a "
+        "device present all day, at epsilon {cap} at most. When that budget is spent, no more "
+        "counts are published that day; it is enough for at most {releases} per {unit} per "
+        "day (days count in UTC).",
         "nl": "Aan elk aantal wordt willekeurige ruis toegevoegd, zodat de cijfers vrijwel niets "
         "verraden over één afzonderlijk apparaat (differentiële privacy): epsilon {epsilon} per "
         "telling, hooguit {cap} per dag per {unit}. Epsilon is een maat voor hoeveel een aantal "
-        "kan verraden: hoe kleiner, hoe beter de privacy. Is dat budget op, dan worden die dag "
-        "geen tellingen meer gepubliceerd; het is genoeg voor hooguit {releases} per {unit} per "
+        "kan verraden: hoe kleiner, hoe beter de privacy. Een apparaat dat binnen {window} "
+        "wordt gezien, is beschermd met epsilon {epsilon}; een apparaat dat de hele dag "
+        "aanwezig is, met hooguit epsilon {cap}. Is dat budget op, dan worden die dag geen "
+        "tellingen meer gepubliceerd; het is genoeg voor hooguit {releases} per {unit} per "
         "dag (dagen in UTC-tijd).",
+    },
+    "and": {"en": "and", "nl": "en"},
+    "budget_short": {
+        "en": "That is fewer than the day's {windows} windows: from the {next} window of a day "
+        "on, counts are withheld until the next day.",
+        "nl": "Dat is minder dan de {windows} vensters van een dag: vanaf het {next_nl} venster "
+        "van een dag worden tellingen tot de volgende dag achtergehouden.",
     },
     "releases": {"en": "{n} counts", "nl": "{n} tellingen"},
     "release_one": {"en": "1 count", "nl": "1 telling"},
@@ -481,10 +504,12 @@ def _what(stream: Stream, lang: str) -> str:
         return _DEVICES[lang]
     if stream.message == "status":
         return _HEALTH[lang]
-    kinds = [words[lang] for code, words in _EVENTS.items() if code in EVENT_CODES]
+    selected = stream.events or EVENT_CODES  # none named: every event (engine._event_selected)
+    kinds = [words[lang] for code, words in _EVENTS.items() if code in selected]
+    motion = f" {_t('and', lang)} {_MOTION_EVENTS[lang]}" if "motion" in selected else ""
     if lang == "en":
-        return f"events of each sensor box ({_join(kinds, lang)}) and {_MOTION_EVENTS[lang]}"
-    return f"gebeurtenissen van elk sensorkastje ({_join(kinds, lang)}) en {_MOTION_EVENTS[lang]}"
+        return f"events of each sensor box ({_join(kinds, lang)}){motion}"
+    return f"gebeurtenissen van elk sensorkastje ({_join(kinds, lang)}){motion}"
 
 
 def _label(stream: Stream, lang: str) -> str:
@@ -532,10 +557,9 @@ def _rotation(stream: Stream) -> int:
     return rotation_seconds(stream) // 60
 
 
-def _releases_per_day(stream: Stream) -> int | None:
-    if stream.noise is None:
-        return None
-    return math.floor(stream.noise.daily_cap / stream.noise.epsilon + 1e-9)
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _accuracy(stream: Stream) -> int | None:
@@ -560,7 +584,7 @@ def _details(stream: Stream, lang: str) -> list[str]:
     if stream.k is not None:
         out.append(_t("k_readings" if stream.message == "readings" else "k", lang, k=stream.k))
     if stream.noise is not None:
-        releases = _releases_per_day(stream) or 0
+        releases = releases_per_day(stream) or 0
         out.append(
             _t(
                 "noise",
@@ -571,8 +595,20 @@ def _details(stream: Stream, lang: str) -> list[str]:
                 releases=_t("release_one", lang)
                 if releases == 1
                 else _t("releases", lang, n=releases),
+                window=_duration(stream.window_minutes, lang),
             )
         )
+        windows = windows_per_day(stream)
+        if releases < windows:
+            out.append(
+                _t(
+                    "budget_short",
+                    lang,
+                    windows=windows,
+                    next=_ordinal(releases + 1),
+                    next_nl=f"{releases + 1}e",
+                )
+            )
         out.append(_t("accuracy", lang, n=_accuracy(stream)))
     if stream.personal:
         every = _every(_rotation(stream), lang)
@@ -832,7 +868,7 @@ def _stream_json(stream: Stream) -> dict[str, Any]:
         "epsilon": noise.epsilon if noise else None,
         "daily_cap": noise.daily_cap if noise else None,
         "max_contribution": noise.max_contribution if noise else None,
-        "max_releases_per_day": _releases_per_day(stream),
+        "max_releases_per_day": releases_per_day(stream),
         "accuracy_95": _accuracy(stream),
         "key_rotation_minutes": _rotation(stream) if stream.personal else None,
         "pseudonym_bits": stream.pseudonym_bits if stream.personal else None,

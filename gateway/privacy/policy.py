@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -130,6 +131,25 @@ class Policy:
                 continue
             return s
         return None
+
+
+def windows_per_day(stream: Stream) -> int:
+    """A stream's windows in a UTC day."""
+    return 1440 // stream.window_minutes
+
+
+def releases_per_day(stream: Stream) -> int | None:
+    """The releases per group and day the stream's daily cap pays for (None: no noise)."""
+    if stream.noise is None:
+        return None
+    return math.floor(stream.noise.daily_cap / stream.noise.epsilon + 1e-9)
+
+
+def budget_shortfall(stream: Stream) -> int:
+    """How many of a day's windows per group the daily cap leaves withheld (0 when it covers
+    them all, or the stream has no noise)."""
+    releases = releases_per_day(stream)
+    return 0 if releases is None else max(0, windows_per_day(stream) - releases)
 
 
 def _fail(key: str, problem: str, source: str) -> ConfigError:
