@@ -340,6 +340,26 @@ def test_one_contribution_per_device_per_window(ledger: PrivacyLedger) -> None:
     assert by_name(one(e.release_due(T0 + W), "people")) == {"devices": 3}
 
 
+@pytest.mark.parametrize("k", [2, 5])
+@pytest.mark.parametrize("stat", policy_mod.STATISTICS)
+def test_statistics_of_fewer_than_k_readings_are_suppressed_from_k_on_released(
+    ledger: PrivacyLedger, stat: str, k: int
+) -> None:
+    """Both edges for every statistic: k - 1 readings in a window suppressed, k released."""
+    text = POLICY.replace(
+        'statistics = ["count", "sum", "mean", "min", "max", "p50", "p90", "p95", "p99"]',
+        f'statistics = ["{stat}"]\nk = {k}',
+    )
+    e = engine(ledger, text)
+    for window, readings in ((0, k - 1), (1, k)):
+        for n in range(readings):
+            e.process(1, "plein", window * 100 + n, temp(200 + n), T0 + window * W + 1 + n)
+    first, second = (by_name(one(e.release_due(T0 + (w + 1) * W), "environment")) for w in (0, 1))
+    assert first == {f"temperature_{stat}": SUPPRESSED, f"humidity_{stat}": SUPPRESSED}
+    assert all(isinstance(v, int | float) for v in second.values()), second
+    assert set(second) == set(first)
+
+
 def test_small_counts_suppressed_on_the_noisy_value(ledger: PrivacyLedger) -> None:
     answers = iter([1, 2, 7])  # the "noisy" counts the mechanism returns, in turn
 
