@@ -9,8 +9,9 @@ Everything is derived from the policy: what is measured (from the streams' messa
 quantities), what leaves and at what granularity, what never leaves, small-count suppression
 (k), the noise (epsilon, daily cap) and its accuracy as OpenDP computes it, pseudonym keys,
 retention, the register fields and the policy's hash. Free-text fields of the policy (register
-values, a stream's own `retention` text) are quoted as written, in whatever language their
-author used; the schema's default retention text is rendered in the statement's language.
+values, a stream's own `retention` text) are quoted as written; a register field may be given
+per language ({ en = "...", nl = "..." }), and one not filled in ("not set") is said in the
+statement's language, as is the schema's default retention text.
 
 The statement describes what the privacy engine (engine.py) does with the policy, not just
 what the file says: the key rotation is the engine's (`key_rotation_minutes` rounded down to
@@ -199,6 +200,24 @@ _T: dict[str, dict[str, str]] = {
         "nl": "Geen persoonsgegevens: niets wat dit beleid doorlaat, gaat over mensen of hun "
         "apparaten.",
     },
+    "unset_sensor_type": {"en": "not set", "nl": "niet ingevuld"},
+    "unset_organisation": {
+        "en": "not set: fill in the organisation responsible",
+        "nl": "niet ingevuld: vul de verantwoordelijke organisatie in",
+    },
+    "unset_contact": {
+        "en": "not set: fill in a contact address for residents",
+        "nl": "niet ingevuld: vul een contactadres voor bewoners in",
+    },
+    "unset_goal": {
+        "en": "not set: fill in why the sensors are there",
+        "nl": "niet ingevuld: vul in waarom de sensoren er zijn",
+    },
+    "unset_legal_ground": {
+        "en": "not set: e.g. public task (GDPR art. 6(1)(e))",
+        "nl": "niet ingevuld: bijvoorbeeld publieke taak (AVG art. 6 lid 1 onder e)",
+    },
+    "unset_active_until": {"en": "not set", "nl": "niet ingevuld"},
     "register_unset": {
         "en": "Some of these fields are not filled in yet. Until they are, this policy is not "
         "ready for use in public space.",
@@ -632,20 +651,19 @@ def _personal_data(policy: Policy, lang: str) -> str:
 
 
 def _register_values(policy: Policy, lang: str) -> dict[str, str]:
+    """The register's fields in the statement's language: the operator's text, or, for a field
+    not filled in, what to fill in, in that language."""
     r = policy.register
-    return {
-        "sensor_type": r.sensor_type,
-        "organisation": r.organisation,
-        "contact": r.contact,
-        "goal": r.goal,
-        "legal_ground": r.legal_ground,
-        "personal_data": _personal_data(policy, lang),
-        "active_until": r.active_until,
-    }
+    out = {}
+    for name in ("sensor_type", "organisation", "contact", "goal", "legal_ground"):
+        out[name] = r.text(name, lang) or _t(f"unset_{name}", lang)
+    out["personal_data"] = _personal_data(policy, lang)
+    out["active_until"] = r.text("active_until", lang) or _t("unset_active_until", lang)
+    return out
 
 
 def _register_complete(register: Register) -> bool:
-    return not any(str(getattr(register, f.name)).startswith("not set") for f in fields(Register))
+    return all(register.text(f.name, "en") is not None for f in fields(Register))
 
 
 def _measured(policy: Policy, lang: str) -> list[str]:
@@ -890,15 +908,10 @@ def statement_json(policy: Policy) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "policy": {"name": policy.name, "hash": policy.hash, "hash_algorithm": "sha256"},
-        "register": {
-            "sensor_type": r.sensor_type,
-            "organisation": r.organisation,
-            "contact": r.contact,
-            "goal": r.goal,
-            "legal_ground": r.legal_ground,
+        "register": {  # in English, as the operator wrote it or, not filled in, "not set: ..."
+            **{k: v for k, v in _register_values(policy, "en").items() if k != "personal_data"},
             "contains_personal_data": policy.contains_personal_data,
             "personal_data": _both(lambda lang: _personal_data(policy, lang)),
-            "active_until": r.active_until,
             "complete": _register_complete(r),
         },
         "streams": [_stream_json(s) for s in policy.streams],

@@ -43,6 +43,7 @@ from ..config import read_toml
 from ..errors import ConfigError
 
 MESSAGES = ("readings", "observations", "status", "event")
+UNSET = "not set"  # how a policy marks a register field not filled in yet
 STATISTICS = ("count", "sum", "mean", "min", "max", "p50", "p90", "p95", "p99")
 DISTINCT = "distinct_devices"  # the statistic of observation streams
 GROUP_BY = ("zone", "node")
@@ -92,12 +93,23 @@ class Stream:
 class Register:
     """Fields of a public sensor register (Amsterdam's "sensorenregister" and the like)."""
 
-    sensor_type: str = "environmental sensor node (edgeveil)"
-    organisation: str = "not set"
-    contact: str = "not set"
-    goal: str = "not set"
-    legal_ground: str = "not set"
+    # each is text, or a table of texts by language ({ en = "...", nl = "..." }) so that a
+    # statement in any of its languages quotes the operator in that language; a value
+    # starting with "not set" is a field not filled in (the statement says so in its language)
+    sensor_type: str | dict[str, str] = "environmental sensor node (edgeveil)"
+    organisation: str | dict[str, str] = "not set"
+    contact: str | dict[str, str] = "not set"
+    goal: str | dict[str, str] = "not set"
+    legal_ground: str | dict[str, str] = "not set"
     active_until: str = "not set"  # YYYY-MM-DD
+
+    def text(self, name: str, language: str) -> str | None:
+        """The field in `language` (else in English, else in the first language given);
+        None when it is not filled in."""
+        value = getattr(self, name)
+        if isinstance(value, dict):
+            value = value.get(language) or value.get("en") or next(iter(value.values()), "")
+        return None if str(value).startswith(UNSET) else str(value)
 
 
 @dataclass(frozen=True)
@@ -303,10 +315,17 @@ def parse(data: dict[str, Any], source: str = "") -> Policy:  # noqa: PLR0912 - 
     for key, value in register_data.items():
         if key not in Register.__dataclass_fields__:
             raise _fail(f"register.{key}", "unknown key", source)
-        if not isinstance(value, str):
-            raise _fail(f"register.{key}", "must be text", source)
+        by_language = isinstance(value, dict) and key != "active_until"
+        if by_language and (
+            not value
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            raise _fail(f"register.{key}", 'a table of texts by language, e.g. { en = "...", '
+                        'nl = "..." }', source)  # fmt: skip
+        if not by_language and not isinstance(value, str):
+            raise _fail(f"register.{key}", "must be text (or a table of texts by language)", source)
     register = Register(**register_data)
-    if register.active_until != "not set":
+    if not register.active_until.startswith(UNSET):
         try:
             date.fromisoformat(register.active_until)
         except ValueError:
