@@ -252,6 +252,7 @@ class Ingest:
         time_syncs: set[tuple[str, int]] = set()
         rekeys: dict[tuple[str, int], float] = {}  # nodes heard under keys to renew: when
         answers: list[tuple[int, int, bool]] = []  # node, configuration version, applied
+        self.policy.stage()  # windows take the batch's messages once they are stored (commit)
         for arrival in batch:
             verified = self._verify(arrival, in_batch, out)
             if verified is None:
@@ -292,12 +293,26 @@ class Ingest:
             accepted.append((entry.node_id, header.counter, digest, header.epoch))
             self._requests(arrival.port, entry, message, time_syncs, answers)
         unstored = await self._store(batch, out, produced, accepted, in_batch)
-        if unstored:  # not durable: neither acknowledged nor counted
-            new = {(n, c) for n, _e, c in unstored}
-            acks = {k: [c for c in v if (k[1], c) not in new] for k, v in acks.items()}
-            counted = [c for c in counted if (int(c[1]), c[3]) not in new]
+        acks, counted = self._stored(unstored, acks, counted)
         self._count(counted)
         await self._downlink(acks, time_syncs, radios, rekeys, answers)
+
+    def _stored(
+        self,
+        unstored: set[tuple[int, int, int]],
+        acks: dict[tuple[str, int], list[int]],
+        counted: list[tuple[str, str, bool, int]],
+    ) -> tuple[dict[tuple[str, int], list[int]], list[tuple[str, str, bool, int]]]:
+        """The batch is stored but for `unstored` (node, epoch, counter): their messages do
+        not join their windows (they come again, and join then: counted once), and they are
+        neither acknowledged nor counted. The acks and counts that remain."""
+        refused = {(n, (e << 32) | c) for n, e, c in unstored}
+        self.policy.commit(lambda node, sequence: (node, sequence) not in refused)
+        if not unstored:
+            return acks, counted
+        new = {(n, c) for n, _e, c in unstored}
+        acks = {k: [c for c in v if (k[1], c) not in new] for k, v in acks.items()}
+        return acks, [c for c in counted if (int(c[1]), c[3]) not in new]
 
     def _heard(self, arrival: Arrival, node_id: int, duplicate: bool) -> None:
         """An authentic frame that is no presence frame: the node's health knows it was heard

@@ -39,7 +39,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,6 +344,12 @@ class Spy:
         self.inner = inner
         self.frames: list[Sighted] = []
         self.counted = 0  # messages whose number says nothing of who was near
+
+    def stage(self) -> None:
+        self.inner.stage()
+
+    def commit(self, stored: Callable[[int, int], bool]) -> None:
+        self.inner.commit(stored)
 
     def process(
         self, node_id: int, zone: str, counter: int, message: Message, arrival: float

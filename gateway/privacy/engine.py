@@ -130,11 +130,17 @@ NoisyCount = Callable[[int, Noise], int]
 
 
 class PrivacyStage(TypingProtocol):
-    """What the ingest stage calls for every new, verified message."""
+    """What the ingest stage calls for every new, verified message: process() between stage()
+    and commit(), so that a message joins its window only once its frame's outcome is stored
+    (two-phase acceptance: a frame the spool refused comes again, and counts once)."""
+
+    def stage(self) -> None: ...
 
     def process(
         self, node_id: int, zone: str, counter: int, message: Message, arrival: float
     ) -> list[Record]: ...
+
+    def commit(self, stored: Callable[[int, int], bool]) -> None: ...
 
 
 def _shape(stream: Stream) -> tuple[Any, ...]:
@@ -253,6 +259,9 @@ class PolicyEngine:
         self._observations: _State | None = None
         self._status: _State | None = None
         self._event: _State | None = None
+        # messages processed since stage(), for their windows at commit():
+        # (node, zone, counter, message, arrival); None while not staging
+        self._staged: list[tuple[int, str, int, Message, float]] | None = None
         now = clock()
         self._install(
             policy, {s.name: _State(s, policy.hash, now, token_bytes) for s in policy.streams}
@@ -298,6 +307,22 @@ class PolicyEngine:
 
     # -- messages in -----------------------------------------------------------------------
 
+    def stage(self) -> None:
+        """From now on, what process() adds to windows waits for commit()."""
+        self._staged = []
+
+    def commit(self, stored: Callable[[int, int], bool] = lambda _node, _counter: True) -> None:
+        """Add the messages processed since stage() to their windows, those whose frame
+        stored(node, counter) says is stored (the others' frames come again); stop staging."""
+        staged, self._staged = self._staged or [], None
+        for node_id, zone, counter, message, arrival in staged:
+            if not stored(node_id, counter):
+                continue
+            if isinstance(message, Readings):
+                self._readings(node_id, zone, counter, message, arrival, passing=False)
+            elif isinstance(message, Observations):
+                self._sightings(node_id, zone, message, arrival)
+
     def add_node(self, node_id: int, zone: str) -> None:
         """Make a node's group known (its windows are released even when nobody is seen)."""
         self._note_node(node_id, zone, self._clock())
@@ -308,9 +333,15 @@ class PolicyEngine:
         if self._nodes.get(node_id) != zone:
             self._note_node(node_id, zone, arrival)
         if isinstance(message, Readings):
+            if self._staged is not None:  # its windows at commit(); its pass record now
+                self._staged.append((node_id, zone, counter, message, arrival))
+                return self._readings(node_id, zone, counter, message, arrival, windows=False)
             return self._readings(node_id, zone, counter, message, arrival)
         if isinstance(message, Observations):
-            self._sightings(node_id, zone, message, arrival)
+            if self._staged is not None:
+                self._staged.append((node_id, zone, counter, message, arrival))
+            else:
+                self._sightings(node_id, zone, message, arrival)
             return []
         if isinstance(message, Status) and self._status is not None:
             h = self._status.policy_hash
@@ -326,9 +357,19 @@ class PolicyEngine:
             self.dropped["unselected"] += 1
         return []
 
-    def _readings(  # noqa: PLR0912 - the hot path, inlined on purpose
-        self, node_id: int, zone: str, counter: int, message: Readings, arrival: float
+    def _readings(  # noqa: PLR0912, PLR0915 - the hot path, inlined on purpose
+        self,
+        node_id: int,
+        zone: str,
+        counter: int,
+        message: Readings,
+        arrival: float,
+        *,
+        windows: bool = True,
+        passing: bool = True,
     ) -> list[Record]:
+        """The message's values into their windows (unless not `windows`) and the record of
+        its pass streams (unless not `passing`: then [])."""
         t: float = arrival if message.time is None else message.time
         if t > arrival + MAX_AHEAD_S:
             t = arrival
@@ -340,26 +381,26 @@ class PolicyEngine:
         for qid, value in message.values.items():
             state = routes.get(qid)
             if state is None:
-                unselected += 1
+                unselected += passing  # counted once, in the phase that passes
                 continue
-            if state is not last:
-                last = state
-                windows = state.windows
-                if windows is None:
-                    values = None
-                else:
-                    group: Group = zone if state.by_zone else node_id
-                    window = windows.current.get(group)  # the fast path of windows.get()
-                    if window is None or not window.start <= t < window.end:
-                        window = windows.get(group, t, 0 if state.by_zone else node_id, zone)
-                    values = None if window is None else window.values
-            if values is None:
-                if state.windows is None:  # a pass stream
+            stream_windows = state.windows
+            if stream_windows is None:  # a pass stream
+                if passing:
                     if passed is None:
                         passed = []
                     passed.append(qid)
-                else:
-                    self.dropped["late" if state.windows.late(t) else "overflow"] += 1
+                continue
+            if not windows:
+                continue
+            if state is not last:
+                last = state
+                group: Group = zone if state.by_zone else node_id
+                window = stream_windows.current.get(group)  # the fast path of windows.get()
+                if window is None or not window.start <= t < window.end:
+                    window = stream_windows.get(group, t, 0 if state.by_zone else node_id, zone)
+                values = None if window is None else window.values
+            if values is None:
+                self.dropped["late" if stream_windows.late(t) else "overflow"] += 1
                 continue
             stats = values.get(qid)
             if stats is None:
