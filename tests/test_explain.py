@@ -589,3 +589,12 @@ def test_register_fields_by_language(tmp_path: Path) -> None:
     bad.write_text("[register]\ngoal = { en = 3 }\n")
     with pytest.raises(ConfigError, match=r"register\.goal"):
         policy.load(bad)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_release_that_covers_part_of_its_window_is_explained(lang: str) -> None:
+    said = {"en": "covers only the part of its window since then",
+            "nl": "beslaat alleen het deel van het venster sindsdien"}[lang]  # fmt: skip
+    assert said in flat(statement_text(policy.default(), lang))
+    passing = policy.parse({"streams": [{"name": "s", "message": "status", "action": "pass"}]})
+    assert said not in flat(statement_text(passing, lang))  # nothing aggregated: not said

@@ -96,7 +96,7 @@ def engine(
     ledger: PrivacyLedger,
     text: str = POLICY,
     *,
-    now: float = T0 + 1,
+    now: float = T0,
     noisy: Callable[[int, Noise], int] = exact,
 ) -> PolicyEngine:
     return PolicyEngine(parse(text), GW, ledger, Clock(now), noisy_count=noisy)
@@ -491,7 +491,11 @@ def test_budget_booked_before_the_count_exists_and_a_crash_never_overspends(
     assert ledger.spent("people", "plein", day) == 1.0  # wasted, not overspent
     e = engine(ledger, now=T0 + 2 * W + 1)  # after the "restart": the cap holds
     e.process(1, "plein", 1, seen(ADDR, bytes(6)), T0 + 2 * W + 2)
-    assert by_name(one(e.release_due(T0 + 3 * W), "people")) == {"devices": WITHHELD}
+    # and the release says it covers only the part of its window since the restart
+    assert by_name(one(e.release_due(T0 + 3 * W), "people")) == {
+        "devices": WITHHELD,
+        "covered": W - 1,
+    }
 
 
 # -- default deny, pass streams ----------------------------------------------------------------
@@ -605,7 +609,7 @@ name = "dust"
 message = "readings"
 quantities = ["pm10"]
 """
-    clock = Clock(T0 + 1)
+    clock = Clock(T0)
     e = PolicyEngine(parse(before), GW, ledger, clock, noisy_count=exact)
     noise = {quantity_id("noise"): 5000, quantity_id("temperature"): 200}
     e.process(1, "plein", 1, Readings(noise), T0 + 10)
@@ -615,7 +619,9 @@ quantities = ["pm10"]
     assert [(r.stream, r.msg_id) for r in gone] == [
         ("loudness", f"{GW}:loudness:plein:{T0}:reload")
     ]
-    assert by_name(gone[0]) == {"noise_max": 50.0} and gone[0].policy == parse(before).hash
+    # released at the reload: it covers the first 30 s of its window, and says so
+    assert by_name(gone[0]) == {"noise_max": 50.0, "covered": 30}
+    assert gone[0].policy == parse(before).hash
     later = {
         quantity_id("temperature"): 210,
         quantity_id("pressure"): 10000,
@@ -629,21 +635,27 @@ quantities = ["pm10"]
     assert by_name(env) == {"temperature_mean": 20.5, "pressure_mean": 100000}
     assert env.policy == parse(after).hash
     assert by_name(one(records, "people")) == {"devices": 2}
-    assert by_name(one(records, "dust")) == {"pm10_mean": 5e-09}
+    assert by_name(one(records, "dust")) == {"pm10_mean": 5e-09, "covered": W - 30}  # new
     assert e.dropped["unselected_quantity"] == 1  # humidity, after the reload
 
 
 def test_reload_of_a_changed_stream_releases_it_and_starts_afresh(ledger: PrivacyLedger) -> None:
-    e = engine(ledger)
+    clock = Clock(T0)
+    e = PolicyEngine(parse(POLICY), GW, ledger, clock, noisy_count=exact)
     e.process(1, "plein", 1, seen(ADDR), T0 + 10)
     e.process(1, "plein", 2, temp(215), T0 + 10)
     changed = parse(POLICY.replace("window_minutes = 15\nk = 2", "window_minutes = 5\nk = 2"))
+    clock.now = T0 + 60
     gone = e.reload(changed)
-    assert [(r.stream, by_name(r)) for r in gone] == [("people", {"devices": SUPPRESSED})]
+    people = {"devices": SUPPRESSED, "covered": 60}  # its first minute, then the reload
+    assert [(r.stream, by_name(r)) for r in gone] == [("people", people)]
     assert gone[0].msg_id.endswith(":reload")
-    e.process(1, "plein", 3, seen(ADDR, bytes(6)), T0 + 20)
+    e.process(1, "plein", 3, seen(ADDR, bytes(6)), T0 + 70)
     records = e.release_due(T0 + 300)
-    assert by_name(one(records, "people")) == {"devices": 2}
+    # the new stream's first window began before it did: covered from the reload on
+    assert by_name(one(records, "people")) == {"devices": 2, "covered": 240}
+    kept = one(e.release_due(T0 + W), "environment")  # kept through the reload: whole
+    assert by_name(kept)["temperature_count"] == 1 and "covered" not in by_name(kept)
 
 
 def test_reload_refuses_a_policy_it_cannot_apply_and_keeps_the_old(ledger: PrivacyLedger) -> None:

@@ -160,6 +160,7 @@ class _State:
         "policy_hash",
         "pseudonymizer",
         "shape",
+        "since",
         "stream",
         "windows",
     )
@@ -178,6 +179,7 @@ class _State:
         self.stream = stream
         self.policy_hash = policy_hash
         self.keep_samples = False
+        self.since = now  # when it began collecting (the gateway's start, or a reload)
         self.opened = -1  # observations: the window start last opened for every known group
         self.define(stream, policy_hash)
 
@@ -196,6 +198,16 @@ class Due:
     window: Window
     by_zone: bool
     suffix: str = ""
+    since: float = 0.0  # the stream began collecting then (its window may begin earlier)
+    until: float | None = None  # detached before its end (a reload): collected until then
+
+    def covered_s(self) -> int | None:
+        """Seconds of its window the release covers, when that is not the whole window: the
+        gateway restarted or the policy changed within it (nothing is kept across either)."""
+        w = self.window
+        start = max(w.start, self.since)
+        end = w.end if self.until is None else min(w.end, self.until)
+        return None if (start, end) == (w.start, w.end) else max(0, int(end - start))
 
 
 def check(policy: Policy) -> None:
@@ -483,7 +495,8 @@ class PolicyEngine:
             if windows is None:
                 continue
             stream, h, by_zone = state.stream, state.policy_hash, state.by_zone
-            due.extend(Due(stream, h, w, by_zone) for w in windows.take_due(now))
+            since = state.since
+            due.extend(Due(stream, h, w, by_zone, since=since) for w in windows.take_due(now))
             if state.pseudonymizer is not None:
                 state.pseudonymizer.expire(now)
                 start = window_start(now, windows.seconds)
@@ -521,7 +534,15 @@ class PolicyEngine:
                 continue
             if state.windows is not None:
                 due.extend(
-                    Due(state.stream, state.policy_hash, w, state.by_zone, ":reload")
+                    Due(
+                        state.stream,
+                        state.policy_hash,
+                        w,
+                        state.by_zone,
+                        ":reload",
+                        since=state.since,
+                        until=now,
+                    )
                     for w in state.windows.take_all()
                 )
             if state.pseudonymizer is not None:
@@ -563,6 +584,9 @@ class PolicyEngine:
         measurements = self._count(d) if stream.personal else self._statistics(stream, w)
         if not measurements:
             return None
+        covered = d.covered_s()
+        if covered is not None:  # only part of the window: the message says which part
+            measurements.append(Measurement("covered", "s", covered))
         msg_id = f"{self.gateway_id}:{stream.name}:{group}:{w.start}{d.suffix}"
         return Record(
             "aggregate",

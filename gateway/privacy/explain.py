@@ -200,6 +200,15 @@ _T: dict[str, dict[str, str]] = {
         "nl": "Geen persoonsgegevens: niets wat dit beleid doorlaat, gaat over mensen of hun "
         "apparaten.",
     },
+    "partial": {
+        "en": "The gateway keeps nothing of a window across a restart or a change of this "
+        "policy: the first summary or count after one covers only the part of its window since "
+        'then, and says so ("covered": the seconds it covers).',
+        "nl": "Over een herstart van de gateway of een wijziging van dit beleid heen bewaart de "
+        "gateway niets van een venster: de eerste samenvatting of telling daarna beslaat alleen "
+        'het deel van het venster sindsdien, en zegt dat ook ("covered": het aantal seconden '
+        "dat ze beslaat).",
+    },
     "unset_sensor_type": {"en": "not set", "nl": "niet ingevuld"},
     "unset_organisation": {
         "en": "not set: fill in the organisation responsible",
@@ -846,6 +855,8 @@ def statement_text(policy: Policy, language: str = "en") -> str:
         for detail in _details(s, lang):
             page.bullet(detail, level=1)
     page.bullet(_t("alarm", lang))  # the gateway's own (ingest.py), whatever the policy
+    if any(s.action == "aggregate" for s in policy.streams):
+        page.para(_t("partial", lang))  # engine.Due.covered_s
 
     page.heading(_t("h_never", lang))
     for line in _never(policy, lang):
