@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .lora.region import DIPOLE_GAIN_DBI, PLANS, erp_dbm, max_conducted_dbm
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # safe in MQTT topics and file names
+_TOPIC_LEVELS = re.compile(r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$")
 PAYLOAD_FORMATS = ("senml+json", "senml+cbor")
 SPOOL_POLICIES = ("drop_oldest", "refuse_new")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -107,6 +108,14 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery (gateway/homeassistant.py)."""
+
+    discovery: bool = False
+    prefix: str = "homeassistant"  # Home Assistant's discovery_prefix
+
+
+@dataclass(frozen=True)
 class SpoolConfig:
     max_messages: int = 1_000_000
     max_age_s: int = 7 * 24 * 3600
@@ -128,6 +137,7 @@ class GatewayConfig:
     # the privacy policy file ([privacy] policy); None: the shipped default policy
     # (gateway/policies/default.toml). Read at start and again on SIGHUP.
     privacy_policy: Path | None = None
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     source: str = ""  # the file this came from, for messages
 
 
@@ -443,6 +453,29 @@ def _mqtt(t: _Table) -> MqttConfig:
     return config
 
 
+def _homeassistant(t: _Table, mqtt: MqttConfig | None) -> HomeAssistantConfig:
+    config = HomeAssistantConfig(
+        discovery=t.get("discovery", bool, False),
+        prefix=t.get("prefix", str, "homeassistant"),
+    )
+    t.done()
+    if not _TOPIC_LEVELS.match(config.prefix):
+        raise ConfigError(
+            t.key("prefix"),
+            "must be Home Assistant's discovery_prefix: letters, digits, _ and -, in up to 4 "
+            f"levels separated by /; got {config.prefix!r}",
+            t.source,
+        )
+    if config.discovery and mqtt is not None and mqtt.payload != "senml+json":
+        raise ConfigError(
+            t.key("discovery"),
+            f"needs JSON payloads (Home Assistant's templates read JSON), but mqtt.payload is "
+            f'"{mqtt.payload}": set mqtt.payload = "senml+json" or discovery = false',
+            t.source,
+        )
+    return config
+
+
 def is_loopback(host: str) -> bool:
     """An address on this machine: what goes there never crosses a network."""
     if host == "localhost":
@@ -498,6 +531,9 @@ def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:
     privacy_table = root.table("privacy") or _Table({}, "privacy", source)
     privacy_policy = privacy_table.path_("policy")
     privacy_table.done()
+    homeassistant = _homeassistant(
+        root.table("homeassistant") or _Table({}, "homeassistant", source), mqtt
+    )
     root.done()
     return GatewayConfig(
         site=site,
@@ -511,6 +547,7 @@ def parse(data: dict[str, Any], source: str = "") -> GatewayConfig:
         spool=spool,
         metrics_listen=metrics_listen,
         privacy_policy=privacy_policy,
+        homeassistant=homeassistant,
         source=source,
     )
 

@@ -14,11 +14,14 @@ such as `$share/workers/edgeveil/+/+/zone/+/environment`):
     {prefix}/{site}/{gateway}/node/{node_id}/status     node health, SenML
     {prefix}/{site}/{gateway}/node/{node_id}/event      node events, and the gateway's alarm
                                                         counter_reuse (ingest.py), SenML
-    {prefix}/{site}/{gateway}/availability              "online" / "offline", retained
+    {prefix}/{site}/{gateway}/availability              "online" / "degraded" / "offline", retained
     {prefix}/{site}/{gateway}/metadata                  gateway metadata, JSON, retained
     {prefix}/{site}/{gateway}/transparency              the transparency statement, JSON, retained
     {prefix}/{site}/{gateway}/transparency/text         the same in words (English), retained
     {prefix}/{site}/{gateway}/privacy/budget            privacy budget spent today, JSON, retained
+
+and, with `[homeassistant] discovery = true`, Home Assistant's discovery messages (retained JSON,
+gateway/homeassistant.py): `{ha prefix}/{component}/edgeveil_{site}_{gateway}/{object_id}/config`.
 
 A zone goes into a topic percent-encoded (RFC 3986: everything but letters, digits and `-._~`),
 so a zone can never add a topic level or an MQTT wildcard; a node without a zone gives an empty

@@ -26,6 +26,10 @@ keeps what it could not delete, window releases that could not be spooled wait i
 not book. Housekeeping turns the health into metrics and into the availability topic
 ("degraded"). A store that cannot be opened for the disk's sake (a full disk at the first
 start) is tried again every STORE_RETRY_S instead of ending the service.
+
+Home Assistant discovery (gateway/homeassistant.py, `[homeassistant] discovery`): the task
+"homeassistant" spools the retained discovery messages of the zones and nodes served under the
+policy in force, and again when they change or after a reconnect.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from . import __version__, senml, systemd
 from .broker import EmbeddedBroker
 from .config import GatewayConfig, MqttConfig
 from .errors import ConfigError, EdgeveilError, SpoolFullError, StorageError
+from .homeassistant import Discovery
 from .ingest import Ingest
 from .lora.forwarder import ForwarderTransport
 from .lora.radio import RadioMeta
@@ -113,6 +118,7 @@ class Gateway:
     ledger: PrivacyLedger
     engine: PolicyEngine
     topics: Topics
+    discovery: Discovery
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -442,6 +448,7 @@ class Gateway:
                 subscriptions=[self.configs.subscription],
                 on_message=self._command,
             )
+            self.discovery = Discovery(config.homeassistant, topics, config.state_dir, self._spool)
             self.ingest = Ingest(
                 self.registry,
                 self.engine,
@@ -492,6 +499,7 @@ class Gateway:
                     for transport in (*self.transports.values(), *self.lora.values()):
                         tg.create_task(transport.run(), name=transport.task_name)
                     tg.create_task(self._housekeeping(), name="housekeeping")
+                    tg.create_task(self.discovery.run(self), name="homeassistant")
                     systemd.notify("READY=1")
                     self.ready.set()
             finally:
