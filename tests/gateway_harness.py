@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig, MqttConfig
+from gateway.privacy import PrivacyStage
+from gateway.records import Record
 from gateway.service import Gateway
+from protocol import Message
 from protocol.quantities import QUANTITIES
 
 from .mosquitto import Mosquitto, Received
@@ -80,6 +83,25 @@ def parse_mid(mid: str) -> tuple[str, int, int]:
     gateway, node, counter, part = mid.split(":")
     assert part == "0", mid
     return gateway, int(node), int(counter)
+
+
+class PrivacySpy:
+    """Between ingest and the privacy stage, changing nothing: a subclass's process() looks at
+    each message, then returns super().process(...)."""
+
+    def __init__(self, inner: PrivacyStage) -> None:
+        self.inner = inner
+
+    def stage(self) -> None:
+        self.inner.stage()
+
+    def commit(self, stored: Callable[[int, int], bool]) -> None:
+        self.inner.commit(stored)
+
+    def process(
+        self, node_id: int, zone: str, counter: int, message: Message, arrival: float
+    ) -> list[Record]:
+        return self.inner.process(node_id, zone, counter, message, arrival)
 
 
 def deadline(seconds: float) -> Callable[[TestFunction], TestFunction]:

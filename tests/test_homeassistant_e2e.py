@@ -39,7 +39,7 @@ from gateway.registry import NodeRegistry
 from gateway.service import with_ports
 from protocol import Message, Readings
 
-from .gateway_harness import deadline, running_gateway, until
+from .gateway_harness import PrivacySpy, deadline, running_gateway, until
 from .mosquitto import Mosquitto, Received, subscribed
 from .test_gateway_e2e import no_leftovers  # noqa: F401 - an autouse fixture, here too
 from .test_homeassistant import TEMPLATE, evaluate
@@ -56,11 +56,11 @@ PER_ZONE = 8 * 3 + 3 + 1 + 1  # environment (8 quantities x 3), noise 3, occupan
 PER_NODE = 9  # node health fields
 
 
-class Spy:
+class Spy(PrivacySpy):
     """Between ingest and the privacy stage: counts each node's readings, changes nothing."""
 
     def __init__(self, inner: PrivacyStage) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.readings: Counter[int] = Counter()
 
     def process(
@@ -68,7 +68,7 @@ class Spy:
     ) -> list[Record]:
         if isinstance(message, Readings):
             self.readings[node_id] += 1
-        return self.inner.process(node_id, zone, counter, message, arrival)
+        return super().process(node_id, zone, counter, message, arrival)
 
 
 @pytest.fixture
