@@ -593,7 +593,8 @@ class Ingest:
             entry.zone,
             arrival.time,
             f"{gateway}:{node_id}:alarm:counter_reuse:{int(arrival.time)}",
-            (Measurement("counter_reuse", "", 1),),
+            (Measurement("counter_reuse", "", True),),  # no content: that it happened
+            policy=self.policy.policy_hash,
         )
         return [senml.encode(record, self.topics, self.payload_format)]
 

@@ -45,6 +45,9 @@ def describe(topic: str, payload: bytes) -> str:
     parts = []
     for entry in data:
         value = entry.get("v", entry.get("vs", entry.get("vb")))
+        if tail.endswith("/event") and value is True:  # an event without a value: its name
+            parts.append(str(entry.get("n")))
+            continue
         unit = entry.get("u", "")
         if unit == "kg/m3" and isinstance(value, float):  # SenML's unit; people read µg/m³
             value, unit = round(value * 1e9), "µg/m³"

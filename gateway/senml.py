@@ -14,7 +14,12 @@ message id and the privacy policy's hash; every entry a name, a unit and a value
   gateway (the same hash the transparency statement shows).
 - A value that is withheld rather than released (a count below the policy's k: "suppressed";
   the daily privacy budget spent: "withheld: budget") travels as a string value ("vs") with
-  the unit it would have had.
+  the unit it would have had; an event without a value as the boolean true ("vb": it
+  happened). Every record has exactly one value (RFC 8428 section 4.2), and the privacy
+  stage releases no record without a measurement (its pack would be `[]`, without id or hash).
+
+docs/mqtt/asyncapi.yaml describes every topic and payload; the end-to-end tests hold what the
+gateway publishes to it.
 
 CBOR uses the integer labels of RFC 8428 section 6 (bn -2, bt -3, n 0, u 1, v 2, vs 3, vb 4);
 "mid" and "policy" stay text labels there, as extensions have no registered number.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from gateway.live import describe
 
 from .command import edgeveil
 
@@ -20,6 +23,18 @@ def test_live_demo_shows_what_leaves_the_gateway() -> None:
     published = [line for line in lines if line[:2].isdigit()]  # "HH:MM:SS  topic  content"
     assert not any("observations" in line for line in published)  # personal data never leaves
     assert "Traceback" not in result.stderr
+
+
+def test_the_live_view_names_an_event_without_a_value_and_shows_a_value() -> None:
+    """An event without a value ("vb": true) is shown by its name, never as a number."""
+    topic = "edgeveil/demo-site/gateway-1/node/7/event"
+    head = {"bn": "urn:dev:edgeveil:demo-site:7:", "bt": 1.5, "mid": "gateway-1:7:1:0"}
+
+    def shown(record: dict[str, Any]) -> str:
+        return describe(topic, json.dumps([head | record]).encode())
+
+    assert shown({"n": "time_request", "vb": True}) == f"{'node/7/event':<28} time_request"
+    assert shown({"n": "boot", "v": 1}) == f"{'node/7/event':<28} boot 1"
 
 
 def test_demo_shows_every_message_and_the_rejections() -> None:

@@ -172,7 +172,10 @@ async def test_other_bytes_under_an_accepted_counter_are_reuse_not_a_duplicate(
     assert -5.2 not in gateway.readings()  # nothing of B's frame was stored or forwarded
     alarms = gateway.alarms()
     assert len(alarms) == 1
-    assert alarms[0]["v"] == 1  # no content: that it happened, nothing of the frames
+    # no content: that it happened (true, not a number), nothing of the frames; under the
+    # hash of the policy in force, as every message
+    assert alarms[0]["vb"] is True and "v" not in alarms[0]
+    assert alarms[0]["policy"] == gateway.policy.hash
 
 
 async def test_the_evidence_survives_a_gateway_restart(gateway: Gateway) -> None:

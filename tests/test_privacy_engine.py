@@ -558,6 +558,45 @@ action = "pass"
     assert by_name(env)["temperature_count"] == 1
 
 
+def test_an_event_without_a_value_leaves_as_true_not_as_a_number(ledger: PrivacyLedger) -> None:
+    """time_request carries no value: published as 1 it read as a value the node never sent."""
+    e = engine(
+        ledger, POLICY + '[[streams]]\nname = "events"\nmessage = "event"\naction = "pass"\n'
+    )
+    (asks,) = e.process(3, "plein", 11, Event(6), T0 + 2)
+    (boot,) = e.process(3, "plein", 12, Event(0, 1), T0 + 2)
+    # typed: True == 1 in Python, and the type is what decides "vb" over "v"
+    assert [(m.name, m.value, type(m.value)) for m in asks.measurements] == [
+        ("time_request", True, bool)
+    ]
+    assert [(m.name, m.value, type(m.value)) for m in boot.measurements] == [("boot", 1, int)]
+    (record,) = json.loads(senml.encode(asks, TOPICS, "senml+json").payload)
+    assert record["n"] == "time_request" and record["vb"] is True and "v" not in record
+    (record,) = cbor2.loads(senml.encode(asks, TOPICS, "senml+cbor").payload)
+    assert record[0] == "time_request" and record[4] is True and 2 not in record  # n, vb, v
+    (record,) = json.loads(senml.encode(boot, TOPICS, "senml+json").payload)
+    assert record["v"] == 1 and type(record["v"]) is int and "vb" not in record
+
+
+def test_a_status_without_a_field_leaves_nothing(ledger: PrivacyLedger) -> None:
+    """A SenML pack without records (`[]`) carried neither message id nor policy hash."""
+    e = engine(ledger)
+    assert e.process(3, "plein", 10, Status({}), T0 + 1) == []
+    (status,) = e.process(3, "plein", 11, Status({"uptime_s": 60}), T0 + 1)
+    pack = json.loads(senml.encode(status, TOPICS, "senml+json").payload)
+    assert pack == [
+        {
+            "bn": "urn:dev:edgeveil:site:3:",
+            "bt": T0 + 1,
+            "mid": f"{GW}:3:11:0",
+            "policy": e.policy.hash,
+            "n": "uptime",
+            "u": "s",
+            "v": 60,
+        }
+    ]
+
+
 # -- records as they leave ---------------------------------------------------------------------
 
 

@@ -356,6 +356,10 @@ class Spy(PrivacySpy):
             self.counted += 1
         return super().process(node_id, zone, counter, message, arrival)
 
+    @property
+    def policy_hash(self) -> str:
+        return self.inner.policy_hash
+
 
 def in_range_during(scenario: Scenario, until_t: float, step: float = 0.02) -> set[bytes]:
     """Every address the scenario put in radio range between world time 0 and until_t."""

@@ -142,6 +142,11 @@ class PrivacyStage(TypingProtocol):
 
     def commit(self, stored: Callable[[int, int], bool]) -> None: ...
 
+    @property
+    def policy_hash(self) -> str:
+        """The hash of the policy in force: what the gateway's own alarm leaves under."""
+        ...
+
 
 def _shape(stream: Stream) -> tuple[Any, ...]:
     """What a stream's open windows and keys depend on (see "Reload" above)."""
@@ -286,6 +291,10 @@ class PolicyEngine:
             f"streams={len(self._states)}, open_windows={open_windows})"
         )
 
+    @property
+    def policy_hash(self) -> str:
+        return self.policy.hash
+
     def _install(self, policy: Policy, states: dict[str, _State]) -> None:
         self.policy = policy
         self._states = states
@@ -358,7 +367,8 @@ class PolicyEngine:
         if isinstance(message, Status) and self._status is not None:
             h = self._status.policy_hash
             gw = self.gateway_id
-            return [passthrough.status_record(gw, node_id, zone, counter, message, arrival, h)]
+            status = passthrough.status_record(gw, node_id, zone, counter, message, arrival, h)
+            return [] if status is None else [status]
         if isinstance(message, Event) and self._event is not None and self._event_selected(message):
             h = self._event.policy_hash
             gw = self.gateway_id

@@ -73,9 +73,14 @@ def status_record(  # noqa: PLR0917
     message: Status,
     arrival: float,
     policy: str = "",
-) -> Record:
+) -> Record | None:
+    """The status fields as one record; None for a status without a field (a SenML record
+    needs a value, and a pack without records would carry neither message id nor policy)."""
+    fields = _status(message)
+    if not fields:
+        return None
     msg_id = message_id(gateway_id, node_id, counter)
-    return Record("status", node_id, zone, arrival, msg_id, _status(message), policy=policy)
+    return Record("status", node_id, zone, arrival, msg_id, fields, policy=policy)
 
 
 def event_record(  # noqa: PLR0917
@@ -87,8 +92,10 @@ def event_record(  # noqa: PLR0917
     arrival: float,
     policy: str = "",
 ) -> Record:
+    """The event as one record: its value, or for an event without one (time_request) the
+    boolean true, "it happened", never a number a consumer would take for a value."""
     name = EVENT_CODES[message.code] if message.code < len(EVENT_CODES) else f"event{message.code}"
-    value = 1 if message.value is None else message.value
+    value: int | bool = True if message.value is None else message.value
     m = Measurement(name, "", value)
     msg_id = message_id(gateway_id, node_id, counter)
     return Record("event", node_id, zone, arrival, msg_id, (m,), policy=policy)
