@@ -6,10 +6,17 @@
 
     async with Subscriber(broker.host, broker.port, "edgeveil/#") as sub:
         await sub.wait_for(lambda got: len(got) >= 3)
+    # leaving the block fails the test if a message broke the MQTT contract (below)
 
 The `mosquitto` fixture below gives a started broker for one test; a test module or conftest
 may import it (`from tests.mosquitto import mosquitto`). Every process started here is killed
 when its test ends, failed or not (and at interpreter exit, as a last resort).
+
+Every message a Subscriber receives is held to the MQTT interface's contract, the AsyncAPI
+document docs/mqtt/asyncapi.yaml (tests/mqtt_contract.py): a message on a topic of no channel,
+or whose payload its channel's schema does not accept, fails the test when the subscriber's
+block ends (after the test's own checks, so the gateway's timing is not disturbed). Tests that
+publish messages of their own making rather than the gateway's pass `contract=False`.
 
 Mosquitto missing is a failure, never a skip: scripts/test installs it.
 """
@@ -34,6 +41,8 @@ from typing import Any, Self
 
 import aiomqtt
 import pytest
+
+from .mqtt_contract import contract as mqtt_contract
 
 HOST = "127.0.0.1"
 MISSING = "install mosquitto (scripts/test does it)"
@@ -263,6 +272,10 @@ class Subscriber:
     It reconnects by itself when the broker goes away. With `session` (a client id), the
     session is persistent (clean_session=False) and the subscription QoS 1, so a broker with
     persistence queues what arrives while the subscriber is away.
+
+    With `contract` (the default) every message received is checked against the MQTT
+    interface's AsyncAPI document when the `async with` block ends without an error; a message
+    that breaks it fails the test there (see the module docstring).
     """
 
     def __init__(
@@ -275,6 +288,7 @@ class Subscriber:
         username: str | None = None,
         password: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        contract: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -283,6 +297,7 @@ class Subscriber:
         self.username = username
         self.password = password
         self.tls_context = tls_context
+        self.contract = contract
         self.received: list[Received] = []
         self.connections = 0
         self._changed = asyncio.Event()
@@ -336,6 +351,12 @@ class Subscriber:
     def payloads(self, topic: str) -> list[bytes]:
         return [r.payload for r in self.received if r.topic == topic]
 
+    def contract_problems(self) -> list[str]:
+        """What breaks the MQTT contract among the messages received (one line each)."""
+        check = mqtt_contract().check
+        problems = (check(r.topic, r.payload, r.qos) for r in self.received)
+        return [p for p in problems if p is not None]
+
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name=f"subscriber {self.topic_filter}")
         try:
@@ -357,6 +378,14 @@ class Subscriber:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.contract and exc_type is None:
+            problems = self.contract_problems()
+            if problems:
+                shown = "\n  ".join(problems[:10])
+                raise AssertionError(
+                    f"{len(problems)} of {len(self.received)} messages on {self.topic_filter} "
+                    f"break the MQTT contract (docs/mqtt/asyncapi.yaml):\n  {shown}"
+                )
 
     async def wait_subscribed(self, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):

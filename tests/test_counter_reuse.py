@@ -45,6 +45,7 @@ from protocol import (
 
 from .firmware_env import FakeClock, settle
 from .gateway_harness import write_policy
+from .mqtt_contract import contract
 from .test_firmware_app import FakeLink
 
 NODE = 7
@@ -176,6 +177,8 @@ async def test_other_bytes_under_an_accepted_counter_are_reuse_not_a_duplicate(
     # hash of the policy in force, as every message
     assert alarms[0]["vb"] is True and "v" not in alarms[0]
     assert alarms[0]["policy"] == gateway.policy.hash
+    problems = [contract().check(m.topic, m.payload, 1) for _seq, m in gateway.spool.peek(100)]
+    assert problems == [None] * len(problems)
 
 
 async def test_the_evidence_survives_a_gateway_restart(gateway: Gateway) -> None:

@@ -1,12 +1,15 @@
 """The MQTT uplink against a real Mosquitto (tests/mosquitto.py), and the embedded amqtt broker.
 
 Each test starts its own broker on a free port. The spool is the real gateway.spool.Spool
-(SQLite, in the test's temporary directory), recording every delete.
+(SQLite, in the test's temporary directory), recording every delete. The messages and the
+metadata published here are the tests' own, not the gateway's, so the subscribers do not hold
+them to the MQTT contract (`contract=False`; the gateway's own are, in the end-to-end tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -38,8 +41,8 @@ from .mosquitto import (
     Subscriber,
     TlsFiles,
     mosquitto_passwd,
-    subscribed,
 )
+from .mosquitto import subscribed as contract_subscribed
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = Topics("edgeveil", "test-site", "gw-1")
@@ -70,6 +73,13 @@ def open_spool(directory: Path) -> RecordingSpool:
 def spool(tmp_path: Path) -> Iterator[RecordingSpool]:
     with open_spool(tmp_path) as s:
         yield s
+
+
+def subscribed(
+    broker: Mosquitto, topic_filter: str, **kwargs: Any
+) -> contextlib.AbstractAsyncContextManager[Subscriber]:
+    """A subscriber for the tests' own messages (module docstring): no contract check."""
+    return contract_subscribed(broker, topic_filter, contract=False, **kwargs)
 
 
 def messages(first: int, count: int, nodes: int = 3) -> list[OutMessage]:
@@ -619,7 +629,7 @@ async def test_embedded_broker_round_trip(spool: RecordingSpool) -> None:
     async with EmbeddedBroker() as eb:
         assert eb.host == "127.0.0.1"
         assert eb.port > 0
-        async with Subscriber(eb.host, eb.port, "edgeveil/#") as sub:
+        async with Subscriber(eb.host, eb.port, "edgeveil/#", contract=False) as sub:
             async with uplink_for(eb, spool) as up:
                 batch = messages(0, 20)
                 spool.put(batch)
