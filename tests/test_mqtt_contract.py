@@ -11,7 +11,8 @@
 - End to end, in both payload forms: what a running gateway publishes for a node's frames keeps
   it (the Subscriber checks every message, as in every end-to-end test), with the fixes of
   issue 16: an event without a value is `vb` true, not 1; a status without a field publishes
-  nothing instead of `[]`; the gateway's counter_reuse alarm carries the policy hash.
+  nothing instead of `[]`; the gateway's counter_reuse alarm carries the policy hash; and the
+  results of configuration commands (rejected, accepted, delivered, applied by the gateway).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import cbor2
 import jsonschema
 import pytest
@@ -445,6 +447,26 @@ def senml_of(r: Received, form: str) -> list[dict[str, Any]]:
     return pack
 
 
+async def send_commands(broker: Mosquitto) -> None:
+    """Not a command (rejected, with no id to give back), a setting for the node (accepted
+    with a version, delivered at its next contact), a zone alone (the gateway's: applied at
+    once, without a version)."""
+    configure = f"{TOPIC_BASE}/command/node/{NODE}/configure"
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        for body in (
+            b"not a command",
+            json.dumps({"id": "slower", "settings": {"reading_interval_s": 300}}),
+            json.dumps({"id": "move", "settings": {"zone": "north"}, "by": "test"}),
+        ):
+            await client.publish(configure, body, qos=1)
+
+
+def result_states(received: list[Received]) -> list[tuple[str, str, bool, bool]]:
+    """(id, state, with a version, with a reason) of each command result, sorted."""
+    results = [json.loads(r.payload) for r in received]
+    return sorted((r["id"], r["state"], "version" in r, "reason" in r) for r in results)
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("form", PAYLOAD_FORMATS)
 @deadline(60)
@@ -487,13 +509,22 @@ async def test_what_the_gateway_publishes_keeps_the_contract(tmp_path: Path, for
                         r for r in sub.received if r.topic == f"{TOPIC_BASE}/node/{NODE}/{kind}"
                     ]
 
+                def on_result() -> list[Received]:
+                    result = f"{TOPIC_BASE}/command/node/{NODE}/result"
+                    return [r for r in sub.received if r.topic == result]
+
                 await sub.wait_for(lambda _got: len(on("event")) >= 3 and on("readings"), 15)
                 # the same counter over other bytes: two boards with one identity
                 reused = Readings({quantity_id("temperature"): -50}, now)
                 os.write(pty.master, encode_serial(seal(reused, 4, keys)))
                 await sub.wait_for(lambda _got: len(on("event")) >= 4, 15)
+                await send_commands(broker)
+                await sub.wait_for(lambda _got: len(on_result()) >= 3, 15)
+                contact = Readings({quantity_id("temperature"): 220}, now)
+                os.write(pty.master, encode_serial(seal(contact, 6, keys)))
+                await sub.wait_for(lambda _got: len(on_result()) >= 4, 15)
                 await until(
-                    lambda: len({r.topic for r in sub.received}) >= 8, "retained topics", 10
+                    lambda: len({r.topic for r in sub.received}) >= 9, "retained topics", 10
                 )
                 problems = sub.contract_problems()
             assert problems == []  # the subscriber's exit checked it too
@@ -513,8 +544,16 @@ async def test_what_the_gateway_publishes_keeps_the_contract(tmp_path: Path, for
         ("firmware", "0.1.0"),
         ("clock_synced", False),
     ]
+    assert result_states(on_result()) == [
+        ("", "rejected", False, True),
+        ("move", "applied", False, False),
+        ("slower", "accepted", True, False),
+        ("slower", "delivered", True, False),
+    ]
     channels = {getattr(contract().channel(r.topic), "name", "") for r in sub.received}
     assert channels == {
+        "commandConfigure",  # the test's own commands, which the subscriber sees too
+        "commandResult",
         "availability",
         "metadata",
         "transparency",
