@@ -191,6 +191,8 @@ def test_every_topic_of_the_gateway_has_its_channel() -> None:
         topics.budget: "privacyBudget",
         f"{topics.base}/command/node/7/configure": "commandConfigure",
         f"{topics.base}/command/node/7/result": "commandResult",
+        # Home Assistant discovery (opt-in), under Home Assistant's own prefix
+        "homeassistant/sensor/edgeveil_site-1_gw-1/node_7_battery/config": "homeAssistantDiscovery",
     }
     found = {topic: getattr(contract().channel(topic), "name", None) for topic in expected}
     assert found == expected
@@ -204,6 +206,7 @@ def test_every_topic_of_the_gateway_has_its_channel() -> None:
         "transparency",
         "transparencyText",
         "privacyBudget",
+        "homeAssistantDiscovery",
     }
     assert {c.qos for c in contract().channels if c.gateway_sends} == {1}
 
