@@ -313,11 +313,15 @@ def _until(what: str, check: Callable[[], bool], seconds: float = 60) -> None:
 
 
 def _listed(config: Path) -> dict[int, list[str]]:
-    """`edgeveil gateway nodes list`: node id -> [zone, key epoch, highest counter, state]."""
-    result = edgeveil("gateway", "nodes", "list", "--config", str(config))
+    """`edgeveil gateway nodes list --json`: node id -> [zone, key epoch, highest counter,
+    state]."""
+    result = edgeveil("gateway", "nodes", "list", "--json", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    rows = [line.split(maxsplit=4) for line in result.stdout.splitlines()[2:]]
-    return {int(row[0]): row[1:] for row in rows}
+    nodes = json.loads(result.stdout)["nodes"]
+    return {
+        n["node"]: [n["zone"] or "-", str(n["key_epoch"]), str(n["highest_counter"]), n["state"]]
+        for n in nodes
+    }
 
 
 def _readings_of(sub: Any, node_id: int) -> int:

@@ -40,7 +40,7 @@ from gateway.service import with_ports
 from protocol import Message, Readings
 
 from .gateway_harness import PrivacySpy, deadline, running_gateway, until
-from .mosquitto import Mosquitto, Received, subscribed
+from .mosquitto import TEST_MARKER, Mosquitto, Received, subscribed
 from .test_gateway_e2e import no_leftovers  # noqa: F401 - an autouse fixture, here too
 from .test_homeassistant import TEMPLATE, evaluate
 from .test_privacy_leak import in_range_during, notations
@@ -110,12 +110,12 @@ def configs(received: list[Received]) -> dict[str, bytes]:
 async def retained(broker: Mosquitto) -> dict[str, bytes]:
     """The discovery messages a new subscriber gets from the broker: Mosquitto sends the retained
     ones as it grants the subscription, before a marker published afterwards."""
-    marker = f"{PREFIX}/marker/{uuid.uuid4().hex}"
+    marker = f"{PREFIX}/{TEST_MARKER}/{uuid.uuid4().hex}"
     async with subscribed(broker, f"{PREFIX}/#") as sub:
         async with aiomqtt.Client(broker.host, broker.port) as client:
             await client.publish(marker, b"end", qos=1)
         got = await sub.wait_for(lambda got: any(r.topic == marker for r in got))
-    before = got[: next(i for i, r in enumerate(got) if r.topic == marker)]
+        before = got[: next(i for i, r in enumerate(got) if r.topic == marker)]
     assert all(r.retain for r in before)
     return {r.topic: r.payload for r in before}
 
