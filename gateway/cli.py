@@ -489,6 +489,18 @@ def _policy(args: argparse.Namespace) -> int:
         ]
         if unset:
             print(f"  register not filled in: {', '.join(unset)}")
+        if args.config is not None:
+            from . import config as config_mod  # noqa: PLC0415
+            from .zones import load_shared  # noqa: PLC0415
+
+            state_dir = config_mod.load(args.config).state_dir
+            for zone, gateways in sorted(load_shared(state_dir).items()):
+                print(
+                    f"  warning: zone {zone!r} is also served by gateway {', '.join(gateways)}: "
+                    "each gateway counts its own nodes' devices, so a device seen by both is "
+                    "counted twice; serve a zone from one gateway (README 'One zone, one "
+                    "gateway')"
+                )
         return 0
     from .privacy import explain  # noqa: PLC0415 - OpenDP only when a statement is written
 

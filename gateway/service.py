@@ -77,6 +77,7 @@ from .sqlite import (
 )
 from .transport import SerialTransport
 from .uplink import Uplink
+from .zones import SharedZones, served_zones
 
 log = logging.getLogger("edgeveil.gateway")
 
@@ -113,6 +114,8 @@ class Gateway:
     uplink: Uplink
     ingest: Ingest
     configs: NodeConfigs
+    shared_zones: SharedZones
+    _zones: list[str]  # the zones of the nodes served, as the metadata announces them
     node_health: HealthBook
     policy: Policy
     ledger: PrivacyLedger
@@ -175,6 +178,27 @@ class Gateway:
         lora = self.lora.get(port)
         return await lora.send(frame, radio) if lora is not None else False
 
+    async def _message(self, topic: str, payload: bytes) -> None:
+        """A message on a subscription: another gateway's metadata (gateway.zones), or a
+        remote configuration command."""
+        if topic.endswith("/metadata"):
+            self.shared_zones.heard(topic, payload, self._zones, self._counts_devices())
+            return
+        await self._command(topic, payload)
+
+    def _counts_devices(self) -> bool:
+        """The policy counts distinct devices per zone (what two gateways would count twice)."""
+        return any(s.personal and s.group_by == "zone" for s in self.policy.streams)
+
+    def _zones_changed(self) -> None:
+        """Announce the zones served again when they changed (nodes imported, a zone set by
+        remote configuration), and compare them with the other gateways' anew."""
+        zones = served_zones(self.registry)
+        if zones != self._zones:
+            self._zones = zones
+            self.uplink.set_metadata(self.metadata())
+            self.shared_zones.check(zones, self._counts_devices())
+
     async def _command(self, topic: str, payload: bytes) -> None:
         """A remote configuration command from MQTT: checked and stored, then sent at once to
         a node on a serial line (a LoRa node gets it at its next uplink)."""
@@ -215,6 +239,7 @@ class Gateway:
                 m.spool_dropped.labels(reason).inc(count - dropped[reason])
                 dropped[reason] = count
             self._privacy_metrics()
+            self._zones_changed()
             systemd.notify("WATCHDOG=1")  # the loop is alive: it got here
             await asyncio.sleep(interval)
 
@@ -352,6 +377,7 @@ class Gateway:
             + [r.name for r in self.config.spi_radios],
             "payload": self.mqtt.payload,
             "privacy_policy": {"name": self.policy.name, "hash": self.policy.hash},
+            "zones": self._zones,  # gateway.zones: one zone, one gateway
         }
 
     @contextlib.asynccontextmanager
@@ -438,6 +464,8 @@ class Gateway:
                 if entry is not None:
                     self.engine.add_node(node_id, entry.zone)
             self.configs = NodeConfigs(self.registry, topics, self._spool)
+            self.shared_zones = SharedZones(topics, config.state_dir)
+            self._zones = served_zones(self.registry)
             self.node_health = HealthBook(self.registry)
             self.uplink = Uplink(
                 self.mqtt,
@@ -445,8 +473,8 @@ class Gateway:
                 topics,
                 self.metadata(),
                 on_published=self._published,
-                subscriptions=[self.configs.subscription],
-                on_message=self._command,
+                subscriptions=[self.configs.subscription, self.shared_zones.subscription],
+                on_message=self._message,
             )
             self.discovery = Discovery(config.homeassistant, topics, config.state_dir, self._spool)
             self.ingest = Ingest(
