@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.live import describe
+from firmware.host.scenario import Scenario
+from gateway.live import DEMO_POLICY, demo_scenarios, describe
+from gateway.privacy import dp, policy
 
-from .command import edgeveil
+from .command import ROOT, edgeveil
 
 
 def test_live_demo_shows_what_leaves_the_gateway() -> None:
@@ -23,6 +26,52 @@ def test_live_demo_shows_what_leaves_the_gateway() -> None:
     published = [line for line in lines if line[:2].isdigit()]  # "HH:MM:SS  topic  content"
     assert not any("observations" in line for line in published)  # personal data never leaves
     assert "Traceback" not in result.stderr
+
+
+def test_the_demo_places_count_people_above_k_and_below_it() -> None:
+    """Issue 17 item 2: the demo's busy street sees enough distinct devices in a minute for
+    the demo policy's k and noise, so its counts are released; its closed building at night
+    sees fewer than k, so its counts stay suppressed. Counted as the nodes scan (2 s every 6 s,
+    the demo's 3-second reading interval), in every whole minute of the first four, for
+    the demo's seed and two others."""
+    people = policy.load(DEMO_POLICY).stream_for("observations")
+    assert people is not None and people.k is not None and people.noise is not None
+    margin = round(dp.accuracy(people.noise, 0.05))  # +/- this at 95 %
+    assert demo_scenarios(3) == ["street", "office", "night"]
+    for seed in range(3):
+        street = _distinct_per_minute(Scenario("street", seed, 0))
+        night = _distinct_per_minute(Scenario("night", seed, 2))
+        assert min(street[1:]) >= people.k + margin, street
+        assert max(night) < people.k, night
+
+
+def _distinct_per_minute(scenario: Scenario, minutes: int = 4) -> list[int]:
+    counts = []
+    for minute in range(minutes):
+        seen = set()
+        for scan in range(minute * 60, (minute + 1) * 60, 6):
+            for step in range(20):  # a 2-second scan window
+                seen.update(d.address for d in scenario.devices(scan + step / 10))
+        counts.append(len(seen))
+    return counts
+
+
+def test_the_readme_shows_what_the_demo_prints() -> None:
+    """The README's sample of the demo: lines in the live view's format, on the demo's zones,
+    with a released people count in the street's zone and a suppressed one at night."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("What the demo shows", 1)[1].split("```", 2)[1]
+    lines = [line for line in block.splitlines() if line.strip()]
+    zones = {f"{name}-{i + 1}" for i, name in enumerate(demo_scenarios(3))}
+    shown = re.compile(r"^\d\d:\d\d:\d\d  (\S+) +(\S.*)$")
+    for line in lines:
+        match = shown.match(line)
+        assert match, line
+        topic = match[1]
+        if topic.startswith("zone/"):
+            assert topic.split("/")[1] in zones, line
+    assert any(re.search(r"zone/street-1/people +devices \d+ count", line) for line in lines)
+    assert any(re.search(r"zone/night-3/people +devices suppressed count", line) for line in lines)
 
 
 def test_the_live_view_names_an_event_without_a_value_and_shows_a_value() -> None:

@@ -53,7 +53,7 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,7 +196,7 @@ class Fleet:
         *,
         seed: int = 0,
         directory: str | Path | None = None,
-        scenario: str = "office",
+        scenario: str | Sequence[str] = "office",
         faults: str | FaultProfile | None = None,
         reading_interval: int = 5,
         configure: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None,
@@ -216,8 +216,13 @@ class Fleet:
             faults = parse_faults(faults)
         self.n = n
         self.seed = seed
-        self.scenario_name = scenario
-        self.scenarios = [Scenario(scenario, seed, i, faults) for i in range(n)]
+        # one scenario for every node, or one per node (each node's zone is named after it)
+        names = [scenario] * n if isinstance(scenario, str) else list(scenario)
+        if len(names) != n:
+            raise ValueError(f"{len(names)} scenarios for {n} nodes")
+        self.scenario_names = names
+        self.scenario_name = names[0]
+        self.scenarios = [Scenario(name, seed, i, faults) for i, name in enumerate(names)]
         self.faults = self.scenarios[0].faults
         self.reading_interval = reading_interval
         self.configure = configure
@@ -329,7 +334,7 @@ class Fleet:
             if node_id and node_id not in taken:
                 break
         secret = os.urandom(16)
-        zone = f"{self.scenario_name}-{index + 1}"
+        zone = f"{self.scenario_names[index]}-{index + 1}"
         config = default_config(node_id, secret, zone, self.reading_interval)
         if self.configure is not None:
             changed = self.configure(index, config)
@@ -364,7 +369,7 @@ class Fleet:
             "firmware.host.node",
             "--flash", str(node.flash),
             "--seed", str(self.seed),
-            "--scenario", self.scenario_name,
+            "--scenario", self.scenario_names[node.index],
             "--faults", format_faults(self.faults),
             "--node-index", str(node.index),
             "--ready-file", str(node.ready_path),
