@@ -171,6 +171,25 @@ def metric(gateway: Gateway, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
+@contextlib.contextmanager
+def serial_site(tmp_path: Path, nodes: int, seed: int) -> Iterator[tuple[Mosquitto, Fleet, Path]]:
+    """A Mosquitto, `nodes` emulated serial nodes reading every second, and a gateway
+    configuration file (ports node1, node2 ...) with the nodes imported; the gateway is the
+    test's to start."""
+    with (
+        Mosquitto(tmp_path / "mosquitto") as broker,
+        Fleet(n=nodes, seed=seed, directory=tmp_path / "nodes", reading_interval=1) as fleet,
+    ):
+        config_file = write_config(
+            tmp_path / "gateway.toml",
+            tmp_path / "state",
+            broker,
+            {f"node{i + 1}": node.device for i, node in enumerate(fleet.nodes)},
+        )
+        import_nodes(fleet.registry_path, config_file)
+        yield broker, fleet, config_file
+
+
 def import_nodes(registry_file: Path, config_file: Path) -> None:
     """Register nodes the operator's way: `edgeveil gateway import-nodes FILE --config F`."""
     result = edgeveil("gateway", "import-nodes", str(registry_file), "--config", str(config_file))

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from firmware.host.fleet import Fleet
 from gateway import config as config_mod
 from gateway import service as service_mod
 from gateway.lora.radio import DataRate, RadioMeta
@@ -21,8 +20,7 @@ from gateway.registry import NodeRegistry
 
 from .command import edgeveil
 from .gateway_harness import deadline, running_gateway
-from .mosquitto import Mosquitto
-from .test_gateway_e2e import import_nodes, write_config
+from .test_gateway_e2e import serial_site
 
 SECRET = bytes(range(16))
 
@@ -64,18 +62,8 @@ async def test_nodes_lists_live_fields_and_marks_a_silent_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(service_mod, "HEALTH_SAVE_S", 0.5)
-    with (
-        Mosquitto(tmp_path / "mosquitto") as broker,
-        Fleet(n=2, seed=11, directory=tmp_path / "nodes", reading_interval=1) as fleet,
-    ):
+    with serial_site(tmp_path, 2, seed=11) as (_broker, fleet, config_file):
         ids = [node.node_id for node in fleet.nodes]
-        config_file = write_config(
-            tmp_path / "gateway.toml",
-            tmp_path / "state",
-            broker,
-            {f"node{i + 1}": node.device for i, node in enumerate(fleet.nodes)},
-        )
-        import_nodes(fleet.registry_path, config_file)
 
         async def listed() -> dict[int, dict[str, Any]]:
             # in a thread: the gateway runs on this event loop, and must go on meanwhile

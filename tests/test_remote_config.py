@@ -15,7 +15,6 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from firmware.host.fleet import Fleet
 from gateway import config as config_mod
 from gateway.config import MqttConfig
 from gateway.node_config import (
@@ -33,7 +32,7 @@ from gateway.registry import NodeRegistry
 from .command import ROOT, edgeveil
 from .gateway_harness import deadline, delivery_config, running_gateway, until
 from .mosquitto import Mosquitto, mosquitto_passwd, subscribed
-from .test_gateway_e2e import BASE, import_nodes, write_config
+from .test_gateway_e2e import BASE, serial_site
 
 TOPICS = Topics("edgeveil", "site", "gw")
 SECRET = bytes(range(16))
@@ -227,15 +226,8 @@ def readings_times(received: list[Any], node_id: int) -> list[float]:
 async def test_a_command_over_mqtt_reaches_a_serial_node_which_applies_it(
     tmp_path: Path,
 ) -> None:
-    with (
-        Mosquitto(tmp_path / "mosquitto") as broker,
-        Fleet(n=1, seed=3, directory=tmp_path / "nodes", reading_interval=1) as fleet,
-    ):
+    with serial_site(tmp_path, 1, seed=3) as (broker, fleet, config_file):
         node_id = fleet.nodes[0].node_id
-        config_file = write_config(
-            tmp_path / "gateway.toml", tmp_path / "state", broker, {"node1": fleet.nodes[0].device}
-        )
-        import_nodes(fleet.registry_path, config_file)
         command_topic = f"{BASE}/command/node/{node_id}/configure"
         async with (
             subscribed(broker, f"{BASE}/#") as sub,
@@ -294,15 +286,8 @@ async def test_a_command_over_mqtt_reaches_a_serial_node_which_applies_it(
 async def test_a_command_taken_while_the_gateway_is_down_reaches_the_node_after_the_start(
     tmp_path: Path,
 ) -> None:
-    with (
-        Mosquitto(tmp_path / "mosquitto") as broker,
-        Fleet(n=1, seed=5, directory=tmp_path / "nodes", reading_interval=1) as fleet,
-    ):
+    with serial_site(tmp_path, 1, seed=5) as (broker, fleet, config_file):
         node_id = fleet.nodes[0].node_id
-        config_file = write_config(
-            tmp_path / "gateway.toml", tmp_path / "state", broker, {"node1": fleet.nodes[0].device}
-        )
-        import_nodes(fleet.registry_path, config_file)
         result = edgeveil(
             "gateway",
             "nodes",
