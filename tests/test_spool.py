@@ -193,7 +193,9 @@ while True:
 def test_every_returned_put_survives_kill_9(tmp_path: Path) -> None:
     """A writer killed with SIGKILL at random moments loses nothing whose put() returned, and
     keeps each batch whole: what is stored is exactly batches 0..n-1."""
-    rng = random.Random(os.environ.get("PYTEST_SEED", time.time_ns()))
+    seed = int(os.environ.get("PYTEST_SEED", time.time_ns()))
+    print(f"random seed {seed}: PYTEST_SEED={seed} repeats this run")  # shown on a failure
+    rng = random.Random(seed)
     batch = 7
     total_returned = 0
     runs = 10

@@ -47,7 +47,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -322,8 +321,11 @@ class Board:
             if not partition.is_file() or partition.stat().st_size != romfs_bytes:
                 partition.write_bytes(b"\xff" * romfs_bytes)  # erased flash
         self.uid = uid or chip_id(self.flash_dir)
-        self._rom = tempfile.TemporaryDirectory(prefix="edgeveil-rom-")
-        self.rom_dir = Path(self._rom.name)
+        # the emulator's own modules, beside the flash directory rather than in /tmp: a board
+        # killed (a test's timeout, SIGKILL) leaves nothing behind outside its directory
+        self.rom_dir = self.flash_dir.with_name(self.flash_dir.name + ".rom")
+        shutil.rmtree(self.rom_dir, ignore_errors=True)
+        self.rom_dir.mkdir()
         for source in ROM_SOURCES:
             target = self.rom_dir / source.name if source.name == "sim" else self.rom_dir
             shutil.copytree(
@@ -469,7 +471,7 @@ class Board:
         ):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._rom.cleanup()
+        shutil.rmtree(self.rom_dir, ignore_errors=True)
 
     def _next_timer(self) -> float | None:
         deadlines = [d for d in (self._interrupt_deadline, self._wdt_deadline) if d is not None]
