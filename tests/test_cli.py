@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +147,15 @@ def test_bad_arguments_give_one_clear_line_and_status_2(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_command_line_reference_is_current() -> None:
+    """docs/reference/cli.md is generated from the argument parsers: a changed --help without
+    the regenerated page fails here (run scripts/cli_reference.py)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "cli_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
