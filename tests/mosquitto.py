@@ -145,6 +145,9 @@ class Mosquitto:
         if extra:
             lines.append(extra)
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # a port we chose may be taken between free_port() and the broker's bind: then choose
+        # again (once the broker has run, the port stays: restarts keep their clients' port)
+        self._may_move = port is None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -154,6 +157,7 @@ class Mosquitto:
         if self.running:
             return
         self._log = self.log_file.open("ab")
+        since = self._log.tell()  # this start's lines: the log keeps the earlier ones
         self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.config_file)],
             stdout=self._log,
@@ -165,15 +169,33 @@ class Mosquitto:
         while True:
             if self._proc.poll() is not None:
                 self._reap()
+                if self._may_move and "Address already in use" in self.log()[since:]:
+                    self._move()
+                    self.start(timeout)
+                    return
                 pytest.fail(f"mosquitto exited at start:\n{self.log()}", pytrace=False)
             try:
+                # its own "running" line first: another process may listen on the port
+                if " running" not in self.log()[since:]:
+                    raise OSError("not running yet")
                 with socket.create_connection((self.host, self.port), timeout=0.2):
+                    self._may_move = False
                     return
             except OSError:
                 if time.monotonic() > deadline:
                     self.kill()
                     pytest.fail(f"mosquitto did not listen within {timeout} s:\n{self.log()}")
                 time.sleep(0.02)
+
+    def _move(self) -> None:
+        """Another process took the port we chose: listen on a new one."""
+        old = self.port
+        self.port = free_port()
+        text = self.config_file.read_text(encoding="utf-8")
+        self.config_file.write_text(
+            text.replace(f"listener {old} {HOST}", f"listener {self.port} {HOST}"),
+            encoding="utf-8",
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         """A graceful stop (SIGTERM): clients see their connection closed."""
