@@ -41,6 +41,8 @@ from tests.mosquitto import Mosquitto, subscribed
 
 from .conftest import Bench
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 HERE = Path(__file__).resolve().parent
 SITE, GATEWAY_ID = "bench", "gw-bench"
 

@@ -33,6 +33,8 @@ from protocol import (
 from protocol.messages import MESSAGE_CLASSES
 from protocol.quantities import quantity_id
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_LINE = re.compile(r"^node (\d+) (/dev/pts/\d+) zone (\S+)$")
 

@@ -26,7 +26,7 @@ from gateway.node.deploy import romfs_image
 from .conftest import ROOT
 from .micropython import FUEL
 
-pytestmark = pytest.mark.micropython
+pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 
 PEAK_LIMIT = 80 * 1024
 CYCLES = 1000

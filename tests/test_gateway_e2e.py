@@ -74,6 +74,8 @@ from .gateway_harness import (
 )
 from .mosquitto import Mosquitto, Received, subscribed
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "e2e-site"
 GATEWAY_ID = "gw-e2e"

@@ -45,6 +45,8 @@ from .test_gateway_e2e import no_leftovers  # noqa: F401 - an autouse fixture, h
 from .test_homeassistant import TEMPLATE, evaluate
 from .test_privacy_leak import in_range_during, notations
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 SITE = "ha-site"
 GATEWAY_ID = "gw-ha"
 BASE = f"edgeveil/{SITE}/{GATEWAY_ID}"

@@ -41,6 +41,8 @@ from protocol import (
 from .firmware_env import FakeClock, settle
 from .test_counter_reuse import KEYS, NODE, SECRET, Gateway
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 KEYS_16 = NodeKeys(NODE, SECRET, epoch=16)
 
 

@@ -33,6 +33,8 @@ from .gateway_harness import (
 )
 from .mosquitto import Mosquitto, subscribed
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 SITE = "lora-site"
 GATEWAY_ID = "gw-lora"
 NODES = 200

@@ -68,6 +68,8 @@ from .mosquitto import Mosquitto, Subscriber, subscribed
 from .test_lora_e2e import free_udp_port
 from .test_lora_sim import MiniServer
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 SITE = "lora-fw"
 GATEWAY_ID = "gw-lora-fw"
 BASE = f"edgeveil/{SITE}/{GATEWAY_ID}"

@@ -21,7 +21,7 @@ from gateway.node.provision import provision
 
 from .command import ROOT, edgeveil
 
-pytestmark = pytest.mark.micropython
+pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

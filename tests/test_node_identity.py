@@ -35,7 +35,7 @@ from protocol import ConfigUpdate, Event, NodeKeys, encode_serial, open_frame, p
 from .command import edgeveil
 from .test_counter_reuse import Gateway
 
-pytestmark = [pytest.mark.micropython, pytest.mark.asyncio]
+pytestmark = [pytest.mark.micropython, pytest.mark.asyncio, pytest.mark.slow]
 
 SENSOR = "bme280:i2c=0,scl=22,sda=21"
 

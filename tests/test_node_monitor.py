@@ -15,6 +15,8 @@ from protocol import Event, NodeKeys, encode_serial, seal
 
 from .command import edgeveil
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 SECRET = bytes(range(32))  # test key, not used anywhere else
 NODE = 4660
 

@@ -71,6 +71,8 @@ from .test_gateway_e2e import (  # noqa: F401 - no_leftovers: an autouse fixture
     until,
 )
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 SITE = "leak-site"
 GATEWAY_ID = "gw-leak"
 BASE = f"edgeveil/{SITE}/{GATEWAY_ID}"

@@ -61,6 +61,8 @@ from .test_gateway_e2e import (
     scripted_nodes,
 )
 
+pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
+
 DAY = 24 * 3600
 DISK_BYTES = 4 * 1024 * 1024
 
