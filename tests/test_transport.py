@@ -431,7 +431,10 @@ def test_unplug_logs_one_line_and_no_traceback(
                 if writes_pending:  # the node stopped reading: bytes wait in the transport
                     while await transport.write(b"a" * 4000):
                         await asyncio.sleep(0)
+                    # the tty is full now; write() refuses more, so that its last bytes may
+                    # all have reached the tty: queue some in the transport itself
                     assert transport._link is not None
+                    transport._link.transport.write(b"a" * 4000)
                     assert transport._link.transport.get_write_buffer_size() > 0
                 caplog.clear()
                 link.unlink()
