@@ -64,7 +64,6 @@ from typing import Any, Protocol
 
 from . import __version__
 from .config import HomeAssistantConfig
-from .errors import RegistryError
 from .privacy.policy import Policy
 from .records import OutMessage, Topics
 from .registry import NodeRegistry
@@ -317,19 +316,6 @@ class Announcer:
         return config
 
 
-def served(registry: NodeRegistry) -> dict[int, str]:
-    """The nodes this gateway serves (registered, not revoked): node id -> zone."""
-    out = {}
-    for node_id in registry.node_ids():
-        try:
-            entry = registry.get(node_id)
-        except RegistryError:  # an unusable entry: the gateway serves it no frames either
-            continue
-        if entry is not None and not entry.revoked:
-            out[node_id] = entry.zone
-    return out
-
-
 def _payload(config: dict[str, Any]) -> bytes:
     return json.dumps(config, sort_keys=True, ensure_ascii=False).encode()
 
@@ -385,7 +371,7 @@ class Discovery:
             reconnects = source.uplink.reconnects
             before = self.announced
             try:
-                out = self.messages(source.policy, served(source.registry), again=again)
+                out = self.messages(source.policy, source.registry.served(), again=again)
                 if out:
                     await self._publish(out)
                     self._save(self.announced)
@@ -430,7 +416,6 @@ __all__ = [
     "Discovery",
     "Sensor",
     "node_sensors",
-    "served",
     "value_template",
     "zone_sensors",
     "zone_slug",

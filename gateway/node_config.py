@@ -44,6 +44,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from firmware.edgeveil_node import config as node_config_rules
@@ -246,7 +247,7 @@ class NodeConfigs:
         self.registry.update_command(command.seq, "delivered", sent=True, now=now)
         if command.state != "delivered":
             log.info("node %d: configuration %r delivered", command.node_id, command.id)
-            await self._result(_with(command, "delivered", None))
+            await self._result(replace(command, state="delivered", updated=time.time()))
 
     async def answered(self, node_id: int, version: int, applied: bool) -> None:
         """The node's config_applied (or config_rejected) event for `version`."""
@@ -271,7 +272,7 @@ class NodeConfigs:
             state,
             f": {reason}" if reason else "",
         )
-        await self._result(_with(command, state, reason))
+        await self._result(replace(command, state=state, reason=reason, updated=time.time()))
 
     async def _result(self, command: Command) -> None:
         if self._publish is None:
@@ -294,22 +295,3 @@ class NodeConfigs:
             msg_id += f":{time.time_ns()}"
         payload = json.dumps(body, separators=(",", ":")).encode()
         await self._publish([OutMessage(msg_id, topic, payload)])
-
-
-def _with(command: Command, state: str, reason: str | None) -> Command:
-    now = time.time()
-    return Command(
-        command.seq,
-        command.node_id,
-        command.id,
-        command.source,
-        command.by,
-        command.settings,
-        command.version,
-        state,
-        reason,
-        command.created,
-        now,
-        command.sends,
-        command.last_sent,
-    )

@@ -561,6 +561,18 @@ class NodeRegistry(Closing):
             rows = self._conn.execute("SELECT node_id FROM nodes ORDER BY node_id").fetchall()
         return [int(r[0]) for r in rows]
 
+    def served(self) -> dict[int, str]:
+        """The nodes this gateway serves (registered, not revoked): node id -> zone."""
+        out = {}
+        for node_id in self.node_ids():
+            try:
+                entry = self.get(node_id)
+            except RegistryError:  # an unusable entry: the gateway serves it no frames either
+                continue
+            if entry is not None and not entry.revoked:
+                out[node_id] = entry.zone
+        return out
+
     # -- what the ingest stage uses -----------------------------------------------------------
 
     def get(self, node_id: int) -> NodeEntry | None:

@@ -31,13 +31,8 @@ SHARED_FILE = "shared_zones.json"
 
 
 def served_zones(registry: NodeRegistry) -> list[str]:
-    """The zones of the nodes this gateway serves (registered, not revoked), sorted."""
-    zones = set()
-    for node_id in registry.node_ids():
-        entry = registry.get(node_id)
-        if entry is not None and not entry.revoked:
-            zones.add(entry.zone)
-    return sorted(zones)
+    """The zones of the nodes this gateway serves, sorted."""
+    return sorted(set(registry.served().values()))
 
 
 class SharedZones:
