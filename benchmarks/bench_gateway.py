@@ -316,9 +316,12 @@ def subscriber_main(
             if payload == b"online":
                 online.set()
             return
-        i = payload.find(marker) + len(marker)
-        mids.append(payload[i : payload.find(b'"', i)])
-        times.append(now)
+        i = payload.find(marker)
+        while i >= 0:  # every record of a pack (senml.join) has its own "mid"
+            i += len(marker)
+            mids.append(payload[i : payload.find(b'"', i)])
+            times.append(now)
+            i = payload.find(marker, i)
 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id="edgeveil-bench-subscriber", clean_session=True

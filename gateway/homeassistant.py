@@ -27,7 +27,7 @@ replaced by `_` and the first 8 hex digits of the zone's SHA-256 added (Home Ass
 no other characters there); empty: `_e3b0c442`.
 
 Values: each sensor's `value_template` picks its measurement out of the SenML pack by name
-(`n`) and converts it to the unit Home Assistant knows (kg/m3 to µg/m³, the ratio "/" to ppm,
+(`n`; the last such record when a message holds several) and converts it to the unit Home Assistant knows (kg/m3 to µg/m³, the ratio "/" to ppm,
 Pa to hPa). A measurement the pack does not hold, or holds as text (a count "suppressed" or
 "withheld: budget"), renders as `None`, which Home Assistant shows as unknown. Home Assistant
 timestamps a value when it arrives: for an aggregate, at the end of its window (the SenML base
@@ -216,17 +216,21 @@ def node_sensors(topics: Topics, node_id: int) -> list[Sensor]:
 
 def value_template(sensor: Sensor) -> str:
     """Jinja: the sensor's SenML record by name, its number in the entity's unit (or its text);
-    "None" (unknown) when the record is absent or holds no number."""
+    "None" (unknown) when the record is absent or holds no number. A message may hold several
+    records of the same name (a pack of several readings): the last one is the newest."""
     if not _MEASUREMENT.match(sensor.measurement):
         raise ValueError(f"measurement name {sensor.measurement!r} cannot go into a template")
-    pick = f"{{% for e in value_json if e['n'] == '{sensor.measurement}' %}}"
+    pick = (
+        f"{{% set e = value_json | selectattr('n', 'eq', '{sensor.measurement}') | list "
+        "| last | default({}) %}"
+    )
     if sensor.state_class is None:
-        return pick + "{{ e['vs'] if 'vs' in e else '' }}{% else %}{% endfor %}"
+        return pick + "{{ e['vs'] if 'vs' in e else '' }}"
     value = "e['v']"
     if sensor.factor != 1:
         factor = int(sensor.factor) if sensor.factor >= 1 else sensor.factor
         value = f"({value} * {factor}) | round(3)"
-    return pick + f"{{{{ {value} if 'v' in e else 'None' }}}}{{% else %}}None{{% endfor %}}"
+    return pick + f"{{{{ {value} if 'v' in e else 'None' }}}}"
 
 
 class Announcer:

@@ -35,9 +35,10 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 from protocol import (
     Ack,
@@ -68,6 +69,7 @@ from .privacy import PrivacyStage, reveals_presence
 from .records import Measurement, OutMessage, Record, Topics
 from .registry import REUSE_HINT, Accepted, NodeEntry, NodeRegistry, frame_digest
 from .spool import Spool
+from .uplink import HELD, Offered
 
 log = logging.getLogger("edgeveil.ingest")
 
@@ -122,6 +124,32 @@ class CounterReuse(RemoteProtocolError):
         self.message = message  # decides whether the rejection may be counted; never logged
 
 
+class LivePath(Protocol):
+    """What ingest needs of the uplink (gateway.uplink.Uplink): see Uplink.offer."""
+
+    def offer(self, messages: Sequence[OutMessage]) -> list[Offered]: ...
+
+    def settle(self, stored: Iterable[tuple[Offered, int | None]]) -> None: ...
+
+
+@dataclass(slots=True)
+class _Group:
+    """Frames that share one spool commit, and what they produced and ask for."""
+
+    batch: list[Arrival] = field(default_factory=list)
+    out: list[Offered] = field(default_factory=list)  # every message, offered to the uplink
+    accepted: list[Accepted] = field(default_factory=list)  # node, counter, digest, epoch
+    counted: list[tuple[str, str, bool, int]] = field(default_factory=list)
+    # port, node, left nothing, counter
+    produced: dict[tuple[int, int, int], list[OutMessage]] = field(default_factory=dict)
+    in_batch: dict[tuple[int, int, int], bytes] = field(default_factory=dict)  # key -> digest
+    acks: defaultdict[tuple[str, int], list[int]] = field(default_factory=lambda: defaultdict(list))
+    radios: dict[tuple[str, int], RadioMeta | None] = field(default_factory=dict)
+    time_syncs: set[tuple[str, int]] = field(default_factory=set)
+    rekeys: dict[tuple[str, int], float] = field(default_factory=dict)  # heard under old keys
+    answers: list[tuple[int, int, bool]] = field(default_factory=list)  # node, version, applied
+
+
 @dataclass(frozen=True, slots=True)
 class Arrival:
     port: str
@@ -166,7 +194,7 @@ class Ingest:
         topics: Topics,
         payload_format: str,
         send: Send,
-        notify_uplink: Callable[..., None],  # Uplink.notify(messages, at=arrival)
+        uplink: LivePath | None,  # the Uplink; None: every message waits for the spool
         metrics: Metrics,
         sends_downlinks: Callable[[str], bool] = lambda _port: True,
         configs: NodeConfigs | None = None,
@@ -178,7 +206,7 @@ class Ingest:
         self.topics = topics
         self.payload_format = payload_format
         self.send = send
-        self.notify_uplink = notify_uplink
+        self.uplink = uplink
         self.metrics = metrics
         # whether a link sends downlinks at all (a LoRa link with acks off does not): asked
         # before sealing, so no downlink counter is spent on a frame that never leaves
@@ -216,66 +244,73 @@ class Ingest:
             self.metrics.frames.labels(port, UNREGISTERED, "overloaded").inc()
 
     async def run(self) -> None:
+        """Take frames as they come: each is verified and passed through the privacy stage at
+        once, and its messages are offered to the uplink (published now if nothing waits in
+        the spool), while the group gathers for its one spool commit (GATHER_S,
+        GATHER_FRAMES); the group's nodes are acknowledged after that commit."""
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
-            # group commit: the frames that come while the batch gathers share its fsync
-            gathered_by = loop.time() + (GATHER_LORA_S if batch[0].radio else GATHER_S)
-            while len(batch) < BATCH_LIMIT:
-                if not self.queue.empty():
-                    arrival = self.queue.get_nowait()
-                    batch.append(arrival)
-                    if arrival.radio is not None:
-                        gathered_by = min(gathered_by, loop.time() + GATHER_LORA_S)
-                    continue
+            arrivals = [await self.queue.get()]
+            group = self._begin()
+            gathered_by = loop.time() + GATHER_S
+            while True:
+                while len(arrivals) < BATCH_LIMIT and not self.queue.empty():
+                    arrivals.append(self.queue.get_nowait())
+                if any(a.radio is not None for a in arrivals):
+                    gathered_by = min(gathered_by, loop.time() + GATHER_LORA_S)
+                self._take(arrivals, group)
                 left = gathered_by - loop.time()
-                if left <= 0 or len(batch) >= GATHER_FRAMES:
+                if left <= 0 or len(group.batch) >= GATHER_FRAMES:
                     break
                 try:
                     async with asyncio.timeout(left):
-                        batch.append(await self.queue.get())
+                        arrivals = [await self.queue.get()]
                 except TimeoutError:
                     break
-            await self.process(batch)
+            await self._finish(group)
 
     async def process(self, batch: list[Arrival]) -> None:
-        if self._storage_refuses(batch):
-            return
+        """One group of frames, from verification to the acknowledgements."""
+        group = self._begin()
+        self._take(batch, group)
+        await self._finish(group)
+
+    def _begin(self) -> _Group:
         self.registry.reload_if_changed()  # a revocation or re-import by a technician command
+        self.policy.stage()  # windows take the group's messages once they are stored (commit)
+        return _Group()
+
+    def _take(self, arrivals: list[Arrival], group: _Group) -> None:
+        """Verify the frames and pass the new ones through the privacy stage; their messages
+        are offered to the uplink at once."""
+        if self._storage_refuses(arrivals):
+            return
+        group.batch.extend(arrivals)
         out: list[OutMessage] = []
-        accepted: list[Accepted] = []  # node, counter, frame digest, key epoch
-        counted: list[tuple[str, str, bool, int]] = []  # port, node, left nothing, counter
-        produced: dict[tuple[int, int, int], list[OutMessage]] = {}  # each new frame's messages
-        in_batch: dict[tuple[int, int, int], bytes] = {}  # (node, epoch, counter) -> digest
-        acks: dict[tuple[str, int], list[int]] = defaultdict(list)
-        radios: dict[tuple[str, int], RadioMeta | None] = {}  # the latest uplink heard
-        time_syncs: set[tuple[str, int]] = set()
-        rekeys: dict[tuple[str, int], float] = {}  # nodes heard under keys to renew: when
-        answers: list[tuple[int, int, bool]] = []  # node, configuration version, applied
-        self.policy.stage()  # windows take the batch's messages once they are stored (commit)
-        for arrival in batch:
-            verified = self._verify(arrival, in_batch, out)
+        for arrival in arrivals:
+            verified = self._verify(arrival, group.in_batch, out)
             if verified is None:
                 continue
             entry, header, digest, duplicate, message = verified
             key = (entry.node_id, header.epoch, header.counter)
+            node = (arrival.port, entry.node_id)
             if entry.rekey is not None and header.epoch < entry.rekey:
-                rekeys[(arrival.port, entry.node_id)] = arrival.time
+                group.rekeys[node] = arrival.time
             if not duplicate or self._may_ack_again(key):
-                acks[(arrival.port, entry.node_id)].append(header.counter)
-                radios[(arrival.port, entry.node_id)] = arrival.radio
+                group.acks[node].append(header.counter)
+                group.radios[node] = arrival.radio
             personal = reveals_presence(message)
             if not personal:
                 self._heard(arrival, entry.node_id, duplicate)
             if duplicate:
                 continue
-            in_batch[key] = digest
+            group.in_batch[key] = digest
             if self._unrecorded.get(key) == digest:
                 # its messages are in the spool (perhaps published already): only its counter
                 # is to be recorded, and the privacy stage must not take it a second time
-                accepted.append((entry.node_id, header.counter, digest, header.epoch))
+                group.accepted.append((entry.node_id, header.counter, digest, header.epoch))
                 if not personal:
-                    counted.append((arrival.port, str(entry.node_id), False, header.counter))
+                    group.counted.append((arrival.port, str(entry.node_id), False, header.counter))
                 continue
             # the frame's place in the node's life: its key epoch's counters follow the older
             # epochs', so message ids (records.message_id) stay distinct across re-keys
@@ -286,16 +321,25 @@ class Ingest:
             # no records: dropped by the policy, or taken into a window. Sightings and motion
             # events are not counted at all: how many there are says people were near
             if not personal:
-                counted.append((arrival.port, str(entry.node_id), not records, header.counter))
-            messages = [senml.encode(r, self.topics, self.payload_format) for r in records]
+                group.counted.append(
+                    (arrival.port, str(entry.node_id), not records, header.counter)
+                )
+            fmt = self.payload_format
+            messages = [senml.encode(r, self.topics, fmt, arrival.time) for r in records]
             out.extend(messages)
-            produced[key] = messages
-            accepted.append((entry.node_id, header.counter, digest, header.epoch))
-            self._requests(arrival.port, entry, message, time_syncs, answers)
-        unstored = await self._store(batch, out, produced, accepted, in_batch)
-        acks, counted = self._stored(unstored, acks, counted)
+            group.produced[key] = messages
+            group.accepted.append((entry.node_id, header.counter, digest, header.epoch))
+            self._requests(arrival.port, entry, message, group.time_syncs, group.answers)
+        if out:
+            offered = self.offer(out)
+            group.out.extend(offered)
+
+    async def _finish(self, group: _Group) -> None:
+        """Store the group (one spool commit), then acknowledge and count what was stored."""
+        unstored = await self._store(group)
+        acks, counted = self._stored(unstored, group.acks, group.counted)
         self._count(counted)
-        await self._downlink(acks, time_syncs, radios, rekeys, answers)
+        await self._downlink(acks, group.time_syncs, group.radios, group.rekeys, group.answers)
 
     def _stored(
         self,
@@ -379,38 +423,35 @@ class Ingest:
             self.metrics.frames.labels(arrival.port, UNREGISTERED, "storage_unavailable").inc()
         return True
 
-    async def _store(
-        self,
-        batch: list[Arrival],
-        out: list[OutMessage],
-        produced: dict[tuple[int, int, int], list[OutMessage]],
-        accepted: list[Accepted],
-        in_batch: dict[tuple[int, int, int], bytes],
-    ) -> set[tuple[int, int, int]]:
-        """Spool what the batch produced with its frames' counters (the accepted-counter
-        journal, in the same transaction: one fsync), then move the registry's windows.
-        Returns the frames (node, epoch, counter) that are not durable and so must not be
-        acknowledged: empty when all are. Never raises for the storage."""
+    async def _store(self, group: _Group) -> set[tuple[int, int, int]]:
+        """Spool what the group produced and the broker has not acknowledged yet, with its
+        frames' counters (the accepted-counter journal, in the same transaction: one fsync),
+        then move the registry's windows. Returns the frames (node, epoch, counter) that are
+        not durable and so must not be acknowledged: empty when all are. Never raises for the
+        storage."""
         unstored: set[tuple[int, int, int]] = set()
+        in_batch, accepted = group.in_batch, group.accepted
         journal = [(n, e, c, d) for (n, e, c), d in in_batch.items()]
-        if out or journal:
+        keep = [o for o in group.out if not o.acked]  # the broker holds the others
+        settled: list[tuple[Offered, int | None]] = [(o, None) for o in keep]
+        if keep or journal:
             try:
                 # off the event loop: put() returns once the batch is on disk (fsync)
-                await asyncio.to_thread(partial(self.spool.put, out, accepted=journal))
+                put = partial(self.spool.put, [o.message for o in keep], accepted=journal)
+                settled = list(zip(keep, await asyncio.to_thread(put), strict=True))
             except SpoolFullError as exc:
-                unstored = await self._store_what_fits(produced, in_batch)
+                unstored, settled = await self._store_what_fits(group, keep)
                 # not stored, so neither accepted nor acknowledged: the nodes send them again
                 # (and again: logged like a rejection, once per burst, not once per batch)
-                refused = sum(len(produced.get(k, ())) for k in unstored)
+                refused = sum(len(group.produced.get(k, ())) for k in unstored)
                 self.metrics.spool_dropped.labels("refused").inc(refused)
                 self.burst_log.rejected(
                     "*", "spool_full", f"{exc}; {len(unstored)} frames not acknowledged"
                 )
             except StorageError:
+                self._settle(settled)
                 return set(in_batch)  # StorageHealth logged it, once per burst
-            else:
-                if out:
-                    self.notify_uplink(out, at=min(a.time for a in batch))
+        self._settle(settled)
         if unstored:  # by node and counter, as the acknowledgements are
             not_stored = {(n, c) for n, _e, c in unstored}
             accepted = [a for a in accepted if (a[0], a[1]) not in not_stored]
@@ -448,30 +489,42 @@ class Ingest:
             pass  # logged by StorageHealth; the journal keeps them
 
     async def _store_what_fits(
-        self,
-        produced: dict[tuple[int, int, int], list[OutMessage]],
-        in_batch: dict[tuple[int, int, int], bytes],
-    ) -> set[tuple[int, int, int]]:
-        """A spool that refuses new messages (refuse_new) refused the whole batch: store its
-        frames frame by frame, in order, until one does not fit (so a batch larger than the
-        room left never blocks the spool for good). The frames not stored."""
+        self, group: _Group, keep: list[Offered]
+    ) -> tuple[set[tuple[int, int, int]], list[tuple[Offered, int | None]]]:
+        """A spool that refuses new messages (refuse_new) refused the whole group: store its
+        frames frame by frame, in order, until one does not fit (so a group larger than the
+        room left never blocks the spool for good). The frames not stored, and each kept
+        message's sequence number (None: not stored)."""
         unstored: set[tuple[int, int, int]] = set()
-        stored: list[OutMessage] = []
-        for key, digest in in_batch.items():
-            messages = produced.get(key, [])
+        seqs: dict[int, int] = {}  # id(message) -> its sequence number
+        offered_of = {id(o.message): o for o in keep}
+        for key, digest in group.in_batch.items():
+            offered = [
+                offered_of[id(m)] for m in group.produced.get(key, ()) if id(m) in offered_of
+            ]
             if unstored:
                 unstored.add(key)
                 continue
             try:
+                messages = [o.message for o in offered]
                 put = partial(self.spool.put, messages, accepted=[(*key, digest)])
-                await asyncio.to_thread(put)
+                stored = await asyncio.to_thread(put)
             except (SpoolFullError, StorageError):
                 unstored.add(key)
                 continue
-            stored.extend(messages)
-        if stored:
-            self.notify_uplink(stored)
-        return unstored
+            seqs.update(zip((id(m) for m in messages), stored, strict=True))
+        return unstored, [(o, seqs.get(id(o.message))) for o in keep]
+
+    def _settle(self, settled: list[tuple[Offered, int | None]]) -> None:
+        if settled and self.uplink is not None:
+            self.uplink.settle(settled)
+
+    def offer(self, messages: list[OutMessage]) -> list[Offered]:
+        """The messages to the uplink's live path (published before they are stored, when
+        nothing waits in the spool); without an uplink, all are left to the spool."""
+        if self.uplink is None:
+            return [Offered(m, HELD) for m in messages]
+        return self.uplink.offer(messages)
 
     def _verify(
         self,

@@ -69,12 +69,16 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class OutMessage:
-    """An MQTT message as the spool stores it and the uplink publishes it."""
+    """An MQTT message as the spool stores it and the uplink publishes it.
+
+    `created`: when what it carries arrived at the gateway (time.time(): a frame's arrival, a
+    window's release), the start of its arrival-to-PUBACK latency; None for "when stored"."""
 
     msg_id: str
     topic: str
     payload: bytes
     retain: bool = False
+    created: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,13 @@ class Topics:
         if record.group_by == "node":
             return self.node(record.node_id, record.stream)
         return self.zone(record.zone, record.stream)
+
+    def carries_senml(self, topic: str) -> bool:
+        """Whether a topic carries SenML records (node and zone topics; not the gateway's JSON
+        documents, command results or Home Assistant's discovery): the uplink may join such
+        messages into one pack (senml.join)."""
+        base = self.base
+        return topic.startswith(f"{base}/node/") or topic.startswith(f"{base}/zone/")
 
     @property
     def transparency(self) -> str:

@@ -1,7 +1,9 @@
 """Records as SenML (RFC 8428) payloads: JSON by default, CBOR as an option.
 
 One record becomes one SenML pack: the first entry carries the base name, the base time, the
-message id and the privacy policy's hash; every entry a name, a unit and a value.
+message id and the privacy policy's hash; every entry a name, a unit and a value. The uplink
+joins the packs of one topic that wait together into one MQTT message (join(); interface 2.0):
+a message holds one record or several, each starting with its own base entry and "mid".
 
 - Base name: `urn:dev:edgeveil:{site}:{node_id}:` for what one node sent (and for aggregates
   of a stream grouped by node); `urn:dev:edgeveil:{site}:{gateway}:{stream}:` for a stream's
@@ -28,12 +30,14 @@ CBOR uses the integer labels of RFC 8428 section 6 (bn -2, bt -3, n 0, u 1, v 2,
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import cbor2
 
 from .records import OutMessage, Record, Topics
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # made once: encode is hot
 _CBOR_LABELS = {"bn": -2, "bt": -3, "n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4}
 
 
@@ -66,11 +70,61 @@ def senml_pack(record: Record, site: str, gateway_id: str = "") -> list[dict[str
     return pack
 
 
-def encode(record: Record, topics: Topics, payload_format: str) -> OutMessage:
+def encode(
+    record: Record, topics: Topics, payload_format: str, created: float | None = None
+) -> OutMessage:
+    """The record's pack as an MQTT message; `created`: when its data arrived (latency)."""
     pack = senml_pack(record, topics.site, topics.gateway_id)
     if payload_format == "senml+cbor":
         labelled = [{_CBOR_LABELS.get(k, k): v for k, v in e.items()} for e in pack]
         payload = cbor2.dumps(labelled, canonical=True)
     else:
-        payload = json.dumps(pack, separators=(",", ":"), ensure_ascii=False).encode()
-    return OutMessage(record.msg_id, topics.record(record), payload)
+        payload = _JSON.encode(pack).encode()
+    return OutMessage(record.msg_id, topics.record(record), payload, created=created)
+
+
+def join(payloads: Sequence[bytes], payload_format: str) -> bytes:
+    """Several packs of one topic as one pack: their records one after the other, in order.
+
+    A record's first entry carries its base name, base time and message id, which hold for
+    the entries after it (RFC 8428 section 4.5.1: base values apply until the next ones), so
+    the joined pack means what the packs meant, each record keeping its own "mid". The bytes
+    are joined, not decoded and encoded again: a JSON pack is `[...]`; a CBOR pack a
+    definite-length array whose head is written again for the sum of the entries (RFC 8949
+    section 3: its shortest form, so the result stays deterministically encoded).
+    """
+    if len(payloads) == 1:
+        return payloads[0]
+    if payload_format != "senml+cbor":
+        return b"[" + b",".join(p[1:-1] for p in payloads if len(p) > 2) + b"]"
+    entries = 0
+    bodies = []
+    for p in payloads:
+        count, head = _cbor_array_head(p)
+        entries += count
+        bodies.append(p[head:])
+    return _cbor_array_start(entries) + b"".join(bodies)
+
+
+def _cbor_array_head(payload: bytes) -> tuple[int, int]:
+    """(entries, length of the head) of a definite-length CBOR array."""
+    initial = payload[0]
+    if initial >> 5 != 4:  # major type 4: array
+        raise ValueError("not a SenML pack: a CBOR array was expected")
+    info = initial & 0x1F
+    if info < 24:
+        return info, 1
+    if info in (24, 25, 26):
+        size = 1 << (info - 24)
+        return int.from_bytes(payload[1 : 1 + size], "big"), 1 + size
+    raise ValueError("not a definite-length CBOR array of a sensible size")
+
+
+def _cbor_array_start(entries: int) -> bytes:
+    if entries < 24:
+        return bytes([0x80 | entries])
+    if entries < 0x100:
+        return bytes([0x98, entries])
+    if entries < 0x10000:
+        return b"\x99" + entries.to_bytes(2, "big")
+    return b"\x9a" + entries.to_bytes(4, "big")

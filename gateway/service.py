@@ -336,7 +336,7 @@ class Gateway:
                 log.error("%d privacy releases dropped: the disk refused them too long", lost)
             return
         self._unspooled = []
-        self.uplink.notify(pending)
+        self.uplink.notify()
 
     async def _publish_privacy_state(self) -> None:
         """The transparency statement of the policy in force and today's budget, retained."""
@@ -484,7 +484,7 @@ class Gateway:
                 topics,
                 self.mqtt.payload,
                 self._send,
-                self.uplink.notify,
+                self.uplink,
                 self.metrics,
                 self._sends_downlinks,
                 self.configs,

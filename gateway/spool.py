@@ -207,8 +207,9 @@ class Spool(Closing):
         now: float | None = None,
         *,
         accepted: Sequence[Journaled] = (),
-    ) -> int:
-        """Store a batch in one transaction; returns how many were new. Durable on return.
+    ) -> range:
+        """Store a batch in one transaction; returns the sequence numbers the messages got, in
+        order (len() of it: how many were new). Durable on return.
 
         `accepted`: the counters of the frames that produced the batch, written to the
         accepted-counter journal in the same transaction (one fsync for both; the registry
@@ -222,9 +223,12 @@ class Spool(Closing):
         disk (or any failure of the storage) raises StorageError, and stores nothing.
         """
         if not messages and not accepted:
-            return 0
-        created = time.time() if now is None else now
-        rows = [(m.msg_id, m.topic, bytes(m.payload), int(m.retain), created) for m in messages]
+            return range(0)
+        now = time.time() if now is None else now
+        rows = [
+            (m.msg_id, m.topic, m.payload, int(m.retain), now if m.created is None else m.created)
+            for m in messages
+        ]
         with self._lock:
             conn = self._conn
             with transaction(conn, self._store):
@@ -235,6 +239,8 @@ class Spool(Closing):
                     rows,
                 )
                 new = conn.total_changes - before
+                # seq is one above the highest held, so a batch's rows get consecutive ones
+                last = int(conn.execute("SELECT max(seq) FROM spool").fetchone()[0] or 0)
                 excess = self._depth + new - self.max_messages
                 if excess > 0 and self.when_full == "refuse_new":
                     conn.execute("ROLLBACK")
@@ -260,7 +266,7 @@ class Spool(Closing):
             self.dropped_full += dropped
         if dropped:
             log.warning("spool full: dropped the %d oldest messages", dropped)
-        return new
+        return range(last - new + 1, last + 1)
 
     def peek(self, limit: int, after: int = 0) -> list[tuple[int, OutMessage]]:
         """Up to `limit` of the oldest messages, oldest first, with their seq (for delete).
@@ -269,13 +275,13 @@ class Spool(Closing):
         fetch the next ones without getting those again."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, msg_id, topic, payload, retain FROM spool WHERE seq > ? "
+                "SELECT seq, msg_id, topic, payload, retain, created FROM spool WHERE seq > ? "
                 "ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
         return [
-            (int(seq), OutMessage(msg_id, topic, bytes(payload), bool(retain)))
-            for seq, msg_id, topic, payload, retain in rows
+            (seq, OutMessage(msg_id, topic, payload, bool(retain), created))
+            for seq, msg_id, topic, payload, retain, created in rows
         ]
 
     def delete(self, seqs: Iterable[int]) -> None:

@@ -43,6 +43,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -50,6 +51,7 @@ from typing import Any, Protocol, Self
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
+from . import senml
 from .config import MqttConfig
 from .errors import ConfigError, StorageError
 from .records import OutMessage, Topics
@@ -66,7 +68,46 @@ STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
 # wrote more than storing it (README "Storage"). A crash in between publishes those again.
 DELETE_BATCH = 256
 DELETE_AFTER_S = 5.0
-_PUT_TIMES_KEPT = 10_000  # put times remembered for latency samples (bounded memory)
+# The packs of one topic that wait together are joined into one MQTT message of at most
+# PACK_BYTES (senml.join): under load one PUBLISH and one PUBACK carry many records, and when
+# little waits each record leaves alone, at once.
+PACK_BYTES = 16 * 1024
+# Messages offered before they are stored (offer()) that may wait to be published or for their
+# PUBACK at once; more are held for the spool, and the live path closes until it drained them.
+LIVE_LIMIT = 4096
+
+
+# what became of an offered message (Offered.state)
+QUEUED, INFLIGHT, ACKED, FAILED, HELD = range(5)
+
+
+@dataclass(slots=True, eq=False)
+class Offered:
+    """A message offered to the live path (Uplink.offer): its state (QUEUED to be published,
+    INFLIGHT awaiting its PUBACK, ACKED, FAILED: not acknowledged, HELD: not published, left
+    to the spool) and, once its batch is stored while it is in flight, its sequence number."""
+
+    message: OutMessage
+    state: int = QUEUED
+    seq: int | None = None
+    settled: bool = False  # its batch was stored (or refused): Uplink.settle
+
+    @property
+    def acked(self) -> bool:
+        return self.state == ACKED
+
+
+@dataclass(slots=True, eq=False)
+class _Pack:
+    """One MQTT message to publish: the messages joined into it, spooled (their sequence
+    numbers) or offered."""
+
+    topic: str
+    retain: bool
+    messages: list[OutMessage] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    offered: list[Offered] = field(default_factory=list)
+    size: int = 0
 
 
 class SpoolQueue(Protocol):
@@ -207,11 +248,16 @@ class Uplink:
         self._connections = 0
         self._outage_since: float | None = None
         self._failed_attempts = 0
-        self._put_at: dict[str, float] = {}
         # published and acknowledged, not yet deleted (see DELETE_AFTER_S; or the disk
         # refused): oldest first
         self._undeleted: list[int] = []
         self._delete_due = 0.0
+        # the live path (offer(), settle()): messages published before they are stored
+        self._live_open = False  # the spool holds nothing older that waits: offers go out now
+        self._live_queue: list[Offered] = []  # offered, to be published
+        self._live_unsettled = 0  # offered and not published, not yet stored by ingest
+        self._live_inflight = 0  # offered, queued or awaiting PUBACK
+        self._live_seqs: set[int] = set()  # stored while in flight: the drain leaves them
 
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -221,18 +267,53 @@ class Uplink:
 
     # -- the API the service uses --------------------------------------------------------------
 
-    def notify(self, messages: Iterable[OutMessage] = (), *, at: float | None = None) -> None:
-        """The spool has new messages: publish them now rather than at the next poll.
+    def notify(self) -> None:
+        """The spool has new messages: publish them now rather than at the next poll. Call
+        from the event loop's thread."""
+        self._wake.set()
 
-        Call from the event loop's thread. Passing the messages (and `at`, their arrival as
-        time.time(), e.g. a frame's arrival) lets on_published report each one's latency;
-        without them it reports None.
+    def offer(self, messages: Sequence[OutMessage]) -> list[Offered]:
+        """Messages not stored yet: publish them now if nothing in the spool waits before them
+        (the live path), else hold them for the spool. Call from the event loop's thread.
+
+        The caller stores every offered message that is not `acked` by the time it stores its
+        batch, then calls settle() with each one's sequence number (None: not stored). An
+        acknowledged frame's messages are thus in the spool or acknowledged by the broker, and
+        a message published live and then stored is not published again from the spool. The
+        live path opens when the uplink has published everything stored and everything held
+        is stored; it closes when a message must be held (the connection is down, or
+        LIVE_LIMIT wait). So a node's messages leave in order on either path.
         """
-        when = time.time() if at is None else at
-        for m in messages:
-            self._put_at[m.msg_id] = when
-        while len(self._put_at) > _PUT_TIMES_KEPT:
-            del self._put_at[next(iter(self._put_at))]
+        offered = [Offered(m) for m in messages]
+        if not offered:
+            return offered
+        if self._live_open and self._live_inflight + len(offered) <= LIVE_LIMIT:
+            self._live_queue.extend(offered)
+            self._live_inflight += len(offered)
+            self._wake.set()
+        else:
+            self._live_open = False  # what follows must not overtake these
+            for o in offered:
+                o.state = HELD
+            self._live_unsettled += len(offered)
+        return offered
+
+    def settle(self, stored: Iterable[tuple[Offered, int | None]]) -> None:
+        """What became of offered messages when their batch was stored: each one's sequence
+        number in the spool, or None when it was not stored (acknowledged by the broker
+        already, or its frame was refused and comes again)."""
+        for offered, seq in stored:
+            offered.settled = True
+            state = offered.state
+            if state in (HELD, FAILED):
+                self._live_unsettled -= 1  # in the spool now (or refused): the drain's
+            elif seq is None:
+                continue
+            elif state == ACKED:
+                self._set_aside([seq])
+            else:  # queued or in flight: its PUBACK deletes it from the spool
+                offered.seq = seq
+                self._live_seqs.add(seq)
         self._wake.set()
 
     def set_metadata(self, metadata: Mapping[str, Any]) -> None:
@@ -280,6 +361,10 @@ class Uplink:
                     self._lost(f"{type(exc).__name__}: {exc}", exc)
                 finally:
                     self.connected = False
+                    self._live_open = False
+                    for offered in self._live_queue:  # never published: the spool's now
+                        self._fail(offered)
+                    self._live_queue = []
                 if self._undeleted:  # published before the loss: no broker needed to delete
                     await self._delete()
                 if self._stop.is_set():
@@ -393,11 +478,19 @@ class Uplink:
                 len(self._undeleted) >= DELETE_BATCH or time.monotonic() >= self._delete_due
             ):
                 await self._delete()
-            after = self._undeleted[-1] if self._undeleted else 0
-            batch = await asyncio.to_thread(self._spool.peek, self._batch, after)
-            if batch:
-                await self._publish_batch(client, batch)
+            if self._live_queue:  # offered before they were stored: not in the spool's order
+                live, self._live_queue = self._live_queue, []
+                await self._publish(client, [], live)
                 continue
+            held = self._live_unsettled  # before the peek: what is held is stored by then
+            after = max(self._undeleted, default=0)
+            peeked = await asyncio.to_thread(self._spool.peek, self._batch, after)
+            batch = [(seq, m) for seq, m in peeked if seq not in self._live_seqs]
+            if batch:
+                await self._publish(client, batch, [])
+                continue
+            if not held and not self._live_open:
+                self._live_open = True  # caught up: new messages go out as they come
             wait = self._poll_interval
             if self._undeleted:
                 wait = max(0.0, min(wait, self._delete_due - time.monotonic()))
@@ -447,64 +540,140 @@ class Uplink:
         self._outage_since = None
         self._failed_attempts = 0
 
-    async def _publish_batch(
-        self, client: aiomqtt.Client, batch: Sequence[tuple[int, OutMessage]]
-    ) -> None:
-        """Publish in spool order with at most `window` awaiting their PUBACK; then delete the
-        acknowledged prefix, also when the connection fails half-way."""
-        window = asyncio.Semaphore(self._window)
-        issued: list[tuple[int, OutMessage, asyncio.Task[float]]] = []
+    def _packs(
+        self, spooled: Sequence[tuple[int, OutMessage]], live: Sequence[Offered]
+    ) -> list[_Pack]:
+        """The messages as MQTT messages to publish, in order: the SenML messages of one topic
+        joined (senml.join, at most PACK_BYTES), each other message alone. A pack takes a
+        topic's next message only while no message of another topic of the same node or zone
+        came between them, so what one node sent stays in order across its topics too."""
+        packs: list[_Pack] = []
+        open_packs: dict[str, _Pack] = {}  # by topic
+        last_topic: dict[str, str] = {}  # by the topic's node or zone: the latest one taken
+        items: list[tuple[int | None, OutMessage, Offered | None]] = [
+            (seq, m, None) for seq, m in spooled
+        ]
+        items.extend((None, o.message, o) for o in live)
+        for seq, message, offered in items:
+            topic = message.topic
+            pack = None
+            if not message.retain and self.topics.carries_senml(topic):
+                source = topic.rpartition("/")[0]  # {base}/node/{id} or {base}/zone/{zone}
+                if last_topic.get(source, topic) == topic:
+                    pack = open_packs.get(topic)
+                last_topic[source] = topic
+                if pack is not None and pack.size + len(message.payload) > PACK_BYTES:
+                    pack = None
+            if pack is None:
+                pack = _Pack(topic, message.retain)
+                packs.append(pack)
+                if not message.retain and self.topics.carries_senml(topic):
+                    open_packs[topic] = pack
+            pack.messages.append(message)
+            pack.size += len(message.payload)
+            if offered is None:
+                assert seq is not None  # noqa: S101 - spooled items have one
+                pack.seqs.append(seq)
+            else:
+                pack.offered.append(offered)
+        return packs
 
-        async def publish(msg: OutMessage) -> float:
+    async def _publish(
+        self,
+        client: aiomqtt.Client,
+        spooled: Sequence[tuple[int, OutMessage]],
+        live: Sequence[Offered],
+    ) -> None:
+        """Publish, with at most `window` awaiting their PUBACK; then account for what the
+        broker acknowledged, also when the connection fails half-way."""
+        window = asyncio.Semaphore(self._window)
+        packs = self._packs(spooled, live)
+        issued: list[tuple[_Pack, asyncio.Task[float]]] = []
+        payload_format = self.config.payload
+
+        async def publish(pack: _Pack) -> float:
             try:
+                payload = pack.messages[0].payload
+                if len(pack.messages) > 1:
+                    payload = senml.join([m.payload for m in pack.messages], payload_format)
                 await client.publish(
-                    msg.topic,
-                    msg.payload,
+                    pack.topic,
+                    payload,
                     qos=1,
-                    retain=msg.retain,
+                    retain=pack.retain,
                     timeout=self._publish_timeout,
                 )
                 return time.time()
             finally:
                 window.release()
 
+        for offered in live:
+            offered.state = INFLIGHT
         try:
-            for seq, msg in batch:
+            for pack in packs:
                 await window.acquire()
                 if self._stop.is_set():
                     window.release()
                     break
-                # Tasks start in creation order, so PUBLISH packets leave in spool order.
-                issued.append((seq, msg, asyncio.create_task(publish(msg))))
-            await asyncio.gather(*(task for _, _, task in issued))
+                # Tasks start in creation order, so PUBLISH packets leave in this order.
+                issued.append((pack, asyncio.create_task(publish(pack))))
+            await asyncio.gather(*(task for _, task in issued))
         finally:
-            await self._settle(issued)
+            self._account(packs, issued)
 
-    async def _settle(self, issued: list[tuple[int, OutMessage, asyncio.Task[float]]]) -> None:
-        """Count the acknowledged prefix, stop the rest, delete the prefix from the spool.
+    def _account(self, packs: list[_Pack], issued: list[tuple[_Pack, asyncio.Task[float]]]) -> None:
+        """Count what the broker acknowledged, stop the rest, set the acknowledged spooled
+        messages aside for deletion; offered messages not acknowledged fail (see _fail).
 
-        Everything before the delete is synchronous, so a cancellation (the connection was
-        lost) cannot separate a PUBACK from its count. `published` counts PUBACKs: a message
-        whose delete is interrupted is sent and counted again (at least once)."""
-        acked: list[tuple[int, OutMessage]] = []
-        for seq, msg, task in issued:
-            if not task.done() or task.cancelled() or task.exception() is not None:
-                break
-            acked.append((seq, msg))
-            self._published_one(msg, task.result())
-        for _, _, task in issued:
+        Everything here is synchronous, so a cancellation (the connection was lost) cannot
+        separate a PUBACK from its count. `published` counts PUBACKs: a message whose delete is
+        interrupted is sent and counted again (at least once)."""
+        acked_seqs: list[int] = []
+        acked: set[int] = set()
+        for pack, task in issued:
             if not task.done():
                 task.cancel()
-            elif not task.cancelled():
-                task.exception()  # retrieved: no "exception was never retrieved" noise
-        if acked:
+                continue
+            if task.cancelled() or task.exception() is not None:
+                continue
+            acked.add(id(pack))
+            acked_at = task.result()
+            acked_seqs.extend(pack.seqs)
+            for offered in pack.offered:
+                offered.state = ACKED
+                self._live_inflight -= 1
+                if offered.seq is not None:
+                    self._live_seqs.discard(offered.seq)
+                    acked_seqs.append(offered.seq)
+            for message in pack.messages:
+                self._published_one(message, acked_at)
+        for pack in packs:
+            if id(pack) not in acked:
+                for offered in pack.offered:
+                    self._fail(offered)
+        if acked_seqs:
             # Deleted later, several batches in one transaction (_work). A crash before the
             # delete means duplicates, never a loss.
-            if not self._undeleted:
-                self._delete_due = time.monotonic() + self._delete_after
-            seqs = [seq for seq, _ in acked]
-            self._undeleted.extend(seqs)
-            self._spool.published(seqs)  # no longer waiting, though still in the file
+            self._set_aside(acked_seqs)
+
+    def _fail(self, offered: Offered) -> None:
+        """An offered message that was not acknowledged: the spool publishes it (it stores it
+        if it has not yet), after the messages before it. The live path closes until then."""
+        self._live_open = False
+        if offered.state in (QUEUED, INFLIGHT):
+            self._live_inflight -= 1
+        offered.state = FAILED
+        if not offered.settled:
+            self._live_unsettled += 1  # settle() counts it off once it is stored
+        elif offered.seq is not None:
+            self._live_seqs.discard(offered.seq)  # in the spool: the drain publishes it
+
+    def _set_aside(self, seqs: list[int]) -> None:
+        """Acknowledged spooled messages, deleted in groups (_delete)."""
+        if not self._undeleted:
+            self._delete_due = time.monotonic() + self._delete_after
+        self._undeleted.extend(seqs)
+        self._spool.published(seqs)  # no longer waiting, though still in the file
 
     async def _delete(self) -> None:
         """Delete the published messages set aside; what the disk refuses stays set aside for
@@ -519,9 +688,8 @@ class Uplink:
 
     def _published_one(self, msg: OutMessage, acked_at: float) -> None:
         self.published += 1
-        put_at = self._put_at.pop(msg.msg_id, None)
         if self._on_published is not None:
-            latency = None if put_at is None else max(0.0, acked_at - put_at)
+            latency = None if msg.created is None else max(0.0, acked_at - msg.created)
             try:
                 self._on_published(msg, latency)
             except Exception:
@@ -645,4 +813,4 @@ def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return context
 
 
-__all__ = ["OFFLINE", "ONLINE", "Backoff", "OnPublished", "SpoolQueue", "Uplink"]
+__all__ = ["OFFLINE", "ONLINE", "Backoff", "Offered", "OnPublished", "SpoolQueue", "Uplink"]

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -40,6 +42,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+import cbor2
 import pytest
 
 from .mqtt_contract import contract as mqtt_contract
@@ -290,6 +293,38 @@ class Received:
     qos: int
 
 
+def split_records(message: Received) -> list[Received]:
+    """A SenML message as its records, each as a message of its own, the way a consumer reads
+    the gateway's packs (senml.join: each record starts with an entry that carries its "mid";
+    docs/mqtt/asyncapi.yaml). A message with one record, and any other message, comes back as
+    it is. Split records are encoded again as the gateway encodes one record (compact JSON,
+    or deterministic CBOR), so they are the bytes the gateway gives a record on its own."""
+    payload = message.payload
+    try:
+        if payload[:1] == b"[":
+            entries = json.loads(payload)
+        elif payload and payload[0] >> 5 == 4:
+            entries = cbor2.loads(payload)
+        else:
+            return [message]
+    except ValueError:
+        return [message]
+    if not isinstance(entries, list):
+        return [message]
+    starts = [i for i, e in enumerate(entries) if isinstance(e, dict) and "mid" in e]
+    if len(starts) < 2 or starts[0] != 0:
+        return [message]
+    records = [entries[a:b] for a, b in zip(starts, [*starts[1:], len(entries)], strict=True)]
+    as_json = payload[:1] == b"["
+    return [dataclasses.replace(message, payload=_encoded(r, as_json)) for r in records]
+
+
+def _encoded(record: list[Any], as_json: bool) -> bytes:
+    if as_json:
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    return bytes(cbor2.dumps(record, canonical=True))
+
+
 class Subscriber:
     """Collects every message on `topic_filter` in `received`, in arrival order.
 
@@ -322,7 +357,8 @@ class Subscriber:
         self.password = password
         self.tls_context = tls_context
         self.contract = contract
-        self.received: list[Received] = []
+        self.messages: list[Received] = []  # as the broker delivered them
+        self.received: list[Received] = []  # the same, each SenML record on its own
         self.connections = 0
         self._changed = asyncio.Event()
         self._subscribed = asyncio.Event()
@@ -349,7 +385,9 @@ class Subscriber:
                         payload = (
                             m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
                         )
-                        self.received.append(Received(m.topic.value, payload, m.retain, m.qos))
+                        raw = Received(m.topic.value, payload, m.retain, m.qos)
+                        self.messages.append(raw)
+                        self.received.extend(split_records(raw))
                         self._changed.set()
             except aiomqtt.MqttError:
                 self._subscribed.clear()
@@ -381,7 +419,7 @@ class Subscriber:
         check = mqtt_contract().check
         problems = (
             check(r.topic, r.payload, r.qos)
-            for r in self.received
+            for r in self.messages
             if f"/{TEST_MARKER}/" not in r.topic
         )
         return [p for p in problems if p is not None]
@@ -412,7 +450,7 @@ class Subscriber:
             if problems:
                 shown = "\n  ".join(problems[:10])
                 raise AssertionError(
-                    f"{len(problems)} of {len(self.received)} messages on {self.topic_filter} "
+                    f"{len(problems)} of {len(self.messages)} messages on {self.topic_filter} "
                     f"break the MQTT contract (docs/mqtt/asyncapi.yaml):\n  {shown}"
                 )
 

@@ -94,7 +94,7 @@ class Gateway:
             Topics("edgeveil", "site", GW),
             "senml-json",
             self._send,
-            lambda *_args, **_kw: None,
+            None,
             self.metrics,
         )
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import jinja2
 import pytest
 
 from gateway import config as config_mod
@@ -155,27 +156,26 @@ DISCOVERY_TOPIC = re.compile(
 # -- the one template grammar, evaluated ---------------------------------------------------------
 
 TEMPLATE = re.compile(
-    r"\{% for e in value_json if e\['n'\] == '(?P<name>[a-z0-9_]+)' %\}"
+    r"\{% set e = value_json \| selectattr\('n', 'eq', '(?P<name>[a-z0-9_]+)'\) \| list "
+    r"\| last \| default\(\{\}\) %\}"
     r"(?:\{\{ (?P<number>e\['v'\]|\(e\['v'\] \* (?P<factor>[0-9.]+)\) \| round\(3\)) "
-    r"if 'v' in e else 'None' \}\}\{% else %\}None\{% endfor %\}"
-    r"|\{\{ e\['vs'\] if 'vs' in e else '' \}\}\{% else %\}\{% endfor %\})"
+    r"if 'v' in e else 'None' \}\}"
+    r"|\{\{ e\['vs'\] if 'vs' in e else '' \}\})"
 )
 
 
 def evaluate(template: str, payload: bytes) -> str:
-    """What the template renders for a payload (see the module docstring)."""
-    match = TEMPLATE.fullmatch(template)
-    assert match is not None, f"not the module's template grammar: {template}"
-    pack = json.loads(payload)
-    found = [e for e in pack if e["n"] == match["name"]]
-    if match["number"] is None:  # text
-        return str(found[0]["vs"]) if found and "vs" in found[0] else ""
-    if not found or "v" not in found[0]:
-        return "None"
-    value = found[0]["v"]
-    if match["factor"] is not None:
-        value = round(value * float(match["factor"]), 3)
-    return str(value)
+    """What the template renders for a payload, by Jinja2 itself (Home Assistant's templates
+    are Jinja2 with more filters; these use only Jinja2's own), `value_json` the parsed
+    payload as Home Assistant gives it."""
+    assert TEMPLATE.fullmatch(template), f"not the module's template grammar: {template}"
+    return (
+        jinja2.Environment(autoescape=False)
+        .from_string(template)
+        .render(  # noqa: S701
+            value_json=json.loads(payload)
+        )
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -374,6 +374,24 @@ def published(policy: Policy, ledger: PrivacyLedger) -> dict[str, bytes]:
     out += engine.release_due(T0 + 3600)
     messages = [senml.encode(r, TOPICS, "senml+json") for r in out]
     return {m.topic: m.payload for m in messages}
+
+
+def test_a_template_reads_the_newest_record_of_a_joined_pack() -> None:
+    """A busy gateway joins a topic's waiting records into one message (senml.join): the
+    entity shows the last, newest value of its measurement, once, not all of them."""
+    sensor = ha.Sensor("t", "Temperature", "t", "temperature", "temperature", "°C", "measurement")
+    text = ha.Sensor("c", "Count", "t", "people_count")
+
+    def record(mid: str, temperature: float, count: str) -> bytes:
+        head = {"bn": "urn:dev:edgeveil:s:1:", "bt": 1, "mid": mid, "policy": "0" * 64}
+        entries = [head | {"n": "temperature", "u": "Cel", "v": temperature}]
+        entries.append({"n": "people_count", "vs": count})
+        return json.dumps(entries, separators=(",", ":")).encode()
+
+    joined = senml.join([record("a", 20.5, "suppressed"), record("b", 21.25, "7")], "senml+json")
+    assert evaluate(ha.value_template(sensor), joined) == "21.25"
+    assert evaluate(ha.value_template(text), joined) == "7"
+    assert evaluate(ha.value_template(sensor), b'[{"n":"humidity","v":1}]') == "None"
 
 
 def test_templates_read_the_values_the_gateway_publishes(ledger: PrivacyLedger) -> None:

@@ -3,6 +3,8 @@ kill -9."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import random
 import signal
@@ -57,8 +59,8 @@ def test_file_mode_and_wal(spool: Spool, path: Path) -> None:
 
 
 def test_order_and_delete(spool: Spool) -> None:
-    assert spool.put([msg(3), msg(1)]) == 2
-    assert spool.put([msg(2)]) == 1
+    assert len(spool.put([msg(3), msg(1)])) == 2
+    assert len(spool.put([msg(2)])) == 1
     assert spool.depth == 3
     pairs = spool.peek(10)
     assert ids(pairs) == names(3, 1, 2)
@@ -80,18 +82,22 @@ def test_order_and_delete(spool: Spool) -> None:
 
 def test_messages_come_back_as_they_went_in(spool: Spool) -> None:
     batch = [msg(1, retain=True), OutMessage("x", "t", bytes(range(256)) * 40), msg(2)]
-    spool.put(batch)
-    assert [m for _, m in spool.peek(10)] == batch
+    arrived = dataclasses.replace(msg(3), created=1_700_000_000.25)  # its frame's arrival
+    seqs = spool.put([*batch, arrived], now=1_800_000_000.5)
+    # as they went in, with when they were stored, or arrived where that was given
+    stored = [dataclasses.replace(m, created=1_800_000_000.5) for m in batch] + [arrived]
+    assert [m for _, m in spool.peek(10)] == stored
+    assert [seq for seq, _ in spool.peek(10)] == list(seqs)
 
 
 def test_drop_oldest(path: Path) -> None:
     with Spool.open(path, 5, DAY, "drop_oldest") as spool:
-        assert spool.put([msg(i) for i in range(3)]) == 3
-        assert spool.put([msg(i) for i in range(3, 7)]) == 4
+        assert len(spool.put([msg(i) for i in range(3)])) == 3
+        assert len(spool.put([msg(i) for i in range(3, 7)])) == 4
         assert ids(spool.peek(10)) == names(2, 3, 4, 5, 6)
         assert (spool.depth, spool.dropped_full) == (5, 2)
         # a batch larger than the spool keeps its newest part
-        assert spool.put([msg(i) for i in range(10, 17)]) == 7
+        assert len(spool.put([msg(i) for i in range(10, 17)])) == 7
         assert ids(spool.peek(10)) == names(12, 13, 14, 15, 16)
         assert (spool.depth, spool.dropped_full) == (5, 9)
         assert spool.refused == 0
@@ -99,17 +105,17 @@ def test_drop_oldest(path: Path) -> None:
 
 def test_refuse_new(path: Path) -> None:
     with Spool.open(path, 5, DAY, "refuse_new") as spool:
-        assert spool.put([msg(i) for i in range(3)]) == 3
+        assert len(spool.put([msg(i) for i in range(3)])) == 3
         with pytest.raises(SpoolFullError, match="spool full"):
             spool.put([msg(3), msg(4), msg(5)])  # 3 new, room for 2: none is stored
         assert ids(spool.peek(10)) == names(0, 1, 2)
         assert (spool.depth, spool.refused) == (3, 3)
-        assert spool.put([msg(3), msg(4)]) == 2
+        assert len(spool.put([msg(3), msg(4)])) == 2
         with pytest.raises(SpoolFullError):
             spool.put([msg(9)])
         assert (spool.depth, spool.refused, spool.dropped_full) == (5, 4, 0)
         spool.delete([seq for seq, _ in spool.peek(1)])
-        assert spool.put([msg(9)]) == 1
+        assert len(spool.put([msg(9)])) == 1
     with Spool.open(path, 5, DAY, "refuse_new") as spool:
         assert ids(spool.peek(10)) == names(1, 2, 3, 4, 9)
 

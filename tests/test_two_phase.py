@@ -76,7 +76,7 @@ async def test_a_frame_the_full_spool_refused_is_counted_once_after_its_retransm
             Topics("edgeveil", "site", GW),
             "senml-json",
             send,
-            lambda *_a, **_k: None,
+            None,
             Metrics(),
         )
         spool.put([OutMessage("other:1", "edgeveil/site/gw/other", b"{}")])  # the spool is full
