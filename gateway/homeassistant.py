@@ -27,10 +27,11 @@ replaced by `_` and the first 8 hex digits of the zone's SHA-256 added (Home Ass
 no other characters there); empty: `_e3b0c442`.
 
 Values: each sensor's `value_template` picks its measurement out of the SenML pack by name
-(`n`; the last such record when a message holds several) and converts it to the unit Home Assistant knows (kg/m3 to µg/m³, the ratio "/" to ppm,
-Pa to hPa). A measurement the pack does not hold, or holds as text (a count "suppressed" or
-"withheld: budget"), renders as `None`, which Home Assistant shows as unknown. Home Assistant
-timestamps a value when it arrives: for an aggregate, at the end of its window (the SenML base
+(`n`; the last such record when a message holds several) and converts it to the unit Home
+Assistant knows (kg/m3 to µg/m³, the ratio "/" to ppm, Pa to hPa). A measurement the pack
+does not hold, or holds as text (a count "suppressed" or "withheld: budget"), renders as
+`None`, which Home Assistant shows as unknown. Home Assistant timestamps a value when it
+arrives: for an aggregate, at the end of its window (the SenML base
 time `bt` is its start).
 
 Availability: every entity follows `{base}/availability`. "online" and "degraded" are

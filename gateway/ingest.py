@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -679,12 +679,14 @@ class Ingest:
     def _count(self, counted: list[tuple[str, str, bool, int]]) -> None:
         """Count frames once they are stored: a frame the full spool refused comes again, and
         is counted then (not twice)."""
-        for port, node, left_nothing, _counter in counted:
-            self.metrics.frames.labels(port, node, "accepted").inc()
+        per_node = Counter((port, node) for port, node, _nothing, _counter in counted)
+        for (port, node), frames in per_node.items():  # one labels() lookup per node: hot
+            self.metrics.frames.labels(port, node, "accepted").inc(frames)
             if self.health is not None:
-                self.health.counted(int(node), "accepted")
-            if left_nothing:
-                self.metrics.privacy_denied.inc()
+                self.health.counted(int(node), "accepted", frames)
+        denied = sum(1 for c in counted if c[2])
+        if denied:
+            self.metrics.privacy_denied.inc(denied)
 
     async def _downlink(
         self,

@@ -125,10 +125,10 @@ class HealthBook:
         if radio is not None:
             health.rssi, health.snr, health.sf = radio.rssi, radio.snr, radio.rate.sf
 
-    def counted(self, node_id: int, outcome: str) -> None:
-        """One of the node's frames, by outcome: accepted, duplicate or a rejection reason."""
-        frames = self._node(node_id).frames
-        frames[outcome] = frames.get(outcome, 0) + 1
+    def counted(self, node_id: int, outcome: str, frames: int = 1) -> None:
+        """The node's frames, by outcome: accepted, duplicate or a rejection reason."""
+        counts = self._node(node_id).frames
+        counts[outcome] = counts.get(outcome, 0) + frames
 
     def reading(self, node_id: int, at: float) -> None:
         health = self._node(node_id)

@@ -169,13 +169,8 @@ def evaluate(template: str, payload: bytes) -> str:
     are Jinja2 with more filters; these use only Jinja2's own), `value_json` the parsed
     payload as Home Assistant gives it."""
     assert TEMPLATE.fullmatch(template), f"not the module's template grammar: {template}"
-    return (
-        jinja2.Environment(autoescape=False)
-        .from_string(template)
-        .render(  # noqa: S701
-            value_json=json.loads(payload)
-        )
-    )
+    environment = jinja2.Environment(autoescape=False)  # noqa: S701 - text, not HTML
+    return environment.from_string(template).render(value_json=json.loads(payload))
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ kill -9."""
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import random
 import signal
