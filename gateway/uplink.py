@@ -43,7 +43,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -284,7 +284,8 @@ class Uplink:
         is stored; it closes when a message must be held (the connection is down, or
         LIVE_LIMIT wait). So a node's messages leave in order on either path.
         """
-        offered = [Offered(m) for m in messages]
+        now = time.time()  # for a message that does not say when it arrived (latency)
+        offered = [Offered(m if m.created else replace(m, created=now)) for m in messages]
         if not offered:
             return offered
         if self._live_open and self._live_inflight + len(offered) <= LIVE_LIMIT:

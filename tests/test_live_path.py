@@ -1,0 +1,130 @@
+"""The uplink's live path (Uplink.offer and settle, used by ingest): messages published before
+they are stored, against a real Mosquitto and the real spool. What ingest does with them is
+played here by `store()`: every offered message the broker has not acknowledged by then is
+spooled, and the uplink learns each one's sequence number.
+
+The invariants: nothing offered is lost, whatever the broker does; a message the broker
+acknowledged before it was stored never enters the spool; one stored while in flight leaves
+the spool after its PUBACK and is not published again; and a topic's messages arrive in order
+across the switch between the live path and the spool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.uplink import HELD, Offered, Uplink
+
+from .mosquitto import Mosquitto
+from .test_uplink import (
+    DATA,
+    RecordingSpool,
+    by_topic,
+    by_topic_data,
+    eventually,
+    messages,
+    open_spool,
+    subscribed,
+    uplink_for,
+)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "mosquitto") as b:
+        yield b
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[RecordingSpool]:
+    with open_spool(tmp_path) as s:
+        yield s
+
+
+def store(up: Uplink, into: RecordingSpool, offered: list[Offered]) -> list[int]:
+    """What ingest does at its group commit: spool what the broker has not acknowledged,
+    then settle. Returns the sequence numbers given."""
+    keep = [o for o in offered if not o.acked]
+    seqs = list(into.put([o.message for o in keep]))
+    up.settle(zip(keep, seqs, strict=True))
+    return seqs
+
+
+@pytest.mark.asyncio
+async def test_acknowledged_before_the_commit_never_enters_the_spool(
+    broker: Mosquitto, spool: RecordingSpool
+) -> None:
+    latencies: list[float | None] = []
+    async with (
+        subscribed(broker, DATA) as sub,
+        uplink_for(broker, spool, on_published=lambda m, s: latencies.append(s)) as up,
+    ):
+        await eventually(lambda: up.connected, "connected")
+        await eventually(lambda: up.offer([]) == [] and up._live_open, "live path open")
+        sent = messages(0, 40)
+        offered = up.offer(sent)
+        assert all(o.state != HELD for o in offered)  # published now, not held
+        await sub.wait_for(lambda got: len(by_topic_data(got)) >= 40)
+        await eventually(lambda: all(o.acked for o in offered), "all acknowledged")
+        assert store(up, spool, offered) == []  # nothing to spool: the broker holds them
+        assert spool.held == 0
+        assert by_topic(sub.received) == by_topic(sent)
+        assert len(latencies) == 40 and all(s is not None for s in latencies)
+
+
+@pytest.mark.asyncio
+async def test_stored_while_in_flight_leaves_the_spool_after_its_puback_and_only_once(
+    broker: Mosquitto, spool: RecordingSpool
+) -> None:
+    async with subscribed(broker, DATA) as sub, uplink_for(broker, spool) as up:
+        await eventually(lambda: up._live_open, "live path open")
+        broker.pause()  # takes the bytes, sends no PUBACK
+        sent = messages(0, 30)
+        offered = up.offer(sent)
+        seqs = store(up, spool, offered)
+        assert len(seqs) == 30 and spool.held == 30  # in flight: spooled
+        up.notify()  # the spool drain runs, and must leave these to their PUBACKs
+        broker.resume()
+        await eventually(lambda: spool.held == 0, "deleted after their PUBACKs")
+        await sub.wait_for(lambda got: len(by_topic_data(got)) >= 30)
+        assert by_topic(by_topic_data(sub.received)) == by_topic(sent)  # once each
+        assert sorted(s for batch in spool.deletes for s in batch) == seqs
+        assert up.published == 30
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_lost_and_order_holds_across_a_broker_outage(
+    broker: Mosquitto, spool: RecordingSpool
+) -> None:
+    """Offers while the broker is away are held for the spool; offers after it is back go to
+    the spool too until it has published everything held, so no message overtakes an older
+    one of its topic."""
+    async with (
+        subscribed(broker, DATA, session="live-path-consumer") as sub,
+        uplink_for(broker, spool) as up,
+    ):
+        await eventually(lambda: up._live_open, "live path open")
+        before = messages(0, 9)
+        store(up, spool, up.offer(before))
+        broker.stop()
+        await eventually(lambda: not up.connected, "connection lost")
+        during = messages(9, 30)
+        held = up.offer(during)
+        assert all(o.state == HELD for o in held)
+        broker.start()
+        await eventually(lambda: up.connected, "reconnected")
+        after = up.offer(messages(39, 30))  # before `held` is stored: must wait behind it
+        assert all(o.state == HELD for o in after)
+        store(up, spool, held)
+        store(up, spool, after)
+        everything = messages(0, 69)
+        await sub.wait_for(lambda got: len({r.payload for r in by_topic_data(got)}) >= 69)
+        await eventually(lambda: spool.held == 0, "all deleted")
+        received = by_topic(by_topic_data(sub.received))
+        for topic, payloads in by_topic(everything).items():
+            firsts = list(dict.fromkeys(received[topic]))  # a consumer drops duplicates
+            assert firsts == payloads, topic  # all, in order
+        await eventually(lambda: up._live_open, "live path open again once drained")
