@@ -1,7 +1,7 @@
-# Freezes the node application into a MicroPython firmware image (see "Building a firmware
-# image" in the README): `make BOARD=... FROZEN_MANIFEST=/path/to/firmware/manifest.py`.
+# Freezes the node application into a MicroPython firmware image (see docs/firmware/ram.md,
+# which says why): `make BOARD=... FROZEN_MANIFEST=/path/to/firmware/manifest.py`.
 include("$(PORT_DIR)/boards/manifest.py")
-# The LoRa link (README "LoRa link (node side)"): micropython-lib's modem drivers with the
+# The LoRa link (docs/firmware/lora.md): micropython-lib's modem drivers with the
 # synchronous API. Both chips are frozen so that one image serves every board; a serial-only
 # image may drop these three lines (hardware.py imports `lora` only for a LoRa link).
 require("lora-sync")

@@ -169,7 +169,7 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     lora = emulate.add_argument_group(
         "LoRa (--link lora)",
         "Nodes on a simulated radio channel (path loss, SNR floors, collisions with capture; "
-        "see README, 'Emulated LoRa nodes'), heard by emulated packet forwarders that send to "
+        "see docs/integrators/emulated-lora.md), heard by emulated packet forwarders that send to "
         "a gateway's [[lora.packet_forwarder]] over UDP (Semtech protocol), in real time. Up "
         "to 20 nodes, each is the real node firmware in its own process (its pseudo-terminal "
         "is its console) with an emulated LoRa modem; with more nodes, or --radio-only, the "
@@ -407,7 +407,7 @@ def _add_gateway(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "frame; LoRa: the receive window after its next uplink), again every minute until the "
         "node answers (at most 5 times). The zone is the gateway's and changes at once. The "
         "same is possible over MQTT: {prefix}/{site}/{gateway}/command/node/NODE/configure, "
-        "results on .../result (README 'Remote configuration'). Settings: "
+        "results on .../result (docs/operators/remote-configuration.md). Settings: "
         "reading_interval_s, status_interval_s, scan_window_s (seconds, at least 1), "
         "max_retries (0 or more), ble_scan (true or false), zone (text, at most 32 bytes).",
     )
@@ -498,8 +498,7 @@ def _policy(args: argparse.Namespace) -> int:
                 print(
                     f"  warning: zone {zone!r} is also served by gateway {', '.join(gateways)}: "
                     "each gateway counts its own nodes' devices, so a device seen by both is "
-                    "counted twice; serve a zone from one gateway (README 'One zone, one "
-                    "gateway')"
+                    "counted twice; serve a zone from one gateway (docs/operators/zones.md)"
                 )
         return 0
     from .privacy import explain  # noqa: PLC0415 - OpenDP only when a statement is written

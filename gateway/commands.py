@@ -102,7 +102,7 @@ def check_config(path: Path | None) -> int:
 
 
 def _check_storage(config: config_mod.GatewayConfig) -> None:
-    """The state directory's bound (README "Storage") against its filesystem's free space:
+    """The state directory's bound (docs/operators/storage.md) against its filesystem's free space:
     a warning, not an error (the gateway runs degraded on a full disk, losing nothing)."""
     state = config.state_dir
     nodes = _registered_nodes(state / "registry.db")
@@ -162,7 +162,7 @@ def import_nodes(path: Path, config_path: Path | None, replace: bool) -> int:
 
 
 def advance_counters(config_path: Path | None, downlinks: int, uplinks: int) -> int:
-    """After restoring the state directory from a backup (README "Restoring a backup")."""
+    """After restoring the state directory from a backup (docs/operators/backups.md)."""
     path = _registry_path(config_path, "nothing to advance (was the backup restored?)")
     try:
         with NodeRegistry.open(path) as registry:

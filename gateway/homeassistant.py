@@ -36,7 +36,7 @@ time `bt` is its start).
 
 Availability: every entity follows `{base}/availability`. "online" and "degraded" are
 available, "offline" (the last will, or a clean stop) is not. Degraded means the gateway's
-storage fails (README "Storage"): what it publishes is still right, but it may take no new
+storage fails (docs/operators/storage.md): what it publishes is still right, but it may take no new
 frames in, so values may stop changing; the gateway's "Storage problem" binary sensor shows it.
 
 When: at start, again when the policy (its hash), the zones or the nodes change (checked every

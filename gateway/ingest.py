@@ -103,7 +103,7 @@ REUSE_ALARM_GAP_S = 3600.0  # counter-reuse alarms published per node at most th
 REKEY_GAP_S = 60.0  # a requested re-key is sent to a node at most this often
 # The registry writes the counters the spool's journal holds every FOLD_S, or once it holds
 # FOLD_FRAMES: each node's window and evidence pages once per fold instead of once per frame
-# (README "Storage"); memory for the pending counters stays bounded.
+# (docs/operators/storage.md); memory for the pending counters stays bounded.
 FOLD_S = 300.0
 FOLD_FRAMES = 8192
 # While the spool or the registry fails to write, one batch in this many seconds tries the

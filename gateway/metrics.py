@@ -154,7 +154,7 @@ class Metrics:
         self.lora_airtime = Counter(
             "edgeveil_lora_downlink_airtime_seconds",
             "Time on air of the downlinks a concentrator confirmed sending (TX_ACK; protocol v1: "
-            "scheduled), per gateway (EU868 duty cycle: see README)",
+            "scheduled), per gateway (the EU868 duty cycle: docs/operators/lora.md)",
             ["port", "gateway"],
             registry=r,
         )

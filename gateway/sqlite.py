@@ -73,8 +73,9 @@ __all__ = [
 
 log = logging.getLogger("edgeveil.storage")
 
-# Chosen by measurement (benchmarks/bench_gateway.py --frames-per-s, README "Storage"): see the
-# module docstring. A page (PAGE_SIZE) takes its size plus a 24-byte frame header in the WAL.
+# Chosen by measurement (benchmarks/bench_gateway.py --frames-per-s, docs/operators/storage.md):
+# see the module docstring. A page (PAGE_SIZE) takes its size plus a 24-byte frame header in the
+# WAL.
 WAL_AUTOCHECKPOINT_PAGES = 1000
 # Small pages: a commit writes every page it changed to the WAL, and one reading changes a few
 # rows on different pages (the spool's table and indexes, the node's replay row and evidence).
@@ -86,11 +87,11 @@ JOURNAL_SIZE_LIMIT = 1024 * 1024
 # transaction (a spool batch of 256 messages of a few hundred bytes stays far below this)
 WAL_BOUND = 2 * 1024 * 1024
 STORAGE_LOG_EVERY_S = 60.0
-# What the state directory holds at most (README "Storage"; `gateway check-config` compares it
-# with the free space), measured with tests/test_storage.py's figures: a spooled message takes
-# its payload plus about 140 bytes (a readings message of two values: 341 bytes), the node
-# registry about 23 KB per node (the counter-reuse evidence, EVIDENCE_SPAN digests), the
-# privacy ledger well under a megabyte (KEEP_DAYS days of streams and zones).
+# What the state directory holds at most (docs/operators/storage.md; `gateway check-config`
+# compares it with the free space), measured with tests/test_storage.py's figures: a spooled
+# message takes its payload plus about 140 bytes (a readings message of two values: 341 bytes),
+# the node registry about 23 KB per node (the counter-reuse evidence, EVIDENCE_SPAN digests),
+# the privacy ledger well under a megabyte (KEEP_DAYS days of streams and zones).
 SPOOL_MESSAGE_BYTES = 600
 REGISTRY_NODE_BYTES = 24 * 1024
 LEDGER_BYTES = 1024 * 1024
@@ -120,7 +121,7 @@ _WHAT_TO_DO = {
     "check dmesg",
     "busy": "another process holds the file: stop it (an edgeveil command still running?)",
     "cannot_open": "check the directory's owner, mode and free space",
-    "corrupt": "restore the file from a backup or move it away (README: Restoring a backup)",
+    "corrupt": "restore the file from a backup or move it away (docs/operators/backups.md)",
 }
 _CREATES = re.compile(r"CREATE\s+(?:TABLE|INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
 

@@ -65,7 +65,7 @@ STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
 # Published messages are deleted from the spool in one transaction once DELETE_BATCH of them
 # are set aside or the oldest was set aside DELETE_AFTER_S ago: a delete writes a few pages
 # of the spool's WAL however many rows it removes, so deleting each small batch on its own
-# wrote more than storing it (README "Storage"). A crash in between publishes those again.
+# wrote more than storing it (docs/operators/storage.md). A crash in between publishes those again.
 DELETE_BATCH = 256
 DELETE_AFTER_S = 5.0
 # The packs of one topic that wait together are joined into one MQTT message of at most

@@ -3,7 +3,7 @@
 Each gateway counts the distinct devices its own nodes see, with its own pseudonym keys, so two
 gateways cannot tell that they saw the same device. A zone whose nodes report to more than one
 gateway therefore gets one count per gateway, and their sum counts a device seen by both twice.
-The rule (README "One zone, one gateway"): serve a zone from one gateway.
+The rule (docs/operators/zones.md): serve a zone from one gateway.
 
 What the gateway can see of it: every gateway announces the zones of the nodes it serves in its
 retained metadata (`{prefix}/{site}/{gateway}/metadata`, "zones"), and reads the others' of the
@@ -80,7 +80,7 @@ class SharedZones:
                 log.warning(
                     "zone %r is also served by gateway %s of site %s: each gateway counts the "
                     "devices of its own nodes, so a device seen by both is counted twice; "
-                    "serve a zone from one gateway (README 'One zone, one gateway')",
+                    "serve a zone from one gateway (docs/operators/zones.md)",
                     zone,
                     ", ".join(sorted(new)),
                     self.topics.site,

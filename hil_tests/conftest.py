@@ -1,8 +1,8 @@
 """Hardware-in-the-loop bench: a real board when one is configured, the emulated board otherwise.
 
     EDGEVEIL_HIL_PORT=/dev/ttyUSB0 EDGEVEIL_HIL_BOARD=esp32 .venv/bin/pytest hil_tests
-        a real board with MicroPython and a BME280 breakout (see README, "Hardware-in-the-loop
-        tests"); EDGEVEIL_HIL_SENSOR overrides the sensor wiring
+        a real board with MicroPython and a BME280 breakout (see
+        docs/integrators/hil.md); EDGEVEIL_HIL_SENSOR overrides the sensor wiring
     .venv/bin/pytest hil_tests
         the emulated board (firmware/host/mpboard.py: real MicroPython on a pseudo-terminal)
 

@@ -5,8 +5,8 @@ runs on MicroPython (the node) and CPython (the gateway). SPEC.md is the normati
 
 Every public name is importable from here (`from protocol import seal`), and each is loaded from
 its module on first use, the way micropython-lib's asyncio package does it: code costs heap on a
-node, so a node loads only the modules it uses (no COSE mapping, no quantity names; README
-"RAM"). Importing a name loads its module and what that module imports, nothing else.
+node, so a node loads only the modules it uses (no COSE mapping, no quantity names;
+docs/firmware/ram.md). Importing a name loads its module and what that module imports, nothing else.
 """
 
 TYPE_CHECKING = False

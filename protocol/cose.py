@@ -1,7 +1,7 @@
 # The standard view of a frame: COSE_Encrypt0 (RFC 9052) and its external_aad, lossless both
 # ways. SPEC.md section "Envelope" describes the mapping. Used by tools and interoperability
 # tests (any COSE library opens our frames with it); a node never needs it, so it lives apart
-# from the envelope the node imports (README "RAM").
+# from the envelope the node imports (docs/firmware/ram.md).
 #
 #   COSE_Encrypt0 = 16([ h'a1010a' / {1: 10} /, {4: kid, 6: partial-iv}, ciphertext-with-tag ])
 #                   (and 10: h'epoch', the "kid context" of RFC 8613, for a key epoch >= 1)

@@ -87,7 +87,8 @@ CONFIG_FIELDS = (
 
 def quantity_name(qid: int) -> str:
     """The registered name of a quantity id, to name a value in an error or a view. Imported
-    when needed: a node that only sends valid readings never loads the registry (README "RAM")."""
+    when needed: a node that only sends valid readings never loads the registry
+    (docs/firmware/ram.md)."""
     from .quantities import quantity_name as name  # noqa: PLC0415
 
     return name(qid)

@@ -13,7 +13,8 @@ from . import firmware_env  # noqa: F401 - puts the node firmware (edgeveil_node
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((ROOT / "protocol" / "vectors" / "v1.json").read_text(encoding="utf-8"))
 
-# Bounded in CI; `HYPOTHESIS_PROFILE=long` for a longer local fuzz run (see README "Fuzzing").
+# Bounded in CI; `HYPOTHESIS_PROFILE=long` for a longer local fuzz run (see
+# docs/development/fuzzing.md).
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile(
     "long", max_examples=50_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]

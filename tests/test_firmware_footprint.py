@@ -68,7 +68,7 @@ def test_footprint_per_module_group_and_configuration(day: dict[str, heap.Report
     assert largest.live("boot") > typical.live("boot")  # more drivers, more heap
     assert largest.peak <= PEAK_LIMIT, (
         f"the largest configuration peaks at {largest.peak} bytes, over {PEAK_LIMIT}: "
-        "see README 'RAM' for where the heap goes"
+        "see docs/firmware/ram.md for where the heap goes"
     )
 
 

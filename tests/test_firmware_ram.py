@@ -5,7 +5,7 @@ Measured: bytes the firmware allocates for one readings frame (build the message
 it for the line, queue it, send it, process its acknowledgement), with the garbage collector
 off so every allocation counts; and the heap after 1,000 such cycles, to show nothing grows.
 Target from the firmware issue: at most 2 KB per readings frame, no growth. The figures are
-printed (pytest -s) and quoted in the README.
+printed (pytest -s) and quoted in docs/firmware/index.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Bounded in CI (the "ci" hypothesis profile); run longer with
     HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_fuzz.py tests/test_cbor.py \
         tests/test_framing.py
-(README "Fuzzing" has the figures of the last long run).
+(docs/development/fuzzing.md has the figures of the last long run).
 """
 
 from __future__ import annotations

@@ -79,10 +79,10 @@ async def test_two_gateways_of_a_site_find_the_zone_they_share(
         assert sorted(said) == [
             "zone 'plein' is also served by gateway gw-a of site site: each gateway counts the "
             "devices of its own nodes, so a device seen by both is counted twice; serve a zone "
-            "from one gateway (README 'One zone, one gateway')",
+            "from one gateway (docs/operators/zones.md)",
             "zone 'plein' is also served by gateway gw-b of site site: each gateway counts the "
             "devices of its own nodes, so a device seen by both is counted twice; serve a zone "
-            "from one gateway (README 'One zone, one gateway')",
+            "from one gateway (docs/operators/zones.md)",
         ]
     config_file = tmp_path / "gw-a.toml"
     config_file.write_text(

@@ -11,8 +11,8 @@
 # configuration update's event), a readings or status cycle, one frame of the last BLE scan
 # window's sightings, a scan window, a time request, or else sending again the oldest frame the
 # retransmission queue says is due. When more is due it returns 0 and the loop comes straight
-# back. Small passes keep what a pass allocates small (a 112 KB heap has no room
-# for a scan window's six frames sealed at once, README "RAM"), keep the watchdog fed and let a
+# back. Small passes keep what a pass allocates small (a 112 KB heap has no room for a scan
+# window's six frames sealed at once, docs/firmware/ram.md), keep the watchdog fed and let a
 # radio link take acks between frames. Everything it needs is passed in, so the same class runs
 # on a board (main() builds the hardware), on a PC (firmware/host) and under the MicroPython
 # interpreter in tests.
@@ -274,7 +274,7 @@ class Node:
 
     def _rekey_step(self, update=None):
         """Take a re-key (`update`) or switch to it (None): rekey.py, a module loaded for the
-        moment (README "RAM")."""
+        moment (docs/firmware/ram.md)."""
         from . import rekey  # noqa: PLC0415
 
         rekey.step(self, update)
@@ -431,7 +431,7 @@ def wait_forever(problem):
 
 def _forget(name):
     """Drop a module the node needs only to start: once nothing refers to its functions, its
-    code is garbage (a few KB of heap each, README "RAM")."""
+    code is garbage (a few KB of heap each, docs/firmware/ram.md)."""
     sys.modules.pop("edgeveil_node." + name, None)
     package = sys.modules.get("edgeveil_node")
     if package is not None and name in package.__dict__:

@@ -83,7 +83,8 @@ _UPDATE_LEAST = {
 def check_update(settings):
     """A configuration update's settings by the rules of this file: ConfigError naming the
     first wrong one. The node applies updates without this module (it is dropped after boot,
-    README "RAM"); the gateway checks a remote configuration with it before sending anything.
+    docs/firmware/ram.md); the gateway checks a remote configuration with it before sending
+    anything.
     key_epoch is the gateway's own (re-keys), never a configuration an operator sends."""
     if type(settings) is not dict or not settings:
         raise ConfigError("settings: must name at least one setting")
@@ -180,7 +181,7 @@ def check_continuity(config, counter):
     state: this flash was erased, or the files were copied by hand), or state older than the
     epoch deploy gave the configuration (a restored backup). Either way counters this
     identity already used could start again under the same keys (SPEC.md section 9). Here and
-    not in app.py: this module is dropped once the node runs (README "RAM")."""
+    not in app.py: this module is dropped once the node runs (docs/firmware/ram.md)."""
     if not counter.found or counter.epoch < config.epoch:
         raise ConfigError(
             "no counter state of node "
@@ -222,7 +223,7 @@ def _link(link):
     return out
 
 
-# The LoRa link's settings beyond the pins, with their defaults (README "LoRa link").
+# The LoRa link's settings beyond the pins, with their defaults (docs/firmware/lora.md).
 _LORA_DEFAULTS = {
     "region": "EU868",
     "freq_khz": 868100,

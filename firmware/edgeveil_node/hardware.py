@@ -4,7 +4,7 @@
 #
 # Each driver and link module is imported only when the configuration names it: code costs
 # heap on a board (about twice its .mpy size), and a node with a BME280 on a serial line has no
-# use for the LoRa link or the particle sensor's driver (README "RAM").
+# use for the LoRa link or the particle sensor's driver (docs/firmware/ram.md).
 
 import machine
 

@@ -74,7 +74,7 @@ def sightings_per_frame(limit):
     bytes per sighting (array head, 6-byte address as a byte string, 2-byte RSSI; SPEC.md 7.2).
     At most 12 even where more would fit (SF7-SF9): sealing a frame allocates about 45 bytes
     per sighting in one pass of the scheduler, and a node's heap has no room for twenty
-    (README "RAM"); two more frames of 14 bytes' overhead per crowd of 64 cost less."""
+    (docs/firmware/ram.md); two more frames of 14 bytes' overhead per crowd of 64 cost less."""
     fit = (limit - 20) // 10
     return fit if fit < _MOST_SIGHTINGS else _MOST_SIGHTINGS
 

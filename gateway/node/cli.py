@@ -15,7 +15,10 @@ from pathlib import Path
 __all__ = ["add_node_commands"]
 
 EXIT_USAGE = 2  # as gateway.cli: a problem the user can fix
-_GUIDE = "See the technician's guide in the README (from a fresh board to a reporting node)."
+_GUIDE = (
+    "See the technician's guide, docs/technicians/guide.md (from a fresh board to a reporting "
+    "node)."
+)
 
 
 def _port_option(parser: argparse.ArgumentParser) -> None:

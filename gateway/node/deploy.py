@@ -30,7 +30,7 @@ it adds the chip's id (machine.unique_id(), in hex) as "board" to the configurat
 the configuration file on this computer first, then puts it on the board. A configuration
 bound to another chip is refused before anything is written, with both ids and the fix; and
 the node itself refuses to seal under a configuration bound to another chip (a copy made by
-hand), so two boards never share a key and a nonce (issue 12).
+hand), so two boards never share a key and a nonce.
 
 Before anything is copied, deploy says how the board's heap compares with what the
 configuration needs (footprint.py). With --romfs, the compiled modules go into one image on
@@ -599,7 +599,7 @@ def _split_for_romfs(info: dict[str, Any], result: Build) -> dict[str, bytes]:
         raise NodeCommandError(
             "this board's MicroPython has no ROM filesystem (the micropython.org images for "
             "ESP32_GENERIC and RPI_PICO have none): deploy without --romfs, or flash a build "
-            'with a romfs partition (README "RAM")'
+            "with a romfs partition (docs/firmware/ram.md)"
         )
     if result.source_only:
         raise NodeCommandError(

@@ -124,7 +124,7 @@ def verdict(board: Room, wanted: Need) -> tuple[bool, bool, str, str]:
     spare = board.total - wanted.peak
     fix = (
         "fewer sensor types or the serial link instead of LoRa, a board with PSRAM (e.g. "
-        'ESP32-WROVER), or a firmware image with the node frozen in (README "RAM")'
+        "ESP32-WROVER), or a firmware image with the node frozen in (docs/firmware/ram.md)"
     )
     if spare >= HEADROOM:
         return True, False, f"{detail}: {_kib(spare)} to spare", ""

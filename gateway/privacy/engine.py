@@ -111,7 +111,7 @@ def reveals_presence(message: Message) -> bool:
     """A message whose very number says whether people were near: BLE sightings and PIR
     motion events (a node sends them only when someone is there). Nothing may count them per
     node, or even per gateway, outside the policy's protected figures: no metric, no log
-    line, no status field (security review, issue 13)."""
+    line, no status field."""
     return isinstance(message, Observations) or (
         isinstance(message, Event) and message.code == MOTION_EVENT
     )

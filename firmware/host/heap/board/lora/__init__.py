@@ -2,7 +2,7 @@
 # (configure, send, recv, standby, sleep), with no radio behind it. Uplinks are counted; a
 # downlink the scenario queues in DOWNLINKS is heard in the next receive window. Only the
 # firmware's own heap is measured here: micropython-lib's drivers (lora-sync and a chip
-# package) cost heap of their own on a board, measured separately (README "RAM").
+# package) cost heap of their own on a board, measured separately (docs/firmware/ram.md).
 import time
 
 
