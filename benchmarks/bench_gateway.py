@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_gateway.py [--links 20] [--seconds 20] [--nodes 1000]
         [--rate 1.0 | --frames-per-s 17] [--warmup 3] [--idle 3] [--profile py-spy|cprofile]
-        [--state-dir-parent DIR]
+        [--state-dir-parent DIR] [--no-peer]
 
 What it sets up (all in a temporary directory under --state-dir-parent, by default the system's
 temporary directory or else /var/tmp, never on tmpfs; all removed at the end, also on Ctrl-C):
@@ -40,6 +40,15 @@ whether the directory stays flat after warm-up) and each file's size at the end 
 Figures are printed next to the issue's targets (at most 1.5 KB written per reading at 17
 frames/s, 0.5 KB at line rate), never asserted.
 
+The peer baseline (on unless --no-peer): after the gateway's run, the same replay (the same
+nodes and frames on new pty pairs, the same rate and seconds, a fresh Mosquitto and subscriber)
+against benchmarks/plain_bridge.py, the bridge a user would write instead of edgeveil
+(pyserial, the protocol's framing and AESCCM, one paho QoS 1 publish per frame; no spool,
+privacy stage or acks). Both runs go through measured_run(), which takes the system to start;
+the report ends with both side by side: delivered readings a second, CPU % of one core, CPU
+microseconds per delivered reading, and the ratio gateway / peer of the last (the project's
+target: at most 1.0).
+
 --profile samples the gateway during the measured seconds: py-spy (if it is on PATH; samples of
 whichever thread holds the GIL, 200 a second, grouped by gateway stage) or cProfile (the gateway
 runs under it: the main thread only, the whole run, and much slower). Either prints where the
@@ -56,6 +65,7 @@ import math
 import multiprocessing
 import os
 import pstats
+import re
 import shutil
 import signal
 import subprocess
@@ -65,6 +75,7 @@ import time
 import tty
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -301,7 +312,10 @@ def subscriber_main(
     times = array.array("d")
     online = threading.Event()
     subscribed = threading.Event()
-    marker = b'"mid":"'
+    # every "mid" of a message, JSON however spaced: one per record of a SenML pack (a message
+    # may carry several), or the one of the peer's JSON object. Exact on JSON text: a quote
+    # inside a string is escaped, so `"mid":` is always a key.
+    mid_key = re.compile(rb'"mid"\s*:\s*"([^"]*)"')
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         client.subscribe([(readings, 0), (availability, 0)])
@@ -316,12 +330,9 @@ def subscriber_main(
             if payload == b"online":
                 online.set()
             return
-        i = payload.find(marker)
-        while i >= 0:  # every record of a pack (senml.join) has its own "mid"
-            i += len(marker)
-            mids.append(payload[i : payload.find(b'"', i)])
+        for mid in mid_key.findall(payload):
+            mids.append(mid)
             times.append(now)
-            i = payload.find(marker, i)
 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id="edgeveil-bench-subscriber", clean_session=True
@@ -420,25 +431,29 @@ class SubscriberProcess:
                 self.proc.join()
 
 
-# -- the gateway process -------------------------------------------------------------------------
+# -- the system under test: the gateway, or the peer ---------------------------------------------
 
 
-class GatewayProcess:
-    def __init__(self, config: Path, log: Path, profile_out: Path | None) -> None:
-        python = str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable)
-        cmd = [python]
-        if profile_out is not None:
-            cmd += ["-m", "cProfile", "-o", str(profile_out)]
-        cmd += ["-m", "gateway.cli", "gateway", "run", "--config", str(config)]
+PYTHON = str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable)
+
+
+class SystemProcess:
+    """The system under test as a subprocess of its own (its CPU and memory are read from
+    /proc/<pid>/), its stdout and stderr to `log`."""
+
+    name = "system"
+    url: str | None = None  # its metrics endpoint, if it has one
+
+    def __init__(self, cmd: list[str], log: Path) -> None:
         self.log_path = log
         self._log = log.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own gateway
+        self.proc = subprocess.Popen(  # noqa: S603 - our own gateway or peer
             cmd,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C is for this script, which stops the gateway
+            start_new_session=True,  # Ctrl-C is for this script, which stops the process
         )
         self.pid = self.proc.pid
 
@@ -453,6 +468,9 @@ class GatewayProcess:
                 self.proc.wait()
         self._log.close()
 
+    def wait_ready(self, links: int, sub: SubscriberProcess) -> None:
+        raise NotImplementedError
+
     def print_warnings(self, first: int = 5) -> None:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         warnings = [ln for ln in text.splitlines() if " WARNING " in ln or " ERROR " in ln]
@@ -464,6 +482,49 @@ class GatewayProcess:
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+class GatewayProcess(SystemProcess):
+    name = "gateway"
+
+    def __init__(self, config: Path, log: Path, profile_out: Path | None, url: str) -> None:
+        cmd = [PYTHON]
+        if profile_out is not None:
+            cmd += ["-m", "cProfile", "-o", str(profile_out)]
+        cmd += ["-m", "gateway.cli", "gateway", "run", "--config", str(config)]
+        super().__init__(cmd, log)
+        self.url = url  # its metrics
+
+    def wait_ready(self, links: int, sub: SubscriberProcess) -> None:
+        assert self.url is not None
+        wait_ready(self, self.url, links, sub)
+
+
+class PeerProcess(SystemProcess):
+    """benchmarks/plain_bridge.py on the links' pty slaves, publishing where the gateway would."""
+
+    name = "plain bridge"
+
+    def __init__(self, links: list[Link], nodes: Path, mqtt_port: int, log: Path) -> None:
+        topic = f"edgeveil/{SITE}/{GATEWAY_ID}/node/{{node}}/readings"
+        cmd = [PYTHON, str(ROOT / "benchmarks" / "plain_bridge.py"), "--nodes", str(nodes)]
+        cmd += ["--broker", f"127.0.0.1:{mqtt_port}", "--topic", topic, "--id", "plain-bridge"]
+        super().__init__([*cmd, *(link.path for link in links)], log)
+
+    def wait_ready(self, links: int, sub: SubscriberProcess) -> None:
+        """Until it says "ready" (the broker accepted it, every port is open)."""
+        deadline = time.monotonic() + 30
+        while "ready:" not in self.log_path.read_text(encoding="utf-8", errors="replace"):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the plain bridge exited at start:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the plain bridge not ready in 30 s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def summary(self) -> str:
+        """Its last line: what it did with the frames (printed when it stops)."""
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return next((ln for ln in reversed(lines) if ln.startswith("frames:")), "(no summary)")
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -484,7 +545,7 @@ def total(
     )
 
 
-def wait_ready(gw: GatewayProcess, url: str, links: int, sub: SubscriberProcess) -> None:
+def wait_ready(gw: SystemProcess, url: str, links: int, sub: SubscriberProcess) -> None:
     deadline = time.monotonic() + 30
     while True:
         if gw.proc.poll() is not None:
@@ -588,7 +649,7 @@ class Replayer:
 class Snapshot:
     wall: float
     mono: float
-    gw_ticks: int
+    gw_ticks: int  # of the system under test: the gateway, or the peer
     gw_threads: dict[int, int]
     other_ticks: dict[str, int]
     machine: tuple[int, int]
@@ -596,14 +657,14 @@ class Snapshot:
     io: dict[str, int]
 
 
-async def snapshot(gw_pid: int, others: dict[str, int | str], url: str) -> Snapshot:
+async def snapshot(gw_pid: int, others: dict[str, int | str], url: str | None) -> Snapshot:
     mono, wall = time.monotonic(), time.time()
     gw = cpu_ticks(gw_pid)
     threads = thread_ticks(gw_pid)
     other = {name: cpu_ticks(pid) for name, pid in others.items()}
     machine = machine_ticks()
     io = proc_io(gw_pid)
-    metrics = await asyncio.to_thread(scrape, url)
+    metrics = await asyncio.to_thread(scrape, url) if url else {}  # the peer has none
     return Snapshot(wall, mono, gw, threads, other, machine, metrics, io)
 
 
@@ -827,9 +888,9 @@ class Results:
 async def measure(  # noqa: PLR0917 - the run's parts, each named at the one call
     args: argparse.Namespace,
     links: list[Link],
-    gw: GatewayProcess,
+    gw: SystemProcess,
     sub: SubscriberProcess,
-    url: str,
+    url: str | None,
     others: dict[str, int | str],
     profile: Path | None,
     state: Path,
@@ -901,6 +962,27 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
     )
 
 
+def delivery(links: list[Link], r: Results) -> tuple[int, list[float]]:
+    """(readings the subscriber received in the measured seconds (one per "mid"), latencies
+    from frame written to receipt of the frames written in them, sorted)."""
+    s0, s1 = r.start, r.end
+    _, nodes, counters, times, _ = r.received
+    by_node = {link.node_id: link for link in links}
+    latencies: list[float] = []
+    received_in_window = 0
+    for node, counter, at in zip(nodes, counters, times, strict=True):
+        if s0.wall <= at < s1.wall:
+            received_in_window += 1
+        link = by_node.get(node)
+        if link is None or not 0 < counter <= len(link.sent_at):
+            continue
+        sent = link.sent_at[counter - 1]
+        if s0.wall <= sent < s1.wall:
+            latencies.append(at - sent)
+    latencies.sort()
+    return received_in_window, latencies
+
+
 def load_text(args: argparse.Namespace, frame_len: float) -> str:
     if args.frames_per_s:
         return (
@@ -928,21 +1010,9 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
         outcomes[labels["outcome"]] += int(value - before)
     accepted = outcomes.get("accepted", 0)
 
-    _, nodes, counters, times, sub_ticks = r.received
-    by_node = {link.node_id: link for link in links}
-    latencies: list[float] = []
-    received_in_window = 0
-    for node, counter, at in zip(nodes, counters, times, strict=True):
-        if s0.wall <= at < s1.wall:
-            received_in_window += 1
-        link = by_node.get(node)
-        if link is None or not 0 < counter <= len(link.sent_at):
-            continue
-        sent = link.sent_at[counter - 1]
-        if s0.wall <= sent < s1.wall:
-            latencies.append(at - sent)
+    sub_ticks = r.received[4]
+    received_in_window, latencies = delivery(links, r)
     lost = r.offered - len(latencies)
-    latencies.sort()
     # frames never delivered count as slower than any delivered one
     ranked = latencies + [math.inf] * max(0, lost)
 
@@ -964,7 +1034,7 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
         f"  published, PUBACKed (gateway metrics)   "
         f"{delta('edgeveil_mqtt_published_total') / span:9,.0f}"
     )
-    print(f"  messages received (subscriber)          {received_in_window / span:9,.0f}")
+    print(f"  readings received (subscriber: mids)    {received_in_window / span:9,.0f}")
     others = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()) if k != "accepted")
     line_errors = int(delta("edgeveil_line_errors_total"))
     print(
@@ -1065,6 +1135,62 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
     report_storage(args, r, accepted, span)
 
 
+def report_peer(links: list[Link], r: Results, peer: PeerProcess) -> None:
+    span = r.end.mono - r.start.mono
+    received, latencies = delivery(links, r)
+    share = len(latencies) / r.offered if r.offered else 0.0
+    p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+    print(
+        "plain bridge (pyserial ReaderThread a port, the protocol's COBS framing, AESCCM via "
+        "protocol.open_frame, one paho QoS 1 publish per frame; no spool, privacy stage or acks)"
+    )
+    print(
+        f"  per second: frames offered {r.offered / span:,.0f}, readings received "
+        f"(subscriber) {received / span:,.0f}; pty write stalls {r.write_stalls}, "
+        f"acks read {r.ack_bytes:,} B"
+    )
+    print(
+        f"  latency frame written -> subscriber receipt: p50 {fmt_ms(p50)}, p99 {fmt_ms(p99)} "
+        f"(of the {len(latencies):,} frames delivered, {share:.1%} of those offered)"
+    )
+    load = pct(r.end.gw_ticks - r.start.gw_ticks, span)
+    rss, hwm = r.end_mem.get("VmRSS", 0) / 1024, r.end_mem.get("VmHWM", 0) / 1024
+    print(
+        f"  CPU, % of one core: idle {pct(r.idle_ticks, r.idle_s):.1f}, load {load:.1f}; "
+        f"RSS {rss:.1f} MB (peak {hwm:.1f} MB); drained {r.drain_s:.1f} s"
+    )
+    print(f"  its count over the whole run: {peer.summary()}")
+
+
+def compare(gateway: tuple[list[Link], Results], peer: tuple[list[Link], Results]) -> None:
+    """Both runs side by side, over their measured seconds: CPU per delivered reading is the
+    system's CPU time divided by the readings the subscriber received meanwhile."""
+    rows = []
+    for links, r in (gateway, peer):
+        span = r.end.mono - r.start.mono
+        received, _ = delivery(links, r)
+        cpu_s = (r.end.gw_ticks - r.start.gw_ticks) / CLK_TCK
+        per_reading = 1e6 * cpu_s / received if received else math.inf
+        rows.append((r.offered / span, received / span, 100 * cpu_s / span, per_reading))
+    (g_offered, g_rate, g_cpu, g_us), (p_offered, p_rate, p_cpu, p_us) = rows
+    print("\ngateway vs peer, over the measured seconds         gateway        peer")
+    print(f"  frames offered/s (replayer)                  {g_offered:10,.0f}  {p_offered:10,.0f}")
+    print(f"  delivered readings/s (subscriber)            {g_rate:10,.0f}  {p_rate:10,.0f}")
+    print(f"  CPU, % of one core                           {g_cpu:10.1f}  {p_cpu:10.1f}")
+    print(f"  CPU microseconds per delivered reading       {g_us:10.1f}  {p_us:10.1f}")
+    for name, (offered, rate, _, _) in zip(("gateway", "peer"), rows, strict=True):
+        if rate < 0.95 * offered:
+            print(
+                f"  (the {name} delivered {rate / offered:.0%} of the frames offered meanwhile: "
+                "it fell behind, and its CPU time went to readings delivered later as well)"
+            )
+    ratio = g_us / p_us if p_us else math.inf
+    print(
+        f"  ratio gateway / peer, CPU per delivered reading: {ratio:.2f}   target <= 1.0: "
+        f"{verdict(ratio <= 1.0)}"
+    )
+
+
 def _kb(n: float) -> str:
     return f"{n / KB:,.1f}"
 
@@ -1153,8 +1279,68 @@ def make_links(
     return links
 
 
+# What a run starts as the system under test, given the port of the run's broker: a process
+# that reads the links' pty slaves and publishes to that broker.
+StartSystem = Callable[[int], SystemProcess]
+
+
+def measured_run(  # noqa: PLR0917 - the run's parts, each named at the call
+    args: argparse.Namespace,
+    links: list[Link],
+    start: StartSystem,
+    directory: Path,
+    state: Path,
+    profile: Path | None = None,
+) -> tuple[Results, SystemProcess]:
+    """One run: a Mosquitto and a subscriber of its own (in `directory`: nothing retained or
+    queued from another run), the system `start` starts, then measure(): its idle baseline,
+    the replay on `links` (warm-up, measured seconds), the drain. All stopped at the end."""
+    from tests.mosquitto import Mosquitto  # noqa: PLC0415 - after sys.path
+
+    with contextlib.ExitStack() as stack:
+        broker = Mosquitto(
+            directory / "mosquitto", extra="max_queued_messages 0\nmax_inflight_messages 0"
+        )
+        stack.callback(broker.kill)
+        broker.start()
+        sub = SubscriberProcess(broker.host, broker.port)
+        stack.callback(sub.kill)
+        sub.start()
+
+        t = time.monotonic()
+        system = start(broker.port)
+        stack.callback(system.stop)
+        system.wait_ready(len(links), sub)
+        print(f"  {system.name} pid {system.pid} ready in {time.monotonic() - t:.1f} s")
+
+        others: dict[str, int | str] = {"replayer (this process)": "self"}
+        broker_proc = getattr(broker, "_proc", None)
+        if broker_proc is not None:
+            others["mosquitto"] = broker_proc.pid
+        others["subscriber"] = sub.pid
+        print(
+            f"  idle {args.idle:g} s, then load: warm-up {args.warmup:g} s, "
+            f"measured {args.seconds:g} s"
+        )
+        results = asyncio.run(measure(args, links, system, sub, system.url, others, profile, state))
+        if system.proc.poll() is not None:
+            print(f"the {system.name} exited during the run:\n{system.log_tail()}")
+        system.stop()
+    return results, system
+
+
+def relink(links: list[Link], stack: contextlib.ExitStack) -> list[Link]:
+    """The same nodes and frames on new pty pairs, nothing offered yet: another run's links."""
+    out = []
+    for link, (master, slave, path) in zip(links, make_ptys(len(links), stack), strict=True):
+        fresh = Link(link.name, link.node_id, master, slave, path, link.frames, phase=link.phase)
+        fresh.sent_at = array.array("d", bytes(8 * len(link.frames)))
+        out.append(fresh)
+    return out
+
+
 def run(args: argparse.Namespace) -> None:
-    from tests.mosquitto import Mosquitto, free_port  # noqa: PLC0415 - after sys.path
+    from tests.mosquitto import free_port  # noqa: PLC0415 - after sys.path
 
     with contextlib.ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="edgeveil-bench-", dir=args.state_dir_parent))
@@ -1175,50 +1361,50 @@ def run(args: argparse.Namespace) -> None:
             f"in {time.monotonic() - t:.1f} s"
         )
 
-        broker = Mosquitto(
-            tmp / "mosquitto", extra="max_queued_messages 0\nmax_inflight_messages 0"
-        )
-        stack.callback(broker.kill)
-        broker.start()
-        sub = SubscriberProcess(broker.host, broker.port)
-        stack.callback(sub.kill)
-        sub.start()
-
-        metrics_port = free_port()
-        config = tmp / "gateway.toml"
-        toml = gateway_toml(state, links, broker.port, metrics_port, args.policy)
-        config.write_text(toml, encoding="utf-8")
         profile: Path | None = None
         if args.profile:
             profile = tmp / ("gateway.prof" if args.profile == "cprofile" else "py-spy.txt")
-        gw = GatewayProcess(
-            config, tmp / "gateway.log", profile if args.profile == "cprofile" else None
-        )
-        stack.callback(gw.stop)
-        url = f"http://127.0.0.1:{metrics_port}/metrics"
-        t = time.monotonic()
-        wait_ready(gw, url, args.links, sub)
-        print(f"  gateway pid {gw.pid} ready in {time.monotonic() - t:.1f} s; state in {state}")
 
-        others: dict[str, int | str] = {"replayer (this process)": "self"}
-        broker_proc = getattr(broker, "_proc", None)
-        if broker_proc is not None:
-            others["mosquitto"] = broker_proc.pid
-        others["subscriber"] = sub.pid
-        print(
-            f"  idle {args.idle:g} s, then load: warm-up {args.warmup:g} s, "
-            f"measured {args.seconds:g} s"
-        )
-        results = asyncio.run(measure(args, links, gw, sub, url, others, profile, state))
-        if gw.proc.poll() is not None:
-            print(f"the gateway exited during the run:\n{gw.log_tail()}")
+        def start_gateway(mqtt_port: int) -> SystemProcess:
+            metrics_port = free_port()
+            config = tmp / "gateway.toml"
+            toml = gateway_toml(state, links, mqtt_port, metrics_port, args.policy)
+            config.write_text(toml, encoding="utf-8")
+            cprofile = profile if args.profile == "cprofile" else None
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            print(f"  gateway state in {state}")
+            return GatewayProcess(config, tmp / "gateway.log", cprofile, url)
+
+        results, gw = measured_run(args, links, start_gateway, tmp, state, profile)
         report(args, links, results, gw.pid)
-        gw.stop()
         if profile is not None and args.profile == "py-spy" and profile.exists():
             report_py_spy(profile, args.seconds)
         elif profile is not None and args.profile == "cprofile":
             report_cprofile(profile)
         gw.print_warnings()
+        if not args.peer:
+            return
+
+        peer_dir = tmp / "peer"
+        (peer_dir / "state").mkdir(parents=True)  # it keeps none: sampled empty
+        nodes = peer_dir / "nodes.json"
+        with NodeRegistry.open(state / "registry.db") as registry:
+            registry.export_file(nodes)  # every registered node, as the gateway has them
+        peer_links = relink(links, stack)
+        print(
+            "\npeer baseline: the same replay against benchmarks/plain_bridge.py (the same "
+            "nodes and frames on new ptys, the same rate and seconds; its own Mosquitto)"
+        )
+
+        def start_peer(mqtt_port: int) -> SystemProcess:
+            return PeerProcess(peer_links, nodes, mqtt_port, peer_dir / "bridge.log")
+
+        peer_results, peer = measured_run(
+            args, peer_links, start_peer, peer_dir, peer_dir / "state"
+        )
+        assert isinstance(peer, PeerProcess)
+        report_peer(peer_links, peer_results, peer)
+        compare((links, results), (peer_links, peer_results))
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -1247,6 +1433,13 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle baseline")
     parser.add_argument("--profile", choices=("py-spy", "cprofile"), help="profile the gateway")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the gateway's run, the same replay against the plain bridge "
+        "(benchmarks/plain_bridge.py), and both side by side (default: on)",
+    )
     parser.add_argument(
         "--state-dir-parent",
         type=Path,
