@@ -15,13 +15,13 @@ import asyncio
 import logging
 import socket
 from types import TracebackType
-from typing import Any, Self
-
-from amqtt.broker import Broker
-from amqtt.errors import BrokerError
+from typing import TYPE_CHECKING, Any, Self
 
 from .config import is_loopback
 from .errors import EdgeveilError
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
 
 log = logging.getLogger("edgeveil.broker")
 
@@ -46,6 +46,11 @@ class EmbeddedBroker:
         self._broker: Broker | None = None
 
     async def start(self) -> None:
+        # imported here: amqtt and what it brings (websockets, transitions, ...) take about
+        # 15 MB of a gateway's memory, and only a gateway without [mqtt] runs this broker
+        from amqtt.broker import Broker  # noqa: PLC0415
+        from amqtt.errors import BrokerError  # noqa: PLC0415
+
         _quiet_amqtt_logs()
         # amqtt offers no public way to read the port it bound, so for port 0 we pick a
         # free one; another process taking it in between is retried.

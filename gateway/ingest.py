@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -213,7 +213,10 @@ class Ingest:
         self.sends_downlinks = sends_downlinks
         self.configs = configs  # remote configuration commands (gateway.node_config)
         self.health = health  # what `gateway nodes` shows (gateway.node_health)
-        self.queue: asyncio.Queue[Arrival] = asyncio.Queue(QUEUE_LIMIT)
+        # frames waiting for ingest, oldest first (a deque and one event rather than an
+        # asyncio.Queue: thousands of frames a second, each put and got once)
+        self.queue: deque[Arrival] = deque()
+        self._arrived = asyncio.Event()
         self.burst_log = BurstLog()
         # nodes that say they must be replaced (counter_low events): once an hour per node
         self.replace_log = BurstLog(3600.0, "node must be replaced")
@@ -237,11 +240,12 @@ class Ingest:
     def submit(self, port: str, frame: bytes, radio: RadioMeta | None = None) -> None:
         """Called by the link layer for each frame; never blocks, never raises. LoRa links
         pass the radio metadata; it stays in the gateway (downlink routing only)."""
-        try:
-            self.queue.put_nowait(Arrival(port, frame, time.time(), radio))
-        except asyncio.QueueFull:
+        if len(self.queue) >= QUEUE_LIMIT:
             # the node keeps it and sends it again: nothing acknowledged is lost
             self.metrics.frames.labels(port, UNREGISTERED, "overloaded").inc()
+            return
+        self.queue.append(Arrival(port, frame, time.time(), radio))
+        self._arrived.set()
 
     async def run(self) -> None:
         """Take frames as they come: each is verified and passed through the privacy stage at
@@ -249,24 +253,32 @@ class Ingest:
         the spool), while the group gathers for its one spool commit (GATHER_S,
         GATHER_FRAMES); the group's nodes are acknowledged after that commit."""
         loop = asyncio.get_running_loop()
+        queue, arrived = self.queue, self._arrived
         while True:
-            arrivals = [await self.queue.get()]
+            while not queue:
+                arrived.clear()
+                await arrived.wait()
             group = self._begin()
             gathered_by = loop.time() + GATHER_S
-            while True:
-                while len(arrivals) < BATCH_LIMIT and not self.queue.empty():
-                    arrivals.append(self.queue.get_nowait())
-                if any(a.radio is not None for a in arrivals):
-                    gathered_by = min(gathered_by, loop.time() + GATHER_LORA_S)
-                self._take(arrivals, group)
-                left = gathered_by - loop.time()
-                if left <= 0 or len(group.batch) >= GATHER_FRAMES:
-                    break
-                try:
-                    async with asyncio.timeout(left):
-                        arrivals = [await self.queue.get()]
-                except TimeoutError:
-                    break
+            closing = loop.call_at(gathered_by, arrived.set)  # wakes the wait below in time
+            try:
+                while True:
+                    take = min(len(queue), BATCH_LIMIT)
+                    arrivals = [queue.popleft() for _ in range(take)]
+                    if gathered_by - loop.time() > GATHER_LORA_S and any(
+                        a.radio is not None for a in arrivals
+                    ):
+                        gathered_by = loop.time() + GATHER_LORA_S
+                        closing.cancel()
+                        closing = loop.call_at(gathered_by, arrived.set)
+                    self._take(arrivals, group)
+                    if loop.time() >= gathered_by or len(group.batch) >= GATHER_FRAMES:
+                        break
+                    if not queue:
+                        arrived.clear()
+                        await arrived.wait()
+            finally:
+                closing.cancel()
             await self._finish(group)
 
     async def process(self, batch: list[Arrival]) -> None:
@@ -283,7 +295,7 @@ class Ingest:
     def _take(self, arrivals: list[Arrival], group: _Group) -> None:
         """Verify the frames and pass the new ones through the privacy stage; their messages
         are offered to the uplink at once."""
-        if self._storage_refuses(arrivals):
+        if not arrivals or self._storage_refuses(arrivals):
             return
         group.batch.extend(arrivals)
         out: list[OutMessage] = []
@@ -297,7 +309,9 @@ class Ingest:
             if entry.rekey is not None and header.epoch < entry.rekey:
                 group.rekeys[node] = arrival.time
             if not duplicate or self._may_ack_again(key):
-                group.acks[node].append(header.counter)
+                acks = group.acks[node]
+                if header.counter not in acks:  # copies in one group: one ack
+                    acks.append(header.counter)
                 group.radios[node] = arrival.radio
             personal = reveals_presence(message)
             if not personal:
@@ -407,6 +421,8 @@ class Ingest:
         """True when the batch is refused unseen, unacknowledged (the nodes keep its frames),
         because the spool or the registry cannot write: see STORAGE_RETRY_S. Counted per port
         as `storage_unavailable`, observation frames not at all."""
+        if not self.spool.health.failing and not self.registry.health.failing:
+            return False
         failing = {**self.spool.health.failing, **self.registry.health.failing}
         if "spool" not in failing and "registry" not in failing:
             return False

@@ -510,7 +510,7 @@ async def test_broker_outage_of_30_s_loses_nothing_the_gateway_accepted(tmp_path
             await until(
                 lambda: (
                     all(s == "waiting" for s in gateway.link_states.values())
-                    and gateway.ingest.queue.empty()
+                    and not gateway.ingest.queue
                     and gateway.spool.depth == 0
                     and distinct() >= expected()
                 ),

@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -250,9 +249,6 @@ async def running_ingest(directory: Path, max_messages: int = 10_000) -> AsyncIt
                 timeline.append(("ack", tuple(message.counters)))
             return True
 
-        def uplink(*_args: Any, **_kwargs: Any) -> None:
-            """Whatever ingest hands the uplink, and when, is not asserted here."""
-
         ingest = Ingest(
             registry,
             engine,
@@ -260,7 +256,7 @@ async def running_ingest(directory: Path, max_messages: int = 10_000) -> AsyncIt
             Topics("edgeveil", "site", GW),
             "senml-json",
             send,
-            uplink,
+            None,  # no uplink: what is handed to it, and when, is not asserted here
             metrics,
         )
         task = asyncio.create_task(ingest.run(), name="ingest")
