@@ -258,6 +258,7 @@ class Uplink:
         self._live_unsettled = 0  # offered and not published, not yet stored by ingest
         self._live_inflight = 0  # offered, queued or awaiting PUBACK
         self._live_seqs: set[int] = set()  # stored while in flight: the drain leaves them
+        self._spool_news = True  # the spool may hold what is not published yet: peek it
 
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -270,6 +271,7 @@ class Uplink:
     def notify(self) -> None:
         """The spool has new messages: publish them now rather than at the next poll. Call
         from the event loop's thread."""
+        self._spool_news = True
         self._wake.set()
 
     def offer(self, messages: Sequence[OutMessage]) -> list[Offered]:
@@ -308,6 +310,7 @@ class Uplink:
             state = offered.state
             if state in (HELD, FAILED):
                 self._live_unsettled -= 1  # in the spool now (or refused): the drain's
+                self._spool_news = True
             elif seq is None:
                 continue
             elif state == ACKED:
@@ -467,6 +470,7 @@ class Uplink:
 
     async def _work(self, client: aiomqtt.Client) -> None:
         await self._announce(client)
+        self._spool_news = True  # a new connection starts at the oldest spooled message
         while not self._stop.is_set():
             if self._availability_dirty:
                 self._availability_dirty = False
@@ -482,12 +486,15 @@ class Uplink:
             if self._live_queue:  # offered before they were stored: not in the spool's order
                 live, self._live_queue = self._live_queue, []
                 await self._publish(client, [], live)
-                continue
+                if not self._spool_news:  # else the spool's turn: no starving it under load
+                    continue
+            self._spool_news = False
             held = self._live_unsettled  # before the peek: what is held is stored by then
             after = max(self._undeleted, default=0)
             peeked = await asyncio.to_thread(self._spool.peek, self._batch, after)
             batch = [(seq, m) for seq, m in peeked if seq not in self._live_seqs]
             if batch:
+                self._spool_news = True  # there may be more
                 await self._publish(client, batch, [])
                 continue
             if not held and not self._live_open:
@@ -668,6 +675,7 @@ class Uplink:
             self._live_unsettled += 1  # settle() counts it off once it is stored
         elif offered.seq is not None:
             self._live_seqs.discard(offered.seq)  # in the spool: the drain publishes it
+            self._spool_news = True
 
     def _set_aside(self, seqs: list[int]) -> None:
         """Acknowledged spooled messages, deleted in groups (_delete)."""

@@ -11,16 +11,19 @@ across the switch between the live path and the spool.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.records import OutMessage
 from gateway.uplink import HELD, Offered, Uplink
 
 from .mosquitto import Mosquitto
 from .test_uplink import (
     DATA,
+    TOPICS,
     RecordingSpool,
     by_topic,
     by_topic_data,
@@ -128,3 +131,33 @@ async def test_nothing_is_lost_and_order_holds_across_a_broker_outage(
             firsts = list(dict.fromkeys(received[topic]))  # a consumer drops duplicates
             assert firsts == payloads, topic  # all, in order
         await eventually(lambda: up._live_open, "live path open again once drained")
+
+
+@pytest.mark.asyncio
+async def test_the_spool_is_not_starved_by_steady_live_traffic(
+    broker: Mosquitto, spool: RecordingSpool
+) -> None:
+    """A window's release waits in the spool while nodes' messages keep coming live: it is
+    published after the live batch in flight, not once the nodes fall silent."""
+    release = OutMessage("gw-1:people:z:0", TOPICS.zone("z", "people"), b'[{"n":"count","v":7}]')
+    async with subscribed(broker, f"{TOPICS.base}/#") as sub, uplink_for(broker, spool) as up:
+        await eventually(lambda: up._live_open, "live path open")
+        stop = asyncio.Event()
+
+        async def nodes_keep_sending() -> None:
+            i = 0
+            while not stop.is_set():
+                if up._live_inflight < 64:  # a steady flow, never held
+                    up.offer(messages(i, 1))
+                    i += 1
+                await asyncio.sleep(0)
+
+        sending = asyncio.create_task(nodes_keep_sending())
+        try:
+            await sub.wait_for(lambda got: len(by_topic_data(got)) >= 50)  # flowing
+            spool.put([release])
+            up.notify()
+            await sub.wait_for(lambda got: any(r.topic == release.topic for r in got))
+        finally:
+            stop.set()
+            await sending
