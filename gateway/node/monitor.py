@@ -268,7 +268,9 @@ def monitor(
                         verified, text = judge.judge(event.frame)
                         status |= 0 if verified else 1
                         out(f"{_now()}  {'frame ' if verified else 'REJECT'}   {text}")
-                        stop = stop or once
+                        if once:  # the first frame, even when more came in the same read
+                            stop = True
+                            break
                 if stop:
                     break
         except KeyboardInterrupt:
