@@ -176,16 +176,19 @@ def _key_order(item: tuple[object, object]) -> tuple[int, bytes]:
 class _Perturber:
     """Encodes an item like cbor2's canonical mode, except at the nodes it is told to spoil."""
 
-    def __init__(self, draw: st.DrawFn, target: int) -> None:
+    def __init__(self, draw: st.DrawFn, target: int, *, others: bool = True) -> None:
         self.draw = draw
         self.target = target  # the node (pre-order) that is certainly spoiled
+        self.others = others  # whether other nodes may be spoiled too (one in eight)
         self.index = 0
         self.spoiled: list[str] = []
 
     def _variant(self, choices: list[str]) -> str:
         i = self.index
         self.index += 1
-        if not choices or (i != self.target and self.draw(st.integers(0, 7)) != 0):
+        if not choices or (
+            i != self.target and (not self.others or self.draw(st.integers(0, 7)) != 0)
+        ):
             return "canonical"
         variant = self.draw(st.sampled_from(choices))
         self.spoiled.append(variant)
@@ -332,3 +335,70 @@ def _has_float(v: object) -> bool:
     if isinstance(v, dict):
         return any(_has_float(x) for x in v.values())
     return False
+
+
+# --- the gateway's fast path (protocol/_fast.py) accepts only what the full check accepts ------
+
+
+def _full_check(data: bytes) -> object:
+    """protocol/_fast.py's strict check without its fast path: decode, encode again, compare."""
+    try:
+        value = cbor2.loads(data)
+        same = cbor2.dumps(value, canonical=True) == data
+    except Exception:  # cbor2 raises several types
+        return "malformed"
+    return ("accepted", data) if same else "malformed"
+
+
+array_items = st.lists(
+    st.integers(-(2**64), 2**64 - 1)
+    | st.binary(max_size=26)
+    | st.text(max_size=26)
+    | st.booleans()
+    | st.none()
+    | st.lists(st.integers(-(2**33), 2**33) | st.binary(max_size=8), max_size=6),
+    max_size=30,
+)
+
+
+@st.composite
+def array_encodings(draw: st.DrawFn) -> bytes:
+    """Encodings of the shapes the fast path handles: canonical, spoiled, or mutated bytes."""
+    item = draw(array_items)
+    how = draw(st.sampled_from(["canonical", "spoiled", "mutated"]))
+    if how == "spoiled":  # in one place only: a second spoil would often hide the first
+        target = draw(st.integers(0, _count_nodes(item) - 1))
+        return _Perturber(draw, target, others=False).encode(item)
+    data = bytearray(_canonical(item))
+    if how == "mutated":
+        for _ in range(draw(st.integers(1, 3))):
+            pos = draw(st.integers(0, len(data) - 1))
+            data[pos] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@given(array_encodings() | st.binary(max_size=40).map(lambda b: b"\x85" + b))
+@example(b"\x81\xc2\x43\x01\x00\x00")  # 65536 as a bignum: as long as its canonical form
+@example(b"\x98\x18" + bytes(24))
+@example(b"\x9f" + bytes(24) + b"\xff")  # as long as the canonical form above
+@example(b"\x82\x00\x00\x00")  # a trailing item
+@example(b"\x81\x18\x17")  # 23 in one byte, and each head size's largest value one size up:
+@example(b"\x81\x39\x00\xff")
+@example(b"\x82\x1a\x00\x00\xff\xff\x00")
+@example(b"\x81\x1b\x00\x00\x00\x00\xff\xff\xff\xff")
+@example(b"\x81\x1b\x00\x00\x00\x01\x00\x00\x00\x00")  # 2**32 in eight bytes: canonical
+@example(b"\x81\x58\x01\x61")  # string lengths and inner arrays likewise
+@example(b"\x82\x00\x98\x01\x00")
+@example(b"\x82\x82\x41\x00\x01\x00")
+@example(b"\x81\x62\xc3\xa9" + b"\x81\x62\xc3")  # text split across items
+def test_fast_path_accepts_exactly_what_the_full_check_accepts(data: bytes) -> None:
+    expected = _full_check(data)
+    got = _reason(_fast.cbor_loads, data)
+    if got != "malformed":  # compared by their encoding (a NaN is not equal to itself)
+        got = ("accepted", cbor2.dumps(got[1], canonical=True))  # type: ignore[index]
+    assert got == expected, data.hex()
+    if expected == "malformed":
+        return
+    value = cbor2.loads(data)
+    if type(value) is list and _fast._ARRAYS[len(value)].fullmatch(data):
+        assert cbor2.dumps(value, canonical=True) == data  # what the expression lets through
