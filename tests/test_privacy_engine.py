@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import hmac
 import json
 import logging
 import pickle
@@ -124,7 +123,7 @@ def one(records: list[Record], stream: str) -> Record:
 # -- pseudonyms --------------------------------------------------------------------------------
 
 
-def test_pseudonym_is_truncated_hmac_sha256_of_the_identifier() -> None:
+def test_pseudonym_is_keyed_blake2s_of_the_identifier() -> None:
     keys: list[bytes] = []
 
     def token_bytes(n: int) -> bytes:
@@ -134,8 +133,24 @@ def test_pseudonym_is_truncated_hmac_sha256_of_the_identifier() -> None:
     for bits in (32, 64, 128, 256):
         pz = Pseudonymizer(W, bits, token_bytes=token_bytes)
         got = pz.pseudonym(ADDR, T0)
-        assert got == hmac.digest(keys[-1], ADDR, "sha256")[: bits // 8]
+        assert len(keys[-1]) == 32
+        assert got == hashlib.blake2s(ADDR, key=keys[-1], digest_size=bits // 8).digest()
         assert got is not None and len(got) == bits // 8
+        # the identifiers of sightings go straight into a window's set, the same pseudonyms
+        devices: set[bytes] = set()
+        assert pz.add_sightings(T0 + 1, [(ADDR, -60), (bytes(6), -70), (ADDR, -61)], devices)
+        assert devices == {got, pz.pseudonym(bytes(6), T0)}
+
+
+def test_pseudonyms_of_a_period_whose_key_is_gone_add_nothing() -> None:
+    pz = Pseudonymizer(W, 64)
+    devices: set[bytes] = set()
+    assert pz.add_sightings(T0 + W, [(ADDR, -60)], devices) and len(devices) == 1
+    assert not pz.add_sightings(T0 + W - 1, [(bytes(6), -60)], devices)  # an earlier period
+    assert pz.expire(T0 + 2 * W)
+    assert not pz.add_sightings(T0 + W + 1, [(bytes(6), -60)], devices)  # its key destroyed
+    assert len(devices) == 1
+    assert pz.add_sightings(T0 + 2 * W, [(bytes(6), -60)], devices) and len(devices) == 2
 
 
 def test_pseudonyms_stable_within_a_period_unlinkable_across_periods() -> None:
