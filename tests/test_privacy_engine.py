@@ -24,7 +24,7 @@ import pytest
 from gateway import config as config_mod
 from gateway import senml
 from gateway.errors import ConfigError
-from gateway.privacy import PolicyEngine, PrivacyLedger, dp
+from gateway.privacy import PolicyEngine, PrivacyLedger, dp, passthrough
 from gateway.privacy import policy as policy_mod
 from gateway.privacy import windows as windows_mod
 from gateway.privacy.engine import SUPPRESSED, WITHHELD, check
@@ -571,6 +571,32 @@ action = "pass"
     assert payload[0]["policy"] == h and payload[0]["mid"] == f"{GW}:3:12:0"
     env = one(e.release_due(T0 + W), "environment")  # the temperature went to its window
     assert by_name(env)["temperature_count"] == 1
+
+
+def test_readings_records_share_their_measurements_in_a_bounded_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table: dict[tuple[int, int], Measurement] = {}
+    monkeypatch.setattr(passthrough, "_MEASUREMENTS", table)
+    monkeypatch.setattr(passthrough, "_MEASUREMENTS_SIZE", 3)
+    t, b, unknown = quantity_id("temperature"), quantity_id("battery"), 63
+
+    def record(values: dict[int, int], quantities: list[int] | None = None) -> Record | None:
+        return passthrough.readings_record(GW, 3, "plein", 12, Readings(values), T0, quantities)
+
+    first = record({b: 3999, t: -12, unknown: 7})
+    assert first is not None and first.measurements == (
+        Measurement("temperature", "Cel", -1.2),
+        Measurement("battery", "V", 3.999),
+        Measurement("q63", "", 7),
+    )
+    again = record({t: -12, b: 3999, unknown: 7})
+    assert again == first
+    assert all(m is n for m, n in zip(again.measurements, first.measurements, strict=True))
+    assert record({t: 215}, [b]) is None  # nothing selected
+    other = record({t: 215, b: 4000}, [t])  # the table is full: emptied, then filled again
+    assert other is not None and other.measurements == (Measurement("temperature", "Cel", 21.5),)
+    assert table == {(t, 215): other.measurements[0]}
 
 
 def test_an_event_without_a_value_leaves_as_true_not_as_a_number(ledger: PrivacyLedger) -> None:
