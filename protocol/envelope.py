@@ -24,12 +24,10 @@
 from ._backend import cbor_dumps, cbor_loads
 from .errors import LocalProtocolError, Reason, RemoteProtocolError
 from .keys import MAX_NODE_ID, PROTOCOL_VERSION, uint_bytes
-from .messages import MESSAGE_CLASSES, message_from_body
+from .messages import MESSAGE_CLASSES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from .keys import NodeKeys
     from .messages import Message
 
@@ -41,28 +39,19 @@ PROTECTED = b"\xa1\x01\x0a"  # CBOR {1: 10} (alg: AES-CCM-16-64-128): the only p
 RESERVED_TYPE = 7
 _UPLINK = tuple(cls.UPLINK for cls in MESSAGE_CLASSES)
 _EXTENSION_BIT = 0x80
+_from_bytes = int.from_bytes  # bound once: looking it up on int costs more than the call
 
 
 class Header:
     """The clear part of a frame, readable before any key is known."""
 
     # __slots__ makes the per-frame object cheaper on CPython; MicroPython ignores it.
-    __slots__ = (
-        "counter",
-        "epoch",
-        "kid",
-        "msg_type",
-        "node_id",
-        "piv",
-        "size",
-        "uplink",
-        "version",
-    )
+    __slots__ = ("counter", "epoch", "kid", "msg_type", "node_id", "piv", "size", "uplink")
+    version = PROTOCOL_VERSION  # the only version a header parses to
 
-    def __init__(
-        self, msg_type: int, node_id: int, counter: int, kid: bytes, piv: bytes, *, epoch: int = 0
+    def __init__(  # noqa: PLR0917 - one per field; parse_header makes one per frame
+        self, msg_type: int, node_id: int, counter: int, kid: bytes, piv: bytes, epoch: int = 0
     ) -> None:
-        self.version = PROTOCOL_VERSION
         self.msg_type = msg_type
         self.node_id = node_id
         self.counter = counter
@@ -110,9 +99,8 @@ def parse_header(frame: bytes) -> Header:
     msg_type = (first >> 4) & 0x07
     if msg_type == RESERVED_TYPE:
         raise RemoteProtocolError(Reason.BAD_HEADER, "message type 7 is reserved")
-    kid_len = ((first >> 2) & 0x03) + 1
-    piv_len = (first & 0x03) + 1
-    header_len = start + kid_len + piv_len
+    kid_end = start + ((first >> 2) & 0x03) + 1
+    header_len = kid_end + (first & 0x03) + 1
     if n < header_len + TAG_LENGTH + 1:
         raise RemoteProtocolError(
             Reason.TRUNCATED,
@@ -120,16 +108,14 @@ def parse_header(frame: bytes) -> Header:
             + " bytes, a frame with this header needs at least "
             + str(header_len + TAG_LENGTH + 1),
         )
-    kid = frame[start : start + kid_len]
-    piv = frame[start + kid_len : header_len]
+    kid = frame[start:kid_end]
+    piv = frame[kid_end:header_len]
     if type(frame) is not bytes:
         kid = bytes(kid)
         piv = bytes(piv)
-    if (kid_len > 1 and kid[0] == 0) or (piv_len > 1 and piv[0] == 0):
+    if (kid[0] == 0 and kid_end - start > 1) or (piv[0] == 0 and header_len - kid_end > 1):
         raise RemoteProtocolError(Reason.BAD_HEADER, "node id or counter has a leading zero byte")
-    return Header(
-        msg_type, int.from_bytes(kid, "big"), int.from_bytes(piv, "big"), kid, piv, epoch=epoch
-    )
+    return Header(msg_type, _from_bytes(kid, "big"), _from_bytes(piv, "big"), kid, piv, epoch)
 
 
 # Both structures below are CBOR of a fixed shape whose every item is shorter than 24 bytes, so
@@ -168,10 +154,6 @@ def _cached_enc_structure(msg_type: int, kid: bytes) -> bytes:
     return aad
 
 
-def _aead_for(keys: "NodeKeys", uplink: bool) -> "Any":
-    return keys.uplink if uplink else keys.downlink
-
-
 def seal(message: "Message", counter: int, keys: "NodeKeys") -> bytes:
     """Encrypt and authenticate `message` as frame number `counter` of the node `keys` belongs to.
 
@@ -200,7 +182,7 @@ def seal(message: "Message", counter: int, keys: "NodeKeys") -> bytes:
         raise LocalProtocolError(
             "sealed frame would be " + str(size) + " bytes, the limit is " + str(MAX_FRAME)
         )
-    aead = _aead_for(keys, message.UPLINK)
+    aead = keys.uplink if message.UPLINK else keys.downlink
     sealed: bytes = aead.encrypt(keys.nonce(counter), plaintext, enc_structure(msg_type, kid))
     return head + kid + piv + sealed
 
@@ -224,9 +206,10 @@ def open_frame(
             Reason.WRONG_DIRECTION,
             MESSAGE_CLASSES[header.msg_type].NAME + " frames travel the other way",
         )
-    aad = _cached_enc_structure(header.msg_type, header.kid)
+    msg_type = header.msg_type
+    aad = _ENC_CACHE.get((msg_type, header.kid)) or _cached_enc_structure(msg_type, header.kid)
     try:
-        plaintext = _aead_for(keys, uplink).decrypt(
+        plaintext = (keys.uplink if uplink else keys.downlink).decrypt(
             keys.nonce(header.counter), frame[header.size :], aad
         )
     except RemoteProtocolError:
@@ -235,4 +218,4 @@ def open_frame(
         raise RemoteProtocolError(
             Reason.AUTH_FAILED, "tag does not verify (forged, altered or sealed with another key)"
         ) from None
-    return message_from_body(header.msg_type, cbor_loads(plaintext))
+    return MESSAGE_CLASSES[msg_type].from_body(cbor_loads(plaintext))  # message_from_body, inlined

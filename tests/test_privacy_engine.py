@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import hmac
 import json
 import logging
 import pickle
@@ -25,7 +24,7 @@ import pytest
 from gateway import config as config_mod
 from gateway import senml
 from gateway.errors import ConfigError
-from gateway.privacy import PolicyEngine, PrivacyLedger, dp
+from gateway.privacy import PolicyEngine, PrivacyLedger, dp, passthrough
 from gateway.privacy import policy as policy_mod
 from gateway.privacy import windows as windows_mod
 from gateway.privacy.engine import SUPPRESSED, WITHHELD, check
@@ -124,7 +123,7 @@ def one(records: list[Record], stream: str) -> Record:
 # -- pseudonyms --------------------------------------------------------------------------------
 
 
-def test_pseudonym_is_truncated_hmac_sha256_of_the_identifier() -> None:
+def test_pseudonym_is_keyed_blake2s_of_the_identifier() -> None:
     keys: list[bytes] = []
 
     def token_bytes(n: int) -> bytes:
@@ -134,8 +133,24 @@ def test_pseudonym_is_truncated_hmac_sha256_of_the_identifier() -> None:
     for bits in (32, 64, 128, 256):
         pz = Pseudonymizer(W, bits, token_bytes=token_bytes)
         got = pz.pseudonym(ADDR, T0)
-        assert got == hmac.digest(keys[-1], ADDR, "sha256")[: bits // 8]
+        assert len(keys[-1]) == 32
+        assert got == hashlib.blake2s(ADDR, key=keys[-1], digest_size=bits // 8).digest()
         assert got is not None and len(got) == bits // 8
+        # the identifiers of sightings go straight into a window's set, the same pseudonyms
+        devices: set[bytes] = set()
+        assert pz.add_sightings(T0 + 1, [(ADDR, -60), (bytes(6), -70), (ADDR, -61)], devices)
+        assert devices == {got, pz.pseudonym(bytes(6), T0)}
+
+
+def test_pseudonyms_of_a_period_whose_key_is_gone_add_nothing() -> None:
+    pz = Pseudonymizer(W, 64)
+    devices: set[bytes] = set()
+    assert pz.add_sightings(T0 + W, [(ADDR, -60)], devices) and len(devices) == 1
+    assert not pz.add_sightings(T0 + W - 1, [(bytes(6), -60)], devices)  # an earlier period
+    assert pz.expire(T0 + 2 * W)
+    assert not pz.add_sightings(T0 + W + 1, [(bytes(6), -60)], devices)  # its key destroyed
+    assert len(devices) == 1
+    assert pz.add_sightings(T0 + 2 * W, [(bytes(6), -60)], devices) and len(devices) == 2
 
 
 def test_pseudonyms_stable_within_a_period_unlinkable_across_periods() -> None:
@@ -556,6 +571,32 @@ action = "pass"
     assert payload[0]["policy"] == h and payload[0]["mid"] == f"{GW}:3:12:0"
     env = one(e.release_due(T0 + W), "environment")  # the temperature went to its window
     assert by_name(env)["temperature_count"] == 1
+
+
+def test_readings_records_share_their_measurements_in_a_bounded_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table: dict[tuple[int, int], Measurement] = {}
+    monkeypatch.setattr(passthrough, "_MEASUREMENTS", table)
+    monkeypatch.setattr(passthrough, "_MEASUREMENTS_SIZE", 3)
+    t, b, unknown = quantity_id("temperature"), quantity_id("battery"), 63
+
+    def record(values: dict[int, int], quantities: list[int] | None = None) -> Record | None:
+        return passthrough.readings_record(GW, 3, "plein", 12, Readings(values), T0, quantities)
+
+    first = record({b: 3999, t: -12, unknown: 7})
+    assert first is not None and first.measurements == (
+        Measurement("temperature", "Cel", -1.2),
+        Measurement("battery", "V", 3.999),
+        Measurement("q63", "", 7),
+    )
+    again = record({t: -12, b: 3999, unknown: 7})
+    assert again == first
+    assert all(m is n for m, n in zip(again.measurements, first.measurements, strict=True))
+    assert record({t: 215}, [b]) is None  # nothing selected
+    other = record({t: 215, b: 4000}, [t])  # the table is full: emptied, then filled again
+    assert other is not None and other.measurements == (Measurement("temperature", "Cel", 21.5),)
+    assert table == {(t, 215): other.measurements[0]}
 
 
 def test_an_event_without_a_value_leaves_as_true_not_as_a_number(ledger: PrivacyLedger) -> None:

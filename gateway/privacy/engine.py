@@ -464,13 +464,14 @@ class PolicyEngine:
             if window is None:
                 dropped["late" if windows.late(arrival) else "overflow"] += len(sightings)
                 return
-        pseudonyms = state.pseudonymizer.pseudonyms(arrival, [a for a, _ in sightings])
-        if pseudonyms is None:  # the key of that period is gone (the clock stepped back)
-            dropped["late"] += len(sightings)
-            return
         devices = window.devices
-        if len(devices) + len(pseudonyms) <= MAX_DEVICES:  # window.add_devices' fast path
-            devices.update(pseudonyms)
+        if len(devices) + len(sightings) <= MAX_DEVICES:  # window.add_devices' fast path
+            if not state.pseudonymizer.add_sightings(arrival, sightings, devices):
+                dropped["late"] += len(sightings)  # that period's key is gone (clock stepped back)
+            return
+        pseudonyms = state.pseudonymizer.pseudonyms(arrival, [a for a, _ in sightings])
+        if pseudonyms is None:
+            dropped["late"] += len(sightings)
             return
         lost = window.add_devices(pseudonyms)
         if lost:

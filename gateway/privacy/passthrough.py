@@ -40,6 +40,21 @@ def scaled(n: int, exp: int) -> float | int:
     return round(n * 10.0**exp, -exp)
 
 
+def _measurement(qid: int, value: int) -> Measurement:
+    if is_known(qid):
+        return Measurement(quantity_name(qid), senml_unit(qid), scaled(value, exponent(qid)))
+    return Measurement(quantity_name(qid), "", value)
+
+
+# A readings frame becomes a record per frame, 7,000 frames a second on a busy gateway, and a
+# Measurement (a frozen dataclass) costs more to make than the rest of the record. It is a
+# value: the same (quantity, scaled integer) always gives an equal one, and nodes send the same
+# few hundred values of each quantity over and over. So they are made once and shared, in a
+# bounded table (emptied whole when full: simple, and the next frames fill it again).
+_MEASUREMENTS: dict[tuple[int, int], Measurement] = {}
+_MEASUREMENTS_SIZE = 16_384
+
+
 def readings_record(  # noqa: PLR0917 - the message's coordinates, as PrivacyStage.process has them
     gateway_id: str,
     node_id: int,
@@ -52,17 +67,21 @@ def readings_record(  # noqa: PLR0917 - the message's coordinates, as PrivacySta
 ) -> Record | None:
     """The readings of `quantities` (all if None) as one record; None if none is selected."""
     time = float(message.time) if message.time is not None else arrival
-    values = tuple(
-        Measurement(quantity_name(q), senml_unit(q), scaled(v, exponent(q)))
-        if is_known(q)
-        else Measurement(quantity_name(q), "", v)
-        for q, v in sorted(message.values.items())
-        if quantities is None or q in quantities
-    )
+    made = _MEASUREMENTS
+    values = []
+    for item in sorted(message.values.items()):
+        if quantities is not None and item[0] not in quantities:
+            continue
+        m = made.get(item)
+        if m is None:
+            if len(made) >= _MEASUREMENTS_SIZE:
+                made.clear()
+            m = made[item] = _measurement(*item)
+        values.append(m)
     if not values:
         return None
     msg_id = message_id(gateway_id, node_id, counter)
-    return Record("readings", node_id, zone, time, msg_id, values, policy=policy)
+    return Record("readings", node_id, zone, time, msg_id, tuple(values), policy=policy)
 
 
 def status_record(  # noqa: PLR0917

@@ -11,7 +11,7 @@ some quantities) and says what happens to it:
   privacy (discrete Laplace noise from OpenDP, epsilon per release, a daily cap per stream).
 
 Everything a policy does not select is dropped (default deny). Device identifiers in
-observations are replaced by keyed pseudonyms (HMAC-SHA256 under a random key kept in RAM and
+observations are replaced by keyed pseudonyms (keyed BLAKE2s under a random key kept in RAM and
 replaced every `key_rotation_minutes`, at most 24 h) before anything else sees them; a stream
 forwards pseudonyms only with `forward_pseudonyms = true`, which no default policy sets.
 
