@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -259,6 +260,9 @@ class Uplink:
         self._live_inflight = 0  # offered, queued or awaiting PUBACK
         self._live_seqs: set[int] = set()  # stored while in flight: the drain leaves them
         self._spool_news = True  # the spool may hold what is not published yet: peek it
+        self._poll_due = 0.0  # the spool is peeked at least this often (poll_interval_s)
+        self._window_lock: asyncio.Semaphore | None = None  # the connection's window
+        self._in_flight: set[asyncio.Task[None]] = set()  # MQTT messages awaiting a PUBACK
 
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -441,6 +445,7 @@ class Uplink:
         self._paho_log.socket_error = None
         self._session_up = False
         async with self._client() as client:
+            _no_delay(client)
             self._session_up = True
             self._up_since = time.monotonic()
             watch = asyncio.create_task(self._receive(client), name="edgeveil-uplink-watch")
@@ -469,6 +474,17 @@ class Uplink:
             raise aiomqtt.MqttError("connection lost")  # both were cancelled: not expected
 
     async def _work(self, client: aiomqtt.Client) -> None:
+        self._window_lock = asyncio.Semaphore(self._window)  # this connection's in flight
+        try:
+            await self._work_on(client)
+        finally:
+            for task in list(self._in_flight):  # a lost connection: not acknowledged
+                task.cancel()
+            if self._in_flight:
+                await asyncio.wait(list(self._in_flight))
+            self._window_lock = None
+
+    async def _work_on(self, client: aiomqtt.Client) -> None:
         await self._announce(client)
         self._spool_news = True  # a new connection starts at the oldest spooled message
         while not self._stop.is_set():
@@ -488,7 +504,14 @@ class Uplink:
                 await self._publish(client, [], live)
                 if not self._spool_news:  # else the spool's turn: no starving it under load
                     continue
+            if self._live_open and not self._spool_news and time.monotonic() < self._poll_due:
+                # nothing new was stored for the drain (notify, settle and a failure say so):
+                # no peek, whose thread hop and wait for the spool's lock (held through a
+                # group's fsync) would hold back the next live message
+                await self._idle()
+                continue
             self._spool_news = False
+            self._poll_due = time.monotonic() + self._poll_interval
             held = self._live_unsettled  # before the peek: what is held is stored by then
             after = max(self._undeleted, default=0)
             peeked = await asyncio.to_thread(self._spool.peek, self._batch, after)
@@ -499,15 +522,21 @@ class Uplink:
                 continue
             if not held and not self._live_open:
                 self._live_open = True  # caught up: new messages go out as they come
-            wait = self._poll_interval
-            if self._undeleted:
-                wait = max(0.0, min(wait, self._delete_due - time.monotonic()))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+            await self._idle()
+        if self._in_flight:  # a clean stop: their PUBACKs first
+            await asyncio.wait(list(self._in_flight), timeout=self._publish_timeout)
         if self._undeleted:
             await self._delete()  # a clean stop leaves nothing to publish twice
         await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0)
+
+    async def _idle(self) -> None:
+        """Wait for news (an offer, a notify), a deletion due or the next poll of the spool."""
+        wait = max(0.0, self._poll_due - time.monotonic())
+        if self._undeleted:
+            wait = max(0.0, min(wait, self._delete_due - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         """Hands each message on the subscriptions to on_message, one at a time, in order;
@@ -592,73 +621,80 @@ class Uplink:
         spooled: Sequence[tuple[int, OutMessage]],
         live: Sequence[Offered],
     ) -> None:
-        """Publish, with at most `window` awaiting their PUBACK; then account for what the
-        broker acknowledged, also when the connection fails half-way."""
-        window = asyncio.Semaphore(self._window)
+        """Publish in order, with at most `window` MQTT messages of the connection awaiting
+        their PUBACK. Spooled messages: returns once all are acknowledged (or raises), so the
+        next peek starts after them. Offered messages: returns once they are sent; each
+        pack's PUBACK is accounted for when it comes (_sent). Pipelining them matters: a
+        broker with Nagle's algorithm on (Mosquitto's default) holds back the PUBACKs after
+        the first of a burst until it sees our next segment, so waiting for a whole burst
+        before sending more cost up to 40 ms (the delayed-ack timer) per burst."""
+        window = self._window_lock
+        assert window is not None  # noqa: S101 - set for the connection (_work)
         packs = self._packs(spooled, live)
-        issued: list[tuple[_Pack, asyncio.Task[float]]] = []
-        payload_format = self.config.payload
-
-        async def publish(pack: _Pack) -> float:
-            try:
-                payload = pack.messages[0].payload
-                if len(pack.messages) > 1:
-                    payload = senml.join([m.payload for m in pack.messages], payload_format)
-                await client.publish(
-                    pack.topic,
-                    payload,
-                    qos=1,
-                    retain=pack.retain,
-                    timeout=self._publish_timeout,
-                )
-                return time.time()
-            finally:
-                window.release()
-
         for offered in live:
             offered.state = INFLIGHT
-        try:
-            for pack in packs:
+        issued: list[asyncio.Task[None]] = []
+        for i, pack in enumerate(packs):
+            try:
                 await window.acquire()
-                if self._stop.is_set():
-                    window.release()
-                    break
-                # Tasks start in creation order, so PUBLISH packets leave in this order.
-                issued.append((pack, asyncio.create_task(publish(pack))))
-            await asyncio.gather(*(task for _, task in issued))
-        finally:
-            self._account(packs, issued)
+            except BaseException:
+                self._never_sent(packs[i:])
+                raise
+            if self._stop.is_set():
+                window.release()
+                self._never_sent(packs[i:])
+                break
+            # Tasks start in creation order, so PUBLISH packets leave in this order.
+            task = asyncio.create_task(self._send(client, pack))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            issued.append(task)
+        if spooled:
+            await asyncio.gather(*issued)
 
-    def _account(self, packs: list[_Pack], issued: list[tuple[_Pack, asyncio.Task[float]]]) -> None:
-        """Count what the broker acknowledged, stop the rest, set the acknowledged spooled
-        messages aside for deletion; offered messages not acknowledged fail (see _fail).
-
-        Everything here is synchronous, so a cancellation (the connection was lost) cannot
-        separate a PUBACK from its count. `published` counts PUBACKs: a message whose delete is
-        interrupted is sent and counted again (at least once)."""
-        acked_seqs: list[int] = []
-        acked: set[int] = set()
-        for pack, task in issued:
-            if not task.done():
-                task.cancel()
-                continue
-            if task.cancelled() or task.exception() is not None:
-                continue
-            acked.add(id(pack))
-            acked_at = task.result()
-            acked_seqs.extend(pack.seqs)
-            for offered in pack.offered:
-                offered.state = ACKED
-                self._live_inflight -= 1
-                if offered.seq is not None:
-                    self._live_seqs.discard(offered.seq)
-                    acked_seqs.append(offered.seq)
-            for message in pack.messages:
-                self._published_one(message, acked_at)
+    def _never_sent(self, packs: Sequence[_Pack]) -> None:
         for pack in packs:
-            if id(pack) not in acked:
-                for offered in pack.offered:
-                    self._fail(offered)
+            for offered in pack.offered:
+                self._fail(offered)
+
+    async def _send(self, client: aiomqtt.Client, pack: _Pack) -> None:
+        """One MQTT message and, when its PUBACK comes, what it means (_sent); a message
+        not acknowledged (an error, or cancelled with its connection) leaves its spooled
+        records in the spool and fails its offered ones."""
+        acked_at: float | None = None
+        try:
+            payload = pack.messages[0].payload
+            if len(pack.messages) > 1:
+                payload = senml.join([m.payload for m in pack.messages], self.config.payload)
+            await client.publish(
+                pack.topic, payload, qos=1, retain=pack.retain, timeout=self._publish_timeout
+            )
+            acked_at = time.time()
+        finally:
+            if self._window_lock is not None:
+                self._window_lock.release()
+            self._sent(pack, acked_at)
+
+    def _sent(self, pack: _Pack, acked_at: float | None) -> None:
+        """Count an acknowledged pack and set its spooled messages aside for deletion; the
+        offered messages of one not acknowledged fail (see _fail).
+
+        Synchronous, so a cancellation (the connection was lost) cannot separate a PUBACK
+        from its count. `published` counts PUBACKs: a message whose delete is interrupted is
+        sent and counted again (at least once)."""
+        if acked_at is None:
+            for offered in pack.offered:
+                self._fail(offered)
+            return
+        acked_seqs = list(pack.seqs)
+        for offered in pack.offered:
+            offered.state = ACKED
+            self._live_inflight -= 1
+            if offered.seq is not None:
+                self._live_seqs.discard(offered.seq)
+                acked_seqs.append(offered.seq)
+        for message in pack.messages:
+            self._published_one(message, acked_at)
         if acked_seqs:
             # Deleted later, several batches in one transaction (_work). A crash before the
             # delete means duplicates, never a loss.
@@ -767,6 +803,18 @@ def _describe(exc: aiomqtt.MqttError, socket_error: str | None = None) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         text += " (check mqtt.ca_file and that the broker's certificate names mqtt.host)"
     return text
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """TCP_NODELAY on the connection: paho leaves Nagle's algorithm on, which holds a small
+    PUBLISH back until the broker acknowledged the previous segment (up to 40 ms with delayed
+    acks) and so delayed every message of a quiet gateway. aiomqtt keeps its paho client
+    private; without it (another aiomqtt), the connection works as before, only slower."""
+    paho = getattr(client, "_client", None)
+    sock = paho.socket() if paho is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _metadata_json(metadata: Mapping[str, Any]) -> bytes:
