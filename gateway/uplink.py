@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import socket
 import ssl
@@ -666,9 +667,10 @@ class Uplink:
             payload = pack.messages[0].payload
             if len(pack.messages) > 1:
                 payload = senml.join([m.payload for m in pack.messages], self.config.payload)
-            await client.publish(
-                pack.topic, payload, qos=1, retain=pack.retain, timeout=self._publish_timeout
-            )
+            # No timeout of its own: a timeout makes asyncio.wait_for wrap every PUBLISH in a
+            # task and a timer, thousands a second; a dead connection ends the session (the
+            # keepalive notices it), which cancels what is in flight
+            await client.publish(pack.topic, payload, qos=1, retain=pack.retain, timeout=math.inf)
             acked_at = time.time()
         finally:
             if self._window_lock is not None:
