@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import random
 import socket
 import ssl
@@ -51,6 +50,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from . import senml
@@ -110,6 +110,7 @@ class _Pack:
     seqs: list[int] = field(default_factory=list)
     offered: list[Offered] = field(default_factory=list)
     size: int = 0
+    round: list[int] | None = None  # a drain round's count of packs still awaiting PUBACKs
 
 
 class SpoolQueue(Protocol):
@@ -196,7 +197,7 @@ class Uplink:
     None if there was none).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - the state, each piece named and explained
         self,
         config: MqttConfig,
         spool: SpoolQueue,
@@ -207,7 +208,7 @@ class Uplink:
         subscriptions: Sequence[str] = (),
         on_message: OnMessage | None = None,
         window: int = 32,
-        batch: int = 256,
+        batch: int = 1024,
         poll_interval_s: float = 1.0,
         delete_after_s: float = DELETE_AFTER_S,
         backoff_initial_s: float = 0.5,
@@ -263,7 +264,9 @@ class Uplink:
         self._spool_news = True  # the spool may hold what is not published yet: peek it
         self._poll_due = 0.0  # the spool is peeked at least this often (poll_interval_s)
         self._window_lock: asyncio.Semaphore | None = None  # the connection's window
-        self._in_flight: set[asyncio.Task[None]] = set()  # MQTT messages awaiting a PUBACK
+        self._paho: mqtt.Client | None = None  # the connection's paho client (_publish)
+        self._awaiting: dict[int, _Pack] = {}  # paho message id -> pack awaiting its PUBACK
+        self._round: asyncio.Event | None = None  # a drain round's packs all acknowledged
 
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -476,14 +479,27 @@ class Uplink:
 
     async def _work(self, client: aiomqtt.Client) -> None:
         self._window_lock = asyncio.Semaphore(self._window)  # this connection's in flight
+        paho = client._client  # aiomqtt's paho client: see _publish
+        aiomqtt_on_publish = paho.on_publish
+
+        def on_publish(*args: Any) -> None:  # paho's callback, in the event loop's thread
+            if aiomqtt_on_publish is not None:
+                aiomqtt_on_publish(*args)  # its own publishes (announcements, retained)
+            self._puback(args[2])
+
+        paho.on_publish = on_publish
+        self._paho = paho
         try:
             await self._work_on(client)
         finally:
-            for task in list(self._in_flight):  # a lost connection: not acknowledged
-                task.cancel()
-            if self._in_flight:
-                await asyncio.wait(list(self._in_flight))
+            paho.on_publish = aiomqtt_on_publish
+            self._paho = None
+            awaiting, self._awaiting = self._awaiting, {}
+            for pack in awaiting.values():  # a lost connection: not acknowledged
+                self._sent(pack, None)
             self._window_lock = None
+            if self._round is not None:
+                self._round.set()
 
     async def _work_on(self, client: aiomqtt.Client) -> None:
         await self._announce(client)
@@ -515,8 +531,10 @@ class Uplink:
             self._poll_due = time.monotonic() + self._poll_interval
             held = self._live_unsettled  # before the peek: what is held is stored by then
             after = max(self._undeleted, default=0)
+            live_before = set(self._live_seqs)  # acknowledged during the peek: still left out
             peeked = await asyncio.to_thread(self._spool.peek, self._batch, after)
-            batch = [(seq, m) for seq, m in peeked if seq not in self._live_seqs]
+            live = live_before | self._live_seqs  # and those stored in flight meanwhile
+            batch = [(seq, m) for seq, m in peeked if seq not in live]
             if batch:
                 self._spool_news = True  # there may be more
                 await self._publish(client, batch, [])
@@ -524,8 +542,12 @@ class Uplink:
             if not held and not self._live_open:
                 self._live_open = True  # caught up: new messages go out as they come
             await self._idle()
-        if self._in_flight:  # a clean stop: their PUBACKs first
-            await asyncio.wait(list(self._in_flight), timeout=self._publish_timeout)
+        if self._awaiting:  # a clean stop: their PUBACKs first
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._publish_timeout):
+                    while self._awaiting:
+                        self._round = asyncio.Event()
+                        await self._round.wait()
         if self._undeleted:
             await self._delete()  # a clean stop leaves nothing to publish twice
         await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0)
@@ -625,57 +647,67 @@ class Uplink:
         """Publish in order, with at most `window` MQTT messages of the connection awaiting
         their PUBACK. Spooled messages: returns once all are acknowledged (or raises), so the
         next peek starts after them. Offered messages: returns once they are sent; each
-        pack's PUBACK is accounted for when it comes (_sent). Pipelining them matters: a
+        pack's PUBACK is accounted for when it comes (_puback). Pipelining them matters: a
         broker with Nagle's algorithm on (Mosquitto's default) holds back the PUBACKs after
         the first of a burst until it sees our next segment, so waiting for a whole burst
-        before sending more cost up to 40 ms (the delayed-ack timer) per burst."""
-        window = self._window_lock
-        assert window is not None  # noqa: S101 - set for the connection (_work)
+        before sending more cost up to 40 ms (the delayed-ack timer) per burst.
+
+        The data's PUBLISHes go to paho directly, their PUBACKs come back through paho's
+        on_publish (hooked in _work): aiomqtt's publish() costs a future, an event, a
+        semaphore and a coroutine chain per message, which at thousands of messages a second
+        was a third of the gateway's time. The connection, its errors and everything else
+        stay aiomqtt's."""
+        window, paho = self._window_lock, self._paho
+        assert window is not None and paho is not None  # noqa: S101 - set in _work
         packs = self._packs(spooled, live)
         for offered in live:
             offered.state = INFLIGHT
-        issued: list[asyncio.Task[None]] = []
+        round_left = [len(packs)] if spooled else None
+        if round_left is not None:
+            self._round = asyncio.Event()
         for i, pack in enumerate(packs):
             try:
                 await window.acquire()
             except BaseException:
                 self._never_sent(packs[i:])
                 raise
-            if self._stop.is_set():
+            if self._stop.is_set() or self._window_lock is not window:
                 window.release()
                 self._never_sent(packs[i:])
-                break
-            # Tasks start in creation order, so PUBLISH packets leave in this order.
-            task = asyncio.create_task(self._send(client, pack))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-            issued.append(task)
-        if spooled:
-            await asyncio.gather(*issued)
+                return
+            payload = pack.messages[0].payload
+            if len(pack.messages) > 1:
+                payload = senml.join([m.payload for m in pack.messages], self.config.payload)
+            pack.round = round_left
+            info = paho.publish(pack.topic, payload, qos=1, retain=pack.retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:  # the connection is gone
+                window.release()
+                self._never_sent(packs[i:])
+                raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+            self._awaiting[info.mid] = pack
+        if round_left is not None and round_left[0] > 0:
+            assert self._round is not None  # noqa: S101
+            await self._round.wait()
+            if round_left[0] > 0:  # the connection ended first
+                raise aiomqtt.MqttError("connection lost while publishing")
+
+    def _puback(self, mid: int) -> None:
+        """The broker acknowledged one of our PUBLISHes (paho's on_publish)."""
+        pack = self._awaiting.pop(mid, None)
+        if pack is None:
+            return  # aiomqtt's own (announcements)
+        if self._window_lock is not None:
+            self._window_lock.release()
+        self._sent(pack, time.time())
+        if pack.round is not None:
+            pack.round[0] -= 1
+            if pack.round[0] == 0 and self._round is not None:
+                self._round.set()
 
     def _never_sent(self, packs: Sequence[_Pack]) -> None:
         for pack in packs:
             for offered in pack.offered:
                 self._fail(offered)
-
-    async def _send(self, client: aiomqtt.Client, pack: _Pack) -> None:
-        """One MQTT message and, when its PUBACK comes, what it means (_sent); a message
-        not acknowledged (an error, or cancelled with its connection) leaves its spooled
-        records in the spool and fails its offered ones."""
-        acked_at: float | None = None
-        try:
-            payload = pack.messages[0].payload
-            if len(pack.messages) > 1:
-                payload = senml.join([m.payload for m in pack.messages], self.config.payload)
-            # No timeout of its own: a timeout makes asyncio.wait_for wrap every PUBLISH in a
-            # task and a timer, thousands a second; a dead connection ends the session (the
-            # keepalive notices it), which cancels what is in flight
-            await client.publish(pack.topic, payload, qos=1, retain=pack.retain, timeout=math.inf)
-            acked_at = time.time()
-        finally:
-            if self._window_lock is not None:
-                self._window_lock.release()
-            self._sent(pack, acked_at)
 
     def _sent(self, pack: _Pack, acked_at: float | None) -> None:
         """Count an acknowledged pack and set its spooled messages aside for deletion; the
@@ -725,13 +757,17 @@ class Uplink:
     async def _delete(self) -> None:
         """Delete the published messages set aside; what the disk refuses stays set aside for
         the next try (the spool's health logs the failure)."""
-        pending = self._undeleted
+        # taken out first: PUBACKs set more aside while the delete runs in its thread, and a
+        # delete interrupted here (a lost connection) still runs to its end there
+        pending, self._undeleted = self._undeleted, []
         try:
             await asyncio.to_thread(self._spool.delete, pending)
         except StorageError:
+            self._undeleted = pending + self._undeleted
             self._delete_due = time.monotonic() + self._delete_after
         else:
-            self._undeleted = []
+            if self._undeleted:
+                self._delete_due = time.monotonic() + self._delete_after
 
     def _published_one(self, msg: OutMessage, acked_at: float) -> None:
         self.published += 1
