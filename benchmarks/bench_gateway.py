@@ -1301,7 +1301,7 @@ def measured_run(  # noqa: PLR0917 - the run's parts, each named at the call
         # set_tcp_nodelay: Mosquitto's default leaves Nagle's algorithm on, so a PUBACK waits
         # for the client's ACK of the one before (our kernel delays that ACK until it has
         # something to send): arrival-to-PUBACK p99 of about 50 ms at 5 % of line rate
-        # against 5 ms with it set (docs/operators/tls.md says so to operators)
+        # against 5 ms with it set (docs/operators/install.md recommends it to operators)
         broker = Mosquitto(
             directory / "mosquitto",
             extra="max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true",
