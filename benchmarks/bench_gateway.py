@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_gateway.py [--links 20] [--seconds 20] [--nodes 1000]
         [--rate 1.0 | --frames-per-s 17] [--warmup 3] [--idle 3] [--profile py-spy|cprofile]
-        [--state-dir-parent DIR] [--no-peer]
+        [--state-dir-parent DIR] [--no-peer] [--outage SECONDS [--outage-after 10]]
 
 What it sets up (all in a temporary directory under --state-dir-parent, by default the system's
 temporary directory or else /var/tmp, never on tmpfs; all removed at the end, also on Ctrl-C):
@@ -48,6 +48,26 @@ privacy stage or acks). Both runs go through measured_run(), which takes the sys
 the report ends with both side by side: delivered readings a second, CPU % of one core, CPU
 microseconds per delivered reading, and the ratio gateway / peer of the last (the project's
 target: at most 1.0).
+
+--outage SECONDS (with --no-peer; e.g. --rate 0.05 --outage 600 --seconds 660): a broker outage
+in the measured seconds. After --outage-after seconds of steady load the Mosquitto is stopped
+(SIGTERM) for SECONDS, then started again on the same port; the gateway keeps accepting frames
+and spools them. The backlog is frames accepted minus messages PUBACKed (edgeveil_frames_total
+with outcome accepted, edgeveil_mqtt_published_total; one record each here), scraped every
+0.25 s (edgeveil_spool_depth is updated only every 5 s). The report gives the backlog built
+during the outage, the build-up time (the broker away), the drain time (the broker's return
+until the backlog is back at its steady level, the largest seen before the outage), the drain
+rate (records PUBACKed a second meanwhile, what kept arriving included), and build-up time /
+drain time next to the project's target (at least 10). If the backlog has not drained when the
+measured seconds end, the load goes on until it has (at most max(30, SECONDS / 2) more seconds).
+The subscriber then holds a persistent session (clean_session False, a fixed client id, QoS 1)
+on a Mosquitto with persistence, so what the gateway publishes right after the restart reaches
+it however late it reconnects; it checks what a subscriber can of the outage tests' invariants:
+every frame offered before the broker's return (and in the whole run) arrives, by message id;
+duplicates are counted (allowed); each node's counters in first-arrival order increase. Printed,
+never asserted. With --profile py-spy the profile covers the drain (from the gateway's first
+PUBACK after the return until the backlog is back), not the measured seconds. The latency and
+CPU figures then span the outage and its drain: they are no steady-state figures.
 
 --profile samples the gateway during the measured seconds: py-spy (if it is on PATH; samples of
 whichever thread holds the GIL, 200 a second, grouped by gateway stage) or cProfile (the gateway
@@ -294,13 +314,20 @@ def default_policy_text() -> str:
 # -- the subscriber (a child process) ------------------------------------------------------------
 
 
-def subscriber_main(
-    host: str, port: int, readings: str, availability: str, conn: Connection
+def subscriber_main(  # noqa: PLR0915, PLR0917 - a child process's whole life; one call
+    host: str, port: int, readings: str, availability: str, conn: Connection, persistent: bool
 ) -> None:
     """Runs in a child process: subscribe, note (message id, arrival time), report on request.
 
-    Requests on `conn`: "count" -> ("count", n); "stop" -> ("result", nodes, counters, times,
-    cpu ticks). Unprompted: ("online",) once the gateway's availability says so.
+    Requests on `conn`: "count" -> ("count", distinct message ids so far); "stop" -> ("result",
+    nodes, counters, times, cpu ticks, availability), availability being (arrival time,
+    payload) of each availability message the gateway published while subscribed (not the
+    retained copies a subscription brings). Unprompted: ("online",) once the gateway's
+    availability says so.
+
+    `persistent` (--outage): a persistent session (clean_session False, a fixed client id) with
+    QoS 1 subscriptions, reconnecting every second while the broker is away, so a broker with
+    persistence keeps the subscription and queues what arrives until the subscriber is back.
     """
     import threading  # noqa: PLC0415 - child process only
 
@@ -309,7 +336,10 @@ def subscriber_main(
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up; Ctrl-C is for it
     mids: list[bytes] = []
+    distinct: set[bytes] = set()  # a record sent again (after a lost connection) counts once
     times = array.array("d")
+    announced: list[tuple[float, bytes]] = []
+    qos = 1 if persistent else 0
     online = threading.Event()
     subscribed = threading.Event()
     # every "mid" of a message, JSON however spaced: one per record of a SenML pack (a message
@@ -318,7 +348,7 @@ def subscriber_main(
     mid_key = re.compile(rb'"mid"\s*:\s*"([^"]*)"')
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.subscribe([(readings, 0), (availability, 0)])
+        client.subscribe([(readings, qos), (availability, qos)])
 
     def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
         subscribed.set()
@@ -329,14 +359,21 @@ def subscriber_main(
         if message.topic == availability:
             if payload == b"online":
                 online.set()
+            if not message.retain:  # published now, not a copy kept from before
+                announced.append((now, payload))
             return
         for mid in mid_key.findall(payload):
             mids.append(mid)
             times.append(now)
+            distinct.add(mid)
 
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id="edgeveil-bench-subscriber", clean_session=True
+        CallbackAPIVersion.VERSION2,
+        client_id="edgeveil-bench-subscriber",
+        clean_session=not persistent,
     )
+    if persistent:
+        client.reconnect_delay_set(1, 1)  # not paho's default of up to 120 s
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
@@ -354,13 +391,13 @@ def subscriber_main(
                 continue
             request = conn.recv()
             if request == "count":
-                conn.send(("count", len(times)))
+                conn.send(("count", len(distinct)))
             elif request == "stop":
                 break
     finally:
         client.loop_stop()
         client.disconnect()
-    conn.send(("result", *_parse_mids(mids), times[: len(mids)], cpu_ticks()))
+    conn.send(("result", *_parse_mids(mids), times[: len(mids)], cpu_ticks(), announced))
 
 
 def _parse_mids(mids: list[bytes]) -> tuple[array.array[int], array.array[int]]:
@@ -374,13 +411,20 @@ def _parse_mids(mids: list[bytes]) -> tuple[array.array[int], array.array[int]]:
 
 
 class SubscriberProcess:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, persistent: bool = False) -> None:
         base = f"edgeveil/{SITE}/{GATEWAY_ID}"
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=subscriber_main,
-            args=(host, port, f"{base}/node/+/readings", f"{base}/availability", child),
+            args=(
+                host,
+                port,
+                f"{base}/node/+/readings",
+                f"{base}/availability",
+                child,
+                persistent,
+            ),
             name="bench-subscriber",
             daemon=True,
         )
@@ -420,7 +464,7 @@ class SubscriberProcess:
 
     def stop(self) -> tuple[Any, ...]:
         self.conn.send("stop")
-        return self._expect("result", 30)
+        return self._expect("result", 60)
 
     def kill(self) -> None:
         if self.proc.pid is not None and self.proc.is_alive():
@@ -764,7 +808,7 @@ def verdict(ok: bool) -> str:
 
 
 def start_py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    exe = shutil.which("py-spy")
+    exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(VENV_PYTHON.parent))
     if exe is None:
         print("  (py-spy is not on PATH: no profile; pip install py-spy, or --profile cprofile)")
         return None
@@ -861,6 +905,379 @@ def report_cprofile(out: Path, top: int = 25) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+# -- a broker outage (--outage) ------------------------------------------------------------------
+
+
+OUTAGE_SAMPLE_S = 0.25  # the backlog is scraped this often
+DRAIN_TARGET = 10.0  # the backlog drains at least this many times faster than it built up
+
+
+def outage_extra_s(args: argparse.Namespace) -> float:
+    """How long the load may go on after the measured seconds while the backlog drains."""
+    return max(30.0, args.outage / 2) if args.outage else 0.0
+
+
+@dataclass
+class Outage:
+    """A broker outage in the measured seconds and the gateway's backlog around it: frames
+    accepted minus messages PUBACKed, from its metrics (one record a frame and a message with
+    the benchmark's policy). Times are time.monotonic(), the *_wall ones time.time()."""
+
+    asked_s: float
+    port_before: int
+    port_after: int = 0
+    down: float = math.nan  # stop() called: SIGTERM to the broker
+    down_wall: float = math.nan
+    stop_s: float = math.nan  # how long the broker took to exit
+    up: float = math.nan  # start() returned: the broker listens again
+    up_wall: float = math.nan
+    start_s: float = math.nan
+    samples: list[tuple[float, float, float]] = field(default_factory=list)  # at, acc., pub.
+    steady: float = math.nan  # the largest backlog before the outage: "back to steady"
+    reconnected: float | None = None  # the gateway's first PUBACK after the return (sampled)
+    drained: float | None = None  # the first sample after the return at or below `steady`
+    extended_s: float = 0.0  # the load went on this long after the measured seconds
+    profiled_s: float = 0.0  # py-spy sampled the drain this long
+    final: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+    reconnected_event: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    drained_event: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    url: str = field(default="", init=False)
+    _published_up: float | None = field(default=None, init=False)  # PUBACKed while away
+    _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+
+    def begin(
+        self,
+        args: argparse.Namespace,
+        url: str,
+        broker: Any,
+        start: float,
+        spied: tuple[int, Path | None],
+    ) -> None:
+        """At the start of the measured seconds (`start`, monotonic): watch the backlog, stop
+        the broker --outage-after later; with py-spy, profile the gateway (pid, output) while
+        it drains."""
+        self.url = url
+        self._tasks = [
+            asyncio.create_task(self.run(broker, start + args.outage_after)),
+            asyncio.create_task(self.watch(url, self._stop)),
+        ]
+        pid, profile = spied
+        if profile is not None and args.profile == "py-spy":
+            limit = args.seconds - args.outage_after - args.outage + outage_extra_s(args)
+            self._tasks.append(asyncio.create_task(self.profile_drain(pid, profile, limit)))
+
+    async def drain(self, args: argparse.Namespace, end: float) -> None:
+        """After the measured seconds (`end`): the load goes on until the backlog is back at
+        its steady level, at most outage_extra_s() more."""
+        await self._tasks[0]  # the broker is back: --outage-after + --outage < --seconds
+        if self.drained_event.is_set():
+            return
+        limit = outage_extra_s(args)
+        print(
+            f"  the backlog has not drained in the measured seconds: the load goes on until "
+            f"it has, at most {limit:.0f} s"
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await self.drained_event.wait()
+        self.extended_s = time.monotonic() - end
+
+    async def finish(self) -> None:
+        """Stop watching (and profiling); the gateway's metrics at the end."""
+        self._stop.set()
+        for task in self._tasks:
+            await task
+        with contextlib.suppress(OSError):
+            self.final = await asyncio.to_thread(scrape, self.url)
+
+    @staticmethod
+    def backlog(sample: tuple[float, float, float]) -> float:
+        return sample[1] - sample[2]
+
+    def _note(self, at: float) -> None:
+        """After a new sample: did the gateway publish again, is the backlog back?"""
+        if math.isnan(self.up) or at <= self.up:
+            return
+        samples = self.samples
+        if self._published_up is None:  # the first sample after the return
+            self._published_up = samples[-2][2] if len(samples) > 1 else 0.0
+        if self.reconnected is None and samples[-1][2] > self._published_up:
+            self.reconnected = at
+            self.reconnected_event.set()
+        if self.drained is None and self.backlog(samples[-1]) <= self.steady:
+            self.drained = at
+            self.drained_event.set()
+
+    async def watch(self, url: str, stop: asyncio.Event) -> None:
+        """Scrape the gateway's metrics every OUTAGE_SAMPLE_S until `stop`."""
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                m = await asyncio.to_thread(scrape, url)
+            except OSError:
+                m = None
+            if m is not None:
+                at = (t0 + time.monotonic()) / 2
+                accepted = total(m, "edgeveil_frames_total", outcome="accepted")
+                published = total(m, "edgeveil_mqtt_published_total")
+                self.samples.append((at, accepted, published))
+                self._note(at)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, t0 + OUTAGE_SAMPLE_S - time.monotonic())):
+                    await stop.wait()
+
+    async def run(self, broker: Any, after: float) -> None:
+        """Stop the broker at `after` (monotonic), start it again asked_s later."""
+        await asyncio.sleep(max(0.0, after - time.monotonic()))
+        before = [self.backlog(s) for s in self.samples]
+        self.steady = max(before, default=0.0)
+        self.down, self.down_wall = time.monotonic(), time.time()
+        await asyncio.to_thread(broker.stop)
+        self.stop_s = time.monotonic() - self.down
+        await asyncio.sleep(max(0.0, self.down + self.asked_s - time.monotonic()))
+        t = time.monotonic()
+        await asyncio.to_thread(broker.start)
+        self.up, self.up_wall = time.monotonic(), time.time()
+        self.start_s = self.up - t
+        self.port_after = broker.port
+
+    async def profile_drain(self, gw_pid: int, out: Path, limit: float) -> None:
+        """py-spy on the gateway from its first PUBACK after the return until the backlog is
+        back (or `limit` seconds); stopped by SIGINT, on which it writes its samples."""
+        await self.reconnected_event.wait()
+        if self.drained_event.is_set():
+            print("  (py-spy: the backlog was back before the first sample: nothing to profile)")
+            return
+        spy = start_py_spy(gw_pid, limit + 5, out)
+        if spy is None:
+            return
+        t = time.monotonic()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    await self.drained_event.wait()
+        finally:
+            self.profiled_s = time.monotonic() - t
+            with contextlib.suppress(ProcessLookupError):
+                spy.send_signal(signal.SIGINT)
+            _, err = await asyncio.to_thread(spy.communicate)
+        if spy.returncode not in (0, -signal.SIGINT):
+            print(f"  py-spy failed: {err.decode(errors='replace').strip()}")
+
+    def at(self, when: float) -> tuple[float, float, float]:
+        """The last sample at or before `when` (the first one if none is)."""
+        best = self.samples[0]
+        for sample in self.samples:
+            if sample[0] > when:
+                break
+            best = sample
+        return best
+
+
+def report_outage(args: argparse.Namespace, o: Outage) -> None:  # noqa: PLR0915 - one printed page
+    backlog = Outage.backlog
+    if math.isnan(o.up) or not o.samples:
+        print("\nbroker outage: did not complete (the run ended before the broker was back)")
+        return
+    away = o.up - o.down
+    pre = sorted(backlog(s) for s in o.samples if s[0] < o.down)
+    median = pre[len(pre) // 2] if pre else math.nan
+    s_down, s_up = o.at(o.down), o.at(o.up)
+    after = [s for s in o.samples if s[0] >= o.down]
+    peak = max(after, key=backlog)
+    built = backlog(s_up) - median
+    same = "the same port" if o.port_after == o.port_before else "ANOTHER port"
+    print(
+        f"\nbroker outage: Mosquitto stopped (SIGTERM, gone in {o.stop_s:.2f} s) "
+        f"{o.down - o.samples[0][0] + OUTAGE_SAMPLE_S / 2:.0f} s into the measured seconds, "
+        f"started again {away:.1f} s later (asked {o.asked_s:g} s; listening "
+        f"{o.start_s:.2f} s after its start) on {same}, {o.port_before} -> {o.port_after}; "
+        "persistence on"
+    )
+    print(
+        f"  backlog = frames accepted - messages PUBACKed (gateway metrics, {len(o.samples):,} "
+        f"samples {OUTAGE_SAMPLE_S:g} s apart; one record a frame and a message here)"
+    )
+    print(
+        f"  steady backlog before the outage: median {median:,.0f}, max {o.steady:,.0f} "
+        f"({len(pre)} samples; the max is the level the drain must reach)"
+    )
+    print(
+        "    (below 0 while the live path's PUBACK comes before the store that counts a frame "
+        "accepted; a record published twice, in flight when the broker went, counts twice, so "
+        "after the outage the level is lower by those)"
+    )
+    rate_in = (s_up[1] - s_down[1]) / away if away > 0 else math.nan
+    print(
+        f"  built up while the broker was away ({away:.1f} s): {built:,.0f} records at its "
+        f"return (backlog {backlog(s_up):,.0f}; frames accepted meanwhile {rate_in:,.0f}/s); "
+        f"peak {backlog(peak):,.0f} at {peak[0] - o.up:+.1f} s from the return"
+    )
+    if o.reconnected is not None:
+        print(
+            f"  the gateway's first PUBACK after the return: {o.reconnected - o.up:+.1f} s "
+            "(its reconnect backoff: 0.5 s doubling to at most 30 s apart, with jitter)"
+        )
+    else:
+        print("  the gateway published nothing after the broker's return")
+    if o.drained is None:
+        last = o.samples[-1]
+        pub = last[2] - s_up[2]
+        span = last[0] - o.up
+        print(
+            f"  NOT drained: {span:.1f} s after the return (the load went on "
+            f"{o.extended_s:.0f} s past the measured seconds) the backlog is still "
+            f"{backlog(last):,.0f}, steady {o.steady:,.0f}; {pub:,.0f} records PUBACKed "
+            f"meanwhile, {pub / span if span > 0 else math.nan:,.0f}/s"
+        )
+        ratio = away / span if span > 0 else math.nan
+        print(
+            f"  ratio build-up time / drain time: below {away:.1f} / {span:.1f} = {ratio:.2f}"
+            f"   target >= {DRAIN_TARGET:g}: NOT met"
+        )
+        return
+    drain = o.drained - o.up
+    s_end = o.at(o.drained)
+    published = s_end[2] - s_up[2]
+    arrived = s_end[1] - s_up[1]
+    print(
+        f"  drain time: {drain:.1f} s from the broker's return until the backlog was back at "
+        f"<= {o.steady:,.0f} ({backlog(s_end):,.0f})"
+        + (
+            f"; the load went on {o.extended_s:.1f} s past the measured seconds"
+            if o.extended_s
+            else ""
+        )
+    )
+    if o.reconnected is not None and drain > 0:
+        busy = o.drained - o.reconnected
+        print(
+            f"    of which {o.reconnected - o.up:.1f} s before the first PUBACK, "
+            f"{busy:.1f} s publishing"
+            + (" (within one sample)" if busy < 1.5 * OUTAGE_SAMPLE_S else "")
+        )
+    rate = published / drain if drain > 0 else math.inf
+    print(
+        f"  drain rate: {rate:,.0f} records/s PUBACKed ({published:,.0f} in {drain:.1f} s, "
+        f"of which {arrived:,.0f} arrived meanwhile: {arrived / drain if drain > 0 else 0:,.0f}/s)"
+    )
+    if o.reconnected is not None and o.drained > o.reconnected:
+        busy = o.drained - o.reconnected
+        window = [s for s in o.samples if o.reconnected - OUTAGE_SAMPLE_S <= s[0] <= o.drained]
+        k = max(1, round(1.0 / OUTAGE_SAMPLE_S))
+        rates = [
+            (window[i + k][2] - window[i][2]) / (window[i + k][0] - window[i][0])
+            for i in range(len(window) - k)
+        ]
+        print(
+            f"    while publishing: {published / busy:,.0f} records/s on average"
+            + (f", {max(rates):,.0f}/s at most over 1 s" if rates else "")
+        )
+    ratio = away / drain if drain > 0 else math.inf
+    print(
+        f"  ratio build-up time / drain time: {away:.1f} / {drain:.1f} = {ratio:.1f}   "
+        f"target >= {DRAIN_TARGET:g}: {verdict(ratio >= DRAIN_TARGET)}"
+    )
+    if o.reconnected is not None and o.drained > o.reconnected:
+        print(
+            f"    counting from the gateway's first PUBACK instead: "
+            f"{away / (o.drained - o.reconnected):.1f}"
+        )
+    # the drain as a curve: the backlog at 8 points from the return to the end
+    if o.drained > o.up:
+        points = [o.up + drain * k / 8 for k in range(9)]
+        print(
+            "  backlog from the return on: "
+            + ", ".join(f"{p - o.up:.1f} s {backlog(o.at(p)):,.0f}" for p in points)
+        )
+    if args.profile == "py-spy":
+        print(f"  (py-spy sampled the gateway for {o.profiled_s:.1f} s of the drain)")
+
+
+def report_invariants(links: list[Link], r: Results, o: Outage) -> None:
+    """What a subscriber can check of the outage tests' invariants: every frame offered
+    arrives (by message id), duplicates (counted, allowed), each node's order."""
+    nodes, counters = r.received[1:3]
+    announced: list[tuple[float, bytes]] = r.received[5]
+    first: set[tuple[int, int]] = set()
+    duplicates = 0
+    last: dict[int, int] = {}
+    inversions: Counter[int] = Counter()
+    for node, counter in zip(nodes, counters, strict=True):
+        key = (node, counter)
+        if key in first:
+            duplicates += 1
+            continue
+        first.add(key)
+        if counter < last.get(node, 0):
+            inversions[node] += 1
+        else:
+            last[node] = counter
+    phases = ("before the outage", "while the broker was away", "after its return")
+    offered: Counter[str] = Counter()
+    missing: Counter[str] = Counter()
+    examples: list[tuple[int, int]] = []
+    for link in links:
+        for i in range(link.next):
+            sent = link.sent_at[i]
+            phase = phases[0 if sent < o.down_wall else 1 if sent < o.up_wall else 2]
+            offered[phase] += 1
+            if (link.node_id, i + 1) not in first:
+                missing[phase] += 1
+                if len(examples) < 5:
+                    examples.append((link.node_id, i + 1))
+    print(
+        "\ninvariants, from the subscriber's side (a persistent session, QoS 1; by message id, "
+        "one per record):"
+    )
+    for phase in phases:
+        print(
+            f"  frames offered {phase + ':':<27} {offered[phase]:9,}, arrived "
+            f"{offered[phase] - missing[phase]:9,}, missing {missing[phase]:,}"
+        )
+    lost = missing[phases[0]] + missing[phases[1]]
+    print(
+        f"  every frame offered before the broker's return arrived: {verdict(lost == 0)}"
+        + (f" (missing e.g. node, counter: {examples})" if examples else "")
+    )
+    received = len(nodes)
+    print(
+        f"  duplicates: {duplicates:,} of {received:,} records received (allowed: consumers drop "
+        "them by message id)"
+    )
+    in_order = sum(1 for link in links if inversions[link.node_id] == 0)
+    print(
+        f"  order per node (counters in first-arrival order increase): {in_order} of "
+        f"{len(links)} nodes; {sum(inversions.values()):,} out of order: "
+        f"{verdict(not inversions)}"
+    )
+    online = [t for t, payload in announced if payload == b"online" and t >= o.up_wall]
+    if online:
+        print(
+            f'  the subscriber saw the gateway announce "online" {online[0] - o.up_wall:+.1f} s '
+            "after the broker's return"
+        )
+    m = o.final
+    if m:
+        outcomes: Counter[str] = Counter()
+        for labels, value in m.get("edgeveil_frames_total", []):
+            outcomes[labels["outcome"]] += int(value)
+        total_offered = sum(link.next for link in links)
+        rest = ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items()) if k != "accepted")
+        print(
+            f"  gateway, whole run: {outcomes['accepted']:,} frames accepted of {total_offered:,}"
+            f" offered; other outcomes: {rest or 'none'}; "
+            f"{total(m, 'edgeveil_mqtt_published_total'):,.0f} records PUBACKed; spool depth "
+            f"{total(m, 'edgeveil_spool_depth'):,.0f} (the 5-s gauge); spool dropped "
+            f"{total(m, 'edgeveil_spool_dropped_total'):,.0f}"
+        )
+    print(
+        "  (the replayer does not open the gateway's acks: a frame offered and missing here "
+        "may have been acknowledged or not; every one offered is accepted in a clean run)"
+    )
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -883,6 +1300,7 @@ class Results:
     state_before: dict[str, int]  # the state directory's files before the load
     state: StateSampler
     log_bytes: int  # the gateway's log grew this much in the measured seconds
+    outage: Outage | None = None  # --outage: the broker's outage and the backlog around it
 
 
 async def measure(  # noqa: PLR0917 - the run's parts, each named at the one call
@@ -894,7 +1312,10 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
     others: dict[str, int | str],
     profile: Path | None,
     state: Path,
+    broker: Any = None,
 ) -> Results:
+    """The idle baseline, the warm-up, the measured seconds, the drain. With --outage,
+    `broker` (tests.mosquitto.Mosquitto) goes away for a while in the measured seconds."""
     state_before = file_sizes(state)
     # idle baseline: links open, broker connected, no traffic
     t = time.monotonic()
@@ -908,10 +1329,14 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
     replayer = Replayer(links, args.rate, args.frames_per_s)
     task = asyncio.create_task(replayer.run())
     await asyncio.sleep(args.warmup)
-    spy = None
-    if profile is not None and args.profile == "py-spy":
+    spy = outage = None
+    if args.outage and url is not None and broker is not None:
+        outage = Outage(args.outage, broker.port)
+    elif profile is not None and args.profile == "py-spy":
         spy = start_py_spy(gw.pid, args.seconds, profile)
     start = await snapshot(gw.pid, others, url)
+    if outage is not None and url is not None:
+        outage.begin(args, url, broker, start.mono, (gw.pid, profile))
     log_start = gw.log_path.stat().st_size
     sampler = StateSampler(state, args.seconds)
     sampling = asyncio.create_task(sampler.run(start.mono))
@@ -921,22 +1346,19 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
     log_bytes = gw.log_path.stat().st_size - log_start
     await sampling
     sampler.sample(end.mono - start.mono, row=True)
+    if outage is not None:
+        await outage.drain(args, end.mono)
     replayer.running = False
     await task
     offered_total = sum(link.next for link in links)
 
-    # drain: let the gateway and the broker deliver what was offered (at most 15 s)
-    t = time.monotonic()
-    last, stable_since = -1, time.monotonic()
-    while time.monotonic() - t < 15:
-        await asyncio.sleep(0.25)
-        n = await asyncio.to_thread(sub.count)
-        if n != last:
-            last, stable_since = n, time.monotonic()
-        if n >= offered_total or time.monotonic() - stable_since > 2.0:
-            break
-    drain_s = time.monotonic() - t
+    # drain: let the gateway and the broker deliver what was offered (at most 15 s; after an
+    # outage at most 60 s, as what is left of a backlog may take longer)
+    limit, stable = (60.0, 5.0) if outage is not None else (15.0, 2.0)
+    drain_s = await wait_delivered(sub, offered_total, limit, stable)
     received = await asyncio.to_thread(sub.stop)
+    if outage is not None:
+        await outage.finish()
     if spy is not None:
         _, err = await asyncio.to_thread(spy.communicate)
         if spy.returncode != 0:
@@ -959,14 +1381,32 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
         state_before=state_before,
         state=sampler,
         log_bytes=log_bytes,
+        outage=outage,
     )
+
+
+async def wait_delivered(
+    sub: SubscriberProcess, offered: int, limit: float, stable: float
+) -> float:
+    """Until the subscriber has `offered` records, or its count stood still `stable` seconds,
+    or `limit` seconds passed; returns the seconds waited."""
+    t = time.monotonic()
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() - t < limit:
+        await asyncio.sleep(0.25)
+        n = await asyncio.to_thread(sub.count)
+        if n != last:
+            last, stable_since = n, time.monotonic()
+        if n >= offered or time.monotonic() - stable_since > stable:
+            break
+    return time.monotonic() - t
 
 
 def delivery(links: list[Link], r: Results) -> tuple[int, list[float]]:
     """(readings the subscriber received in the measured seconds (one per "mid"), latencies
     from frame written to receipt of the frames written in them, sorted)."""
     s0, s1 = r.start, r.end
-    _, nodes, counters, times, _ = r.received
+    nodes, counters, times = r.received[1:4]
     by_node = {link.node_id: link for link in links}
     latencies: list[float] = []
     received_in_window = 0
@@ -1044,12 +1484,21 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
     )
     if r.ran_out:
         print(f"  (the replayer ran out of pre-sealed frames {r.ran_out} times: rate too low)")
+    if r.outage is not None:
+        print("  (an outage run: the window holds the outage and its drain)")
+        report_outage(args, r.outage)
+        report_invariants(links, r, r.outage)
 
     p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
     g50, count = histogram_quantile(m0, m1, "edgeveil_latency_seconds", 0.50)
     g99, _ = histogram_quantile(m0, m1, "edgeveil_latency_seconds", 0.99)
     share = len(latencies) / r.offered if r.offered else 0.0
     print("\nlatency                                    p50          p99")
+    if r.outage is not None:
+        print(
+            "  (an outage run: the frames held while the broker was away are in these, so they "
+            "say nothing of the steady state)"
+        )
     print(
         f"  frame written -> subscriber receipt  {fmt_ms(p50):>12} {fmt_ms(p99):>12}"
         f"   (of the {len(latencies):,} frames delivered, {share:.1%} of the {r.offered:,}"
@@ -1104,6 +1553,11 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
         print("  (the RSS target is stated for 1,000 registered nodes)")
     if args.profile:
         print("  (profiled run: the profiler disturbs these figures)")
+    if r.outage is not None:
+        print(
+            "  (an outage run: the load CPU is the average over the outage and its drain, "
+            "not a steady-state figure; the target does not apply)"
+        )
 
     main_tid = gw_pid
     d_threads = {
@@ -1125,6 +1579,7 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
     print(
         "\ncontext, % of one core over the window: "
         + ", ".join(f"{k} {pct(o1[k] - o0[k], span):.1f}" for k in o1)
+        + ("; mosquitto n/a (restarted)" if r.outage is not None else "")
         + f"; whole machine {100 * cores * busy_m / total_m:.0f} of {100 * cores}"
         f" (during the idle baseline, {r.idle_machine:.0f}: load that is not ours)"
     )
@@ -1262,7 +1717,7 @@ def make_links(
     args: argparse.Namespace, secrets: dict[int, bytes], stack: contextlib.ExitStack
 ) -> list[Link]:
     """One pty pair and one sending node per link, with enough frames for the whole run."""
-    seconds = args.warmup + args.seconds + 2
+    seconds = args.warmup + args.seconds + outage_extra_s(args) + 2
     per_link = math.ceil(LINE_BYTES_PER_S * args.rate * seconds / 31) + 16  # 31 B: shortest
     if args.frames_per_s:
         per_link = math.ceil(args.frames_per_s / args.links * seconds) + 16
@@ -1301,14 +1756,17 @@ def measured_run(  # noqa: PLR0917 - the run's parts, each named at the call
         # set_tcp_nodelay: Mosquitto's default leaves Nagle's algorithm on, so a PUBACK waits
         # for the client's ACK of the one before (our kernel delays that ACK until it has
         # something to send): arrival-to-PUBACK p99 of about 50 ms at 5 % of line rate
-        # against 5 ms with it set (docs/operators/install.md recommends it to operators)
+        # against 5 ms with it set (docs/operators/install.md recommends it to operators).
+        # --outage: persistence keeps the subscriber's session (and what is queued for it)
+        # across the broker's restart
         broker = Mosquitto(
             directory / "mosquitto",
+            persistence=bool(args.outage),
             extra="max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true",
         )
         stack.callback(broker.kill)
         broker.start()
-        sub = SubscriberProcess(broker.host, broker.port)
+        sub = SubscriberProcess(broker.host, broker.port, persistent=bool(args.outage))
         stack.callback(sub.kill)
         sub.start()
 
@@ -1320,14 +1778,21 @@ def measured_run(  # noqa: PLR0917 - the run's parts, each named at the call
 
         others: dict[str, int | str] = {"replayer (this process)": "self"}
         broker_proc = getattr(broker, "_proc", None)
-        if broker_proc is not None:
+        if broker_proc is not None and not args.outage:  # a restarted one: another pid
             others["mosquitto"] = broker_proc.pid
         others["subscriber"] = sub.pid
         print(
             f"  idle {args.idle:g} s, then load: warm-up {args.warmup:g} s, "
             f"measured {args.seconds:g} s"
+            + (
+                f"; the broker away for {args.outage:g} s after {args.outage_after:g} s of them"
+                if args.outage
+                else ""
+            )
         )
-        results = asyncio.run(measure(args, links, system, sub, system.url, others, profile, state))
+        results = asyncio.run(
+            measure(args, links, system, sub, system.url, others, profile, state, broker)
+        )
         if system.proc.poll() is not None:
             print(f"the {system.name} exited during the run:\n{system.log_tail()}")
         system.stop()
@@ -1383,7 +1848,8 @@ def run(args: argparse.Namespace) -> None:
         results, gw = measured_run(args, links, start_gateway, tmp, state, profile)
         report(args, links, results, gw.pid)
         if profile is not None and args.profile == "py-spy" and profile.exists():
-            report_py_spy(profile, args.seconds)
+            spied = round(results.outage.profiled_s, 1) if results.outage else args.seconds
+            report_py_spy(profile, spied)
         elif profile is not None and args.profile == "cprofile":
             report_cprofile(profile)
         gw.print_warnings()
@@ -1446,6 +1912,20 @@ def main() -> None:
         "(benchmarks/plain_bridge.py), and both side by side (default: on)",
     )
     parser.add_argument(
+        "--outage",
+        type=float,
+        metavar="SECONDS",
+        help="stop the broker this long in the measured seconds, then start it again; report "
+        "how fast the gateway's backlog drains (needs --no-peer)",
+    )
+    parser.add_argument(
+        "--outage-after",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="--outage: seconds of steady load in the measured seconds before the broker stops",
+    )
+    parser.add_argument(
         "--state-dir-parent",
         type=Path,
         help="where the temporary directory goes (a disk, not tmpfs; default: the system's "
@@ -1458,6 +1938,16 @@ def main() -> None:
         parser.error("--rate must be in (0, 4]; --seconds and --idle > 0; --warmup >= 0")
     if args.frames_per_s is not None and args.frames_per_s <= 0:
         parser.error("--frames-per-s must be > 0")
+    if args.outage is not None:
+        if args.outage <= 0 or args.outage_after < 1:
+            parser.error("--outage must be > 0, --outage-after at least 1")
+        if args.outage_after + args.outage >= args.seconds:
+            parser.error("--outage-after + --outage must end before --seconds do")
+        if args.peer:
+            parser.error(
+                "--outage needs --no-peer (the plain bridge keeps nothing while the broker is "
+                "away: there is no backlog to compare)"
+            )
     if args.state_dir_parent is None:
         args.state_dir_parent = Path(tempfile.gettempdir())
         if filesystem(args.state_dir_parent)[0] in MEMORY_FS:
