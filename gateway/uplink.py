@@ -533,8 +533,8 @@ class Uplink:
             after = max(self._undeleted, default=0)
             live_before = set(self._live_seqs)  # acknowledged during the peek: still left out
             peeked = await asyncio.to_thread(self._spool.peek, self._batch, after)
-            live = live_before | self._live_seqs  # and those stored in flight meanwhile
-            batch = [(seq, m) for seq, m in peeked if seq not in live]
+            in_flight = live_before | self._live_seqs  # and those stored in flight meanwhile
+            batch = [(seq, m) for seq, m in peeked if seq not in in_flight]
             if batch:
                 self._spool_news = True  # there may be more
                 await self._publish(client, batch, [])
