@@ -1,5 +1,6 @@
-"""Helpers for tests that run the gateway service: a policy that passes everything, waiting
-for conditions, message ids, a per-test deadline, the gateway as a task of the test's loop."""
+"""Helpers for tests that run the gateway service: a policy that passes everything, message
+ids, a per-test deadline, the gateway as a task of the test's loop (waiting for conditions:
+tests/waiting.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from protocol import Message
 from protocol.quantities import QUANTITIES
 
 from .mosquitto import Mosquitto, Received
+from .waiting import until
 
 TestFunction = Callable[..., Awaitable[None]]
 
@@ -49,29 +50,31 @@ def write_policy(directory: Path) -> Path:
     return path
 
 
-async def until(
-    condition: Callable[[], bool],
-    what: str,
-    timeout: float,
-    detail: Callable[[], object] = lambda: "",
-    *,
-    hold: float = 0.0,
-) -> None:
-    """Poll `condition` until it holds (for `hold` seconds without a break, if given); fail
-    with `what` and `detail()` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    since: float | None = None
-    while True:
-        now = time.monotonic()
-        if condition():
-            since = now if since is None else since
-            if now - since >= hold:
-                return
-        else:
-            since = None
-        if now > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}; {detail()}")
-        await asyncio.sleep(0.02)
+BARRIER_PORT = "test-barrier"
+
+
+def _barrier_frames(gateway: Gateway) -> float:
+    samples = (
+        sample
+        for family in gateway.metrics.registry.collect()
+        if family.name == "edgeveil_frames"
+        for sample in family.samples
+        if sample.name == "edgeveil_frames_total"
+    )
+    return sum(s.value for s in samples if s.labels.get("port") == BARRIER_PORT)
+
+
+async def ingest_settled(gateway: Gateway, timeout: float = 10.0) -> None:
+    """Wait until the gateway's ingest has processed, whole, every frame it was given before
+    this call: a positive event, not a pause. Two garbage frames of a port of the test's own
+    go in one after the other, each waited for until it is counted as rejected; the second
+    is taken after the first's batch began, and a batch is processed whole (stored,
+    acknowledged, counted) before the next is taken."""
+    for n in (1, 2):
+        gateway.ingest.submit(BARRIER_PORT, b"\x00")
+        await until(
+            lambda n=n: _barrier_frames(gateway) >= n, "the ingest takes a barrier frame", timeout
+        )
 
 
 def mid_of(r: Received) -> str:

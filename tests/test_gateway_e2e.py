@@ -36,7 +36,6 @@ import signal
 import subprocess
 import sys
 import time
-import tty
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -66,13 +65,15 @@ from protocol.quantities import quantity_id
 from .command import edgeveil
 from .gateway_harness import (
     deadline,
+    ingest_settled,
     mid_of,
     parse_mid,
     running_gateway,
-    until,
     write_policy,
 )
 from .mosquitto import Mosquitto, Received, subscribed
+from .ptys import Pty
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
@@ -225,26 +226,6 @@ def write_registry(path: Path, nodes: list[ScriptedNode]) -> Path:
 
 
 # -- a node of the test's own ---------------------------------------------------------------------
-
-
-class Pty:
-    """A pseudo-terminal pair, raw like a USB-UART; the gateway opens `path` (the slave), the
-    node writes and reads the master. The test keeps the slave open too, so the line survives
-    the gateway's death (as a USB adapter stays plugged in when the gateway crashes)."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        self.closed = False
-
-    def close(self) -> None:
-        """Unplug: the master goes first, so the gateway's fd is hung up."""
-        if not self.closed:
-            self.closed = True
-            os.close(self.master)
-            os.close(self.slave)
 
 
 class ScriptedNode:
@@ -508,16 +489,17 @@ async def test_broker_outage_of_30_s_loses_nothing_the_gateway_accepted(tmp_path
                 return len({mid_of(r) for r in node_data(sub.received)})
 
             await until(
-                lambda: (
-                    all(s == "waiting" for s in gateway.link_states.values())
-                    and gateway.ingest.queue.empty()
-                    and gateway.spool.depth == 0
-                    and distinct() >= expected()
-                ),
+                lambda: all(s == "waiting" for s in gateway.link_states.values()),
+                "every port closed: no frame comes any more",
+                timeout=20,
+                detail=lambda: gateway.link_states,
+            )
+            await ingest_settled(gateway)  # and none is still on its way through ingest
+            await until(
+                lambda: gateway.spool.depth == 0 and distinct() >= expected(),
                 "everything accepted is published",
                 timeout=20,
                 detail=lambda: (distinct(), expected(), gateway.spool.depth),
-                hold=0.5,  # and nothing is still on its way through ingest
             )
             final_expected = expected()
             reconnects = gateway.uplink.reconnects

@@ -24,14 +24,9 @@ from firmware.host.lora_fleet import LoraFleet
 from gateway.config import PacketForwarderConfig
 from gateway.registry import NodeRegistry
 
-from .gateway_harness import (
-    deadline,
-    delivery_config,
-    parse_mid,
-    running_gateway,
-    until,
-)
+from .gateway_harness import deadline, delivery_config, parse_mid, running_gateway
 from .mosquitto import Mosquitto, subscribed
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 

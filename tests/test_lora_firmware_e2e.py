@@ -56,17 +56,11 @@ from protocol import (
 )
 
 from .command import ROOT
-from .gateway_harness import (
-    deadline,
-    delivery_config,
-    mid_of,
-    parse_mid,
-    running_gateway,
-    until,
-)
+from .gateway_harness import deadline, delivery_config, mid_of, parse_mid, running_gateway
 from .mosquitto import Mosquitto, Subscriber, subscribed
 from .test_lora_e2e import free_udp_port
 from .test_lora_sim import MiniServer
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 

@@ -41,8 +41,9 @@ from protocol import Ack, NodeKeys, Observations, Readings, open_frame, seal
 from protocol.quantities import quantity_id
 
 from .command import edgeveil
-from .gateway_harness import delivery_config, running_gateway, until
+from .gateway_harness import delivery_config, running_gateway
 from .mosquitto import Mosquitto, subscribed
+from .waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE, GATEWAY_ID = "lora-site", "gw-lora"

@@ -49,7 +49,7 @@ from protocol import Event, NodeKeys, Observations, Readings, Status, encode_ser
 from protocol.messages import EVENT_CODES, RESET_CAUSES
 from protocol.quantities import QUANTITIES, quantity_id
 
-from .gateway_harness import deadline, delivery_config, running_gateway, until
+from .gateway_harness import deadline, delivery_config, running_gateway
 from .mosquitto import Mosquitto, Received, subscribed
 from .mqtt_contract import (
     Contract,
@@ -60,7 +60,9 @@ from .mqtt_contract import (
     resolve,
     senml_json_labels,
 )
-from .test_gateway_e2e import Pty, no_leftovers  # noqa: F401 - no_leftovers: autouse here too
+from .ptys import Pty
+from .test_gateway_e2e import no_leftovers  # noqa: F401 - an autouse fixture, here too
+from .waiting import until
 
 HASH = "0" * 64
 T0 = 1_800_000_000  # a whole hour, UTC

@@ -30,9 +30,10 @@ from gateway.records import OutMessage, Topics
 from gateway.registry import NodeRegistry
 
 from .command import ROOT, edgeveil
-from .gateway_harness import deadline, delivery_config, running_gateway, until
+from .gateway_harness import deadline, delivery_config, running_gateway
 from .mosquitto import Mosquitto, mosquitto_passwd, subscribed
 from .test_gateway_e2e import BASE, serial_site
+from .waiting import until
 
 TOPICS = Topics("edgeveil", "site", "gw")
 SECRET = bytes(range(16))

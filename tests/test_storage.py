@@ -44,8 +44,9 @@ from gateway.sqlite import (
 from gateway.uplink import DEGRADED, ONLINE
 from protocol import Readings, seal
 
-from .gateway_harness import deadline, delivery_config, parse_mid, running_gateway, until
+from .gateway_harness import deadline, delivery_config, parse_mid, running_gateway
 from .mosquitto import Mosquitto, subscribed
+from .ptys import Pty
 from .test_counter_reuse import KEYS as COUNTER_KEYS
 from .test_counter_reuse import Gateway as CounterGateway
 from .test_gateway_e2e import (
@@ -53,13 +54,13 @@ from .test_gateway_e2e import (
     GATEWAY_ID,
     NODE_DATA,
     SITE,
-    Pty,
     ScriptedNode,
     check_one_id_per_reading,
     metric,
     reading_of,
     scripted_nodes,
 )
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
