@@ -41,7 +41,7 @@ from protocol import Ack, NodeKeys, Observations, Readings, open_frame, seal
 from protocol.quantities import quantity_id
 
 from .command import edgeveil
-from .gateway_harness import delivery_config, running_gateway
+from .gateway_harness import delivery_config, ingest_settled, running_gateway
 from .mosquitto import Mosquitto, subscribed
 from .waiting import until
 
@@ -230,6 +230,8 @@ async def test_a_replayed_uplink_is_acknowledged_again_only_a_few_times(
     """Security review (issue 13): each ack costs a downlink counter and airtime, so copies of
     one frame beyond a node's retries (replays) are counted, not answered."""
     monkeypatch.setattr(forwarder_mod, "RX1_LEAD_S", -3600.0)  # as above: not about lateness
+    for gather in ("GATHER_S", "GATHER_LORA_S"):  # each copy is a batch of its own anyway
+        monkeypatch.setattr(ingest_mod, gather, 0.02)
     secret = os.urandom(16)
     keys = NodeKeys(0x0A12, secret)
     state = tmp_path / "state"
@@ -253,14 +255,16 @@ async def test_a_replayed_uplink_is_acknowledged_again_only_a_few_times(
             copies = 2 + ingest_mod.MAX_REACKS + 5
             for i in range(copies):
                 gw.push_data(frame, rssi=-80, tmst=1_000_000 * (i + 1))
-                await until(  # each copy in a batch of its own (ingest gathers for 0.2 s)
+                await until(  # each copy in a batch of its own: counted before the next
                     lambda i=i: metric(
                         gateway.metrics, "edgeveil_frames_total", port="lora",
                         node=str(keys.node_id), outcome="duplicate" if i else "accepted",
                     ) == max(i, 1),
                     "the copy counted", 10,
                 )  # fmt: skip
-            await asyncio.sleep(0.5)
+            # each copy's batch sent its downlink (if any) before the ingest took another:
+            # once it has processed its barrier, every PULL_RESP there is was sent
+            await ingest_settled(gateway)
             kinds: list[int] = []
             while (datagram := gw.pending()) is not None:
                 kinds.append(datagram[3])
@@ -378,9 +382,11 @@ async def downlink_server(
     forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
     metrics: Metrics | None = None,
     on_frame: Callable[[str, bytes, RadioMeta], None] = lambda *_a: None,
+    monotonic: Callable[[], float] = time.monotonic,
     **settings: Any,
 ) -> AsyncIterator[tuple[ForwarderTransport, FakeForwarder]]:
-    """A forwarder server with acks on, and gateway EUI_A on its downlink route."""
+    """A forwarder server with acks on, and gateway EUI_A on its downlink route; `monotonic`
+    is its clock (when datagrams come, how old an uplink is)."""
     config = PacketForwarderConfig(
         name="lora",
         host="127.0.0.1",
@@ -390,7 +396,7 @@ async def downlink_server(
         dedupe_ms=0,
         **settings,
     )
-    transport = ForwarderTransport(config, on_frame, metrics=metrics)
+    transport = ForwarderTransport(config, on_frame, metrics=metrics, monotonic=monotonic)
     task = asyncio.create_task(transport.run())
     try:
         await until(lambda: transport.address is not None, "listening", 10)
@@ -510,6 +516,16 @@ def test_the_concentrator_clock_tells_a_late_uplink_from_a_fresh_one() -> None:
     assert wrap.received(1_003_000, 21.0) == pytest.approx(21.0)
 
 
+class FakeMonotonic:
+    """A forwarder server's clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.mark.asyncio
 async def test_an_uplink_too_old_for_rx1_is_answered_in_rx2_or_not_at_all(
     forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
@@ -518,22 +534,23 @@ async def test_an_uplink_too_old_for_rx1_is_answered_in_rx2_or_not_at_all(
     0.95 s after it, too late for RX1 (the issue's concentrator said TOO_LATE): answered in
     RX2 a second later. One held up 1.95 s misses RX2 as well: not answered."""
     got: list[RadioMeta] = []
+    clock = FakeMonotonic()
 
     def heard(_port: str, _frame: bytes, meta: RadioMeta) -> None:
         got.append(meta)
 
-    async with downlink_server(forwarders, on_frame=heard) as (transport, gw):
+    async with downlink_server(forwarders, on_frame=heard, monotonic=clock) as (transport, gw):
         gw.push_data(b"\x01", rssi=-90, tmst=7_000_000)
         await gw.receive()  # PUSH_ACK
         await until(lambda: len(got) == 1, "the first uplink", 5)
-        await asyncio.sleep(1.0)  # it ended 50 ms after the first: 0.95 s old on arrival
+        clock.now += 1.0  # it ended 50 ms after the first: 0.95 s old on arrival
         gw.push_data(b"\x02", rssi=-90, tmst=7_050_000)
         await gw.receive()
         await until(lambda: len(got) == 2, "the late uplink", 5)
         assert await transport.send(bytes(10), got[1])
         txpk = json.loads((await gw.receive())[4:])["txpk"]
         assert (txpk["tmst"], txpk["freq"], txpk["datr"]) == (9_050_000, 869.525, "SF12BW125")
-        await asyncio.sleep(1.0)  # 1.95 s old: RX2 has passed too
+        clock.now += 1.05  # ended 50 ms after the second: 1.95 s old, RX2 has passed too
         gw.push_data(b"\x03", rssi=-90, tmst=7_100_000)
         await gw.receive()
         await until(lambda: len(got) == 3, "the later uplink", 5)
