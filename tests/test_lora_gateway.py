@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -136,12 +137,13 @@ async def test_packet_forwarder_uplink_to_mqtt_with_merged_copies_and_ack_in_rx1
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+    rng: random.Random,
 ) -> None:
     # RX1 is 1 s after the uplink; a loaded CI machine may take longer than that to store
     # the frame, and the gateway would then rightly not send a late ack. This test is about
     # the protocol, so the lateness check is off here (tested on its own below).
     monkeypatch.setattr(forwarder_mod, "RX1_LEAD_S", -3600.0)
-    secret = os.urandom(16)  # fresh every run: never a fixed test key
+    secret = rng.randbytes(16)  # fresh every run: never a fixed test key
     keys = NodeKeys(0x0A11, secret)
     state = tmp_path / "state"
     with NodeRegistry.open(state / "registry.db") as registry:
@@ -226,13 +228,14 @@ async def test_a_replayed_uplink_is_acknowledged_again_only_a_few_times(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
+    rng: random.Random,
 ) -> None:
     """Security review (issue 13): each ack costs a downlink counter and airtime, so copies of
     one frame beyond a node's retries (replays) are counted, not answered."""
     monkeypatch.setattr(forwarder_mod, "RX1_LEAD_S", -3600.0)  # as above: not about lateness
     for gather in ("GATHER_S", "GATHER_LORA_S"):  # each copy is a batch of its own anyway
         monkeypatch.setattr(ingest_mod, gather, 0.02)
-    secret = os.urandom(16)
+    secret = rng.randbytes(16)
     keys = NodeKeys(0x0A12, secret)
     state = tmp_path / "state"
     with NodeRegistry.open(state / "registry.db") as registry:
@@ -726,10 +729,10 @@ async def test_tx_ack_text_is_escaped_cut_short_and_logged_once_per_burst(
 
 
 @pytest.mark.asyncio
-async def test_observation_packets_are_forwarded_but_counted_nowhere() -> None:
+async def test_observation_packets_are_forwarded_but_counted_nowhere(rng: random.Random) -> None:
     """Security review (issue 13): at a site with one node, a concentrator's packet count or
     RSSI sample count would be the node's, and observations go out only when people are near."""
-    keys = NodeKeys(0x0A13, os.urandom(16))
+    keys = NodeKeys(0x0A13, rng.randbytes(16))
     got: list[bytes] = []
     metrics = Metrics()
     config = PacketForwarderConfig(

@@ -138,11 +138,11 @@ def test_pseudonym_is_truncated_hmac_sha256_of_the_identifier() -> None:
         assert got is not None and len(got) == bits // 8
 
 
-def test_pseudonyms_stable_within_a_period_unlinkable_across_periods() -> None:
+def test_pseudonyms_stable_within_a_period_unlinkable_across_periods(rng: random.Random) -> None:
     drawn: list[bytes] = []
 
     def token_bytes(n: int) -> bytes:
-        drawn.append(random.randbytes(n))
+        drawn.append(rng.randbytes(n))
         return drawn[-1]
 
     pz = Pseudonymizer(W, 64, token_bytes=token_bytes)
