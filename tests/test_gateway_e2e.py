@@ -73,7 +73,7 @@ from .gateway_harness import (
 )
 from .mosquitto import Mosquitto, Received, subscribed
 from .ptys import Pty
-from .waiting import until
+from .waiting import until, until_sync
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
@@ -118,10 +118,12 @@ def no_leftovers() -> Iterator[None]:
     """Every test ends with no process, pty or socket of its own left, failed or not."""
     fds_before, children_before = _fds(), _children()
     yield
-    deadline = time.monotonic() + 5  # a child killed at the very end may take a moment
-    while _children() - children_before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _children() - children_before, "child processes left running"
+    until_sync(  # a child killed at the very end may take a moment
+        lambda: not _children() - children_before,
+        "no child process left running",
+        5,
+        lambda: _children() - children_before,
+    )
     leaked = {
         fd: target
         for fd, target in _fds().items()
@@ -590,7 +592,9 @@ class GatewayProcess:
 
 @pytest.mark.asyncio
 @deadline(120)
-async def test_kill_9_mid_stream_loses_no_acknowledged_reading(tmp_path: Path) -> None:
+async def test_kill_9_mid_stream_loses_no_acknowledged_reading(
+    tmp_path: Path, rng: random.Random
+) -> None:
     """SIGKILL the gateway process at a random moment while frames flow, start it again on the
     same state directory and the same ptys, and let the nodes retransmit what is unacknowledged:
     every reading the gateway ever ACKNOWLEDGED (before the kill and after) reaches the
@@ -600,11 +604,9 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_reading(tmp_path: Path) -
     the gateway's side is that an acknowledgement comes only after the spool holds the reading
     on disk, and that its replay window and message ids survive the crash (a reading stored but
     not yet acknowledged at the kill is stored again under the same id, never a new one)."""
-    seed = int.from_bytes(os.urandom(4), "big")
-    rng = random.Random(seed)
     kill_after_acks = rng.randint(10, 80)
     kill_delay = rng.uniform(0.0, 0.3)
-    why = f"seed {seed}: killed after {kill_after_acks} acks + {kill_delay:.3f} s"
+    why = f"killed after {kill_after_acks} acks + {kill_delay:.3f} s"
 
     nodes = [ScriptedNode(0x1000 + i) for i in range(2)]
     ptys = [Pty() for _ in nodes]
