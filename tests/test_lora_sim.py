@@ -284,7 +284,7 @@ async def everything_pushed(server: MiniServer) -> None:
 async def test_emulate_link_lora_sends_to_the_forwarder_it_is_given(server: MiniServer) -> None:
     async with async_child_process(
         sys.executable, "-m", "gateway.cli", "emulate", "--link", "lora", "--nodes", "4",
-        "--gateways", "2", "--reading-interval", "1", "--duration", "2.5", "--radio-only",
+        "--gateways", "2", "--reading-interval", "1", "--duration", "1.5", "--radio-only",
         "--forwarder", f"127.0.0.1:{server.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
     ) as proc:  # fmt: skip
@@ -297,7 +297,7 @@ async def test_emulate_link_lora_sends_to_the_forwarder_it_is_given(server: Mini
     assert lines[-1].startswith("registry ")  # a temporary file, removed at exit
     # in the simulation's time (the fleet's event queue, paced to the wall clock but never
     # decided by it): each node sends its first reading at a random moment of the first
-    # second, and no second one in the 2.5 s: the 1 % duty cycle makes it wait 20 s after
+    # second, and no second one in the 1.5 s: the 1 % duty cycle makes it wait 20 s after
     # 0.2 s on air
     summary = re.search(r"(\d+) frames sent, (\d+) received by a gateway", err.decode())
     assert summary is not None, err

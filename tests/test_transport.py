@@ -489,12 +489,16 @@ def test_write_to_full_port_is_refused_without_blocking() -> None:
                 assert transport.state == "open"  # refused, not broken
                 # the node reads again: writes go through again
                 await asyncio.sleep(0)
-                got = len(pty.drain())
-                async with asyncio.timeout(3):
-                    while not await transport.write(b"b"):
-                        got += len(pty.drain())
-                        await asyncio.sleep(0.01)
-                got += len(await pty.read(1))
+                drained = [len(pty.drain())]
+
+                async def written() -> bool:
+                    if await transport.write(b"b"):
+                        return True
+                    drained.append(len(pty.drain()))
+                    return False
+
+                await until(written, "write() takes bytes again", 3)
+                got = sum(drained) + len(await pty.read(1))
                 assert got >= accepted
         finally:
             pty.close()
@@ -530,9 +534,7 @@ def test_failing_callbacks_do_not_break_the_link(caplog: pytest.LogCaptureFixtur
                     await opened.wait()
                 for i in range(3):
                     pty.send(b"x%d" % i)
-                    async with asyncio.timeout(3):
-                        while len(seen) <= i:
-                            await asyncio.sleep(0.01)
+                    await until(lambda i=i: len(seen) > i, "the data handed to on_data", 3)
                 assert transport.state == "open"
                 assert await transport.write(b"ok") is True
                 assert await pty.read(2) == b"ok"
