@@ -232,6 +232,7 @@ async def test_fleet_forwards_exactly_what_the_channel_delivered(
     print(f"\n{report.sent} sent, delivery ratio {report.delivery_ratio:.3f}, {report.losses}")
 
 
+@pytest.mark.slow  # paced to the wall clock: 4 s
 @pytest.mark.asyncio
 async def test_fleet_node_verifies_a_downlink_in_its_receive_window(server: MiniServer) -> None:
     fleet = LoraFleet(1, servers=[("127.0.0.1", server.port)], seed=5, reading_interval=30)
