@@ -223,6 +223,10 @@ class Ingest:
         # asyncio.Queue: thousands of frames a second, each put and got once)
         self.queue: deque[Arrival] = deque()
         self._arrived = asyncio.Event()
+        # frames queued, and frames done with (their group stored, acknowledged and counted,
+        # or refused): when `finished` reaches a value `received` had, those frames are through
+        self.received = 0
+        self.finished = 0
         self.burst_log = BurstLog()
         # nodes that say they must be replaced (counter_low events): once an hour per node
         self.replace_log = BurstLog(3600.0, "node must be replaced")
@@ -252,6 +256,7 @@ class Ingest:
             self.metrics.frames.labels(port, UNREGISTERED, "overloaded").inc()
             return
         self.queue.append(Arrival(port, frame, time.time(), radio))
+        self.received += 1
         self._arrived.set()
 
     async def run(self) -> None:
@@ -364,6 +369,7 @@ class Ingest:
         acks, counted = self._stored(unstored, group.acks, group.counted)
         self._count(counted)
         await self._downlink(acks, group.time_syncs, group.radios, group.rekeys, group.answers)
+        self.finished += len(group.batch)
 
     def _stored(
         self,
@@ -447,6 +453,7 @@ class Ingest:
             except RemoteProtocolError:
                 pass
             self.metrics.frames.labels(arrival.port, UNREGISTERED, "storage_unavailable").inc()
+        self.finished += len(batch)  # done with: refused
         return True
 
     async def _store(self, group: _Group) -> set[tuple[int, int, int]]:

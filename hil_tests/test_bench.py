@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import serial
+from prometheus_client.parser import text_string_to_metric_families
 
 from protocol import (
     NEED_DATA,
@@ -35,9 +37,10 @@ from protocol import (
     seal,
 )
 from protocol.errors import RemoteProtocolError
-from tests.command import edgeveil
+from tests.command import child_process, edgeveil
 from tests.gateway_harness import write_policy
-from tests.mosquitto import Mosquitto, subscribed
+from tests.mosquitto import Mosquitto, free_port, subscribed
+from tests.waiting import until, until_sync
 
 from .conftest import Bench
 
@@ -83,11 +86,13 @@ class Line:
     def close(self) -> None:
         self.serial.close()
 
-    def frames(self, seconds: float, until: Until | None = None) -> list[Seen]:
+    def frames(self, seconds: float, until: Until) -> list[Seen]:
+        """The frames the node sends from now on, until until(frames) holds (a failure after
+        `seconds`)."""
         seen: list[Seen] = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.decoder.feed(self.serial.read(4096))
+
+        def read() -> bool:
+            self.decoder.feed(self.serial.read(4096))  # waits up to the port's timeout
             while True:
                 try:
                     frame = self.decoder.next_event()
@@ -106,8 +111,15 @@ class Line:
                     continue
                 d = message.to_dict()
                 seen.append(Seen(header.counter, str(d["type"]), d, frame, header.epoch))
-            if until is not None and until(seen):
-                break
+            return until(seen)
+
+        until_sync(
+            read,
+            "the frames the test waits for",
+            seconds,
+            lambda: ([(s.kind, s.counter) for s in seen], self.rejected),
+            interval=0,
+        )
         return seen
 
     def ack(self, counters: list[int], downlink_counter: int) -> None:
@@ -167,6 +179,11 @@ def _has(kind: str, n: int = 1) -> Until:
     return lambda seen: sum(s.kind == kind for s in seen) >= n
 
 
+def _has_new(kind: str, above: int, n: int) -> Until:
+    """n frames of `kind` whose counters are above `above`: sent for the first time."""
+    return lambda seen: len({s.counter for s in seen if s.kind == kind and s.counter > above}) >= n
+
+
 def test_deployed_node_boots_and_sends_verified_frames(line: Line) -> None:
     seen = line.frames(40, until=_has("readings"))
     kinds = [s.kind for s in seen]
@@ -199,9 +216,11 @@ def test_lost_acknowledgement_means_the_frame_is_sent_again(line: Line) -> None:
     reading = next(s for s in first if s.kind == "readings")
     again = line.frames(10, until=lambda seen: any(s.frame == reading.frame for s in seen))
     assert any(s.frame == reading.frame for s in again), "the unacknowledged frame never came back"
-    # acknowledged now: it stops (ack timeout 1.5 s doubling; 8 s covers the next tries)
+    # acknowledged now: it stops. Its next try was due 3 s after the last (ack timeout 1.5 s,
+    # doubling): two readings cycles of the node later (5 s apart), it would have come
     line.ack([reading.counter], downlink_counter=int(time.time()))
-    later = line.frames(8)
+    newest = max(s.counter for s in first + again)
+    later = line.frames(30, until=_has_new("readings", newest, 2))
     assert not any(s.frame == reading.frame for s in later[1:]), "sent again after its ack"
 
 
@@ -224,17 +243,66 @@ def test_counter_survives_a_power_cut(bench: Bench, node: Node) -> None:
     assert min(s.counter for s in after) > highest, "a counter value came back after the cut"
 
 
-def _gateway_config(bench: Bench, node: Node, broker: Mosquitto, directory: Path) -> Path:
+def _gateway_config(
+    bench: Bench, node: Node, broker: Mosquitto, directory: Path, metrics_port: int | None = None
+) -> Path:
     policy = write_policy(directory)  # everything passes: the bench checks delivery, not privacy
     config = directory / "gateway.toml"
+    listen = "false" if metrics_port is None else f'"127.0.0.1:{metrics_port}"'
     config.write_text(
         f'[gateway]\nsite = "{SITE}"\nid = "{GATEWAY_ID}"\nstate_dir = "{node.state_dir}"\n'
         f'[[serial]]\nname = "bench"\nurl = "{bench.port}"\n'
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-        f'[metrics]\nlisten = false\n[privacy]\npolicy = "{policy}"\n',
+        f'[metrics]\nlisten = {listen}\n[privacy]\npolicy = "{policy}"\n',
         encoding="utf-8",
     )
     return config
+
+
+@contextlib.contextmanager
+def gateway_with_metrics(
+    bench: Bench, node: Node, broker: Mosquitto, directory: Path
+) -> Iterator[tuple[Path, GatewayOutput, str]]:
+    """running_gateway() with its metrics on a free port: (configuration, output, metrics
+    URL). A port another process takes before the gateway binds it is chosen again."""
+    for attempt in range(3):
+        port = free_port()
+        config = _gateway_config(bench, node, broker, directory, port)
+        with running_gateway(config, directory / "gateway.log") as output:
+            url = f"http://127.0.0.1:{port}/metrics"
+
+            def answers(url: str = url) -> bool:
+                if not output.running():
+                    return True  # it said why in its log
+                with contextlib.suppress(OSError):
+                    urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - ours
+                    return True
+                return False
+
+            until_sync(answers, "the gateway's metrics answer", 30, output)
+            if not output.running() and "Address already in use" in output() and attempt < 2:
+                continue
+            assert output.running(), output()
+            yield config, output, url
+            return
+
+
+async def _at_least(count: Awaitable[float], n: float) -> bool:
+    return await count >= n
+
+
+def _frames_counted(url: str, node_id: int, outcome: str) -> float:
+    """The gateway's count of the node's frames with this outcome (accepted, revoked...)."""
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our URL
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "edgeveil_frames_total"
+        and sample.labels.get("node") == str(node_id)
+        and sample.labels.get("outcome") == outcome
+    )
 
 
 def test_gateway_receives_and_verifies_the_nodes_frames(
@@ -250,25 +318,20 @@ def test_gateway_receives_and_verifies_the_nodes_frames(
 
 async def _readings_through_gateway(broker: Mosquitto, config: Path) -> bytes:
     async with subscribed(broker, f"edgeveil/{SITE}/{GATEWAY_ID}/#") as sub:
-        gateway = subprocess.Popen(  # noqa: S603 - our own command
-            [sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+        with running_gateway(config, config.parent / "gateway.log") as output:
+
+            def a_reading() -> bytes | None:
+                assert output.running(), output()
                 for message in sub.received:
                     if "/node/" in message.topic and b"temperature" in message.payload:
                         return message.payload
-                await asyncio.sleep(0.2)
-                assert gateway.poll() is None, gateway.communicate()[0]
-            topics = [m.topic for m in sub.received]
-            raise AssertionError(f"no readings on MQTT within 60 s: {topics}")
-        finally:
-            gateway.terminate()
-            gateway.wait(timeout=20)
+                return None
+
+            payload = await until(
+                a_reading, "readings on MQTT", 60, lambda: [m.topic for m in sub.received]
+            )
+            assert payload is not None
+            return payload
 
 
 def test_monitor_shows_the_nodes_frames(bench: Bench, node: Node) -> None:
@@ -291,27 +354,37 @@ def test_monitor_shows_the_nodes_frames(bench: Bench, node: Node) -> None:
 # -- the node's identity over its life (issue 12), through the real gateway ------------------------
 
 
+@dataclass
+class GatewayOutput:
+    """What a gateway child process said so far, and whether it still runs."""
+
+    log: Path
+    process: subprocess.Popen[str]
+
+    def __call__(self) -> str:
+        return self.log.read_text()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+
 @contextlib.contextmanager
-def running_gateway(config: Path, log: Path) -> Iterator[Callable[[], str]]:
-    """`edgeveil gateway run` in a child process; yields a function returning its output so
-    far."""
-    with log.open("w") as out:
-        gateway = subprocess.Popen(  # noqa: S603 - our own command
+def running_gateway(config: Path, log: Path) -> Iterator[GatewayOutput]:
+    """`edgeveil gateway run` in a child process, stopped (SIGTERM) at the end of the block,
+    killed if it does not stop."""
+    with (
+        log.open("w") as out,
+        child_process(
             [sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(config)],
             stdout=out, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+        ) as gateway,
+    ):  # fmt: skip
         try:
-            yield log.read_text
+            yield GatewayOutput(log, gateway)
         finally:
             gateway.terminate()
-            gateway.wait(timeout=20)
-
-
-def _until(what: str, check: Callable[[], bool], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(0.5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                gateway.wait(timeout=20)
 
 
 def _listed(config: Path) -> dict[int, list[str]]:
@@ -337,10 +410,12 @@ async def _watch(broker: Mosquitto, steps: Callable[[Any], Awaitable[None]]) -> 
 
 async def _more_readings(sub: Any, node_id: int, more: int = 1, seconds: float = 60) -> None:
     start = _readings_of(sub, node_id)
-    deadline = time.monotonic() + seconds
-    while _readings_of(sub, node_id) < start + more:
-        assert time.monotonic() < deadline, f"no readings of node {node_id} within {seconds} s"
-        await asyncio.sleep(0.2)
+    await until(
+        lambda: _readings_of(sub, node_id) >= start + more,
+        f"{more} more readings of node {node_id}",
+        seconds,
+        interval=0.2,
+    )
 
 
 def test_a_rekey_reaches_the_node_over_the_serial_downlink(
@@ -357,10 +432,12 @@ def test_a_rekey_reaches_the_node_over_the_serial_downlink(
                 assert rekey.returncode == 0, rekey.stderr
                 assert f"node {node.node_id}: re-key to key epoch 1 requested" in rekey.stdout
                 assert "pending" in _listed(config)[node.node_id][3]
-                await asyncio.to_thread(
-                    _until, "the node uses key epoch 1",
-                    lambda: _listed(config)[node.node_id][1] == "1",
-                )  # fmt: skip
+                await until(  # in a thread: each look runs a command
+                    lambda: asyncio.to_thread(lambda: _listed(config)[node.node_id][1] == "1"),
+                    "the node uses key epoch 1",
+                    60,
+                    interval=0.5,
+                )
                 await _more_readings(sub, node.node_id, 2)  # and reports on under the new keys
 
             asyncio.run(_watch(broker, steps))
@@ -395,28 +472,35 @@ def test_a_replacement_takes_over_and_the_old_identity_is_retired(
     registry_only.write_text(f'[gateway]\nstate_dir = "{node.state_dir}"\n', encoding="utf-8")
     pending = _listed(registry_only)[node.node_id][3]
     assert pending == f"active, until node {new_id} is heard", pending
-    with Mosquitto(tmp_path / "broker") as broker:
-        config = _gateway_config(bench, node, broker, tmp_path)
-        with running_gateway(config, tmp_path / "gateway.log") as output:
+    with (
+        Mosquitto(tmp_path / "broker") as broker,
+        gateway_with_metrics(bench, node, broker, tmp_path) as (config, output, metrics),
+    ):
 
-            async def steps(sub: Any) -> None:
-                await _more_readings(sub, new_id, 2)  # the replacement reports
-                listed = _listed(config)
-                assert listed[node.node_id][3].startswith("revoked"), listed
-                assert listed[new_id][3] == "active", listed
-                # revoked in turn (a stolen board, say): from the next frames on, refused
-                revoke = edgeveil("gateway", "nodes", "revoke", str(new_id), "--config",
-                                  str(config))  # fmt: skip
-                assert revoke.returncode == 0, revoke.stderr
-                await asyncio.to_thread(
-                    _until, "a frame refused as revoked", lambda: "revoked" in output()
-                )
-                await asyncio.sleep(2)  # what was accepted before the revocation goes out
-                before = _readings_of(sub, new_id)
-                await asyncio.sleep(12)  # two reading intervals of the node
-                assert _readings_of(sub, new_id) == before, "published after its revocation"
+        async def steps(sub: Any) -> None:
+            await _more_readings(sub, new_id, 2)  # the replacement reports
+            listed = _listed(config)
+            assert listed[node.node_id][3].startswith("revoked"), listed
+            assert listed[new_id][3] == "active", listed
+            # revoked in turn (a stolen board, say): from the next frames on, refused
+            revoke = edgeveil("gateway", "nodes", "revoke", str(new_id), "--config",
+                              str(config))  # fmt: skip
+            assert revoke.returncode == 0, revoke.stderr
 
-            asyncio.run(_watch(broker, steps))
-            log = output()
+            # the node's frames, refused one after the other, are the clock here: what
+            # was accepted before the revocation has gone out by the third refusal, and
+            # nothing more comes in the two reading intervals up to the fifth
+            def refused() -> Awaitable[float]:
+                return asyncio.to_thread(_frames_counted, metrics, new_id, "revoked")
+
+            await until(
+                lambda: _at_least(refused(), 3), "three frames refused as revoked", 60, interval=0.5
+            )
+            before = _readings_of(sub, new_id)
+            await until(lambda: _at_least(refused(), 5), "two more refused", 60, interval=0.5)
+            assert _readings_of(sub, new_id) == before, "published after its revocation"
+
+        asyncio.run(_watch(broker, steps))
+        log = output()
     assert f"node {node.node_id} revoked: its replacement {new_id} was heard" in log, log
     assert f"frame rejected: revoked: node {new_id} is revoked" in log, log

@@ -1,5 +1,6 @@
-"""Helpers for tests that run the gateway service: a policy that passes everything, waiting
-for conditions, message ids, a per-test deadline, the gateway as a task of the test's loop."""
+"""Helpers for tests that run the gateway service: a policy that passes everything, message
+ids, a per-test deadline, the gateway as a task of the test's loop (waiting for conditions:
+tests/waiting.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from protocol import Message
 from protocol.quantities import QUANTITIES
 
 from .mosquitto import Mosquitto, Received
+from .waiting import until
 
 TestFunction = Callable[..., Awaitable[None]]
 
@@ -49,29 +50,16 @@ def write_policy(directory: Path) -> Path:
     return path
 
 
-async def until(
-    condition: Callable[[], bool],
-    what: str,
-    timeout: float,
-    detail: Callable[[], object] = lambda: "",
-    *,
-    hold: float = 0.0,
-) -> None:
-    """Poll `condition` until it holds (for `hold` seconds without a break, if given); fail
-    with `what` and `detail()` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    since: float | None = None
-    while True:
-        now = time.monotonic()
-        if condition():
-            since = now if since is None else since
-            if now - since >= hold:
-                return
-        else:
-            since = None
-        if now > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}; {detail()}")
-        await asyncio.sleep(0.02)
+async def ingest_settled(gateway: Gateway, timeout: float = 10.0) -> None:
+    """Wait until the gateway's ingest has processed, whole, every frame it was given before
+    this call (stored, acknowledged, counted; or refused): a positive event, not a pause."""
+    given = gateway.ingest.received
+    await until(
+        lambda: gateway.ingest.finished >= given,
+        "the ingest finishes the frames it was given",
+        timeout,
+        detail=lambda: (gateway.ingest.finished, given),
+    )
 
 
 def mid_of(r: Received) -> str:

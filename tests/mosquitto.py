@@ -34,7 +34,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ import cbor2
 import pytest
 
 from .mqtt_contract import contract as mqtt_contract
+from .waiting import until_sync
 
 HOST = "127.0.0.1"
 # a topic level for markers a test publishes itself (to know the broker sent all before them)
@@ -168,27 +168,33 @@ class Mosquitto:
             stdin=subprocess.DEVNULL,
         )
         _live.add(self._proc)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                self._reap()
-                if self._may_move and "Address already in use" in self.log()[since:]:
-                    self._move()
-                    self.start(timeout)
-                    return
-                pytest.fail(f"mosquitto exited at start:\n{self.log()}", pytrace=False)
+        proc = self._proc
+
+        def listening_or_ended() -> bool:
+            if proc.poll() is not None:
+                return True  # ended: what it logged says why (below)
+            # its own "running" line first: another process may listen on the port
+            if " running" not in self.log()[since:]:
+                return False
             try:
-                # its own "running" line first: another process may listen on the port
-                if " running" not in self.log()[since:]:
-                    raise OSError("not running yet")
                 with socket.create_connection((self.host, self.port), timeout=0.2):
-                    self._may_move = False
-                    return
+                    return True
             except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    pytest.fail(f"mosquitto did not listen within {timeout} s:\n{self.log()}")
-                time.sleep(0.02)
+                return False
+
+        try:
+            until_sync(listening_or_ended, f"mosquitto listens on {self.port}", timeout)
+        except AssertionError:
+            self.kill()
+            pytest.fail(f"mosquitto did not listen within {timeout} s:\n{self.log()}")
+        if proc.poll() is not None:
+            self._reap()
+            if self._may_move and "Address already in use" in self.log()[since:]:
+                self._move()
+                self.start(timeout)
+                return
+            pytest.fail(f"mosquitto exited at start:\n{self.log()}", pytrace=False)
+        self._may_move = False
 
     def _move(self) -> None:
         """Another process took the port we chose: listen on a new one."""

@@ -18,6 +18,7 @@ from gateway.privacy import dp, policy
 from .command import ROOT, edgeveil
 
 
+@pytest.mark.slow  # end to end: nodes, gateway and broker for 8 s
 def test_live_demo_shows_what_leaves_the_gateway() -> None:
     """The README's first command: emulated nodes, the gateway and a broker, printed live."""
     result = edgeveil("demo", "--nodes", "2", "--duration", "8", timeout=90)

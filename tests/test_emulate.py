@@ -3,6 +3,7 @@ node firmware sending sealed frames that the gateway side opens with the registr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -12,7 +13,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,9 @@ from protocol import (
 )
 from protocol.messages import MESSAGE_CLASSES
 from protocol.quantities import quantity_id
+
+from .command import child_process
+from .waiting import until_sync
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
@@ -81,47 +84,46 @@ def test_emulate_starts_nodes_prints_devices_and_writes_a_private_registry(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "fleet"
-    proc = subprocess.Popen(
+    with child_process(
         [sys.executable, "-m", "gateway.cli", "emulate", "--nodes", "2", "--out", str(out),
          "--reading-interval", "1", "--seed", "3"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=ROOT,
-    )  # fmt: skip
-    try:
-        lines = _Lines(proc.stdout)
-        nodes = [NODE_LINE.match(lines.next()) for _ in range(2)]
-        assert all(nodes), nodes
-        registry_line = lines.next()
-        assert registry_line == f"registry {out / 'registry.json'}"
-        registry_path = out / "registry.json"
-        assert stat.S_IMODE(registry_path.stat().st_mode) == 0o600
-        registry = json.loads(registry_path.read_text())
-        assert registry["format"] == "edgeveil-registry"
-        assert registry["version"] == 1
-        entries = registry["nodes"]
-        assert [(str(e["node_id"]), e["device"], e["zone"]) for e in entries] == [
-            m.groups() for m in nodes if m
-        ]
-        assert len({e["node_id"] for e in entries}) == 2
-        for entry in entries:
-            assert re.fullmatch(r"[0-9a-f]{32}", entry["secret"])
-            fd = os.open(entry["device"], os.O_RDWR | os.O_NOCTTY)  # a terminal, like ttyUSB0
-            try:
-                assert os.isatty(fd)
-            finally:
-                os.close(fd)
-        assert len(_nodes_under(str(out))) == 2
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    ) as proc:  # fmt: skip
         try:
-            proc.wait(timeout=10)
+            lines = _Lines(proc.stdout)
+            nodes = [NODE_LINE.match(lines.next()) for _ in range(2)]
+            assert all(nodes), nodes
+            registry_line = lines.next()
+            assert registry_line == f"registry {out / 'registry.json'}"
+            registry_path = out / "registry.json"
+            assert stat.S_IMODE(registry_path.stat().st_mode) == 0o600
+            registry = json.loads(registry_path.read_text())
+            assert registry["format"] == "edgeveil-registry"
+            assert registry["version"] == 1
+            entries = registry["nodes"]
+            assert [(str(e["node_id"]), e["device"], e["zone"]) for e in entries] == [
+                m.groups() for m in nodes if m
+            ]
+            assert len({e["node_id"] for e in entries}) == 2
+            for entry in entries:
+                assert re.fullmatch(r"[0-9a-f]{32}", entry["secret"])
+                fd = os.open(entry["device"], os.O_RDWR | os.O_NOCTTY)  # a terminal, like ttyUSB0
+                try:
+                    assert os.isatty(fd)
+                finally:
+                    os.close(fd)
+            assert len(_nodes_under(str(out))) == 2
         finally:
+            proc.send_signal(signal.SIGTERM)  # a clean stop: the nodes go with it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             for pid in _nodes_under(str(out)):  # never leave nodes behind
                 os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     assert _nodes_under(str(out)) == []
 
 
@@ -189,26 +191,26 @@ while True:
 
 
 def _read_until(port: serial.Serial, needle: bytes, timeout: float = 8.0) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while needle not in data:
-        assert time.monotonic() < deadline, f"{needle!r} not in {data!r}"
-        data += port.read(64)
-    return data
+    data = bytearray()
+
+    def found() -> bool:
+        data.extend(port.read(64))  # waits up to the port's timeout
+        return needle in data
+
+    until_sync(found, f"{needle!r} from the node", timeout, lambda: bytes(data), interval=0)
+    return bytes(data)
 
 
 def _cause(port: serial.Serial, timeout: float = 8.0) -> int:
     """Ask the node for its reset cause until it answers (it may still be booting)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while time.monotonic() < deadline:
+    data = bytearray()
+
+    def answer() -> re.Match[bytes] | None:
         port.write(b"cause?\n")
-        data += port.read(64)
-        found = re.search(rb"cause (\d)\n", data)
-        if found:
-            return int(found.group(1))
-        time.sleep(0.1)
-    raise AssertionError(f"no answer: {data!r}")
+        data.extend(port.read(64))
+        return re.search(rb"cause (\d)\n", data)
+
+    return int(until_sync(answer, "the node's reset cause", timeout, lambda: bytes(data))[1])
 
 
 def test_fleet_pty_talks_like_a_serial_board_across_resets_and_power_cuts(
@@ -263,10 +265,12 @@ def test_scenario_reboots_and_power_cuts_are_survived(tmp_path: Path) -> None:
         on_event=lambda node, text: events.append(text),
     ) as fleet:
         node = fleet.nodes[0]
-        deadline = time.monotonic() + 8
-        while not ("hard" in node.reset_causes[2:] and node.reset_causes.count("power_on") > 1):
-            assert time.monotonic() < deadline, (node.reset_causes, events)
-            time.sleep(0.05)
+        until_sync(
+            lambda: "hard" in node.reset_causes[2:] and node.reset_causes.count("power_on") > 1,
+            "a scenario reboot and power cut",
+            8,
+            lambda: (node.reset_causes, events),
+        )
         assert any(e.startswith("scenario: power cut") for e in events)
         with serial.serial_for_url(node.device, baudrate=115200, timeout=0.1) as port:
             assert _cause(port) in (1, 2)  # still answering, on the same device path
@@ -302,11 +306,9 @@ def test_firmware_sends_sealed_frames_the_registry_secret_opens(firmware_fleet: 
         keys = node.keys
     decoder = StreamDecoder()
     messages: dict[str, list[Any]] = {}
-    deadline = time.monotonic() + 12
     with serial.serial_for_url(entry["device"], baudrate=115200, timeout=0.1) as port:
-        while not ({"readings", "status"} <= messages.keys() and _boot_events(messages)):
-            node_log = firmware_fleet.nodes[0].console_text()
-            assert time.monotonic() < deadline, f"got {sorted(messages)}; console: {node_log}"
+
+        def read_frames() -> bool:
             decoder.feed(port.read(512))
             while True:
                 try:
@@ -321,6 +323,15 @@ def test_firmware_sends_sealed_frames_the_registry_secret_opens(firmware_fleet: 
                 kind = MESSAGE_CLASSES[header.msg_type]
                 message = open_frame(frame, keys, uplink=True, header=header)
                 messages.setdefault(kind.NAME, []).append(message)
+            return {"readings", "status"} <= messages.keys() and bool(_boot_events(messages))
+
+        until_sync(
+            read_frames,
+            "a boot event, readings and a status from the node",
+            12,
+            lambda: f"got {sorted(messages)}; console: {firmware_fleet.nodes[0].console_text()}",
+            interval=0,
+        )
     # (frames sent before the port was opened were flushed by pyserial's open(); the node
     # sends them again until the gateway acknowledges them)
     assert _boot_events(messages)[0].value == 1  # PWRON_RESET

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 
 import cbor2
 import pytest
@@ -328,10 +328,10 @@ def test_header_repr_names_the_epoch() -> None:
 
 
 @pytest.mark.parametrize("epoch", [0, 255])
-def test_every_frame_a_normal_node_sends_fits_lora(epoch: int) -> None:
+def test_every_frame_a_normal_node_sends_fits_lora(epoch: int, rng: random.Random) -> None:
     """A node with all sensors at extreme values, a 4-byte node id and counter (and, from v1.1,
     an epoch byte: the worst readings and status frames are then exactly 51 bytes)."""
-    keys = NodeKeys(2**32 - 1, os.urandom(16), epoch=epoch)
+    keys = NodeKeys(2**32 - 1, rng.randbytes(16), epoch=epoch)
     counter = 2**32 - 1
     all_readings = Readings({q[0]: -(2**31) for q in QUANTITIES[:6]}, time=2**32 - 1)
     big_values = Readings({q[0]: 2**31 - 1 for q in QUANTITIES})

@@ -12,21 +12,23 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
-import time
 import tty
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from gateway import config as config_mod
-from gateway.service import Gateway
+from gateway import service as service_mod
+from gateway.errors import EdgeveilError
 
-from .command import edgeveil
+from .command import child_process, edgeveil
+from .gateway_harness import running_gateway
 from .mosquitto import Mosquitto, free_port, mosquitto  # noqa: F401 - the fixture
+from .waiting import until, until_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -36,27 +38,24 @@ def edgeveil_together(
     *commands: tuple[str, ...], cwd: Path = ROOT
 ) -> list[subprocess.CompletedProcess[str]]:
     """Several edgeveil commands at the same time (each one starts in about a second)."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            cwd=cwd,
-        )
-        for args in commands
-    ]
-    results = []
-    try:
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(
+                child_process(
+                    [sys.executable, "-m", "gateway.cli", *args],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    cwd=cwd,
+                )
+            )
+            for args in commands
+        ]
+        results = []
         for args, proc in zip(commands, procs, strict=True):
             out, err = proc.communicate(timeout=60)
             results.append(subprocess.CompletedProcess(list(args), proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
     return results
 
 
@@ -337,57 +336,66 @@ def test_import_nodes_missing_file_and_success(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(config: config_mod.GatewayConfig) -> AsyncIterator[Gateway]:
-    gateway = Gateway(config)
-    task = asyncio.create_task(gateway.run(), name="gateway")
-    try:
-        ready = asyncio.create_task(gateway.ready.wait())
-        done, _ = await asyncio.wait((task, ready), timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if task in done:
-            task.result()  # raises what stopped it
-        assert gateway.ready.is_set(), "the gateway did not start within 15 s"
-        yield gateway
-    finally:
-        task.cancel()
-        async with asyncio.timeout(15):  # a gateway that does not stop is a failure
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+async def gateway_with_metrics(config_at: Callable[[int], Path]) -> AsyncIterator[int]:
+    """The gateway of the configuration file config_at(port) makes, its metrics on a free
+    port, running in this event loop; yields the port. The configuration takes no port 0, so
+    one is chosen here: one that another process takes before the gateway binds it is chosen
+    again."""
+    async with contextlib.AsyncExitStack() as stack:
+        for attempt in range(3):
+            port = free_port()
+            try:
+                await stack.enter_async_context(running_gateway(config_mod.load(config_at(port))))
+            except EdgeveilError as exc:
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+            else:
+                break
+        yield port
 
 
 @pytest.mark.asyncio
 async def test_status_of_a_running_gateway_and_of_nothing(
     tmp_path: Path,
     mosquitto: Mosquitto,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # the broker and spool gauges are refreshed by the gateway's housekeeping (every 5 s; here
+    # more often), and the retained statement passes through the spool first
+    monkeypatch.setattr(service_mod, "HOUSEKEEPING_S", 0.2)
     master, slave = os.openpty()
     tty.setraw(slave)
-    metrics_port = free_port()
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
     path = tmp_path / "gateway.toml"
-    path.write_text(
-        f'[gateway]\nsite = "cli-site"\nid = "gw-status"\nstate_dir = "{tmp_path / "state"}"\n'
-        f'[[serial]]\nname = "bench"\nurl = "{os.ttyname(slave)}"\n'
-        f'[[serial]]\nname = "unplugged"\nurl = "{tmp_path / "ttyGONE"}"\n'
-        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
-        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
-    )
 
-    async def status() -> subprocess.CompletedProcess[str]:
+    def config_at(metrics_port: int) -> Path:
+        path.write_text(
+            f'[gateway]\nsite = "cli-site"\nid = "gw-status"\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[[serial]]\nname = "bench"\nurl = "{os.ttyname(slave)}"\n'
+            f'[[serial]]\nname = "unplugged"\nurl = "{tmp_path / "ttyGONE"}"\n'
+            f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+            f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+        )
+        return path
+
+    async def status(url: str) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(edgeveil, "gateway", "status", "--metrics", url)
 
     try:
-        async with running_gateway(config_mod.load(path)):
-            # the broker and spool gauges are refreshed by the gateway's housekeeping (every
-            # 5 s), and the retained statement passes through the spool first: poll for both
-            result = await status()
-            async with asyncio.timeout(30):
-                while (
-                    "broker: connected" not in result.stdout
-                    or "spool: 0 waiting" not in result.stdout
-                ):
-                    await asyncio.sleep(0.2)
-                    result = await status()
+        async with gateway_with_metrics(config_at) as metrics_port:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            latest: list[subprocess.CompletedProcess[str]] = []
+
+            async def connected_and_drained() -> subprocess.CompletedProcess[str] | None:
+                latest[:] = [await status(url)]
+                out = latest[0].stdout
+                return (
+                    latest[0] if "broker: connected" in out and "spool: 0 waiting" in out else None
+                )
+
+            result = await until(
+                connected_and_drained, "connected, spool drained", 30, lambda: latest, interval=0.2
+            )
+            assert result is not None
             assert result.returncode == 0, result.stderr
             assert result.stderr == ""
             lines = result.stdout.splitlines()
@@ -406,7 +414,7 @@ async def test_status_of_a_running_gateway_and_of_nothing(
         os.close(slave)
 
     # the gateway has stopped: nobody answers
-    result = await status()
+    result = await status(url)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stdout.splitlines() == [
@@ -415,37 +423,28 @@ async def test_status_of_a_running_gateway_and_of_nothing(
     ]
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing listens on port {port} after {timeout} s") from None
-            time.sleep(0.02)
-
-
 def test_status_of_something_that_is_not_a_gateway(tmp_path: Path) -> None:
     """A web server that is not the gateway's metrics endpoint: said in one line, exit 1."""
-    port = free_port()
     (tmp_path / "index.html").write_text("<!DOCTYPE html><p>hello</p>")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+    with child_process(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"],
         cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-    )
-    try:
+    ) as server:
+        assert server.stdout is not None
+        os.set_blocking(server.stdout.fileno(), False)
+        said = bytearray()
+
+        def serving() -> re.Match[bytes] | None:  # it says so once it listens
+            said.extend(server.stdout.read() or b"")  # type: ignore[union-attr]
+            return re.search(rb"Serving HTTP on \S+ port (\d+)", said)
+
+        port = int(until_sync(serving, "the web server listens", 10, lambda: bytes(said))[1])
         url = f"http://127.0.0.1:{port}/"
-        wait_listening(port)
         result = edgeveil("gateway", "status", "--metrics", url)
         assert result.returncode == 1
         assert "Traceback" not in result.stderr
         assert result.stdout.strip() == (
             f"{url} answers, but not with Prometheus metrics: is it the gateway's?"
         )
-    finally:
-        server.kill()
-        server.wait()

@@ -36,7 +36,6 @@ import signal
 import subprocess
 import sys
 import time
-import tty
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -66,13 +65,15 @@ from protocol.quantities import quantity_id
 from .command import edgeveil
 from .gateway_harness import (
     deadline,
+    ingest_settled,
     mid_of,
     parse_mid,
     running_gateway,
-    until,
     write_policy,
 )
 from .mosquitto import Mosquitto, Received, subscribed
+from .ptys import Pty
+from .waiting import until, until_sync
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
@@ -117,10 +118,12 @@ def no_leftovers() -> Iterator[None]:
     """Every test ends with no process, pty or socket of its own left, failed or not."""
     fds_before, children_before = _fds(), _children()
     yield
-    deadline = time.monotonic() + 5  # a child killed at the very end may take a moment
-    while _children() - children_before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _children() - children_before, "child processes left running"
+    until_sync(  # a child killed at the very end may take a moment
+        lambda: not _children() - children_before,
+        "no child process left running",
+        5,
+        lambda: _children() - children_before,
+    )
     leaked = {
         fd: target
         for fd, target in _fds().items()
@@ -225,26 +228,6 @@ def write_registry(path: Path, nodes: list[ScriptedNode]) -> Path:
 
 
 # -- a node of the test's own ---------------------------------------------------------------------
-
-
-class Pty:
-    """A pseudo-terminal pair, raw like a USB-UART; the gateway opens `path` (the slave), the
-    node writes and reads the master. The test keeps the slave open too, so the line survives
-    the gateway's death (as a USB adapter stays plugged in when the gateway crashes)."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        self.closed = False
-
-    def close(self) -> None:
-        """Unplug: the master goes first, so the gateway's fd is hung up."""
-        if not self.closed:
-            self.closed = True
-            os.close(self.master)
-            os.close(self.slave)
 
 
 class ScriptedNode:
@@ -508,16 +491,17 @@ async def test_broker_outage_of_30_s_loses_nothing_the_gateway_accepted(tmp_path
                 return len({mid_of(r) for r in node_data(sub.received)})
 
             await until(
-                lambda: (
-                    all(s == "waiting" for s in gateway.link_states.values())
-                    and not gateway.ingest.queue
-                    and gateway.spool.depth == 0
-                    and distinct() >= expected()
-                ),
+                lambda: all(s == "waiting" for s in gateway.link_states.values()),
+                "every port closed: no frame comes any more",
+                timeout=20,
+                detail=lambda: gateway.link_states,
+            )
+            await ingest_settled(gateway)  # and none is still on its way through ingest
+            await until(
+                lambda: gateway.spool.depth == 0 and distinct() >= expected(),
                 "everything accepted is published",
                 timeout=20,
                 detail=lambda: (distinct(), expected(), gateway.spool.depth),
-                hold=0.5,  # and nothing is still on its way through ingest
             )
             final_expected = expected()
             reconnects = gateway.uplink.reconnects
@@ -608,7 +592,9 @@ class GatewayProcess:
 
 @pytest.mark.asyncio
 @deadline(120)
-async def test_kill_9_mid_stream_loses_no_acknowledged_reading(tmp_path: Path) -> None:
+async def test_kill_9_mid_stream_loses_no_acknowledged_reading(
+    tmp_path: Path, rng: random.Random
+) -> None:
     """SIGKILL the gateway process at a random moment while frames flow, start it again on the
     same state directory and the same ptys, and let the nodes retransmit what is unacknowledged:
     every reading the gateway ever ACKNOWLEDGED (before the kill and after) reaches the
@@ -618,11 +604,9 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_reading(tmp_path: Path) -
     the gateway's side is that an acknowledgement comes only after the spool holds the reading
     on disk, and that its replay window and message ids survive the crash (a reading stored but
     not yet acknowledged at the kill is stored again under the same id, never a new one)."""
-    seed = int.from_bytes(os.urandom(4), "big")
-    rng = random.Random(seed)
     kill_after_acks = rng.randint(10, 80)
     kill_delay = rng.uniform(0.0, 0.3)
-    why = f"seed {seed}: killed after {kill_after_acks} acks + {kill_delay:.3f} s"
+    why = f"killed after {kill_after_acks} acks + {kill_delay:.3f} s"
 
     nodes = [ScriptedNode(0x1000 + i) for i in range(2)]
     ptys = [Pty() for _ in nodes]

@@ -43,6 +43,7 @@ from protocol.quantities import QUANTITIES
 
 from .command import edgeveil
 from .test_gateway_cli import assert_one_line_usage_error
+from .waiting import until
 
 SITE, GW = "site-1", "gw-1"
 TOPICS = Topics("edgeveil", SITE, GW)
@@ -552,8 +553,7 @@ def test_removed_after_a_restart_with_discovery_off(tmp_path: Path) -> None:
         async def run(discovery: bool) -> None:
             config = config_mod.HomeAssistantConfig(discovery=discovery)
             task = asyncio.create_task(ha.Discovery(config, TOPICS, tmp_path, publish).run(source))
-            while not spooled and not task.done():
-                await asyncio.sleep(0.01)
+            await until(lambda: spooled or task.done(), "the announcement")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -585,7 +585,14 @@ def test_run_survives_a_failure_and_announces_again_after_a_reconnect(
     with NodeRegistry.open(tmp_path / "registry.db") as registry:
         registry.add(7, SECRET, "a")
         uplink = SimpleNamespace(reconnects=0)
-        source = SimpleNamespace(policy=policy_mod.default(), registry=registry, uplink=uplink)
+        checks: list[None] = []  # one per pass of the discovery's loop
+
+        def served() -> list[Any]:
+            checks.append(None)
+            return registry.served()
+
+        counted = SimpleNamespace(served=served)
+        source = SimpleNamespace(policy=policy_mod.default(), registry=counted, uplink=uplink)
         spooled: list[list[OutMessage]] = []
 
         async def publish(messages: list[OutMessage]) -> None:
@@ -596,12 +603,11 @@ def test_run_survives_a_failure_and_announces_again_after_a_reconnect(
         async def scenario() -> None:
             config = config_mod.HomeAssistantConfig(discovery=True)
             task = asyncio.create_task(ha.Discovery(config, TOPICS, tmp_path, publish).run(source))
-            while len(spooled) < 2:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(spooled) >= 2, "announced again after the failure")
             uplink.reconnects = 1
-            while len(spooled) < 3:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # several checks: nothing changed, nothing more
+            await until(lambda: len(spooled) >= 3, "announced again after the reconnect")
+            seen = len(checks)
+            await until(lambda: len(checks) >= seen + 3, "three more checks")  # nothing changed
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -39,11 +39,12 @@ from gateway.registry import NodeRegistry
 from gateway.service import with_ports
 from protocol import Message, Readings
 
-from .gateway_harness import PrivacySpy, deadline, running_gateway, until
+from .gateway_harness import PrivacySpy, deadline, running_gateway
 from .mosquitto import TEST_MARKER, Mosquitto, Received, subscribed
 from .test_gateway_e2e import no_leftovers  # noqa: F401 - an autouse fixture, here too
 from .test_homeassistant import TEMPLATE, evaluate
 from .test_privacy_leak import in_range_during, notations
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -32,6 +33,9 @@ from firmware.host.board import (
 from firmware.host.fleet import default_config
 from firmware.host.scenario import Scenario, parse_faults
 from protocol.ccm import AesCcm
+
+from .command import child_process
+from .waiting import until_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
@@ -74,24 +78,43 @@ def test_ticks_diff_and_add_wrap_like_micropython() -> None:
             ticks_add(0, bad)
 
 
+class HostTime:
+    """The host's monotonic clock and sleep, moving only when slept on or told to."""
+
+    def __init__(self) -> None:
+        self.now = 1024.0  # whole binary fractions below: exact ticks, no float rounding
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 def test_clock_ticks_wrap_and_run_at_the_drift_factor() -> None:
-    clock = Clock(start_ms=TICKS_PERIOD - 30)  # 30 ms before the wrap
-    before = clock.ticks_ms()
-    clock.sleep_ms(60)
+    host = HostTime()
+    clock = Clock(start_ms=TICKS_PERIOD - 30, monotonic=host.monotonic, sleep=host.sleep)
+    before = clock.ticks_ms()  # 30 ms before the wrap
+    clock.sleep_ms(125)
     after = clock.ticks_ms()
+    assert host.slept == [0.125]
     assert after < before  # wrapped
-    assert 55 <= ticks_diff(after, before) <= 200
+    assert ticks_diff(after, before) == 125
     assert 0 <= clock.ticks_us() <= TICKS_MAX
 
-    fast = Clock(drift=1.5)
-    start = time.monotonic()
+    host = HostTime()
+    fast = Clock(drift=1.5, monotonic=host.monotonic, sleep=host.sleep)
     t0 = fast.ticks_ms()
-    time.sleep(0.2)
-    elapsed_real = (time.monotonic() - start) * 1000
-    assert ticks_diff(fast.ticks_ms(), t0) == pytest.approx(1.5 * elapsed_real, abs=25)
-    start = time.monotonic()
+    host.now += 0.25  # 250 ms of real time: 375 ms of the board's clock
+    assert ticks_diff(fast.ticks_ms(), t0) == 375
     fast.sleep_ms(150)  # 150 ms of the board's clock: 100 ms of real time
-    assert 0.09 <= time.monotonic() - start < 0.14
+    assert host.slept == [pytest.approx(0.1)]
+    fast.sleep_us(1500)
+    assert host.slept[1:] == [pytest.approx(0.001)]
+    fast.sleep_ms(0)  # nothing to wait for
+    assert len(host.slept) == 2
 
 
 def test_scenario_drift_fault_gives_each_node_its_own_clock_rate() -> None:
@@ -105,12 +128,11 @@ def test_scenario_drift_fault_gives_each_node_its_own_clock_rate() -> None:
 # -- cryptolib ----------------------------------------------------------------------------------
 
 
-def test_cryptolib_shim_is_exactly_aes() -> None:
+def test_cryptolib_shim_is_exactly_aes(rng: random.Random) -> None:
     cryptolib = _load_shim("cryptolib")
-    rng = os.urandom
     for key_len in (16, 32):
-        key = rng(key_len)
-        blocks = rng(16 * 8)
+        key = rng.randbytes(key_len)
+        blocks = rng.randbytes(16 * 8)
         reference = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305
         expected = reference.update(blocks)
         shim = cryptolib.aes(key, 1)
@@ -119,8 +141,8 @@ def test_cryptolib_shim_is_exactly_aes() -> None:
         assert cryptolib.aes(key, 1).encrypt(bytearray(blocks[:16]), out) is None
         assert bytes(out) == expected[:16]
         assert cryptolib.aes(key, 1).decrypt(expected) == blocks
-    iv = rng(16)
-    key = rng(16)
+    iv = rng.randbytes(16)
+    key = rng.randbytes(16)
     cbc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor().update(bytes(32))
     assert cryptolib.aes(key, 2, iv).encrypt(bytes(32)) == cbc
     with pytest.raises(ValueError, match="blksize"):
@@ -129,13 +151,13 @@ def test_cryptolib_shim_is_exactly_aes() -> None:
         cryptolib.aes(bytes(15), 1)
 
 
-def test_protocol_ccm_on_the_cryptolib_shim_matches_cryptography() -> None:
+def test_protocol_ccm_on_the_cryptolib_shim_matches_cryptography(rng: random.Random) -> None:
     # what protocol/ does on the node: its own AES-CCM over cryptolib.aes(key, 1).encrypt
     cryptolib = _load_shim("cryptolib")
-    key = os.urandom(16)
+    key = rng.randbytes(16)
     ccm = AesCcm(cryptolib.aes(key, 1).encrypt, 8)
     for n in (0, 1, 15, 16, 17, 100):
-        nonce, data, aad = os.urandom(13), os.urandom(n), os.urandom(n // 2 + 3)
+        nonce, data, aad = rng.randbytes(13), rng.randbytes(n), rng.randbytes(n // 2 + 3)
         sealed = ccm.encrypt(nonce, data, aad)
         assert sealed == AESCCM(key, tag_length=8).encrypt(nonce, data, aad)
         assert ccm.decrypt(nonce, sealed, aad) == data
@@ -162,15 +184,6 @@ def board(monkeypatch: pytest.MonkeyPatch) -> Iterator[Board]:
     finally:
         b.close()
         board_mod.install(None)
-
-
-def _wait(predicate: Any, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)  # signal handlers (IRQs) run here, on the main thread
-    return True
 
 
 def test_board_has_the_configured_chips_at_their_addresses(board: Board) -> None:
@@ -223,6 +236,7 @@ def test_real_drivers_read_the_scenario_through_the_shims(board: Board) -> None:
 
 def test_pin_irq_runs_on_the_main_thread_for_the_chosen_edges(board: Board) -> None:
     import machine
+    import micropython
 
     calls: list[tuple[Any, bool]] = []
     pin = machine.Pin(4, machine.Pin.IN)
@@ -237,8 +251,11 @@ def test_pin_irq_runs_on_the_main_thread_for_the_chosen_edges(board: Board) -> N
     t = threading.Thread(target=world)
     t.start()
     t.join()
-    assert _wait(lambda: len(calls) >= 2)
-    time.sleep(0.05)
+    # the edges queued their handlers as they came; a callback scheduled after them runs
+    # after them (one queue, first in first out): when it has run, every handler has
+    marker: list[bool] = []
+    micropython.schedule(marker.append, True)
+    until_sync(lambda: marker, "the callback scheduled after the edges")
     assert len(calls) == 2  # rising edges only
     assert all(p is pin and on_main for p, on_main in calls)
     assert pin.value() == 0
@@ -259,11 +276,11 @@ def test_micropython_schedule_queue_is_bounded(board: Board) -> None:
             micropython.schedule(ran.append, i)
         with pytest.raises(RuntimeError, match="schedule queue full"):
             micropython.schedule(ran.append, 99)
-        time.sleep(0.02)
+        board.scheduler.run_pending()  # what the wake-up signal's handler does
         assert ran == []  # IRQs disabled: nothing runs
     finally:
         machine_enable_irq(state)
-    assert _wait(lambda: ran == [0, 1, 2, 3])
+    until_sync(lambda: ran == [0, 1, 2, 3], "the callbacks run once IRQs are enabled")
     assert micropython.const(5) == 5
 
 
@@ -287,7 +304,7 @@ def test_ble_scan_hears_the_crowd_with_local_addresses(board: Board) -> None:
     assert len(expected) >= 2  # a street after 10 minutes
     scanner = BLEScanner(bluetooth.BLE(), max_devices=64)
     scanner.start_window(600)
-    assert _wait(scanner.window_done, 3.0)
+    until_sync(scanner.window_done, "the scan window ends", 3.0)
     seen = scanner.take()
     addresses = {a for a, _ in seen}
     assert addresses and addresses <= expected | {d.address for d in board.devices()}
@@ -303,16 +320,16 @@ def test_link_uart_is_the_pty(board: Board) -> None:
     peer = os.open(board.device, os.O_RDWR | os.O_NOCTTY)
     try:
         uart.write(b"\x00frame\x00")
-        assert _wait(lambda: _readable(peer))
+        until_sync(lambda: _readable(peer), "the frame on the pty")
         assert os.read(peer, 100) == b"\x00frame\x00"
         os.write(peer, b"ack\n")
-        assert _wait(lambda: uart.any() == 4)
+        until_sync(lambda: uart.any() == 4, "the answer in the UART")
         buf = bytearray(8)
         assert uart.readinto(buf) == 4
         assert bytes(buf[:4]) == b"ack\n"
         assert uart.read() is None
         os.write(peer, bytes(1000))  # more than the 256-byte receive buffer
-        assert _wait(lambda: board.link.lost_rx > 0)
+        until_sync(lambda: board.link.lost_rx > 0, "bytes beyond the receive buffer lost")
         assert uart.any() == 256
     finally:
         os.close(peer)
@@ -367,15 +384,17 @@ def test_line_faults_drop_and_add_garbage_repeatably() -> None:
 
 # -- the watchdog, in a real node process --------------------------------------------------------
 
+# Fed ten times as often as it must be (the margin is for a loaded machine: the watchdog
+# counts real time); then only the watchdog can end the hour-long sleep.
 WDT_MAIN = """
 import machine, time
 print("cause", machine.reset_cause(), flush=True)
-wdt = machine.WDT(timeout=300)
+wdt = machine.WDT(timeout=1000)
 for _ in range(6):          # fed: no reset
     time.sleep_ms(100)
     wdt.feed()
 print("stops feeding", flush=True)
-time.sleep(10)
+time.sleep(3600)
 print("still alive")
 """
 
@@ -387,20 +406,13 @@ def test_watchdog_resets_a_node_that_stops_feeding_it(tmp_path: Path) -> None:
     (flash / "edgeveil.json").write_text(json.dumps(config))
     script = tmp_path / "main.py"
     script.write_text(WDT_MAIN)
-    start = time.monotonic()
-    proc = subprocess.Popen(
+    with child_process(
         [sys.executable, "-m", "firmware.host.node", "--flash", str(flash), "--main",
          str(script), "--reset-cause", "watchdog", "--ready-file", str(tmp_path / "ready")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=8)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:  # fmt: skip
+        out, err = proc.communicate(timeout=30)  # a watchdog that never bites: a failure
     assert proc.returncode == board_mod.EXIT_STATUS[board_mod.WDT_RESET], err
-    assert time.monotonic() - start < 5
     assert b"cause 3" in out  # machine.reset_cause() == machine.WDT_RESET
     assert b"stops feeding" in out
     assert b"still alive" not in out

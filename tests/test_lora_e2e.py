@@ -11,9 +11,7 @@ computed from what the subscriber received against what the nodes sent, and prin
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -23,15 +21,13 @@ import pytest
 from firmware.host.lora_fleet import LoraFleet
 from gateway.config import PacketForwarderConfig
 from gateway.registry import NodeRegistry
+from protocol import Readings, seal
+from protocol.quantities import quantity_id
 
-from .gateway_harness import (
-    deadline,
-    delivery_config,
-    parse_mid,
-    running_gateway,
-    until,
-)
+from .gateway_harness import deadline, delivery_config, parse_mid, running_gateway
 from .mosquitto import Mosquitto, subscribed
+from .test_lora_gateway import FakeForwarder
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
@@ -41,20 +37,10 @@ NODES = 200
 SIM_SECONDS = 240  # simulated: each node sends about 4 readings
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.mark.asyncio
 @deadline(90)
 async def test_200_lora_nodes_deliver_what_the_channel_delivered(tmp_path: Path) -> None:
-    port = free_udp_port()
-    fleet = LoraFleet(
-        NODES, gateways=2, servers=[("127.0.0.1", port)], seed=7, reading_interval=60, sf=9
-    )
+    fleet = LoraFleet(NODES, gateways=2, seed=7, reading_interval=60, sf=9)  # servers: below
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     fleet.write_registry(tmp_path / "registry.json")
@@ -62,6 +48,7 @@ async def test_200_lora_nodes_deliver_what_the_channel_delivered(tmp_path: Path)
         assert registry.import_file(tmp_path / "registry.json") == NODES
 
     with Mosquitto(tmp_path / "mosquitto") as broker:
+        euis = tuple(gw.eui.hex().upper() for gw in fleet.gateways)
         config = delivery_config(
             tmp_path,
             state,
@@ -70,19 +57,18 @@ async def test_200_lora_nodes_deliver_what_the_channel_delivered(tmp_path: Path)
             GATEWAY_ID,
             packet_forwarders=(
                 PacketForwarderConfig(
-                    name="lora",
-                    host="127.0.0.1",
-                    port=port,
-                    gateways=tuple(gw.eui.hex().upper() for gw in fleet.gateways),
-                    acks=False,
+                    name="lora", host="127.0.0.1", port=0, gateways=euis, acks=False
                 ),
             ),
         )
         base = f"edgeveil/{SITE}/{GATEWAY_ID}"
         async with (
             subscribed(broker, f"{base}/node/#") as sub,
-            running_gateway(config),
+            running_gateway(config) as gateway,
         ):
+            # the port the system chose, read back: no port to lose to another process
+            server = await until(lambda: gateway.lora["lora"].address, "the server listens", 10)
+            fleet.servers = [server]
             await sub.wait_subscribed()
             report = await fleet.run(SIM_SECONDS, speed=None)
             expected = report.delivered_frames
@@ -101,9 +87,20 @@ async def test_200_lora_nodes_deliver_what_the_channel_delivered(tmp_path: Path)
                 timeout=30,
                 detail=lambda: f"{len(set(arrived()))} of {len(expected)}",
             )
-            await asyncio.sleep(1.0)  # anything extra or doubled would arrive meanwhile
+            # anything extra or doubled was sent before a marker frame of the test's own:
+            # the server takes datagrams in order, and the gateway publishes what it
+            # accepts in that order; once the marker is on MQTT, nothing else is coming
+            node = fleet.nodes[0]
+            marker = (node.node_id, node.counter)  # the node's next counter, never sent
+            forwarder = FakeForwarder(euis[0], server)
+            try:
+                frame = seal(Readings({quantity_id("temperature"): 200}), node.counter, node.keys)
+                forwarder.push_data(frame, rssi=-80, tmst=1)
+                await until(lambda: marker in arrived(), "the marker frame on MQTT", 10)
+            finally:
+                forwarder.close()
 
-    got = arrived()
+    got = [frame for frame in arrived() if frame != marker]
     doubled = [frame for frame, n in Counter(got).items() if n > 1]
     assert not doubled, f"{len(doubled)} frames arrived more than once, e.g. {doubled[:3]}"
     assert set(got) == expected, f"{len(set(got) - expected)} frames the channel did not deliver"

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
+from firmware.host import medium as medium_mod
 from firmware.host.fleet import ENV_MEDIUM, Fleet
 from firmware.host.medium import (
     MediumModem,
@@ -55,18 +55,15 @@ from protocol import (
     parse_header,
 )
 
-from .command import ROOT
-from .gateway_harness import (
-    deadline,
-    delivery_config,
-    mid_of,
-    parse_mid,
-    running_gateway,
-    until,
-)
+from .command import ROOT, async_child_process
+from .gateway_harness import deadline, delivery_config, mid_of, parse_mid, running_gateway
 from .mosquitto import Mosquitto, Subscriber, subscribed
-from .test_lora_e2e import free_udp_port
-from .test_lora_sim import MiniServer
+from .test_lora_sim import (  # noqa: F401 - server: the fixture, here too
+    MiniServer,
+    everything_pushed,
+    server,
+)
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
@@ -122,11 +119,15 @@ class Site:
 
     async def check_mqtt_matches_channel(self) -> None:
         """Every uplink that ended a while ago is on MQTT if and only if the channel let the
-        gateway receive it; anything later on MQTT was delivered too."""
-        await asyncio.sleep(0.5)
-        cutoff = now_us() - 500_000  # settled (100 ms behind) and forwarded by now
+        gateway receive it; anything later on MQTT was delivered too. (A frame the channel
+        lost is never forwarded: that none arrives needs no waiting, only the settling.)"""
+        cutoff = now_us() - 500_000
         older = [tx for tx in self.uplinks() if tx.end_us < cutoff]
-        assert all(tx.settled for tx in older)
+        await until(  # decided (100 ms behind the present) and forwarded
+            lambda: all(tx.settled for tx in older),
+            "the channel settled every uplink that ended before the cut-off",
+            detail=lambda: [frame_id(tx) for tx in older if not tx.settled],
+        )
         delivered = {frame_id(tx) for tx in older if tx.receptions}
         # a frame sent again (acks on) may be lost once and delivered once
         everything = {frame_id(tx) for tx in self.uplinks() if tx.receptions}
@@ -140,6 +141,29 @@ class Site:
         got = set(self.on_mqtt())
         assert not lost & got, f"frames the channel lost arrived: {lost & got}"
         assert got <= everything, f"on MQTT, never delivered: {got - everything}"
+
+
+ACK_TIMEOUT_US = 2_000_000  # the firmware's retransmit.ack_timeout_ms (edgeveil_node/config)
+
+
+async def past_the_ack_timeout(site: Site, acked: dict[str, list[Transmission]]) -> None:
+    """Wait until each node has sent two frames after the ack timeout of the last of its
+    `acked` frames ran out: a frame due to be sent again would have been one of them (a pass
+    of the node's scheduler sends one frame, the oldest one due again when no readings or
+    status are due, and its readings come every few seconds)."""
+
+    def past(station: str) -> bool:
+        if not acked[station]:
+            return True
+        timeout_over = max(tx.end_us for tx in acked[station]) + ACK_TIMEOUT_US
+        return sum(tx.start_us > timeout_over for tx in site.uplinks(station)) >= 2
+
+    await until(
+        lambda: all(past(station) for station in acked),
+        "two frames of each node after its ack timeout ran out",
+        timeout=20,
+        detail=site.medium.report,
+    )
 
 
 def frame_id(tx: Transmission) -> tuple[int, int]:
@@ -159,29 +183,31 @@ async def lora_site(
     reading_s: int = 3,
     firmware_main: Path | None = None,
 ) -> AsyncIterator[Site]:
-    port = free_udp_port()
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     keys: dict[str, NodeKeys] = {}
     secrets: dict[str, bytes] = {}
+    medium = RadioMedium(seed=5, keepalive_s=1.0)  # its gateways, started once the server is
     with Mosquitto(tmp_path / "mosquitto") as broker:
-        async with RadioMedium(servers=[("127.0.0.1", port)], seed=5, keepalive_s=1.0) as medium:
-            config = delivery_config(
-                tmp_path,
-                state,
-                broker,
-                SITE,
-                GATEWAY_ID,
-                packet_forwarders=(
-                    PacketForwarderConfig(
-                        name="lora",
-                        host="127.0.0.1",
-                        port=port,
-                        gateways=tuple(gw.eui.hex().upper() for gw in medium.gateways),
-                        acks=acks,
-                    ),
+        config = delivery_config(
+            tmp_path,
+            state,
+            broker,
+            SITE,
+            GATEWAY_ID,
+            packet_forwarders=(
+                PacketForwarderConfig(
+                    name="lora",
+                    host="127.0.0.1",
+                    port=0,  # the system's choice, read back: no port to lose to another
+                    gateways=tuple(gw.eui.hex().upper() for gw in medium.gateways),
+                    acks=acks,
                 ),
-            )
+            ),
+        )
+        async with subscribed(broker, f"{BASE}/node/#") as sub, running_gateway(config) as gw:
+            server = await until(lambda: gw.lora["lora"].address, "the server listens", 10)
+            medium.servers = [server]
 
             def configure(index: int, cfg: dict[str, Any]) -> dict[str, Any]:
                 # on the map and in the gateway's registry before the board's first frame
@@ -195,7 +221,7 @@ async def lora_site(
                 cfg["intervals"].update(reading_s=reading_s, status_s=60)
                 return cfg
 
-            async with subscribed(broker, f"{BASE}/node/#") as sub, running_gateway(config) as gw:
+            async with medium:
                 await sub.wait_subscribed()
                 # the gateway knows the forwarders' downlink route before the first frame
                 await until(
@@ -301,11 +327,12 @@ async def test_acks_and_time_sync_reach_the_firmware_in_rx1(tmp_path: Path) -> N
             timeout=40,
             detail=site.medium.report,
         )
-        await asyncio.sleep(2.5)  # longer than the firmware's ack timeout (2 s)
+        acked = {station: acked_in_rx1(station) for station in site.keys}
+        await past_the_ack_timeout(site, acked)
         for station in site.keys:
             # a frame acknowledged in its RX1 is never sent again: the ack emptied the queue
             uplinks = site.uplinks(station)
-            for tx in acked_in_rx1(station):
+            for tx in acked[station]:
                 again = [t for t in uplinks if frame_id(t) == frame_id(tx) and t is not tx]
                 assert not [t for t in again if t.start_us > tx.start_us], (
                     f"{station}: frame {frame_id(tx)[1]} acknowledged in RX1, sent again"
@@ -370,13 +397,14 @@ async def test_rx2_carries_acks_and_time_when_rx1_is_refused(tmp_path: Path) -> 
                 [(frame_id(t), site.open(station, t.payload)) for t in site.uplinks(station)],
             ),
         )
-        await asyncio.sleep(2.5)  # longer than the firmware's ack timeout
+        acked = acked_in_rx2()
+        await past_the_ack_timeout(site, {station: acked})
         ends = [tx.end_us for tx in site.uplinks(station)]
         for down, _ in site.heard(station):
             assert down.radio.freq_hz == 869_525_000 and down.radio.sf == 12, down
             assert any(in_rx2(down, end) for end in ends), down
         uplinks = site.uplinks(station)
-        for tx in acked_in_rx2():
+        for tx in acked:
             again = [t for t in uplinks if frame_id(t) == frame_id(tx) and t.start_us > tx.start_us]
             assert not again, f"frame {frame_id(tx)[1]} acknowledged in RX2, sent again"
         stats = transport.stats()
@@ -467,15 +495,20 @@ async def test_a_configuration_reaches_a_firmware_lora_node_after_its_uplink(
 
 
 START_TOGETHER = """\
-# Boot at the moment given in the environment (time.monotonic(), one clock for every process),
-# then run the firmware: boards switched on by one power supply.
+# Boards switched on by one power supply: the firmware loaded, wait for the file named in the
+# environment, then boot at the moment it gives (time.monotonic(), one clock for every
+# process) and run the firmware.
 import os
 import time
 
-start = float(os.environ["EDGEVEIL_TEST_BOOT_AT"])
-time.sleep(max(0.0, start - time.monotonic()))
 from edgeveil_node.app import main
 
+go = os.environ["EDGEVEIL_TEST_BOOT_FILE"]
+while not os.path.exists(go):
+    time.sleep(0.005)
+with open(go) as f:
+    start = float(f.read())
+time.sleep(max(0.0, start - time.monotonic()))
 main()
 """
 
@@ -487,7 +520,8 @@ async def test_two_nodes_that_overlap_lose_their_frames_as_the_channel_says(
 ) -> None:
     script = tmp_path / "boot_together.py"
     script.write_text(START_TOGETHER, encoding="utf-8")
-    monkeypatch.setenv("EDGEVEIL_TEST_BOOT_AT", repr(time.monotonic() + 4.0))
+    go = tmp_path / "power-on"
+    monkeypatch.setenv("EDGEVEIL_TEST_BOOT_FILE", str(go))
 
     def same_distance(index: int) -> tuple[float, float]:
         return (1000.0 + 400, 1000.0) if index == 0 else (1000.0 - 400, 1000.0)
@@ -502,6 +536,10 @@ async def test_two_nodes_that_overlap_lose_their_frames_as_the_channel_says(
         reading_s=30,
         firmware_main=script,
     ) as site:
+        # both boards are up (the fleet waited for them), polling for the file: the moment
+        # is a little ahead, so that both read it before it comes
+        (tmp_path / "power-on.tmp").write_text(repr(time.monotonic() + 0.5), encoding="utf-8")
+        (tmp_path / "power-on.tmp").rename(go)
         await until(
             lambda: len(site.uplinks()) >= 2 and all(tx.settled for tx in site.uplinks()[:2]),
             "the boot events of both nodes were on the air",
@@ -521,30 +559,22 @@ async def test_two_nodes_that_overlap_lose_their_frames_as_the_channel_says(
 # -- edgeveil emulate --link lora ----------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def server() -> AsyncIterator[MiniServer]:
-    """A network server that takes the forwarder's PUSH_DATA (tests/test_lora_sim.py)."""
-    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-        MiniServer, local_addr=("127.0.0.1", 0)
-    )
-    yield protocol
-    transport.close()
-
-
 @pytest.mark.asyncio
 @deadline(60)
 async def test_emulate_link_lora_runs_firmware_nodes_whose_frames_reach_the_forwarder_server(
-    server: MiniServer, tmp_path: Path
+    server: MiniServer,  # noqa: F811 - the fixture
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "emulate"
-    proc = await asyncio.create_subprocess_exec(
+    async with async_child_process(
         sys.executable, "-m", "gateway.cli", "emulate", "--link", "lora", "--nodes", "2",
         "--sf", "7", "--area-m", "500", "--reading-interval", "2", "--duration", "6",
         "--forwarder", f"127.0.0.1:{server.port}", "--out", str(out),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 40)
+    ) as proc:  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 40)
     assert proc.returncode == 0, stderr
+    await everything_pushed(server)  # the datagrams the emulator sent before it exited
     lines = stdout.decode().splitlines()
     # the registry first, before the boards start: a gateway importing it misses no frame
     assert lines[0] == f"registry {out / 'registry.json'}"
@@ -578,8 +608,28 @@ async def test_emulate_link_lora_runs_firmware_nodes_whose_frames_reach_the_forw
 # -- the medium and the board's modem, in one process --------------------------------------------
 
 
+class Stamps:
+    """A modem's clock (the host's) that keeps every time it told the modem."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.told: list[int] = []
+
+    def now_us(self) -> int:
+        self.told.append(self.clock.now_us())
+        return self.told[-1]
+
+    def sleep_us(self, us: int) -> None:
+        self.clock.sleep_us(us)
+
+
 @pytest.mark.asyncio
-async def test_board_modem_transmits_at_its_start_time_and_hears_a_downlink_in_its_window() -> None:
+async def test_board_modem_transmits_at_its_start_time_and_hears_a_downlink_in_its_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the medium settles nothing until it stops: a datagram however late keeps its stamp
+    # (settling moves a datagram later than SETTLE_LAG_US to the settled present)
+    monkeypatch.setattr(medium_mod, "_SETTLE_EVERY_S", 3600.0)
     async with RadioMedium(seed=1) as medium:
         medium.add_node(7, 1300, 1000)
         gw = medium.gateways[0].name
@@ -587,20 +637,24 @@ async def test_board_modem_transmits_at_its_start_time_and_hears_a_downlink_in_i
 
         def board() -> tuple[int, Any, Any]:
             modem = MediumModem(7, medium.address, cfg)
-            start = now_us()
+            modem.clock = stamps = Stamps(modem.clock)
             modem.send(b"uplink")
-            # a downlink 0.2 s from now, and one on another SF the window does not hear
+            start = stamps.told[0]  # the moment the board put it on the air
+            # the window opens; a downlink 0.2 s into it, and one on another SF it does not hear
+            modem.start_recv(timeout_ms=1000)
+            opened = stamps.told[-1]
             sf7 = modem.radio
-            medium.channel.transmit(gw, b"other sf", Radio(sf7.freq_hz, sf=8), now_us() + 100_000)
-            medium.channel.transmit(gw, b"downlink", sf7, now_us() + 200_000)
-            heard = modem.recv(timeout_ms=1000)
+            medium.channel.transmit(gw, b"other sf", Radio(sf7.freq_hz, sf=8), opened + 100_000)
+            medium.channel.transmit(gw, b"downlink", sf7, opened + 200_000)
+            while (got := modem.poll_recv()) is True:  # what recv() does, the window opened
+                modem.clock.sleep_us(5_000)
             nothing = modem.recv(timeout_ms=100)
-            return start, heard, nothing
+            return start, got, nothing
 
         start, heard, nothing = await asyncio.to_thread(board)
     (tx,) = medium.uplinks
     assert tx.source == "node-7" and tx.payload == b"uplink"
-    assert 0 <= tx.start_us - start < 50_000  # stamped by the board, not by the datagram
+    assert tx.start_us == start  # stamped by the board, not by the datagram
     assert tx.receptions and not tx.inverted_iq
     assert isinstance(heard, RxPacket) and bytes(heard) == b"downlink"
     expected = medium.channel.receive("node-7", tx.radio, 0, now_us())

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from firmware.host.sim.lora_modem import RxPacket, SimModem, SimulatedTime
 from gateway.registry import NodeRegistry
 from protocol import Ack, NodeKeys, Readings, open_frame, parse_header, seal
 
-from .command import ROOT, edgeveil
+from .command import ROOT, async_child_process, edgeveil
+from .waiting import until
 
 SF9 = Radio(868_100_000, sf=9)
 LORA_CFG = {"freq_khz": 868100, "sf": 9, "bw": "125", "coding_rate": 5, "invert_iq_rx": True}
+MARKER_EUI = bytes.fromhex("FEEDFACE00000001")  # the tests' own marker datagrams
 
 
 def small_world() -> tuple[Channel, SimulatedTime, SimModem]:
@@ -137,14 +140,6 @@ async def server() -> AsyncIterator[MiniServer]:
     transport.close()
 
 
-async def until(condition: Any, what: str) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not within 5 s: {what}")
-
-
 @pytest.mark.asyncio
 async def test_forwarder_pushes_rxpk_and_sends_downlinks_at_tmst(server: MiniServer) -> None:
     channel, clock, modem = small_world()
@@ -237,6 +232,7 @@ async def test_fleet_forwards_exactly_what_the_channel_delivered(
     print(f"\n{report.sent} sent, delivery ratio {report.delivery_ratio:.3f}, {report.losses}")
 
 
+@pytest.mark.slow  # paced to the wall clock: 4 s
 @pytest.mark.asyncio
 async def test_fleet_node_verifies_a_downlink_in_its_receive_window(server: MiniServer) -> None:
     fleet = LoraFleet(1, servers=[("127.0.0.1", server.port)], seed=5, reading_interval=30)
@@ -272,26 +268,42 @@ async def test_fleet_node_verifies_a_downlink_in_its_receive_window(server: Mini
 # -- the command -------------------------------------------------------------------------------
 
 
+async def everything_pushed(server: MiniServer) -> None:
+    """Wait until the server has taken every datagram sent to it before this call: a marker
+    datagram of its own goes to the back of the socket's queue; when the server has taken it,
+    it has taken everything before it (a PUSH_DATA with no rxpk, from no gateway)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.sendto(b"\x02\xff\xff\x00" + MARKER_EUI + b"{}", ("127.0.0.1", server.port))
+        await until(lambda: MARKER_EUI in server.euis, "the server took the marker datagram")
+    finally:
+        sock.close()
+    server.euis.discard(MARKER_EUI)
+
+
 @pytest.mark.asyncio
 async def test_emulate_link_lora_sends_to_the_forwarder_it_is_given(server: MiniServer) -> None:
-    proc = await asyncio.create_subprocess_exec(
+    async with async_child_process(
         sys.executable, "-m", "gateway.cli", "emulate", "--link", "lora", "--nodes", "4",
-        "--gateways", "2", "--reading-interval", "1", "--duration", "2.5", "--radio-only",
+        "--gateways", "2", "--reading-interval", "1", "--duration", "1.5", "--radio-only",
         "--forwarder", f"127.0.0.1:{server.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    ) as proc:  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
     lines = out.decode().splitlines()
     nodes = {int(line.split()[1]) for line in lines if line.startswith("node ")}
     gateways = {line.split()[1] for line in lines if line.startswith("gateway ")}
     assert len(nodes) == 4 and len(gateways) == 2
     assert lines[-1].startswith("registry ")  # a temporary file, removed at exit
-    # each node sends its first reading within the first second, and no second one: the 1 %
-    # duty cycle makes it wait 20 s after 0.2 s on air
+    # in the simulation's time (the fleet's event queue, paced to the wall clock but never
+    # decided by it): each node sends its first reading at a random moment of the first
+    # second, and no second one in the 1.5 s: the 1 % duty cycle makes it wait 20 s after
+    # 0.2 s on air
     summary = re.search(r"(\d+) frames sent, (\d+) received by a gateway", err.decode())
     assert summary is not None, err
     assert int(summary[1]) == 4
+    await everything_pushed(server)  # the datagrams the emulator sent before it exited
     frames = {base64.b64decode(rx["data"]) for rx in server.rxpk}
     assert len(frames) == int(summary[2])  # what the channel delivered, and only that
     assert {parse_header(f).node_id for f in frames} <= nodes

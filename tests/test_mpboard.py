@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import pytest
 import serial
 
 from firmware.host.mpboard import RAW_BANNER, EmulatedBoard
+
+from .waiting import until_sync
 
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 
@@ -25,13 +26,16 @@ class Repl:
         self.serial = serial.Serial(port, 115200, timeout=0.05)
 
     def read_until(self, ending: bytes, timeout: float = 15) -> bytes:
-        data = b""
-        deadline = time.monotonic() + timeout
-        while not data.endswith(ending):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {ending!r} within {timeout} s; got {data[-300:]!r}")
-            data += self.serial.read(1)
-        return data
+        data = bytearray()
+
+        def ended() -> bool:
+            data.extend(self.serial.read(1))  # waits up to the port's timeout for it
+            return data.endswith(ending)
+
+        until_sync(
+            ended, f"{ending!r} from the board", timeout, lambda: bytes(data[-300:]), interval=0
+        )
+        return bytes(data)
 
     def raw(self) -> None:
         self.serial.write(b"\r\x03\x03\r\x01")
@@ -60,8 +64,11 @@ def repl(board: EmulatedBoard) -> Iterator[Repl]:
     repl = Repl(board.device)  # opening the port flushes what the board said before
     repl.serial.write(b"\r")
     repl.read_until(b">>> ")  # the friendly prompt
-    time.sleep(0.3)
-    repl.serial.reset_input_buffer()  # and a second one, if the banner came after the open
+    # a banner that came after the open may bring a second prompt: read past an answer that
+    # can only come after everything said before it (the echo reads 6*7, the answer 42)
+    repl.serial.write(b"6*7\r")
+    repl.read_until(b"42")
+    repl.read_until(b">>> ")
     yield repl
     repl.close()
 
@@ -142,9 +149,9 @@ def test_ctrl_c_stops_a_sleeping_main_and_a_busy_loop(board: EmulatedBoard) -> N
     repl = Repl(board.device)
     try:
         repl.raw()
-        repl.serial.write(b"while True:\n    pass\n\x04")
+        repl.serial.write(b"print('busy')\nwhile True:\n    pass\n\x04")
         assert repl.serial.read(2) == b"OK"
-        time.sleep(0.5)
+        repl.read_until(b"busy")  # running: the loop comes next
         repl.serial.write(b"\x03")  # no sleep to reach: the interpreter is restarted
         repl.read_until(b"KeyboardInterrupt", timeout=10)
         repl.read_until(b">")

@@ -17,10 +17,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
+import random
 import time
 import tomllib
 from dataclasses import replace
@@ -49,7 +49,7 @@ from protocol import Event, NodeKeys, Observations, Readings, Status, encode_ser
 from protocol.messages import EVENT_CODES, RESET_CAUSES
 from protocol.quantities import QUANTITIES, quantity_id
 
-from .gateway_harness import deadline, delivery_config, running_gateway, until
+from .gateway_harness import deadline, delivery_config, running_gateway
 from .mosquitto import Mosquitto, Received, subscribed
 from .mqtt_contract import (
     Contract,
@@ -60,7 +60,9 @@ from .mqtt_contract import (
     resolve,
     senml_json_labels,
 )
-from .test_gateway_e2e import Pty, no_leftovers  # noqa: F401 - no_leftovers: autouse here too
+from .ptys import Pty
+from .test_gateway_e2e import no_leftovers  # noqa: F401 - an autouse fixture, here too
+from .waiting import until
 
 HASH = "0" * 64
 T0 = 1_800_000_000  # a whole hour, UTC
@@ -473,8 +475,10 @@ def result_states(received: list[Received]) -> list[tuple[str, str, bool, bool]]
 @pytest.mark.asyncio
 @pytest.mark.parametrize("form", PAYLOAD_FORMATS)
 @deadline(60)
-async def test_what_the_gateway_publishes_keeps_the_contract(tmp_path: Path, form: str) -> None:
-    secret = os.urandom(16)  # fresh for every run: never a fixed test key
+async def test_what_the_gateway_publishes_keeps_the_contract(
+    tmp_path: Path, form: str, rng: random.Random
+) -> None:
+    secret = rng.randbytes(16)  # fresh for every run: never a fixed test key
     keys = NodeKeys(NODE, secret)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
@@ -505,7 +509,6 @@ async def test_what_the_gateway_publishes_keeps_the_contract(tmp_path: Path, for
                 await until(lambda: gateway.link_states.get("n") == "open", "port open", 10)
                 for counter, message in enumerate(frames):
                     os.write(pty.master, encode_serial(seal(message, counter, keys)))
-                    await asyncio.sleep(0.05)
 
                 def on(kind: str) -> list[Received]:
                     return [

@@ -10,7 +10,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import pytest
 from firmware.host.mpboard import EmulatedBoard
 from gateway.node.provision import provision
 
-from .command import ROOT, edgeveil
+from .command import ROOT, child_process, edgeveil
+from .waiting import until_sync
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 
@@ -196,16 +196,19 @@ def test_unplugged_mid_deploy_leaves_the_previous_version_booting(
         data = json.loads(config.read_text())
         data["zone"] = "elsewhere"
         config.write_text(json.dumps(data))
-        deploy = subprocess.Popen(
+        with child_process(
             [sys.executable, "-m", "gateway.cli", "node", "deploy", "--port", board.device,
              "--config", str(config), "--cache", str(cache), "--force"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        while not list(flash.rglob("*.new")):  # the copy has begun: pull the cable
-            assert deploy.poll() is None, deploy.communicate()
-            time.sleep(0.02)
-        board.kill()
-        out, err = deploy.communicate(timeout=120)
+        ) as deploy:  # fmt: skip
+
+            def copying() -> bool:  # the copy has begun: pull the cable
+                assert deploy.poll() is None, deploy.communicate()
+                return bool(list(flash.rglob("*.new")))
+
+            until_sync(copying, "the deploy begins to copy", 60)
+            board.kill()
+            out, err = deploy.communicate(timeout=120)
     assert deploy.returncode == 2, out + err
     assert "none switched over: the board still boots its previous version" in err
     assert "run deploy again" in err

@@ -21,6 +21,7 @@ from gateway.registry import NodeRegistry
 from .command import edgeveil
 from .gateway_harness import deadline, running_gateway
 from .test_gateway_e2e import serial_site
+from .waiting import until
 
 SECRET = bytes(range(16))
 
@@ -56,6 +57,7 @@ def test_health_is_kept_saved_and_read_back(tmp_path: Path) -> None:
     assert not fresh.silent(SILENT_DEFAULT_S) and fresh.silent(SILENT_DEFAULT_S + 1)
 
 
+@pytest.mark.slow  # end to end: emulated boards, one falls silent
 @pytest.mark.asyncio
 @deadline(90)
 async def test_nodes_lists_live_fields_and_marks_a_silent_node(
@@ -76,12 +78,16 @@ async def test_nodes_lists_live_fields_and_marks_a_silent_node(
         async def wait_listed(
             what: str, condition: Callable[[dict[int, dict[str, Any]]], bool]
         ) -> dict[int, dict[str, Any]]:
-            for _ in range(30):
-                nodes = await listed()
-                if condition(nodes):
-                    return nodes
-                await asyncio.sleep(0.5)
-            raise AssertionError(f"not listed: {what}; {nodes}")
+            seen: dict[int, dict[str, Any]] = {}  # the latest listing
+
+            async def listed_so() -> dict[int, dict[str, Any]] | None:
+                seen.clear()
+                seen.update(await listed())
+                return dict(seen) if condition(seen) else None
+
+            found = await until(listed_so, f"listed: {what}", 15, lambda: seen, interval=0.2)
+            assert found is not None
+            return found
 
         async with running_gateway(config_mod.load(config_file)):
             nodes = await wait_listed(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ from protocol import ConfigUpdate, Event, NodeKeys, encode_serial, open_frame, p
 
 from .command import edgeveil
 from .test_counter_reuse import Gateway
+from .waiting import until_sync
 
 pytestmark = [pytest.mark.micropython, pytest.mark.asyncio, pytest.mark.slow]
 
@@ -60,15 +60,16 @@ def listen(
     console_wanted: str = "",
 ) -> tuple[list[bytes], list[str]]:
     """Power the board on flash `flash` up and read its line: (frames, console lines), until
-    `frames_wanted` distinct frames came, a console line holds `console_wanted`, or `seconds`
-    passed. `answer`: a sealed frame from the gateway, written once the node has sent its
-    first frame."""
+    `frames_wanted` distinct frames came or a console line holds `console_wanted` (a failure
+    after `seconds`). `answer`: a sealed frame from the gateway, written once the node has
+    sent its first frame."""
+    assert frames_wanted or console_wanted, "listen for what?"
     splitter = StreamSplitter()
     frames: list[bytes] = []
     console: list[str] = []
     with EmulatedBoard(flash) as board, serial.Serial(board.device, 115200, timeout=0.2) as line:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+
+        def heard() -> bool:
             for event in splitter.feed(line.read(4096)):
                 if event.kind == "frame":
                     if answer and not frames:
@@ -76,10 +77,17 @@ def listen(
                     frames.append(event.frame)
                 elif event.kind == "console":
                     console.append(event.text)
-            if frames_wanted and len(set(frames)) >= frames_wanted:
-                break
-            if console_wanted and any(console_wanted in text for text in console):
-                break
+            return bool(frames_wanted and len(set(frames)) >= frames_wanted) or bool(
+                console_wanted and any(console_wanted in text for text in console)
+            )
+
+        until_sync(
+            heard,
+            f"{frames_wanted} distinct frames or a console line with {console_wanted!r}",
+            seconds,
+            lambda: (len(set(frames)), console[-5:]),
+            interval=0,
+        )
     return frames, console
 
 

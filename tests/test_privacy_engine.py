@@ -153,11 +153,11 @@ def test_pseudonyms_of_a_period_whose_key_is_gone_add_nothing() -> None:
     assert pz.add_sightings(T0 + 2 * W, [(bytes(6), -60)], devices) and len(devices) == 2
 
 
-def test_pseudonyms_stable_within_a_period_unlinkable_across_periods() -> None:
+def test_pseudonyms_stable_within_a_period_unlinkable_across_periods(rng: random.Random) -> None:
     drawn: list[bytes] = []
 
     def token_bytes(n: int) -> bytes:
-        drawn.append(random.randbytes(n))
+        drawn.append(rng.randbytes(n))
         return drawn[-1]
 
     pz = Pseudonymizer(W, 64, token_bytes=token_bytes)

@@ -60,16 +60,14 @@ from gateway.registry import NodeRegistry
 from gateway.service import with_ports
 from protocol import Message, Observations
 
-from .gateway_harness import PrivacySpy
+from .gateway_harness import PrivacySpy, deadline, running_gateway
 from .mosquitto import Mosquitto, Received, subscribed
 from .test_gateway_e2e import (  # noqa: F401 - no_leftovers: an autouse fixture, here too
-    deadline,
     frames_by_node,
     metric,
     no_leftovers,
-    running_gateway,
-    until,
 )
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
@@ -476,7 +474,7 @@ async def run_gateway(
                 timeout=80,
                 detail=lambda: (len(spy.frames), people_releases(sub.received)),
             )
-            await until(lambda: gateway.spool.depth == 0, "everything published", 10, hold=1.5)
+            await until(lambda: gateway.spool.depth == 0, "everything published", 10)
             await until(
                 lambda: released() >= len(people_releases(sub.received)), "release metrics", 10
             )

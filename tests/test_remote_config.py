@@ -5,7 +5,6 @@ broker's ACL allows may send them (examples/mosquitto-acl.conf, on a real Mosqui
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import statistics
@@ -30,9 +29,10 @@ from gateway.records import OutMessage, Topics
 from gateway.registry import NodeRegistry
 
 from .command import ROOT, edgeveil
-from .gateway_harness import deadline, delivery_config, running_gateway, until
+from .gateway_harness import deadline, delivery_config, running_gateway
 from .mosquitto import Mosquitto, mosquitto_passwd, subscribed
 from .test_gateway_e2e import BASE, serial_site
+from .waiting import until
 
 TOPICS = Topics("edgeveil", "site", "gw")
 SECRET = bytes(range(16))
@@ -221,6 +221,7 @@ def readings_times(received: list[Any], node_id: int) -> list[float]:
     return out
 
 
+@pytest.mark.slow  # end to end: an emulated board, readings 4 s apart
 @pytest.mark.asyncio
 @deadline(90)
 async def test_a_command_over_mqtt_reaches_a_serial_node_which_applies_it(
@@ -263,14 +264,11 @@ async def test_a_command_over_mqtt_reaches_a_serial_node_which_applies_it(
                 "readings at the new interval",
                 30,
             )
-            # the node's readings now come 4 s apart (its own clock), where they came 1 s apart
+            # the node's readings now come at least 4 s apart on its own clock, where it was
+            # told 1 s (a lower bound: a busy machine only makes them later, never sooner)
             times = readings_times(sub.received, node_id)
-            before = [b - a for a, b in itertools.pairwise(times[:3])]
             after = [b - a for a, b in itertools.pairwise(times[applied_at + 1 :])]
-            assert statistics.median(before) <= 2 and statistics.median(after) >= 3.5, (
-                before,
-                after,
-            )
+            assert statistics.median(after) >= 3.5, (times, applied_at)
             history = gateway.registry.commands(node_id)
             assert [(c.id, c.state, c.sends) for c in history] == [("slower", "applied", 1)]
             assert history[0].source == "mqtt" and history[0].by == "test"
@@ -281,6 +279,7 @@ async def test_a_command_over_mqtt_reaches_a_serial_node_which_applies_it(
         assert "slower  mqtt (test)" in shown.stdout and "applied after 1 delivery" in shown.stdout
 
 
+@pytest.mark.slow  # end to end: an emulated board
 @pytest.mark.asyncio
 @deadline(90)
 async def test_a_command_taken_while_the_gateway_is_down_reaches_the_node_after_the_start(
@@ -364,20 +363,23 @@ async def test_only_clients_the_acl_allows_can_configure_a_node(tmp_path: Path) 
             ) as sub,
             running_gateway(config) as gateway,
         ):
+            # connected: announced and subscribed (the uplink subscribes before it says so)
             await until(lambda: gateway.uplink.connected, "the gateway is connected", 10)
-            await asyncio.sleep(0.5)  # its subscription is made right after it connects
             for user, command_id in (("dashboard", "from-dashboard"), ("operator", "from-ops")):
                 async with aiomqtt.Client(
                     broker.host, broker.port, username=user, password=f"{user} secret"
                 ) as client:
                     body = {"id": command_id, "settings": {"reading_interval_s": 60}}
                     await client.publish(topic, json.dumps(body), qos=1)
+            # the dashboard published first, and the broker hands the gateway (and the
+            # operator's subscription) one client's messages after the other's in that
+            # order: once the operator's command and its result are here, a dashboard
+            # command that had passed would be here too
             await until(
-                lambda: any(b"from-ops" in r.payload for r in sub.received),
-                "the operator's command accepted",
+                lambda: sum(b"from-ops" in r.payload for r in sub.received) >= 2,
+                "the operator's command and its result",
                 10,
             )
-            await asyncio.sleep(0.5)
             assert [c.id for c in gateway.registry.commands(7)] == ["from-ops"]
             # the operator's subscription covers the command topics too: the dashboard's
             # command never passed the broker, the operator's did (and its result)

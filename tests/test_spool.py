@@ -3,6 +3,7 @@ kill -9."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -21,6 +22,8 @@ import pytest
 from gateway.errors import SpoolFullError
 from gateway.records import OutMessage
 from gateway.spool import Spool
+
+from .command import child_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 24 * 3600
@@ -195,42 +198,42 @@ while True:
 """
 
 
-def test_every_returned_put_survives_kill_9(tmp_path: Path) -> None:
+def test_every_returned_put_survives_kill_9(tmp_path: Path, rng: random.Random) -> None:
     """A writer killed with SIGKILL at random moments loses nothing whose put() returned, and
     keeps each batch whole: what is stored is exactly batches 0..n-1."""
-    seed = int(os.environ.get("PYTEST_SEED", time.time_ns()))
-    print(f"random seed {seed}: PYTEST_SEED={seed} repeats this run")  # shown on a failure
-    rng = random.Random(seed)
     batch = 7
     total_returned = 0
     runs = 10
-    procs: list[tuple[Path, subprocess.Popen[str]]] = []
-    for run in range(runs):  # started together: the interpreters start up in parallel
-        path = tmp_path / f"spool{run}.sqlite"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(path), str(batch)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append((path, proc))
-    for path, proc in procs:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n"
-        time.sleep(rng.uniform(0.0, 0.15))
-        os.kill(proc.pid, signal.SIGKILL)
-        out = proc.communicate(timeout=10)[0]
-        assert proc.returncode == -signal.SIGKILL
-        lines = out.split("\n")[:-1]  # only whole lines: the last may have been cut
-        returned = int(lines[-1]) if lines else -1  # the highest batch whose put() returned
-        total_returned += returned + 1
-        with Spool.open(path, 10**6, 10**6, "drop_oldest") as spool:
-            stored = ids(spool.peek(10**6))
-            assert spool.depth == len(stored)
-        assert len(stored) % batch == 0, "a batch was stored in part"
-        n = len(stored) // batch
-        assert n in (returned + 1, returned + 2)  # the batch in flight may have committed
-        assert stored == [f"m{i}" for i in range(n * batch)]
+    paths = [tmp_path / f"spool{run}.sqlite" for run in range(runs)]
+    with contextlib.ExitStack() as children:
+        procs = [  # started together: the interpreters start up in parallel
+            children.enter_context(
+                child_process(
+                    [sys.executable, "-c", _WRITER, str(path), str(batch)],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            for path in paths
+        ]
+        for path, proc in zip(paths, procs, strict=True):
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "ready\n"
+            time.sleep(rng.uniform(0.0, 0.15))  # the power goes at a random moment
+            os.kill(proc.pid, signal.SIGKILL)
+            out = proc.communicate(timeout=10)[0]
+            assert proc.returncode == -signal.SIGKILL
+            lines = out.split("\n")[:-1]  # only whole lines: the last may have been cut
+            returned = int(lines[-1]) if lines else -1  # the highest batch whose put() returned
+            total_returned += returned + 1
+            with Spool.open(path, 10**6, 10**6, "drop_oldest") as spool:
+                stored = ids(spool.peek(10**6))
+                assert spool.depth == len(stored)
+            assert len(stored) % batch == 0, "a batch was stored in part"
+            n = len(stored) // batch
+            assert n in (returned + 1, returned + 2)  # the batch in flight may have committed
+            assert stored == [f"m{i}" for i in range(n * batch)]
     assert total_returned > runs  # the writers did get some work done
 
 

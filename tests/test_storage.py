@@ -16,6 +16,7 @@ import contextlib
 import errno
 import logging
 import os
+import random
 import sqlite3
 import subprocess
 from collections import Counter
@@ -44,8 +45,9 @@ from gateway.sqlite import (
 from gateway.uplink import DEGRADED, ONLINE
 from protocol import Readings, seal
 
-from .gateway_harness import deadline, delivery_config, parse_mid, running_gateway, until
+from .gateway_harness import deadline, delivery_config, parse_mid, running_gateway
 from .mosquitto import Mosquitto, subscribed
+from .ptys import Pty
 from .test_counter_reuse import KEYS as COUNTER_KEYS
 from .test_counter_reuse import Gateway as CounterGateway
 from .test_gateway_e2e import (
@@ -53,13 +55,13 @@ from .test_gateway_e2e import (
     GATEWAY_ID,
     NODE_DATA,
     SITE,
-    Pty,
     ScriptedNode,
     check_one_id_per_reading,
     metric,
     reading_of,
     scripted_nodes,
 )
+from .waiting import until
 
 pytestmark = pytest.mark.slow  # end to end: scripts/test -m "not slow" skips it
 
@@ -208,7 +210,7 @@ def test_a_schema_that_grew_is_still_created(tmp_path: Path) -> None:
         assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master")} == {"a", "b"}
 
 
-def test_the_wal_files_stay_bounded(tmp_path: Path) -> None:
+def test_the_wal_files_stay_bounded(tmp_path: Path, rng: random.Random) -> None:
     """A steady stream of puts and deletes (the spool's life) and of accepted frames (the
     registry's) keeps each WAL within a checkpoint's worth of small pages."""
     with (
@@ -216,12 +218,12 @@ def test_the_wal_files_stay_bounded(tmp_path: Path) -> None:
         NodeRegistry.open(tmp_path / "registry.db") as registry,
     ):
         for node in range(1, 51):
-            registry.add(node, os.urandom(16))
+            registry.add(node, rng.randbytes(16))
         largest = Counter[str]()
         for i in range(1500):
             spool.put([msg(i * 4 + k, 300) for k in range(4)])
             spool.delete([seq for seq, _ in spool.peek(4)])
-            registry.accept_many([(1 + i % 50, i, os.urandom(8))])
+            registry.accept_many([(1 + i % 50, i, rng.randbytes(8))])
             for name in ("spool.db-wal", "registry.db-wal"):
                 size = (tmp_path / name).stat().st_size
                 largest[name] = max(largest[name], size)

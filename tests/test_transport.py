@@ -15,8 +15,6 @@ import logging
 import os
 import random
 import signal
-import time
-import tty
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -27,6 +25,7 @@ import serial
 import serial.tools.list_ports
 from serial.tools.list_ports_common import ListPortInfo
 
+from gateway import transport as transport_mod
 from gateway.config import SerialPortConfig, UsbMatch
 from gateway.errors import ConfigError, EdgeveilError
 from gateway.ports import (
@@ -39,6 +38,9 @@ from gateway.ports import (
     resolve,
 )
 from gateway.transport import Backoff, SerialTransport
+
+from .ptys import Pty
+from .waiting import until
 
 FAST: dict[str, Any] = {
     "backoff_base_s": 0.01,
@@ -59,53 +61,6 @@ GROWN_BACKOFF: dict[str, Any] = {
 # -- helpers -------------------------------------------------------------------------------
 
 
-class Pty:
-    """A pseudo-terminal pair; the test is the node on the master side."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)  # no echo, no line editing: a raw UART
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        self.closed = False
-
-    def send(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    async def read(self, n: int, timeout: float = 3.0) -> bytes:
-        loop = asyncio.get_running_loop()
-        buf = bytearray()
-        async with asyncio.timeout(timeout):
-            while len(buf) < n:
-                ready = asyncio.Event()
-                loop.add_reader(self.master, ready.set)
-                try:
-                    await ready.wait()
-                finally:
-                    loop.remove_reader(self.master)
-                with contextlib.suppress(BlockingIOError):
-                    buf += os.read(self.master, n - len(buf))
-        return bytes(buf)
-
-    def drain(self) -> bytes:
-        out = bytearray()
-        while True:
-            try:
-                chunk = os.read(self.master, 4096)
-            except (BlockingIOError, OSError):
-                return bytes(out)
-            if not chunk:
-                return bytes(out)
-            out += chunk
-
-    def close(self) -> None:
-        """Unplug: the master goes first, so the transport's fd is hung up."""
-        if not self.closed:
-            self.closed = True
-            os.close(self.master)
-            os.close(self.slave)
-
-
 class Recorder:
     """on_data / on_state callbacks that tests can wait on."""
 
@@ -113,24 +68,17 @@ class Recorder:
         self.data = bytearray()
         self.states: list[str] = []
         self.names: set[str] = set()
-        self._changed = asyncio.Event()
 
     def on_data(self, name: str, data: bytes) -> None:
         self.names.add(name)
         self.data += data
-        self._changed.set()
 
     def on_state(self, name: str, state: str) -> None:
         self.names.add(name)
         self.states.append(state)
-        self._changed.set()
 
     async def until(self, predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):  # also re-check now and then
-                    await asyncio.wait_for(self._changed.wait(), 0.02)
+        await until(predicate, "the transport's state", timeout, lambda: (self.states, self.data))
 
     async def state(self, state: str, count: int = 1, timeout: float = 3.0) -> None:
         await self.until(lambda: self.states.count(state) >= count, timeout)
@@ -163,6 +111,20 @@ def no_leaks() -> Iterator[None]:
     leaked = _open_fds() - before
     details = {fd: _readlink(fd) for fd in leaked}
     assert not leaked, f"file descriptors left open: {details}"
+
+
+def calls_of(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[Any, ...]]:
+    """The calls the transport makes of gateway.transport's `name` from now on: resolve() is
+    an attempt to open the port, is_absent() a look for the device while it is away."""
+    calls: list[tuple[Any, ...]] = []
+    real = getattr(transport_mod, name)
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(transport_mod, name, counted)
+    return calls
 
 
 def _readlink(fd: str) -> str:
@@ -314,9 +276,7 @@ def test_twenty_unplug_replug_cycles(tmp_path: Path, caplog: pytest.LogCaptureFi
         assert transport.disconnects == cycles
         assert rec.states == ["open", "waiting"] * cycles + ["open"]
 
-    started = time.monotonic()
-    asyncio.run(main())
-    assert time.monotonic() - started < 15
+    asyncio.run(main())  # each step waits for its event: no backoff was sat out (FAST)
     # one line per state change (plus the final "closed"), never one per chunk or per retry
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.transport"]
     assert len(lines) == 2 * cycles + 2, lines
@@ -325,9 +285,10 @@ def test_twenty_unplug_replug_cycles(tmp_path: Path, caplog: pytest.LogCaptureFi
 
 
 def test_port_absent_at_start_is_waited_for(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     link = tmp_path / "ttyNODE"
+    looks = calls_of(monkeypatch, "is_absent")
 
     async def main() -> None:
         rec = Recorder()
@@ -337,8 +298,9 @@ def test_port_absent_at_start_is_waited_for(
             await rec.state("waiting")
             assert transport.waiting_reason is not None
             assert transport.waiting_reason == f"{link} is not present"
-            await asyncio.sleep(0.3)  # several retries, with backoff
-            assert rec.states == ["waiting"]  # reported once, not per retry
+            seen = len(looks)
+            await rec.until(lambda: len(looks) >= seen + 3)  # it looked for the device again
+            assert rec.states == ["waiting"]  # reported once, not per look
             pty = Pty()
             try:
                 link.symlink_to(pty.path)
@@ -527,12 +489,16 @@ def test_write_to_full_port_is_refused_without_blocking() -> None:
                 assert transport.state == "open"  # refused, not broken
                 # the node reads again: writes go through again
                 await asyncio.sleep(0)
-                got = len(pty.drain())
-                async with asyncio.timeout(3):
-                    while not await transport.write(b"b"):
-                        got += len(pty.drain())
-                        await asyncio.sleep(0.01)
-                got += len(await pty.read(1))
+                drained = [len(pty.drain())]
+
+                async def written() -> bool:
+                    if await transport.write(b"b"):
+                        return True
+                    drained.append(len(pty.drain()))
+                    return False
+
+                await until(written, "write() takes bytes again", 3)
+                got = sum(drained) + len(await pty.read(1))
                 assert got >= accepted
         finally:
             pty.close()
@@ -568,9 +534,7 @@ def test_failing_callbacks_do_not_break_the_link(caplog: pytest.LogCaptureFixtur
                     await opened.wait()
                 for i in range(3):
                     pty.send(b"x%d" % i)
-                    async with asyncio.timeout(3):
-                        while len(seen) <= i:
-                            await asyncio.sleep(0.01)
+                    await until(lambda i=i: len(seen) > i, "the data handed to on_data", 3)
                 assert transport.state == "open"
                 assert await transport.write(b"ok") is True
                 assert await pty.read(2) == b"ok"
@@ -660,8 +624,10 @@ def test_usb_match_follows_reenumeration(comports: list[Any]) -> None:
 
 
 def test_ambiguous_usb_match_waits_and_says_why(
-    comports: list[Any], caplog: pytest.LogCaptureFixture
+    comports: list[Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    attempts = calls_of(monkeypatch, "resolve")
+
     async def main() -> None:
         comports.append(fake_port("/dev/ttyUSB0", 0x10C4, 0xEA60, serial_number="0001"))
         comports.append(fake_port("/dev/ttyUSB1", 0x10C4, 0xEA60, serial_number="0002"))
@@ -674,7 +640,8 @@ def test_ambiguous_usb_match_waits_and_says_why(
         )
         async with running(transport):
             await rec.state("waiting")
-            await asyncio.sleep(0.2)  # retries go on, quietly
+            tried = len(attempts)
+            await rec.until(lambda: len(attempts) >= tried + 3)  # retries go on, quietly
         assert transport.waiting_reason is not None
         assert "add serial_number" in transport.waiting_reason
         assert rec.states == ["waiting"]
@@ -735,9 +702,10 @@ def test_socket_url_reconnects() -> None:
     asyncio.run(main())
 
 
-def test_cancel_while_opening_leaks_nothing(tmp_path: Path) -> None:
+def test_cancel_while_opening_leaks_nothing(tmp_path: Path, rng: random.Random) -> None:
     async def main() -> None:
         pty = Pty()
+        before = _open_fds()
         try:
             for _ in range(20):
                 rec = Recorder()
@@ -745,11 +713,16 @@ def test_cancel_while_opening_leaks_nothing(tmp_path: Path) -> None:
                     SerialPortConfig(name="n", url=pty.path), rec.on_data, rec.on_state, **FAST
                 )
                 task = asyncio.create_task(transport.run())
-                await asyncio.sleep(random.uniform(0, 0.003))
+                await asyncio.sleep(rng.uniform(0, 0.003))
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await asyncio.sleep(0.1)  # opens that finished after the cancel get closed
+            # an open that finishes after the cancel is closed when it finishes (in a thread)
+            await until(
+                lambda: _open_fds() <= before,
+                "every port opened after a cancel closed again",
+                detail=lambda: {fd: _readlink(fd) for fd in _open_fds() - before},
+            )
         finally:
             pty.close()
 

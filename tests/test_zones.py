@@ -16,8 +16,9 @@ from gateway.registry import NodeRegistry
 from gateway.zones import SharedZones, load_shared
 
 from .command import edgeveil
-from .gateway_harness import deadline, delivery_config, running_gateway, until
+from .gateway_harness import deadline, delivery_config, running_gateway
 from .mosquitto import Mosquitto
+from .waiting import until
 
 SECRET = bytes(range(16))  # TEST ONLY
 TOPICS = Topics("edgeveil", "site", "gw-a")

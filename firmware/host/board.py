@@ -95,17 +95,27 @@ def ticks_add(ticks: int, delta: int) -> int:
 
 class Clock:
     """The board's crystal: ticks that start at start_ms at boot, wrap like MicroPython's and
-    run `drift` times as fast as real time."""
+    run `drift` times as fast as real time. Real time is the host's `monotonic` and `sleep`
+    (a test may give its own)."""
 
-    def __init__(self, drift: float = 1.0, start_ms: int = 0) -> None:
+    def __init__(
+        self,
+        drift: float = 1.0,
+        start_ms: int = 0,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if drift <= 0:
             raise ValueError("drift must be positive")
         self.drift = drift
-        self._t0 = time.monotonic()
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._t0 = monotonic()
         self._start_us = start_ms * 1000
 
     def elapsed_us(self) -> int:
-        return self._start_us + int((time.monotonic() - self._t0) * 1e6 * self.drift)
+        return self._start_us + int((self._monotonic() - self._t0) * 1e6 * self.drift)
 
     def ticks_ms(self) -> int:
         return (self.elapsed_us() // 1000) & TICKS_MAX
@@ -122,11 +132,11 @@ class Clock:
 
     def sleep_ms(self, ms: int) -> None:
         if ms > 0:
-            time.sleep(self.real_seconds(ms))
+            self._sleep(self.real_seconds(ms))
 
     def sleep_us(self, us: int) -> None:
         if us > 0:
-            time.sleep(self.real_seconds(us / 1000))
+            self._sleep(self.real_seconds(us / 1000))
 
     def install(self) -> None:
         """Add MicroPython's time functions to CPython's time module."""

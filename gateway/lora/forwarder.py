@@ -137,8 +137,10 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         on_state: Callable[[str, str], None] | None = None,
         *,
         metrics: Metrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(config, on_frame, on_state, metrics)
+        self._monotonic = monotonic  # when a datagram came, how old an uplink is (tests: theirs)
         self._allowed = frozenset(config.gateways)
         self._udp: asyncio.DatagramTransport | None = None
         self._routes: dict[str, tuple[Address, int]] = {}  # EUI -> PULL_DATA address, version
@@ -267,7 +269,7 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
         the duty cycle is charged when it can."""
         if len(frame) > largest_downlink(window.rate):
             return "too_big"
-        if time.monotonic() - meta.received > window.delay_us / 1e6 - RX1_LEAD_S:
+        if self._monotonic() - meta.received > window.delay_us / 1e6 - RX1_LEAD_S:
             return "too_late"
         if frames >= FRAMES_PER_WINDOW:
             return "slot_taken"
@@ -325,7 +327,7 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
                 rejected.reason,
                 f"rxpk {rejected.index} from {gateway}: {rejected.detail}",
             )
-        now = time.monotonic()
+        now = self._monotonic()
         clock = self._clocks.setdefault(gateway, ConcentratorClock())
         for rxpk in event.rxpk:
             counted = not observations(rxpk.data)
@@ -390,7 +392,7 @@ class ForwarderTransport(LoraLink[PacketForwarderConfig]):
 
     def _from_its_host(self, eui: str, addr: Address) -> bool:
         """True when the datagram comes from the address `eui` is tied to (or may move to)."""
-        now = time.monotonic()
+        now = self._monotonic()
         host, heard = self._hosts.get(eui, (None, 0.0))
         if host == addr[0] or host is None or now - heard >= REBIND_S:
             if host is not None and host != addr[0]:
