@@ -27,13 +27,13 @@ from .test_uplink import (
     RecordingSpool,
     by_topic,
     by_topic_data,
-    eventually,
     first_copies,
     messages,
     open_spool,
     subscribed,
     uplink_for,
 )
+from .waiting import until
 
 
 @pytest.fixture
@@ -66,13 +66,13 @@ async def test_acknowledged_before_the_commit_never_enters_the_spool(
         subscribed(broker, DATA) as sub,
         uplink_for(broker, spool, on_published=lambda m, s: latencies.append(s)) as up,
     ):
-        await eventually(lambda: up.connected, "connected")
-        await eventually(lambda: up.offer([]) == [] and up._live_open, "live path open")
+        await until(lambda: up.connected, "connected")
+        await until(lambda: up.offer([]) == [] and up._live_open, "live path open")
         sent = messages(0, 40)
         offered = up.offer(sent)
         assert all(o.state != HELD for o in offered)  # published now, not held
         await sub.wait_for(lambda got: len(by_topic_data(got)) >= 40)
-        await eventually(lambda: all(o.acked for o in offered), "all acknowledged")
+        await until(lambda: all(o.acked for o in offered), "all acknowledged")
         assert store(up, spool, offered) == []  # nothing to spool: the broker holds them
         assert spool.held == 0
         assert by_topic(sub.received) == by_topic(sent)
@@ -84,7 +84,7 @@ async def test_stored_while_in_flight_leaves_the_spool_after_its_puback_and_only
     broker: Mosquitto, spool: RecordingSpool
 ) -> None:
     async with subscribed(broker, DATA) as sub, uplink_for(broker, spool) as up:
-        await eventually(lambda: up._live_open, "live path open")
+        await until(lambda: up._live_open, "live path open")
         broker.pause()  # takes the bytes, sends no PUBACK
         sent = messages(0, 30)
         offered = up.offer(sent)
@@ -92,7 +92,7 @@ async def test_stored_while_in_flight_leaves_the_spool_after_its_puback_and_only
         assert len(seqs) == 30 and spool.held == 30  # in flight: spooled
         up.notify()  # the spool drain runs, and must leave these to their PUBACKs
         broker.resume()
-        await eventually(lambda: spool.held == 0, "deleted after their PUBACKs")
+        await until(lambda: spool.held == 0, "deleted after their PUBACKs")
         await sub.wait_for(lambda got: len(first_copies(by_topic_data(got))) >= 30)
         # all, in order; the broker may deliver a message twice after SIGSTOP (QoS 1), but
         # the gateway published each once: 30 PUBACKs, not one more
@@ -112,28 +112,28 @@ async def test_nothing_is_lost_and_order_holds_across_a_broker_outage(
         subscribed(broker, DATA, session="live-path-consumer") as sub,
         uplink_for(broker, spool) as up,
     ):
-        await eventually(lambda: up._live_open, "live path open")
+        await until(lambda: up._live_open, "live path open")
         before = messages(0, 9)
         store(up, spool, up.offer(before))
         broker.stop()
-        await eventually(lambda: not up.connected, "connection lost")
+        await until(lambda: not up.connected, "connection lost")
         during = messages(9, 30)
         held = up.offer(during)
         assert all(o.state == HELD for o in held)
         broker.start()
-        await eventually(lambda: up.connected, "reconnected")
+        await until(lambda: up.connected, "reconnected")
         after = up.offer(messages(39, 30))  # before `held` is stored: must wait behind it
         assert all(o.state == HELD for o in after)
         store(up, spool, held)
         store(up, spool, after)
         everything = messages(0, 69)
         await sub.wait_for(lambda got: len({r.payload for r in by_topic_data(got)}) >= 69)
-        await eventually(lambda: spool.held == 0, "all deleted")
+        await until(lambda: spool.held == 0, "all deleted")
         received = by_topic(by_topic_data(sub.received))
         for topic, payloads in by_topic(everything).items():
             firsts = list(dict.fromkeys(received[topic]))  # a consumer drops duplicates
             assert firsts == payloads, topic  # all, in order
-        await eventually(lambda: up._live_open, "live path open again once drained")
+        await until(lambda: up._live_open, "live path open again once drained")
 
 
 @pytest.mark.asyncio
@@ -144,7 +144,7 @@ async def test_the_spool_is_not_starved_by_steady_live_traffic(
     published after the live batch in flight, not once the nodes fall silent."""
     release = OutMessage("gw-1:people:z:0", TOPICS.zone("z", "people"), b'[{"n":"count","v":7}]')
     async with subscribed(broker, f"{TOPICS.base}/#") as sub, uplink_for(broker, spool) as up:
-        await eventually(lambda: up._live_open, "live path open")
+        await until(lambda: up._live_open, "live path open")
         stop = asyncio.Event()
 
         async def nodes_keep_sending() -> None:
