@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from generated_page import write_or_check  # noqa: E402 - scripts/, beside this one
+
 from gateway.cli import build_parser  # noqa: E402 - after the path is set
 
 OUT = ROOT / "docs" / "reference" / "cli.md"
@@ -51,16 +53,7 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if "--check" in sys.argv:
-        if not OUT.is_file() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is out of date: run scripts/cli_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
-    return 0
+    return write_or_check(OUT, render(), "scripts/cli_reference.py")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from generated_page import write_or_check  # noqa: E402 - scripts/, beside this one
+
 from gateway import config  # noqa: E402 - after the path is set
 from gateway.config import Key, Section  # noqa: E402
 
@@ -130,16 +132,7 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if "--check" in sys.argv:
-        if not OUT.is_file() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is out of date: run scripts/config_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
-    return 0
+    return write_or_check(OUT, render(), "scripts/config_reference.py")
 
 
 if __name__ == "__main__":
