@@ -351,7 +351,7 @@ def test_monitor_shows_the_nodes_frames(bench: Bench, node: Node) -> None:
     assert "readings" in result.stdout, result.stdout
 
 
-# -- the node's identity over its life (issue 12), through the real gateway ------------------------
+# -- the node's identity over its life, through the real gateway ------------------------
 
 
 @dataclass

@@ -32,7 +32,7 @@ def test_live_demo_shows_what_leaves_the_gateway() -> None:
 
 
 def test_the_demo_places_count_people_above_k_and_below_it() -> None:
-    """Issue 17 item 2: the demo's busy street sees enough distinct devices in a minute for
+    """The demo's busy street sees enough distinct devices in a minute for
     the demo policy's k and noise, so its counts are released; its closed building at night
     sees fewer than k, so its counts stay suppressed. Counted as the nodes scan (2 s every 6 s,
     the demo's 3-second reading interval), in every whole minute of the first four, for

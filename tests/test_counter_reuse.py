@@ -1,4 +1,4 @@
-"""Counter reuse at the gateway (issue 12 item 3): an authentic frame under a counter already
+"""Counter reuse at the gateway: an authentic frame under a counter already
 accepted, whose bytes differ from the accepted frame's, is COUNTER_REUSE, not a duplicate.
 
 Two "boards" here are two sealers holding one node's keys, as a cloned board or a restored
@@ -315,7 +315,7 @@ async def test_a_restored_flash_backup_is_reported_at_the_first_reused_counter(
     assert len(gateway.alarms()) == 1
 
 
-# -- a revoked node (issue 12 item 4) ----------------------------------------------------------
+# -- a revoked node ----------------------------------------------------------
 
 
 async def test_a_revoked_nodes_frames_are_refused_from_the_next_batch(gateway: Gateway) -> None:
@@ -341,7 +341,7 @@ async def test_a_replacement_board_retires_the_old_one_once_heard(gateway: Gatew
 async def test_a_node_running_out_of_counters_is_re_keyed_or_named_for_replacement(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 12 item 5: a node close to the counter limit (event counter_low with its status)
+    """A node close to the counter limit (event counter_low with its status)
     gets fresh keys, whose counter starts at 0; when its generation of key epochs is used up,
     the log names it for replacement."""
     await gateway.feed(seal(Event(8, 1000), 0, KEYS))  # counter_low, from the node's status

@@ -52,7 +52,7 @@ def _counter_at(directory: Path, limit: int) -> None:
 def test_a_counter_near_its_limit_warns_then_stops_and_never_wraps(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    """Issue 12 item 5: a node started near the 2^32 limit says so with each status, uses
+    """A node started near the 2^32 limit says so with each status, uses
     every value up to its last (2^32 - 2) once, then refuses to seal: at run time and at the
     next boot."""
     _counter_at(tmp_path, LAST + 1 - 40)
@@ -404,7 +404,7 @@ class Pir:
 
 
 def test_the_status_says_nothing_of_who_was_near(tmp_path: Path, clock: FakeClock) -> None:
-    """Security review (issue 13 item 1): frames_sent, retransmissions, dropped and
+    """Security review: frames_sent, retransmissions, dropped and
     queue_depth were counting sightings frames, so their hourly increase told whether and how
     many people were near, past the gateway's protected counts. An hour with nobody and an
     hour with a crowd and movement now give the same status."""
@@ -450,7 +450,7 @@ class LinePort:
 
 
 def test_a_time_sync_replayed_after_a_reboot_is_refused(tmp_path: Path) -> None:
-    """Security review (issue 13 item 4): the node keeps the gateway's highest counter of a
+    """Security review: the node keeps the gateway's highest counter of a
     time sync or configuration update across reboots (SPEC.md section 10)."""
     keys = NodeKeys(NODE_ID, SECRET)
     window = str(tmp_path / "downlink.window")
@@ -487,7 +487,7 @@ def test_config_errors_name_the_key(change: dict[str, Any], message: str) -> Non
 
 
 def test_a_configuration_bound_to_another_chip_is_refused() -> None:
-    """Issue 12: the node seals nothing under an identity bound to another board."""
+    """The node seals nothing under an identity bound to another board."""
     bound = make_config(board="a1b2c3d4e5f6")
     config_mod.check_board(bound, bytes.fromhex("a1b2c3d4e5f6"))  # its own chip: fine
     config_mod.check_board(make_config(), b"\x01\x02")  # not bound (by hand, older tools)

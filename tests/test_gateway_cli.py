@@ -115,7 +115,7 @@ BAD_CONFIGS = [
     pytest.param(
         '[spool]\nwhen_full = "panic"\n', ("spool.when_full", "drop_oldest"), id="bad-choice"
     ),
-    pytest.param(  # security review (issue 13): a password must not leave in plain text
+    pytest.param(  # security review: a password must not leave in plain text
         '[mqtt]\nhost = "broker.example.org"\nusername = "gw"\npassword_file = "pw"\n',
         ("mqtt.tls", "must be true with mqtt.password_file", "broker.example.org"),
         id="password-without-tls",

@@ -483,7 +483,7 @@ async def test_broker_outage_of_30_s_loses_nothing_the_gateway_accepted(tmp_path
 
             def expected() -> int:
                 # frames that say people were near (sightings, motion events) are counted in
-                # no metric (issue 13); the delivery policy passes the motion events on
+                # no metric; the delivery policy passes the motion events on
                 denied = metric(gateway, "edgeveil_privacy_denied_total")
                 return sum(accepted().values()) - int(denied) + motion_events(sub.received)
 

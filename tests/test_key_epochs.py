@@ -1,4 +1,4 @@
-"""Key epochs at the gateway and a re-key over the downlink (issue 12 items 2 and 4).
+"""Key epochs at the gateway and a re-key over the downlink.
 
 The real ingest stage, registry and spool (the counter-reuse tests' Gateway), and for the
 re-key the real firmware: the node application with its serial link on an in-memory line, so
@@ -302,7 +302,7 @@ def test_counter_slots_carry_the_epoch_and_old_slots_read_as_epoch_zero(tmp_path
 async def test_a_node_near_its_counter_limit_gets_fresh_keys_and_counts_from_zero(
     gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Counter exhaustion (issue 12 item 5): a node close to the limit says counter_low, the
+    """Counter exhaustion: a node close to the limit says counter_low, the
     gateway re-keys it by itself, and the node counts again from 0 under new keys: it never
     wraps and never falls silent."""
     clock = FakeClock()

@@ -417,7 +417,7 @@ async def test_rx2_carries_acks_and_time_when_rx1_is_refused(tmp_path: Path) -> 
 @pytest.mark.asyncio
 @deadline(90)
 async def test_a_rekey_reaches_a_firmware_lora_node_in_rx1(tmp_path: Path) -> None:
-    """Issue 12 item 4: `edgeveil gateway nodes rekey` (here: the same registry call from
+    """`edgeveil gateway nodes rekey` (here: the same registry call from
     another process's connection) reaches the node as a LoRa downlink in RX1; the node moves
     to the new keys, the gateway follows, and the node's readings keep arriving."""
     async with lora_site(tmp_path, nodes=1, acks=True, sf=7, place=near_the_gateway) as site:
@@ -465,7 +465,7 @@ async def test_a_rekey_reaches_a_firmware_lora_node_in_rx1(tmp_path: Path) -> No
 async def test_a_configuration_reaches_a_firmware_lora_node_after_its_uplink(
     tmp_path: Path,
 ) -> None:
-    """Issue 16: a remote configuration (here from another process's registry connection, as
+    """A remote configuration (here from another process's registry connection, as
     `edgeveil gateway nodes configure` does) goes to a LoRa node in the receive window of its
     next uplink; the node applies it and its config_applied event comes back."""
     async with lora_site(tmp_path, nodes=1, acks=True, sf=7, place=near_the_gateway) as site:

@@ -230,7 +230,7 @@ async def test_a_replayed_uplink_is_acknowledged_again_only_a_few_times(
     forwarders: Callable[[str, tuple[str, int]], FakeForwarder],
     rng: random.Random,
 ) -> None:
-    """Security review (issue 13): each ack costs a downlink counter and airtime, so copies of
+    """Security review: each ack costs a downlink counter and airtime, so copies of
     one frame beyond a node's retries (replays) are counted, not answered."""
     monkeypatch.setattr(forwarder_mod, "RX1_LEAD_S", -3600.0)  # as above: not about lateness
     for gather in ("GATHER_S", "GATHER_LORA_S"):  # each copy is a batch of its own anyway
@@ -693,7 +693,7 @@ def _pull_data(eui: str) -> bytes:
 
 @pytest.mark.asyncio
 async def test_a_gateway_eui_is_tied_to_its_address(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Security review (issue 13): quoting an allowed EUI from elsewhere moves nothing."""
+    """Security review: quoting an allowed EUI from elsewhere moves nothing."""
     config = PacketForwarderConfig(
         name="lora",
         host="127.0.0.1",
@@ -737,7 +737,7 @@ async def test_tx_ack_text_is_escaped_cut_short_and_logged_once_per_burst(
 
 @pytest.mark.asyncio
 async def test_observation_packets_are_forwarded_but_counted_nowhere(rng: random.Random) -> None:
-    """Security review (issue 13): at a site with one node, a concentrator's packet count or
+    """Security review: at a site with one node, a concentrator's packet count or
     RSSI sample count would be the node's, and observations go out only when people are near."""
     keys = NodeKeys(0x0A13, rng.randbytes(16))
     got: list[bytes] = []
@@ -975,7 +975,7 @@ BAD_LORA = [
         "gateways",
         "16 hex digits",
     ),
-    (  # security review (issue 13): no silent listening on every network
+    (  # security review: no silent listening on every network
         {"packet_forwarder": [{"gateways": ["AA555A0000000000"]}]},
         "lora.packet_forwarder[0].listen",
         "required",

@@ -1,4 +1,4 @@
-"""Region plans (issue 15 item 1): a downlink outside the plan, across a sub-band edge or above
+"""Region plans: a downlink outside the plan, across a sub-band edge or above
 the power limit is never sent, and counted by reason (the packet forwarder's cases are in
 tests/test_lora_gateway.py, with its fake forwarder); check-config refuses such settings,
 naming the key and the limit. Each case fails without its rule (gateway/lora/region.py)."""

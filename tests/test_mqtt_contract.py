@@ -9,8 +9,8 @@
 - Records of every kind the privacy stage releases keep it, as SenML JSON and as SenML CBOR;
   the checker (tests/mqtt_contract.py) rejects what breaks it (controls).
 - End to end, in both payload forms: what a running gateway publishes for a node's frames keeps
-  it (the Subscriber checks every message, as in every end-to-end test), with the fixes of
-  issue 16: an event without a value is `vb` true, not 1; a status without a field publishes
+  it (the Subscriber checks every message, as in every end-to-end test), with what it once
+  got wrong: an event without a value is `vb` true, not 1; a status without a field publishes
   nothing instead of `[]`; the gateway's counter_reuse alarm carries the policy hash; and the
   results of configuration commands (rejected, accepted, delivered, applied by the gateway).
 """

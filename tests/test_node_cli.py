@@ -113,7 +113,7 @@ def test_packages_are_fetched_into_the_cache_and_built_for_lib(tmp_path: Path) -
 
 
 def test_a_package_naming_a_file_outside_the_cache_is_refused(tmp_path: Path) -> None:
-    """A package.json whose target climbs out of the cache (security review, issue 13)."""
+    """A package.json whose target climbs out of the cache (security review)."""
     package = tmp_path / "src" / "evil"
     package.mkdir(parents=True)
     (package / "evil.py").write_text("print('pwned')\n")

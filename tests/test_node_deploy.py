@@ -103,7 +103,7 @@ def test_deploy_copies_verifies_resets_and_then_copies_only_changes(
 def test_an_identity_stays_on_the_board_it_was_first_deployed_to(
     tmp_path: Path, node: tuple[Path, Path], cache: Path
 ) -> None:
-    """Issue 12: the same node-N.json onto a second board would seal other frames under the
+    """The same node-N.json onto a second board would seal other frames under the
     first board's key and nonces. Deploy binds it to the first board and refuses the second;
     a copy by hand (every file of board A put on board B) is refused by the node itself."""
     config, _ = node

@@ -1,5 +1,5 @@
 """Every technician path, on the emulated MicroPython board, never seals two frames under one
-key and nonce (issue 12).
+key and nonce.
 
 Real MicroPython runs the deployed node application (firmware/host/mpboard.py); what the
 boards put on their serial lines is read back as bytes, and every frame's (key, nonce) pair

@@ -1,5 +1,5 @@
 """The gateway's dependencies: bounded above in pyproject.toml, and deploy/constraints.txt (the
-exact versions a Pi install uses) within those bounds (security review, issue 13 item 8)."""
+exact versions a Pi install uses) within those bounds (security review)."""
 
 from __future__ import annotations
 

@@ -567,7 +567,7 @@ async def test_no_device_identifier_leaves_the_gateway_in_any_notation(
     assert {f.node_id for f in run.frames} == set(run.nodes)
     assert set(run.accepted) == set(run.nodes)
     # the gateway's own counts of accepted frames, and of frames that left nothing of their
-    # own, leave the observation frames out: their number says people were near (issue 13)
+    # own, leave the observation frames out: their number says people were near
     assert 0 < sum(run.accepted.values()) <= run.counted
     assert run.denied <= run.counted
     people = people_releases(run.received)

@@ -522,7 +522,7 @@ def test_no_secret_or_key_in_reprs_errors_or_logs(
         assert needle not in blob
 
 
-# -- restoring a backup (security review, issue 13 item 6) -------------------------------------
+# -- restoring a backup (security review) -------------------------------------
 
 
 def _restore(backup: Path, path: Path) -> None:
@@ -570,7 +570,7 @@ def test_advance_counters_needs_a_registry(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no registry at" in result.stderr
 
 
-# -- revocation (issue 12 item 4) ---------------------------------------------------------------
+# -- revocation ---------------------------------------------------------------
 
 
 def test_revocation_belongs_to_the_secret_and_reaches_other_connections(path: Path) -> None:

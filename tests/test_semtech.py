@@ -250,7 +250,7 @@ BAD_RXPK = [
     ({"tmst": 1.5}, "bad_field"),
     ({"codr": "4/9"}, "bad_field"),
     ({"rssi": "strong"}, "bad_field"),
-    # security review (issue 13): numbers no radio reports, a traceback per datagram before
+    # security review: numbers no radio reports, a traceback per datagram before
     ({"rssi": 10**400}, "bad_field"),
     ({"rssi": 1000}, "bad_field"),
     ({"lsnr": -(10**400)}, "bad_field"),

@@ -1,5 +1,4 @@
-"""Every sentence of a shipped policy's statement is true of the running mechanism (issue 17 item
-6): each shipped policy is rendered, and what its statement says of each stream is checked
+"""Every sentence of a shipped policy's statement is true of the running mechanism: each shipped policy is rendered, and what its statement says of each stream is checked
 against the privacy engine's behaviour on generated traffic. A change of mechanism without a
 change of wording fails here, as does a change of wording the mechanism does not follow.
 

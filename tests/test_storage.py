@@ -1,4 +1,4 @@
-"""Storage under pressure (issue 14): a full disk never stops the gateway, its files stay bounded.
+"""Storage under pressure: a full disk never stops the gateway, its files stay bounded.
 
 Real parts: the stores on a real full filesystem (a small tmpfs, mounted here: CI runs as
 root; elsewhere these tests skip, saying so), a real Mosquitto, a real pseudo-terminal and the

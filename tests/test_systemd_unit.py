@@ -1,4 +1,4 @@
-"""The gateway's systemd unit is hardened (security review, issue 13 item 7): scored by
+"""The gateway's systemd unit is hardened (security review): scored by
 systemd-analyze itself, with and without the drop-in for a LoRa HAT on SPI."""
 
 from __future__ import annotations

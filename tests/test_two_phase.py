@@ -1,4 +1,4 @@
-"""Two-phase acceptance (issue 17 item 4): a frame joins its aggregation windows only once its
+"""Two-phase acceptance: a frame joins its aggregation windows only once its
 outcome is stored. Under `spool.when_full = "refuse_new"` a frame the full spool refuses is
 neither acknowledged nor counted in any window; its retransmission, once there is room, is
 counted once."""

@@ -643,7 +643,7 @@ async def test_tls_with_username_and_password(
 def test_credential_files_others_can_read_are_refused(
     tmp_path: Path, spool: RecordingSpool
 ) -> None:
-    """Security review (issue 13): a password or client key readable by every user of the
+    """Security review: a password or client key readable by every user of the
     gateway is refused before anything connects, with the fix."""
     password = tmp_path / "password"
     password.write_text("right horse battery\n")

@@ -1,5 +1,5 @@
 """An operator installs edgeveil from a wheel (`pip install edgeveil-0.x.whl` on a Raspberry Pi),
-not from this source tree (issue 19 item 4). So: build the wheel and the sdist, install the
+not from this source tree. So: build the wheel and the sdist, install the
 wheel in a fresh virtual environment (not editable), and run the product from another directory
 with nothing of the source tree on the path: the protocol walk-through, the transparency
 statement, a configuration check of the shipped example, and an emulated node whose frames

@@ -1,4 +1,4 @@
-"""One zone, one gateway (gateway/zones.py, issue 17 item 7): gateways of one site announce the
+"""One zone, one gateway (gateway/zones.py): gateways of one site announce the
 zones they serve in their retained metadata, and each warns of a zone another one serves too,
 when its policy counts devices per zone (a device seen by both would be counted twice)."""
 
