@@ -1,5 +1,6 @@
-"""Every sentence of a shipped policy's statement is true of the running mechanism: each shipped policy is rendered, and what its statement says of each stream is checked
-against the privacy engine's behaviour on generated traffic. A change of mechanism without a
+"""Every sentence of a shipped policy's statement is true of the running mechanism: each shipped
+policy is rendered, and what its statement says of each stream is checked against the privacy
+engine's behaviour on generated traffic. A change of mechanism without a
 change of wording fails here, as does a change of wording the mechanism does not follow.
 
 The facts come from the statement itself (its JSON form, and the English text where the claim
