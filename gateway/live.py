@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import tempfile
 import time
@@ -55,6 +56,20 @@ def describe(topic: str, payload: bytes) -> str:
     return f"{tail:<28} {', '.join(parts)}"
 
 
+def describe_records(topic: str, payload: bytes) -> list[str]:
+    """describe() for each record of a message: a SenML message may hold several (each starts
+    with the entry that carries its "mid"), and each gets its own line."""
+    try:
+        data: Any = json.loads(payload)
+    except ValueError:
+        data = None
+    if not isinstance(data, list):
+        return [describe(topic, payload)]
+    starts = [i for i, e in enumerate(data) if i and isinstance(e, dict) and "mid" in e]
+    bounds = [0, *starts, len(data)]
+    return [describe(topic, json.dumps(data[a:b]).encode()) for a, b in itertools.pairwise(bounds)]
+
+
 def _document(tail: str, data: dict[str, Any]) -> str:
     if tail.endswith("transparency"):
         policy = data.get("policy", {})
@@ -85,7 +100,8 @@ async def _watch(gateway: Gateway, duration: float | None) -> int:
                 return received
             payload = message.payload if isinstance(message.payload, bytes) else b""
             stamp = time.strftime("%H:%M:%S")
-            print(f"{stamp}  {describe(str(message.topic), payload)}", flush=True)
+            for line in describe_records(str(message.topic), payload):
+                print(f"{stamp}  {line}", flush=True)
             received += 1
 
 

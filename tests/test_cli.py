@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from firmware.host.scenario import Scenario
-from gateway.live import DEMO_POLICY, demo_scenarios, describe
+from gateway.live import DEMO_POLICY, demo_scenarios, describe, describe_records
 from gateway.privacy import dp, policy
 
 from .command import ROOT, edgeveil
@@ -87,6 +87,27 @@ def test_the_live_view_names_an_event_without_a_value_and_shows_a_value() -> Non
 
     assert shown({"n": "time_request", "vb": True}) == f"{'node/7/event':<28} time_request"
     assert shown({"n": "boot", "v": 1}) == f"{'node/7/event':<28} boot 1"
+
+
+def test_the_live_view_shows_each_record_of_a_joined_pack_on_its_own_line() -> None:
+    """A busy gateway joins a topic's records into one message (senml.join): one line each."""
+    topic = "edgeveil/demo-site/gateway-1/node/7/readings"
+    records = [
+        [{"bn": "urn:dev:edgeveil:demo-site:7:", "bt": t, "mid": f"gateway-1:7:{t}:0"}]
+        for t in (1, 2)
+    ]
+    records[0][0] |= {"n": "temperature", "u": "Cel", "v": 21.5}
+    records[0].append({"n": "humidity", "u": "%RH", "v": 40})
+    records[1][0] |= {"n": "temperature", "u": "Cel", "v": 21.75}
+    joined = json.dumps(records[0] + records[1]).encode()
+    tail = f"{'node/7/readings':<28}"
+    assert describe_records(topic, joined) == [
+        f"{tail} temperature 21.5 Cel, humidity 40 %RH",
+        f"{tail} temperature 21.75 Cel",
+    ]
+    assert describe_records(topic, json.dumps(records[1]).encode()) == [
+        describe(topic, json.dumps(records[1]).encode())
+    ]
 
 
 def test_demo_shows_every_message_and_the_rejections() -> None:
