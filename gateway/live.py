@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import tempfile
 import time
@@ -21,7 +20,7 @@ import aiomqtt
 
 from firmware.host.fleet import Fleet
 
-from . import policies
+from . import policies, senml
 from .config import GatewayConfig, SerialPortConfig
 from .registry import NodeRegistry
 from .service import Gateway
@@ -57,17 +56,15 @@ def describe(topic: str, payload: bytes) -> str:
 
 
 def describe_records(topic: str, payload: bytes) -> list[str]:
-    """describe() for each record of a message: a SenML message may hold several (each starts
-    with the entry that carries its "mid"), and each gets its own line."""
+    """describe() for each record of a message: a SenML message may hold several
+    (senml.records), and each gets its own line."""
     try:
         data: Any = json.loads(payload)
     except ValueError:
         data = None
     if not isinstance(data, list):
         return [describe(topic, payload)]
-    starts = [i for i, e in enumerate(data) if i and isinstance(e, dict) and "mid" in e]
-    bounds = [0, *starts, len(data)]
-    return [describe(topic, json.dumps(data[a:b]).encode()) for a, b in itertools.pairwise(bounds)]
+    return [describe(topic, json.dumps(r).encode()) for r in senml.records(data)]
 
 
 def _document(tail: str, data: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ CBOR uses the integer labels of RFC 8428 section 6 (bn -2, bt -3, n 0, u 1, v 2,
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -129,6 +130,14 @@ def _number(value: float) -> str:
     if not math.isfinite(value):
         return json.dumps(value)  # NaN, Infinity: never sent, but written as json would
     return float.__repr__(value)
+
+
+def records(entries: Sequence[Any]) -> list[list[Any]]:
+    """A decoded pack's entries as its records, the inverse of join(): a record starts at each
+    entry that carries a "mid" (and at the first entry in any case)."""
+    starts = [i for i, e in enumerate(entries) if i and isinstance(e, dict) and "mid" in e]
+    bounds = [0, *starts, len(entries)]
+    return [list(entries[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def join(payloads: Sequence[bytes], payload_format: str) -> bytes:

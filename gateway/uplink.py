@@ -117,7 +117,16 @@ class _Pack:
     seqs: list[int] = field(default_factory=list)
     offered: list[Offered] = field(default_factory=list)
     size: int = 0
-    round: list[int] | None = None  # a drain round's count of packs still awaiting PUBACKs
+    round: _Round | None = None  # the drain round it belongs to (spooled messages)
+
+
+@dataclass(slots=True, eq=False)
+class _Round:
+    """A drain round: how many of its packs still await their PUBACK; `done` is set when none
+    does, or when the connection ended first (`left` then says how many never came)."""
+
+    left: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SpoolQueue(Protocol):
@@ -275,7 +284,7 @@ class Uplink:
         self._window_lock: asyncio.Semaphore | None = None  # the connection's window
         self._paho: mqtt.Client | None = None  # the connection's paho client (_publish)
         self._awaiting: dict[int, _Pack] = {}  # paho message id -> pack awaiting its PUBACK
-        self._round: asyncio.Event | None = None  # a drain round's packs all acknowledged
+        self._all_acked: asyncio.Event | None = None  # a clean stop's wait: nothing awaiting
 
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -458,7 +467,6 @@ class Uplink:
         self._paho_log.socket_error = None
         self._session_up = False
         async with self._client() as client:
-            _no_delay(client)
             self._session_up = True
             self._up_since = time.monotonic()
             watch = asyncio.create_task(self._receive(client), name="edgeveil-uplink-watch")
@@ -489,6 +497,7 @@ class Uplink:
     async def _work(self, client: aiomqtt.Client) -> None:
         self._window_lock = asyncio.Semaphore(self._window)  # this connection's in flight
         paho = client._client  # aiomqtt's paho client: see _publish
+        _no_delay(paho)
         aiomqtt_on_publish = paho.on_publish
 
         def on_publish(*args: Any) -> None:  # paho's callback, in the event loop's thread
@@ -506,9 +515,9 @@ class Uplink:
             awaiting, self._awaiting = self._awaiting, {}
             for pack in awaiting.values():  # a lost connection: not acknowledged
                 self._sent(pack, None)
+                if pack.round is not None:
+                    pack.round.done.set()  # its wait ends; `left` says it failed
             self._window_lock = None
-            if self._round is not None:
-                self._round.set()
 
     async def _work_on(self, client: aiomqtt.Client) -> None:
         await self._announce(client)
@@ -551,11 +560,11 @@ class Uplink:
                 self._live_open = True  # caught up: new messages go out as they come
             await self._idle()
         if self._awaiting:  # a clean stop: their PUBACKs first
+            self._all_acked = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._publish_timeout):
-                    while self._awaiting:
-                        self._round = asyncio.Event()
-                        await self._round.wait()
+                    await self._all_acked.wait()
+            self._all_acked = None
         if self._undeleted:
             await self._delete()  # a clean stop leaves nothing to publish twice
         await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0)
@@ -635,8 +644,9 @@ class Uplink:
         items.extend((None, o.message, o) for o in live)
         for seq, message, offered in items:
             topic = message.topic
+            joinable = not message.retain and self.topics.carries_senml(topic)
             pack = None
-            if not message.retain and self.topics.carries_senml(topic):
+            if joinable:
                 source = topic.rpartition("/")[0]  # {base}/node/{id} or {base}/zone/{zone}
                 if last_topic.get(source, topic) == topic:
                     pack = open_packs.get(topic)
@@ -646,7 +656,7 @@ class Uplink:
             if pack is None:
                 pack = _Pack(topic, message.retain)
                 packs.append(pack)
-                if not message.retain and self.topics.carries_senml(topic):
+                if joinable:
                     open_packs[topic] = pack
             pack.messages.append(message)
             pack.size += len(message.payload)
@@ -681,9 +691,7 @@ class Uplink:
         packs = self._packs(spooled, live)
         for offered in live:
             offered.state = INFLIGHT
-        round_left = [len(packs)] if spooled else None
-        if round_left is not None:
-            self._round = asyncio.Event()
+        drain = _Round(len(packs)) if spooled else None
         for i, pack in enumerate(packs):
             try:
                 await window.acquire()
@@ -697,17 +705,16 @@ class Uplink:
             payload = pack.messages[0].payload
             if len(pack.messages) > 1:
                 payload = senml.join([m.payload for m in pack.messages], self.config.payload)
-            pack.round = round_left
+            pack.round = drain
             info = paho.publish(pack.topic, payload, qos=1, retain=pack.retain)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:  # the connection is gone
                 window.release()
                 self._never_sent(packs[i:])
                 raise aiomqtt.MqttCodeError(info.rc, "could not publish")
             self._awaiting[info.mid] = pack
-        if round_left is not None and round_left[0] > 0:
-            assert self._round is not None  # noqa: S101
-            await self._round.wait()
-            if round_left[0] > 0:  # the connection ended first
+        if drain is not None and drain.left > 0:
+            await drain.done.wait()
+            if drain.left > 0:  # the connection ended first
                 raise aiomqtt.MqttError("connection lost while publishing")
 
     def _puback(self, mid: int) -> None:
@@ -719,10 +726,11 @@ class Uplink:
             self._window_lock.release()
         self._sent(pack, time.time())
         if pack.round is not None:
-            pack.round[0] -= 1
-        done = pack.round[0] == 0 if pack.round is not None else not self._awaiting
-        if done and self._round is not None:  # a drain round, or a clean stop's wait
-            self._round.set()
+            pack.round.left -= 1
+            if not pack.round.left:
+                pack.round.done.set()
+        if not self._awaiting and self._all_acked is not None:
+            self._all_acked.set()
 
     def _never_sent(self, packs: Sequence[_Pack]) -> None:
         for pack in packs:
@@ -863,14 +871,12 @@ def _describe(exc: aiomqtt.MqttError, socket_error: str | None = None) -> str:
     return text
 
 
-def _no_delay(client: aiomqtt.Client) -> None:
+def _no_delay(paho: mqtt.Client) -> None:
     """TCP_NODELAY on the connection: paho leaves Nagle's algorithm on, which holds a small
     PUBLISH back until the broker acknowledged the previous segment (up to 40 ms with delayed
-    acks) and so delayed every message of a quiet gateway. aiomqtt keeps its paho client
-    private; without it (another aiomqtt), the connection works as before, only slower."""
-    paho = getattr(client, "_client", None)
-    sock = paho.socket() if paho is not None else None
-    if sock is not None:
+    acks) and so delayed every message of a quiet gateway."""
+    sock = paho.socket()
+    if isinstance(sock, socket.socket):  # an SSLSocket too; not a websocket wrapper
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

@@ -44,6 +44,8 @@ import aiomqtt
 import cbor2
 import pytest
 
+from gateway import senml
+
 from .mqtt_contract import contract as mqtt_contract
 from .waiting import until_sync
 
@@ -315,12 +317,13 @@ def split_records(message: Received) -> list[Received]:
             return [message]
     except ValueError:
         return [message]
-    if not isinstance(entries, list):
+    if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
         return [message]
-    starts = [i for i, e in enumerate(entries) if isinstance(e, dict) and "mid" in e]
-    if len(starts) < 2 or starts[0] != 0:
+    if "mid" not in entries[0]:
         return [message]
-    records = [entries[a:b] for a, b in zip(starts, [*starts[1:], len(entries)], strict=True)]
+    records = senml.records(entries)
+    if len(records) < 2:
+        return [message]
     as_json = payload[:1] == b"["
     return [dataclasses.replace(message, payload=_encoded(r, as_json)) for r in records]
 

@@ -52,6 +52,7 @@ def test_a_joined_pack_holds_its_parts_records_in_order(
     joined = senml.join([m.payload for m in messages], payload_format)
     decode = json.loads if payload_format == "senml+json" else cbor2.loads
     assert decode(joined) == [e for m in messages for e in decode(m.payload)]
+    assert senml.records(decode(joined)) == [decode(m.payload) for m in messages]  # split back
     if payload_format == "senml+cbor":  # still the one deterministic encoding
         assert cbor2.dumps(cbor2.loads(joined), canonical=True) == joined
 
