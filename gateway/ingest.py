@@ -408,6 +408,10 @@ class Ingest:
     ) -> None:
         """What a new frame asks of the gateway: the time, or fresh keys (counter_low); or
         what it answers: a configuration applied or rejected (its version)."""
+        if type(message) is Readings:  # nearly every frame: it asks nothing, tells its interval
+            if self.health is not None:
+                self.health.reading(entry.node_id, time.time())
+            return
         if _wants_time(message):
             time_syncs.add((port, entry.node_id))
         if self.health is not None:

@@ -32,10 +32,11 @@ collides with the per-message ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 KINDS = ("readings", "status", "event", "aggregate")
+_NODE_TOPICS_KEPT = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +87,28 @@ class Topics:
     prefix: str
     site: str
     gateway_id: str
+    # (node, kind) -> its topic: every record a node sends asks for one of its few topics
+    _node_topics: dict[tuple[int, str], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    _base: str = field(init=False, repr=False, compare=False)  # computed once: per message
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_base", f"{self.prefix}/{self.site}/{self.gateway_id}")
 
     @property
     def base(self) -> str:
-        return f"{self.prefix}/{self.site}/{self.gateway_id}"
+        return self._base
 
     def node(self, node_id: int, kind: str) -> str:
-        return f"{self.base}/node/{node_id}/{kind}"
+        topic = self._node_topics.get((node_id, kind))
+        if topic is None:
+            topic = f"{self.base}/node/{node_id}/{kind}"
+            if len(self._node_topics) >= _NODE_TOPICS_KEPT:
+                self._node_topics.clear()  # simple and bounded
+            self._node_topics[(node_id, kind)] = topic
+        return topic
 
     def zone(self, zone: str, stream: str) -> str:
         return f"{self.base}/zone/{quote(zone, safe='')}/{stream}"
@@ -109,8 +125,8 @@ class Topics:
         """Whether a topic carries SenML records (node and zone topics; not the gateway's JSON
         documents, command results or Home Assistant's discovery): the uplink may join such
         messages into one pack (senml.join)."""
-        base = self.base
-        return topic.startswith(f"{base}/node/") or topic.startswith(f"{base}/zone/")
+        base = self._base
+        return topic.startswith(base) and topic.startswith(("/node/", "/zone/"), len(base))
 
     @property
     def transparency(self) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 
 import cbor2
 
-from .records import OutMessage, Record, Topics
+from .records import Measurement, OutMessage, Record, Topics
 
 _CBOR_LABELS = {"bn": -2, "bt": -3, "n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4}
 
@@ -98,26 +98,36 @@ def _json_pack(record: Record, site: str, gateway_id: str) -> str:
         head += f'"policy":{_string(record.policy)},'
     entries = []
     for m in record.measurements:
-        entry = _entries.get((m.name, m.unit))
-        if entry is None:
-            entry = f'"n":{_string(m.name)},' + (f'"u":{_string(m.unit)},' if m.unit else "")
-            if len(_entries) < 4096:
-                _entries[(m.name, m.unit)] = entry
         value = m.value
-        if value is True or value is False:
-            entry += '"vb":true}' if value else '"vb":false}'
-        elif isinstance(value, str):
-            entry += f'"vs":{_string(value)}}}'
-        else:
-            entry += f'"v":{_number(value)}}}'
+        key = (m.name, m.unit, value.__class__, value)  # the class: True == 1 == 1.0 as keys
+        entry = _entries.get(key)
+        if entry is None:
+            entry = _entry(m)
+            if len(_entries) >= _ENTRIES_KEPT:
+                _entries.clear()
+            _entries[key] = entry
         entries.append(entry)
     if not entries:
         return "[]"
     return f"[{head}{',{'.join(entries)}]"  # each entry ends with its "}"
 
 
+def _entry(m: Measurement) -> str:
+    """A measurement's entry but for its opening brace: '"n":...,"u":...,"v":...}'."""
+    entry = f'"n":{_string(m.name)},' + (f'"u":{_string(m.unit)},' if m.unit else "")
+    value = m.value
+    if value is True or value is False:
+        return entry + ('"vb":true}' if value else '"vb":false}')
+    if isinstance(value, str):
+        return entry + f'"vs":{_string(value)}}}'
+    return entry + f'"v":{_number(value)}}}'
+
+
 _string = json.encoder.encode_basestring  # the json module's (C) encoder, ensure_ascii=False
-_entries: dict[tuple[str, str], str] = {}  # name, unit -> '"n":...,"u":...,' (few: quantities)
+# (name, unit, value's class, value) -> its entry: a node's readings repeat their few values,
+# so most entries are written once. Cleared whole when full: simple and bounded.
+_entries: dict[tuple[str, str, type, object], str] = {}
+_ENTRIES_KEPT = 16_384
 
 
 def _number(value: float) -> str:

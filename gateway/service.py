@@ -206,10 +206,13 @@ class Gateway:
         if command is not None and command.version is not None:
             await self.ingest.send_config(command.node_id)
 
-    def _published(self, message: OutMessage, seconds: float | None) -> None:
-        self.metrics.published.inc()
-        if seconds is not None:
-            self.metrics.latency.observe(seconds)
+    def _published(self, latencies: list[float | None]) -> None:
+        """What one PUBACK acknowledged (Uplink's on_published)."""
+        self.metrics.published.inc(len(latencies))
+        observe = self.metrics.latency.observe
+        for seconds in latencies:
+            if seconds is not None:
+                observe(seconds)
 
     # -- housekeeping: spool expiry, gauges, systemd watchdog ----------------------------------
 

@@ -146,7 +146,9 @@ class SpoolQueue(Protocol):
     def published(self, seqs: list[int], /) -> object: ...
 
 
-OnPublished = Callable[[OutMessage, float | None], None]
+# what one PUBACK acknowledged: each message's seconds from its arrival (OutMessage.created)
+# to the PUBACK, None where unknown; called once per MQTT message, so per pack, not per record
+OnPublished = Callable[[list[float | None]], None]
 OnMessage = Callable[[str, bytes], Awaitable[None]]  # topic, payload
 
 
@@ -755,8 +757,7 @@ class Uplink:
             if offered.seq is not None:
                 self._live_seqs.discard(offered.seq)
                 acked_seqs.append(offered.seq)
-        for message in pack.messages:
-            self._published_one(message, acked_at)
+        self._published(pack.messages, acked_at)
         if acked_seqs:
             # Deleted later, several batches in one transaction (_work). A crash before the
             # delete means duplicates, never a loss.
@@ -797,12 +798,14 @@ class Uplink:
             if self._undeleted:
                 self._delete_due = time.monotonic() + self._delete_after
 
-    def _published_one(self, msg: OutMessage, acked_at: float) -> None:
-        self.published += 1
+    def _published(self, messages: Sequence[OutMessage], acked_at: float) -> None:
+        self.published += len(messages)
         if self._on_published is not None:
-            latency = None if msg.created is None else max(0.0, acked_at - msg.created)
+            latencies = [
+                None if m.created is None else max(0.0, acked_at - m.created) for m in messages
+            ]
             try:
-                self._on_published(msg, latency)
+                self._on_published(latencies)
             except Exception:
                 log.exception("on_published callback failed")
 

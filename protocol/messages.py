@@ -457,6 +457,8 @@ class Ack(Message):
         if not 1 <= len(self.counters) <= MAX_ACKED:
             return "ack needs 1.." + str(MAX_ACKED) + " counters"
         for c in self.counters:
+            if type(c) is int and 0 <= c <= UINT32_MAX:  # the common case, cheaply
+                continue
             problem = _int_problem(c, 0, UINT32_MAX, "acked counter")
             if problem:
                 return problem

@@ -64,7 +64,7 @@ async def test_acknowledged_before_the_commit_never_enters_the_spool(
     latencies: list[float | None] = []
     async with (
         subscribed(broker, DATA) as sub,
-        uplink_for(broker, spool, on_published=lambda m, s: latencies.append(s)) as up,
+        uplink_for(broker, spool, on_published=latencies.extend) as up,
     ):
         await until(lambda: up.connected, "connected")
         await until(lambda: up.offer([]) == [] and up._live_open, "live path open")

@@ -60,3 +60,11 @@ def test_a_joined_pack_holds_its_parts_records_in_order(
 def test_join_refuses_what_is_not_a_cbor_pack() -> None:
     with pytest.raises(ValueError, match="CBOR array"):
         senml.join([b"\xa0", b"\x80"], "senml+cbor")
+
+
+def test_equal_values_of_other_types_keep_their_own_entries() -> None:
+    """The writer remembers each measurement's entry by its value; True, 1 and 1.0 are equal
+    as keys, yet each is written as itself, whichever came first."""
+    for value, entry in [(1, '"v":1}'), (True, '"vb":true}'), (1.0, '"v":1.0}'), (1, '"v":1}')]:
+        record = Record("readings", 1, "", 0.0, "m", (Measurement("x", "", value),))
+        assert senml.encode(record, TOPICS, "senml+json").payload.endswith(f"{entry}]".encode())

@@ -204,9 +204,7 @@ async def test_delivers_in_order_exactly_once_and_deletes_only_after_puback(
     handed = handed_to_mqtt(monkeypatch)
     window = 32  # PUBLISHes awaiting their PUBACK at most (Uplink's default)
     async with subscribed(broker, "edgeveil/#") as sub:
-        async with uplink_for(
-            broker, spool, window=window, on_published=lambda m, s: latencies.append(s)
-        ) as up:
+        async with uplink_for(broker, spool, window=window, on_published=latencies.extend) as up:
             await sub.wait_for(lambda got: availability(got) == b"online")
             first = messages(0, 300)
             put_at = time.time()  # the latencies are measured on this clock (put to PUBACK)

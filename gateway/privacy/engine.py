@@ -273,6 +273,7 @@ class PolicyEngine:
         self.policy = policy
         self._states: dict[str, _State] = {}
         self._routes: dict[int, _State] = {}
+        self._readings_windowed = False
         self._observations: _State | None = None
         self._status: _State | None = None
         self._event: _State | None = None
@@ -304,6 +305,9 @@ class PolicyEngine:
             if stream is not None:
                 routes[qid] = states[stream.name]
         self._routes = routes
+        # whether any readings go into windows: if none do (a policy that only passes them),
+        # readings are not staged for commit(), which would have nothing to add
+        self._readings_windowed = any(r.windows is not None for r in routes.values())
 
         def one(message: str) -> _State | None:
             stream = policy.stream_for(message)
@@ -355,7 +359,8 @@ class PolicyEngine:
             self._note_node(node_id, zone, arrival)
         if isinstance(message, Readings):
             if self._staged is not None:  # its windows at commit(); its pass record now
-                self._staged.append((node_id, zone, counter, message, arrival))
+                if self._readings_windowed:
+                    self._staged.append((node_id, zone, counter, message, arrival))
                 return self._readings(node_id, zone, counter, message, arrival, windows=False)
             return self._readings(node_id, zone, counter, message, arrival)
         if isinstance(message, Observations):
