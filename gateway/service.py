@@ -41,7 +41,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import start_http_server
 
@@ -53,9 +53,7 @@ from .config import GatewayConfig, MqttConfig
 from .errors import ConfigError, EdgeveilError, SpoolFullError, StorageError
 from .homeassistant import Discovery
 from .ingest import Ingest
-from .lora.forwarder import ForwarderTransport
 from .lora.radio import RadioMeta
-from .lora.spi import SpiTransport
 from .metrics import Metrics
 from .node_config import NodeConfigs
 from .node_health import SAVE_S as HEALTH_SAVE_S
@@ -78,6 +76,10 @@ from .sqlite import (
 from .transport import SerialTransport
 from .uplink import Uplink
 from .zones import SharedZones, served_zones
+
+if TYPE_CHECKING:
+    from .lora.forwarder import ForwarderTransport
+    from .lora.spi import SpiTransport
 
 log = logging.getLogger("edgeveil.gateway")
 
@@ -499,11 +501,17 @@ class Gateway:
                 self.transports[port.name] = SerialTransport(port, self._on_data, self._on_state)
             # LoRa: the radio's packet length delimits frames, so no link decoder; the radio
             # metadata goes with each frame to ingest (downlink routing) and nowhere else
+            if config.packet_forwarders:
+                # imported only when configured: a serial-only gateway keeps the LoRa modules'
+                # memory (about 0.4 MB resident) free on the Raspberry Pi
+                from .lora.forwarder import ForwarderTransport  # noqa: PLC0415
             for forwarder in config.packet_forwarders:
                 self.metrics.link_up.labels(forwarder.name).set(0)
                 self.lora[forwarder.name] = ForwarderTransport(
                     forwarder, self.ingest.submit, self._on_state, metrics=self.metrics
                 )
+            if config.spi_radios:
+                from .lora.spi import SpiTransport  # noqa: PLC0415 - as ForwarderTransport
             for radio in config.spi_radios:
                 self.metrics.link_up.labels(radio.name).set(0)
                 self.lora[radio.name] = SpiTransport(
