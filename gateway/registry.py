@@ -313,17 +313,31 @@ def _command(row: tuple[Any, ...]) -> Command:
 class NodeEntry:
     """A registered node as the ingest stage uses it.
 
-    `keys` is derived once per process; `window` is the one live replay window of the node:
-    get() returns the same object every time, and NodeRegistry.accept() moves it.
+    `keys` is derived once per process, when first used (the node's first frame or downlink):
+    the service loads every registered node's entry at start, and of 1,000 registered nodes
+    a few may send, so deriving them all (three HKDFs and two AEAD objects each, about 0.6 KB)
+    would only fill the Raspberry Pi's memory. `window` is the one live replay window of the
+    node: get() returns the same object every time, and NodeRegistry.accept() moves it.
     """
 
-    __slots__ = ("epoch", "keys", "node_id", "rekey", "replaces", "revoked", "window", "zone")
+    __slots__ = (
+        "_keys",
+        "_secret",
+        "epoch",
+        "node_id",
+        "rekey",
+        "replaces",
+        "revoked",
+        "window",
+        "zone",
+    )
 
     def __init__(
         self,
         node_id: int,
         zone: str,
-        keys: NodeKeys,
+        secret: bytes,
+        epoch: int,
         window: ReplayWindow,
         *,
         revoked: bool = False,
@@ -332,12 +346,27 @@ class NodeEntry:
     ) -> None:
         self.node_id = node_id
         self.zone = zone
-        self.keys = keys
-        self.epoch = keys.epoch  # the node's current key epoch here; older ones are refused
+        self._secret = secret
+        self._keys: NodeKeys | None = None
+        self.epoch = epoch  # the node's current key epoch here; older ones are refused
         self.window = window
         self.rekey = rekey  # the epoch a requested re-key moves it to, until it is heard there
         self.revoked = revoked  # its frames are refused (NodeRegistry.revoke)
         self.replaces = replaces  # the node its first accepted frame revokes
+
+    @property
+    def keys(self) -> NodeKeys:
+        """The node's keys at its current epoch. get() checked the secret and epoch, so the
+        derivation cannot fail; two threads deriving at once get equal keys."""
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = NodeKeys(self.node_id, self._secret, epoch=self.epoch)
+        return keys
+
+    def switch(self, keys: NodeKeys) -> None:
+        """The node moved to the epoch of `keys` (NodeRegistry._switched)."""
+        self._keys = keys
+        self.epoch = keys.epoch
 
     def __repr__(self) -> str:  # never the secret or the keys
         return f"NodeEntry(node_id={self.node_id}, zone={self.zone!r})"
@@ -614,16 +643,22 @@ class NodeRegistry(Closing):
             for counter, (p_epoch, p_state, _d) in sorted(self._pending.get(node_id, {}).items()):
                 if (p_epoch, p_state) == (epoch, state):  # accepted, not yet folded in
                     _take(window, counter)
-            try:
-                keys = NodeKeys(node_id, secret, epoch=epoch)
-            except LocalProtocolError as exc:  # its message never shows the value
-                raise RegistryError(f"node {node_id}: stored secret is unusable: {exc}") from None
+            if not (MIN_SECRET <= len(secret) <= MAX_SECRET and 0 <= epoch <= MAX_EPOCH):
+                # what NodeKeys refuses, refused now as when the keys were derived here: by
+                # NodeKeys itself, in its words (the entry derives them on first use)
+                try:
+                    NodeKeys(node_id, secret, epoch=epoch)
+                except LocalProtocolError as exc:  # its message never shows the value
+                    raise RegistryError(
+                        f"node {node_id}: stored secret is unusable: {exc}"
+                    ) from None
             revoked = fp_revoked is not None and bytes(fp_revoked) == fp
             pending = fp_rekey is not None and bytes(fp_rekey) == fp and int(rekey) > epoch
             entry = NodeEntry(
                 node_id,
                 str(zone),
-                keys,
+                secret,
+                epoch,
                 window,
                 revoked=revoked,
                 replaces=None if replaces is None else int(replaces),
@@ -998,8 +1033,7 @@ class NodeRegistry(Closing):
     def _switched(self, node_id: int, epoch: int, state: bytes) -> None:
         """The node's entry after its move to `epoch` was committed."""
         entry = self._entries[node_id]
-        entry.keys = self.keys_for(node_id, epoch)
-        entry.epoch = epoch
+        entry.switch(self.keys_for(node_id, epoch))
         entry.window = ReplayWindow()
         if entry.rekey is not None and entry.rekey <= epoch:
             entry.rekey = None

@@ -111,6 +111,40 @@ def test_add_get_keys(reg: NodeRegistry) -> None:
     assert reg.get(-1) is None
 
 
+def test_keys_derived_on_first_use(reg: NodeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the service loads every registered node's entry at start; only the nodes that send
+    # need keys (memory on the Raspberry Pi)
+    derived: list[int] = []
+
+    def counting(node_id: int, secret: bytes, epoch: int = 0) -> NodeKeys:
+        derived.append(node_id)
+        return NodeKeys(node_id, secret, epoch=epoch)
+
+    for node_id in (1, 2, 3):
+        reg.add(node_id, SECRET, "a")
+    monkeypatch.setattr("gateway.registry.NodeKeys", counting)
+    entries = [reg.get(node_id) for node_id in reg.node_ids()]
+    assert reg.served() == {1: "a", 2: "a", 3: "a"}
+    assert derived == []
+    entry = entries[1]
+    assert entry is not None
+    assert entry.keys.uplink_key == NodeKeys(2, SECRET).uplink_key
+    assert entry.keys is entry.keys
+    assert derived == [2]
+
+
+def test_an_unusable_stored_secret_is_refused_when_loaded(reg: NodeRegistry, path: Path) -> None:
+    """A file changed behind the registry's back: refused by get(), as the service loads
+    the nodes at start, not at the node's first frame."""
+    reg.add(5, SECRET, "a")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE nodes SET secret = ? WHERE node_id = 5", (b"short",))
+    reg.reload_if_changed()
+    problem = "node secret must be 16..64 bytes"
+    with pytest.raises(RegistryError, match=f"^node 5: stored secret is unusable: {problem}$"):
+        reg.get(5)
+
+
 def test_set_of_nodes(reg: NodeRegistry) -> None:
     assert len(reg) == 0
     reg.add(3, SECRET)
