@@ -124,13 +124,24 @@ def _emulate(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
 
-def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_emulate(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, arguments: bool = True
+) -> None:
+    summary = (
+        "run emulated nodes: the real node firmware, over pseudo-terminals or a simulated "
+        "LoRa channel (no hardware)"
+    )
+    if not arguments:
+        # another command runs: its help would import the emulator (about 0.5 MB resident
+        # for as long as a gateway runs, on a Raspberry Pi); `edgeveil --help` shows the
+        # summary only
+        commands.add_parser("emulate", help=summary)
+        return
     from .emulate import faults_help, scenario_help  # noqa: PLC0415
 
     emulate = commands.add_parser(
         "emulate",
-        help="run emulated nodes: the real node firmware, over pseudo-terminals or a simulated "
-        "LoRa channel (no hardware)",
+        help=summary,
         description="Start N emulated nodes: the unchanged node firmware on CPython, each on "
         "its own pseudo-terminal that a gateway opens like a USB-serial board. Prints one line "
         "per node (node id, device path, zone) and the path of a node registry the gateway "
@@ -564,7 +575,9 @@ def _add_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     policy.set_defaults(handler=_policy)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given the `command` to run, only its arguments need building
+    (the emulate command's are left out for the others)."""
     parser = argparse.ArgumentParser(
         prog="edgeveil",
         description="Privacy-preserving edge gateway for sensor networks.",
@@ -611,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decode.set_defaults(handler=_decode)
 
-    _add_emulate(commands)
+    _add_emulate(commands, arguments=command in (None, "emulate"))
     from .node.cli import add_node_commands  # noqa: PLC0415 - argparse only; handlers lazy
 
     add_node_commands(commands)
@@ -619,8 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # no option takes a value
+    args = build_parser(command).parse_args(argv)
     try:
         status: int = args.handler(args)
     except CliError as exc:
