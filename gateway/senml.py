@@ -127,7 +127,7 @@ _string = json.encoder.encode_basestring  # the json module's (C) encoder, ensur
 # (name, unit, value's class, value) -> its entry: a node's readings repeat their few values,
 # so most entries are written once. Cleared whole when full: simple and bounded.
 _entries: dict[tuple[str, str, type, object], str] = {}
-_ENTRIES_KEPT = 16_384
+_ENTRIES_KEPT = 4096
 
 
 def _number(value: float) -> str:
