@@ -428,14 +428,11 @@ class Ingest:
             self._counter_low(port, entry, message.value)
 
     def _health(self, node_id: int, message: Message) -> None:
-        """What a new frame tells of its node's health: readings (their interval), a status,
-        a boot event."""
+        """What a new frame other than readings (_requests tells their interval) tells of its
+        node's health: a status, a boot event."""
         assert self.health is not None  # noqa: S101 - the caller checked
-        now = time.time()
-        if isinstance(message, Readings):
-            self.health.reading(node_id, now)
-        elif isinstance(message, Status):
-            self.health.status(node_id, dict(message.fields), now)
+        if isinstance(message, Status):
+            self.health.status(node_id, dict(message.fields), time.time())
         elif isinstance(message, Event) and message.code == _BOOT:
             self.health.boot(node_id, message.value)
 

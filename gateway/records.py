@@ -91,7 +91,6 @@ class Topics:
     _node_topics: dict[tuple[int, str], str] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-
     _base: str = field(init=False, repr=False, compare=False)  # computed once: per message
 
     def __post_init__(self) -> None:
@@ -104,7 +103,7 @@ class Topics:
     def node(self, node_id: int, kind: str) -> str:
         topic = self._node_topics.get((node_id, kind))
         if topic is None:
-            topic = f"{self.base}/node/{node_id}/{kind}"
+            topic = f"{self._base}/node/{node_id}/{kind}"
             if len(self._node_topics) >= _NODE_TOPICS_KEPT:
                 self._node_topics.clear()  # simple and bounded
             self._node_topics[(node_id, kind)] = topic

@@ -96,7 +96,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import LocalProtocolError, NodeKeys, RemoteProtocolError, ReplayWindow
-from protocol.keys import MAX_EPOCH, MAX_NODE_ID, MAX_SECRET, MIN_SECRET
+from protocol.keys import MAX_EPOCH, MAX_NODE_ID, MAX_SECRET, MIN_SECRET, check_key_inputs
 from protocol.replay import DUPLICATE
 
 from .errors import RegistryError
@@ -643,15 +643,10 @@ class NodeRegistry(Closing):
             for counter, (p_epoch, p_state, _d) in sorted(self._pending.get(node_id, {}).items()):
                 if (p_epoch, p_state) == (epoch, state):  # accepted, not yet folded in
                     _take(window, counter)
-            if not (MIN_SECRET <= len(secret) <= MAX_SECRET and 0 <= epoch <= MAX_EPOCH):
-                # what NodeKeys refuses, refused now as when the keys were derived here: by
-                # NodeKeys itself, in its words (the entry derives them on first use)
-                try:
-                    NodeKeys(node_id, secret, epoch=epoch)
-                except LocalProtocolError as exc:  # its message never shows the value
-                    raise RegistryError(
-                        f"node {node_id}: stored secret is unusable: {exc}"
-                    ) from None
+            try:  # refused now, not at the node's first frame: the entry derives its keys then
+                check_key_inputs(node_id, secret, epoch)
+            except LocalProtocolError as exc:  # its message never shows the value
+                raise RegistryError(f"node {node_id}: stored secret is unusable: {exc}") from None
             revoked = fp_revoked is not None and bytes(fp_revoked) == fp
             pending = fp_rekey is not None and bytes(fp_rekey) == fp and int(rekey) > epoch
             entry = NodeEntry(

@@ -48,23 +48,27 @@ def _derive(secret: bytes, kid: bytes, label: str, length: int, epoch: int) -> b
     return hkdf_sha256(secret, b"", cbor_dumps(items), length)
 
 
+def check_key_inputs(node_id: int, secret: bytes, epoch: int = 0) -> None:
+    """Raise LocalProtocolError unless NodeKeys can derive keys from these; the message never
+    shows the secret. For those who keep a secret to derive from later (the gateway's
+    registry)."""
+    if type(node_id) is not int or not 0 <= node_id <= MAX_NODE_ID:
+        raise LocalProtocolError("node id must be an integer 0.." + str(MAX_NODE_ID))
+    if not isinstance(secret, (bytes, bytearray)) or not MIN_SECRET <= len(secret) <= MAX_SECRET:
+        raise LocalProtocolError(
+            "node secret must be " + str(MIN_SECRET) + ".." + str(MAX_SECRET) + " bytes"
+        )
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        raise LocalProtocolError("key epoch must be an integer 0.." + str(MAX_EPOCH))
+
+
 class NodeKeys:
     """Everything needed to seal and open one node's frames. Never log or print the fields."""
 
     def __init__(
         self, node_id: int, secret: bytes, aead_factory: "Any" = None, epoch: int = 0
     ) -> None:
-        if type(node_id) is not int or not 0 <= node_id <= MAX_NODE_ID:
-            raise LocalProtocolError("node id must be an integer 0.." + str(MAX_NODE_ID))
-        if (
-            not isinstance(secret, (bytes, bytearray))
-            or not MIN_SECRET <= len(secret) <= MAX_SECRET
-        ):
-            raise LocalProtocolError(
-                "node secret must be " + str(MIN_SECRET) + ".." + str(MAX_SECRET) + " bytes"
-            )
-        if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
-            raise LocalProtocolError("key epoch must be an integer 0.." + str(MAX_EPOCH))
+        check_key_inputs(node_id, secret, epoch)
         factory = aead_factory or new_aead
         self.node_id = node_id
         self.epoch = epoch

@@ -202,7 +202,6 @@ def test_every_returned_put_survives_kill_9(tmp_path: Path, rng: random.Random) 
     """A writer killed with SIGKILL at random moments loses nothing whose put() returned, and
     keeps each batch whole: what is stored is exactly batches 0..n-1."""
     batch = 7
-    total_returned = 0
     runs = 10
     paths = [tmp_path / f"spool{run}.sqlite" for run in range(runs)]
     with contextlib.ExitStack() as children:
@@ -220,13 +219,14 @@ def test_every_returned_put_survives_kill_9(tmp_path: Path, rng: random.Random) 
         for path, proc in zip(paths, procs, strict=True):
             assert proc.stdout is not None
             assert proc.stdout.readline() == "ready\n"
+            # its first put returned: each writer has work to lose, however busy the machine
+            assert proc.stdout.readline() == "0\n"
             time.sleep(rng.uniform(0.0, 0.15))  # the power goes at a random moment
             os.kill(proc.pid, signal.SIGKILL)
             out = proc.communicate(timeout=10)[0]
             assert proc.returncode == -signal.SIGKILL
             lines = out.split("\n")[:-1]  # only whole lines: the last may have been cut
-            returned = int(lines[-1]) if lines else -1  # the highest batch whose put() returned
-            total_returned += returned + 1
+            returned = int(lines[-1]) if lines else 0  # the highest batch whose put() returned
             with Spool.open(path, 10**6, 10**6, "drop_oldest") as spool:
                 stored = ids(spool.peek(10**6))
                 assert spool.depth == len(stored)
@@ -234,7 +234,6 @@ def test_every_returned_put_survives_kill_9(tmp_path: Path, rng: random.Random) 
             n = len(stored) // batch
             assert n in (returned + 1, returned + 2)  # the batch in flight may have committed
             assert stored == [f"m{i}" for i in range(n * batch)]
-    assert total_returned > runs  # the writers did get some work done
 
 
 def test_the_journal_is_written_with_the_messages_and_forgotten_on_request(path: Path) -> None:
