@@ -273,10 +273,16 @@ class Uplink:
         # refused): oldest first
         self._undeleted: list[int] = []
         self._delete_due = 0.0
-        # the live path (offer(), settle()): messages published before they are stored
-        self._live_open = False  # the spool holds nothing older that waits: offers go out now
+        # the live path (offer(), settle()): messages published before they are stored. It
+        # opens in two steps (_work_on): `open`, offers join the live queue instead of being
+        # held for the spool; `ready`, the queue is published, once everything handed to the
+        # spool before is published. Between the two, the last held messages are stored and
+        # drained, and the queue waits behind them.
+        self._live_open = False
+        self._live_ready = False
         self._live_queue: list[Offered] = []  # offered, to be published
         self._live_unsettled = 0  # offered and not published, not yet stored by ingest
+        self._handed_to_spool = 0  # offered messages left to the spool so far (held, failed)
         self._live_inflight = 0  # offered, queued or awaiting PUBACK
         self._live_seqs: set[int] = set()  # stored while in flight: the drain leaves them
         self._live_flushed = 0.0  # when offered messages were last taken (LIVE_GATHER_S)
@@ -310,9 +316,11 @@ class Uplink:
         batch, then calls settle() with each one's sequence number (None: not stored). An
         acknowledged frame's messages are thus in the spool or acknowledged by the broker, and
         a message published live and then stored is not published again from the spool. The
-        live path opens when the uplink has published everything stored and everything held
-        is stored; it closes when a message must be held (the connection is down, or
-        LIVE_LIMIT wait). So a node's messages leave in order on either path.
+        live path closes when a message must be held (the connection is down, or LIVE_LIMIT
+        wait); it opens again in two steps: once the drain finds nothing stored left to
+        publish, offers join the live queue rather than the spool; once everything held
+        before them is stored and published too, the queue goes (_caught_up). So a node's
+        messages leave in order on either path.
         """
         now = time.time()  # for a message that does not say when it arrived (latency)
         offered = [Offered(m if m.created else replace(m, created=now)) for m in messages]
@@ -323,10 +331,17 @@ class Uplink:
             self._live_inflight += len(offered)
             self._wake.set()
         else:
-            self._live_open = False  # what follows must not overtake these
+            # what follows must not overtake these: the live path closes, and what waits in
+            # its queue, offered before these, goes the spool's way too (else it could wait
+            # behind them)
+            for queued in self._live_queue:
+                self._fail(queued)
+            self._live_queue = []
+            self._live_open = self._live_ready = False
             for o in offered:
                 o.state = HELD
             self._live_unsettled += len(offered)
+            self._handed_to_spool += len(offered)
         return offered
 
     def settle(self, stored: Iterable[tuple[Offered, int | None]]) -> None:
@@ -393,7 +408,7 @@ class Uplink:
                     self._lost(f"{type(exc).__name__}: {exc}", exc)
                 finally:
                     self.connected = False
-                    self._live_open = False
+                    self._live_open = self._live_ready = False
                     for offered in self._live_queue:  # never published: the spool's now
                         self._fail(offered)
                     self._live_queue = []
@@ -536,19 +551,23 @@ class Uplink:
                 len(self._undeleted) >= DELETE_BATCH or time.monotonic() >= self._delete_due
             ):
                 await self._delete()
-            if self._live_queue:  # offered before they were stored: not in the spool's order
+            if self._live_queue and self._live_ready:  # offered: not in the spool's order
                 await self._publish(client, [], await self._take_live())
                 if not self._spool_news:  # else the spool's turn: no starving it under load
                     continue
-            if self._live_open and not self._spool_news and time.monotonic() < self._poll_due:
+            if self._live_ready and not self._spool_news and time.monotonic() < self._poll_due:
                 # nothing new was stored for the drain (notify, settle and a failure say so):
                 # no peek, whose thread hop and wait for the spool's lock (held through a
                 # group's fsync) would hold back the next live message
                 await self._idle()
                 continue
+            if self._live_open and self._live_unsettled and not self._spool_news:
+                await self._idle()  # the last held messages are being stored: settle() wakes
+                continue
             self._spool_news = False
             self._poll_due = time.monotonic() + self._poll_interval
             held = self._live_unsettled  # before the peek: what is held is stored by then
+            handed = self._handed_to_spool  # and more handed over during it: not seen by it
             after = max(self._undeleted, default=0)
             live_before = set(self._live_seqs)  # acknowledged during the peek: still left out
             peeked = await asyncio.to_thread(self._spool.peek, self._batch, after)
@@ -558,8 +577,9 @@ class Uplink:
                 self._spool_news = True  # there may be more
                 await self._publish(client, batch, [])
                 continue
-            if not held and not self._live_open:
-                self._live_open = True  # caught up: new messages go out as they come
+            self._caught_up(held, handed)
+            if self._live_queue or not self._live_ready:
+                continue  # publish the queue, or peek again once the held are stored
             await self._idle()
         if self._awaiting:  # a clean stop: their PUBACKs first
             self._all_acked = asyncio.Event()
@@ -570,6 +590,16 @@ class Uplink:
         if self._undeleted:
             await self._delete()  # a clean stop leaves nothing to publish twice
         await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=5.0)
+
+    def _caught_up(self, held: int, handed: int) -> None:
+        """The drain's peek found nothing left to publish: offers join the live queue from
+        now on. The queue may go once nothing handed to the spool is left: when the peek
+        began, all of it was stored (`held`: none unsettled), and none was handed over while
+        it ran (`handed`: the count then). Otherwise another peek decides, once the held
+        messages are stored: until then the queue waits behind them."""
+        self._live_open = True
+        if not held and handed == self._handed_to_spool:
+            self._live_ready = True
 
     async def _take_live(self) -> list[Offered]:
         """The offered messages to publish now; under load (LIVE_BUSY), once LIVE_GATHER_S
@@ -766,7 +796,8 @@ class Uplink:
     def _fail(self, offered: Offered) -> None:
         """An offered message that was not acknowledged: the spool publishes it (it stores it
         if it has not yet), after the messages before it. The live path closes until then."""
-        self._live_open = False
+        self._live_open = self._live_ready = False
+        self._handed_to_spool += 1
         if offered.state in (QUEUED, INFLIGHT):
             self._live_inflight -= 1
         offered.state = FAILED

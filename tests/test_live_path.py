@@ -12,13 +12,15 @@ across the switch between the live path and the spool.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.records import OutMessage
-from gateway.uplink import HELD, Offered, Uplink
+from gateway.uplink import HELD, QUEUED, Offered, Uplink
 
 from .mosquitto import Mosquitto
 from .test_uplink import (
@@ -67,7 +69,7 @@ async def test_acknowledged_before_the_commit_never_enters_the_spool(
         uplink_for(broker, spool, on_published=latencies.extend) as up,
     ):
         await until(lambda: up.connected, "connected")
-        await until(lambda: up.offer([]) == [] and up._live_open, "live path open")
+        await until(lambda: up.offer([]) == [] and up._live_ready, "live path ready")
         sent = messages(0, 40)
         offered = up.offer(sent)
         assert all(o.state != HELD for o in offered)  # published now, not held
@@ -84,7 +86,7 @@ async def test_stored_while_in_flight_leaves_the_spool_after_its_puback_and_only
     broker: Mosquitto, spool: RecordingSpool
 ) -> None:
     async with subscribed(broker, DATA) as sub, uplink_for(broker, spool) as up:
-        await until(lambda: up._live_open, "live path open")
+        await until(lambda: up._live_ready, "live path ready")
         broker.pause()  # takes the bytes, sends no PUBACK
         sent = messages(0, 30)
         offered = up.offer(sent)
@@ -105,14 +107,14 @@ async def test_stored_while_in_flight_leaves_the_spool_after_its_puback_and_only
 async def test_nothing_is_lost_and_order_holds_across_a_broker_outage(
     broker: Mosquitto, spool: RecordingSpool
 ) -> None:
-    """Offers while the broker is away are held for the spool; offers after it is back go to
-    the spool too until it has published everything held, so no message overtakes an older
-    one of its topic."""
+    """Offers while the broker is away are held for the spool; offers after it is back wait
+    (held for the spool, or queued for the live path) until everything held before them is
+    published, so no message overtakes an older one of its topic."""
     async with (
         subscribed(broker, DATA, session="live-path-consumer") as sub,
         uplink_for(broker, spool) as up,
     ):
-        await until(lambda: up._live_open, "live path open")
+        await until(lambda: up._live_ready, "live path ready")
         before = messages(0, 9)
         store(up, spool, up.offer(before))
         broker.stop()
@@ -123,7 +125,8 @@ async def test_nothing_is_lost_and_order_holds_across_a_broker_outage(
         broker.start()
         await until(lambda: up.connected, "reconnected")
         after = up.offer(messages(39, 30))  # before `held` is stored: must wait behind it
-        assert all(o.state == HELD for o in after)
+        await asyncio.sleep(0.2)  # time to publish them, were the live path to let them go
+        assert all(o.state in (HELD, QUEUED) for o in after)  # neither published nor sent
         store(up, spool, held)
         store(up, spool, after)
         everything = messages(0, 69)
@@ -133,7 +136,71 @@ async def test_nothing_is_lost_and_order_holds_across_a_broker_outage(
         for topic, payloads in by_topic(everything).items():
             firsts = list(dict.fromkeys(received[topic]))  # a consumer drops duplicates
             assert firsts == payloads, topic  # all, in order
-        await until(lambda: up._live_open, "live path open again once drained")
+        await until(lambda: up._live_ready, "live path ready again once drained")
+
+
+class PausingSpool(RecordingSpool):
+    """Once armed, pauses the first peek that finds nothing after one that found something,
+    after its read: the moment the uplink decides that it has drained the spool."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.armed = False
+        self.found = False
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def peek(self, limit: int, after: int = 0) -> list[tuple[int, OutMessage]]:
+        rows = super().peek(limit, after)
+        if self.armed and rows:
+            self.found = True
+        elif self.armed and self.found:
+            self.armed = False
+            self.paused.set()
+            self.resume.wait(10)
+        return rows
+
+
+@pytest.mark.asyncio
+async def test_an_offer_held_during_the_drains_last_peek_is_not_overtaken(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """Messages held while the drain's last peek runs are not in what it read: the live path
+    must not publish newer offers before they are stored and drained. (At 20 serial links'
+    line rate after an outage, `benchmarks/bench_gateway.py --outage` saw a node's older
+    readings arrive after newer ones this way.)"""
+    path = tmp_path / "pausing"
+    path.mkdir()
+    spool = PausingSpool.open(path / "spool.db", 1_000_000, 3600, "drop_oldest")
+    assert isinstance(spool, PausingSpool)
+    with spool:
+        async with (
+            subscribed(broker, DATA, session="live-path-consumer") as sub,
+            uplink_for(broker, spool) as up,
+        ):
+            await until(lambda: up._live_ready, "live path ready")
+            broker.stop()
+            await until(lambda: not up.connected, "connection lost")
+            store(up, spool, up.offer(messages(0, 9)))  # held, and stored
+            spool.armed = True
+            broker.start()  # the drain publishes those, then peeks and finds nothing
+            assert await asyncio.to_thread(spool.paused.wait, 10)
+            late = up.offer(messages(9, 9))  # offered during that peek, after its read
+            assert all(o.state == HELD for o in late)
+            spool.resume.set()
+            await until(lambda: up._live_open, "live path open")
+            newest = up.offer(messages(18, 9))
+            await asyncio.sleep(0.2)  # time to publish them, were the live path to let them go
+            assert all(o.state == QUEUED for o in newest)  # waiting behind `late`
+            store(up, spool, late)
+            store(up, spool, newest)
+            everything = messages(0, 27)
+            await sub.wait_for(lambda got: len({r.payload for r in by_topic_data(got)}) >= 27)
+            received = by_topic(by_topic_data(sub.received))
+            for topic, payloads in by_topic(everything).items():
+                firsts = list(dict.fromkeys(received[topic]))  # a consumer drops duplicates
+                assert firsts == payloads, topic  # all, in order
+            await until(lambda: spool.held == 0, "all deleted")
 
 
 @pytest.mark.asyncio
@@ -144,7 +211,7 @@ async def test_the_spool_is_not_starved_by_steady_live_traffic(
     published after the live batch in flight, not once the nodes fall silent."""
     release = OutMessage("gw-1:people:z:0", TOPICS.zone("z", "people"), b'[{"n":"count","v":7}]')
     async with subscribed(broker, f"{TOPICS.base}/#") as sub, uplink_for(broker, spool) as up:
-        await until(lambda: up._live_open, "live path open")
+        await until(lambda: up._live_ready, "live path ready")
         stop = asyncio.Event()
 
         async def nodes_keep_sending() -> None:
@@ -171,7 +238,7 @@ async def test_a_busy_gateway_joins_a_nodes_records_and_a_quiet_one_sends_each_a
     broker: Mosquitto, spool: RecordingSpool
 ) -> None:
     async with subscribed(broker, DATA) as sub, uplink_for(broker, spool) as up:
-        await until(lambda: up._live_open, "live path open")
+        await until(lambda: up._live_ready, "live path ready")
         busy = messages(0, 36)  # a burst: more than LIVE_BUSY at once
         up.offer(busy)
         for i in range(50):  # then three nodes' readings, round after round
