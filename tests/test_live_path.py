@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from gateway import uplink as uplink_module
 from gateway.records import OutMessage
-from gateway.uplink import HELD, QUEUED, Offered, Uplink
+from gateway.uplink import FAILED, HELD, QUEUED, Offered, Uplink
 
 from .mosquitto import Mosquitto
 from .test_uplink import (
@@ -162,13 +163,17 @@ class PausingSpool(RecordingSpool):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("overflow", [False, True], ids=["queued", "queue-overflows"])
 async def test_an_offer_held_during_the_drains_last_peek_is_not_overtaken(
-    broker: Mosquitto, tmp_path: Path
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overflow: bool
 ) -> None:
     """Messages held while the drain's last peek runs are not in what it read: the live path
     must not publish newer offers before they are stored and drained. (At 20 serial links'
     line rate after an outage, `benchmarks/bench_gateway.py --outage` saw a node's older
-    readings arrive after newer ones this way.)"""
+    readings arrive after newer ones this way.) And when the newer offers waiting behind them
+    overflow LIVE_LIMIT, those already waiting go the spool's way with the ones held then,
+    before them in order."""
+    monkeypatch.setattr(uplink_module, "LIVE_LIMIT", 12)
     path = tmp_path / "pausing"
     path.mkdir()
     spool = PausingSpool.open(path / "spool.db", 1_000_000, 3600, "drop_oldest")
@@ -192,15 +197,23 @@ async def test_an_offer_held_during_the_drains_last_peek_is_not_overtaken(
             newest = up.offer(messages(18, 9))
             await asyncio.sleep(0.2)  # time to publish them, were the live path to let them go
             assert all(o.state == QUEUED for o in newest)  # waiting behind `late`
-            store(up, spool, late)
-            store(up, spool, newest)
-            everything = messages(0, 27)
-            await sub.wait_for(lambda got: len({r.payload for r in by_topic_data(got)}) >= 27)
+            offers = [late, newest]
+            if overflow:  # 9 waiting and 9 more: over the limit of 12
+                offers.append(up.offer(messages(27, 9)))
+                assert all(o.state == HELD for o in offers[-1])
+                assert all(o.state == FAILED for o in newest)  # left to the spool, before them
+            for offered in offers:  # each stored at its group's commit, in order
+                store(up, spool, offered)
+            everything = messages(0, 18 + 9 * len(offers[1:]))
+            await sub.wait_for(
+                lambda got: len({r.payload for r in by_topic_data(got)}) >= len(everything)
+            )
             received = by_topic(by_topic_data(sub.received))
             for topic, payloads in by_topic(everything).items():
                 firsts = list(dict.fromkeys(received[topic]))  # a consumer drops duplicates
                 assert firsts == payloads, topic  # all, in order
             await until(lambda: spool.held == 0, "all deleted")
+            await until(lambda: up._live_ready, "live path ready again")
 
 
 @pytest.mark.asyncio
