@@ -42,6 +42,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -483,33 +484,39 @@ class Uplink:
         """One connection's lifetime: returns after a clean stop, raises when it is lost."""
         self._paho_log.socket_error = None
         self._session_up = False
-        async with self._client() as client:
-            self._session_up = True
-            self._up_since = time.monotonic()
-            watch = asyncio.create_task(self._receive(client), name="edgeveil-uplink-watch")
-            work = asyncio.create_task(self._work(client), name="edgeveil-uplink-work")
-            try:
-                await asyncio.wait((watch, work), return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
+        client = self._client()
+        try:
+            async with client:
+                self._session_up = True
+                self._up_since = time.monotonic()
+                watch = asyncio.create_task(self._receive(client), name="edgeveil-uplink-watch")
+                work = asyncio.create_task(self._work(client), name="edgeveil-uplink-work")
+                try:
+                    await asyncio.wait((watch, work), return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    await _cancel(work)
+                    if not watch.done():
+                        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                            async with asyncio.timeout(2.0):
+                                await client.publish(
+                                    self.topics.availability, OFFLINE, qos=1, retain=True
+                                )
+                    await _cancel(watch)
+                    raise
+                if work.done() and not work.cancelled() and work.exception() is None:
+                    await _cancel(watch)
+                    return
                 await _cancel(work)
-                if not watch.done():
-                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                        async with asyncio.timeout(2.0):
-                            await client.publish(
-                                self.topics.availability, OFFLINE, qos=1, retain=True
-                            )
                 await _cancel(watch)
-                raise
-            if work.done() and not work.cancelled() and work.exception() is None:
-                await _cancel(watch)
-                return
-            await _cancel(work)
-            await _cancel(watch)
-            for task in (watch, work):  # the watcher's error names the cause of a loss
-                error = None if task.cancelled() else task.exception()
-                if error is not None:
-                    raise error
-            raise aiomqtt.MqttError("connection lost")  # both were cancelled: not expected
+                for task in (watch, work):  # the watcher's error names the cause of a loss
+                    error = None if task.cancelled() else task.exception()
+                    if error is not None:
+                        raise error
+                raise aiomqtt.MqttError("connection lost")  # both were cancelled: not expected
+        except BaseException:
+            if not self._session_up:
+                _abandon(client)  # the attempt failed before its CONNACK
+            raise
 
     async def _work(self, client: aiomqtt.Client) -> None:
         self._window_lock = asyncio.Semaphore(self._window)  # this connection's in flight
@@ -880,6 +887,25 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
     await asyncio.wait((task,))  # raises only if the caller itself is cancelled
     if not task.cancelled():
         task.exception()
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    """A connect attempt that failed (no CONNACK in time, or cancelled): reset its socket.
+
+    aiomqtt leaves it open, with its CONNECT sent. A broker that was only slow (stalled, or
+    busy: its kernel still accepts connections) would read that CONNECT later and connect the
+    abandoned client under our client id, taking over the connection that replaced it; and
+    aiomqtt would log that client's disconnection as a future's exception nobody retrieved. A
+    reset (SO_LINGER 0) makes the broker's kernel drop what it has not read, so the CONNECT is
+    never read; closing the socket through paho has aiomqtt stop watching it."""
+    paho = client._client  # aiomqtt's paho client, as in Uplink._work
+    sock = paho.socket()
+    if sock is None:
+        return  # the TCP connection itself failed: nothing was sent
+    if isinstance(sock, socket.socket):  # ssl.SSLSocket too
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    paho._sock_close()  # private: paho has no public way to drop a connection unsent
 
 
 def _describe(exc: aiomqtt.MqttError, socket_error: str | None = None) -> str:

@@ -308,6 +308,29 @@ async def test_broker_outage_loses_nothing_and_uplink_reconnects_by_itself(
 
 
 @pytest.mark.asyncio
+async def test_a_connect_attempt_that_timed_out_never_reaches_a_broker_that_was_only_slow(
+    broker: Mosquitto, spool: RecordingSpool
+) -> None:
+    """A stalled broker (SIGSTOP: its kernel still accepts connections) answers no CONNECT.
+    An attempt that timed out must not connect later, when the broker reads what it was sent
+    while stalled: with our client id, a late CONNECT would take over the connection that
+    replaced it, and the abandoned client would log a future's exception when it is dropped."""
+    settings = MqttConfig(host=broker.host, port=broker.port, keepalive_s=1)
+    async with uplink_for(broker, spool, config=settings, connect_timeout_s=0.5) as up:
+        await until(lambda: up.connected, "connected")
+        broker.pause()
+        try:
+            await until(lambda: up._failed_attempts >= 2, "two attempts timed out", timeout=15)
+        finally:
+            broker.resume()
+        await until(lambda: up.connected, "connected again", timeout=10)
+        await asyncio.sleep(0.5)  # the broker reads what it was sent while it was stopped
+        assert up.connected
+        connected_as_us = broker.log().count(f" as {up.client_id} (")
+        assert connected_as_us == 2, broker.log()  # the first connection and its successor
+
+
+@pytest.mark.asyncio
 async def test_broker_restart_gets_online_and_metadata_retained_again(
     broker: Mosquitto, spool: RecordingSpool
 ) -> None:
