@@ -69,6 +69,12 @@ never asserted. With --profile py-spy the profile covers the drain (from the gat
 PUBACK after the return until the backlog is back), not the measured seconds. The latency and
 CPU figures then span the outage and its drain: they are no steady-state figures.
 
+--stall (with --outage): the broker is stopped with SIGSTOP instead, and continued with
+SIGCONT: a broker that hangs rather than goes away. Its kernel still accepts connections and
+bytes, so the gateway sees no error: the window fills, the live path closes, the keepalive
+ends the connection (after 1.5 times its 30 s) and reconnect attempts time out, their CONNECT
+unanswered until the broker runs again.
+
 --profile samples the gateway during the measured seconds: py-spy (if it is on PATH; samples of
 whichever thread holds the GIL, 200 a second, grouped by gateway stage) or cProfile (the gateway
 runs under it: the main thread only, the whole run, and much slower). Either prints where the
@@ -925,6 +931,7 @@ class Outage:
 
     asked_s: float
     port_before: int
+    stall: bool = False  # SIGSTOP and SIGCONT instead of stop and start (--stall)
     port_after: int = 0
     down: float = math.nan  # stop() called: SIGTERM to the broker
     down_wall: float = math.nan
@@ -1033,11 +1040,11 @@ class Outage:
         before = [self.backlog(s) for s in self.samples]
         self.steady = max(before, default=0.0)
         self.down, self.down_wall = time.monotonic(), time.time()
-        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(broker.pause if self.stall else broker.stop)
         self.stop_s = time.monotonic() - self.down
         await asyncio.sleep(max(0.0, self.down + self.asked_s - time.monotonic()))
         t = time.monotonic()
-        await asyncio.to_thread(broker.start)
+        await asyncio.to_thread(broker.resume if self.stall else broker.start)
         self.up, self.up_wall = time.monotonic(), time.time()
         self.start_s = self.up - t
         self.port_after = broker.port
@@ -1088,13 +1095,19 @@ def report_outage(args: argparse.Namespace, o: Outage) -> None:  # noqa: PLR0915
     peak = max(after, key=backlog)
     built = backlog(s_up) - median
     same = "the same port" if o.port_after == o.port_before else "ANOTHER port"
-    print(
-        f"\nbroker outage: Mosquitto stopped (SIGTERM, gone in {o.stop_s:.2f} s) "
-        f"{o.down - o.samples[0][0] + OUTAGE_SAMPLE_S / 2:.0f} s into the measured seconds, "
-        f"started again {away:.1f} s later (asked {o.asked_s:g} s; listening "
-        f"{o.start_s:.2f} s after its start) on {same}, {o.port_before} -> {o.port_after}; "
-        "persistence on"
-    )
+    into = f"{o.down - o.samples[0][0] + OUTAGE_SAMPLE_S / 2:.0f} s into the measured seconds"
+    if o.stall:
+        print(
+            f"\nbroker stall: Mosquitto stopped with SIGSTOP {into}, continued (SIGCONT) "
+            f"{away:.1f} s later (asked {o.asked_s:g} s); persistence on"
+        )
+    else:
+        print(
+            f"\nbroker outage: Mosquitto stopped (SIGTERM, gone in {o.stop_s:.2f} s) {into}, "
+            f"started again {away:.1f} s later (asked {o.asked_s:g} s; listening "
+            f"{o.start_s:.2f} s after its start) on {same}, {o.port_before} -> "
+            f"{o.port_after}; persistence on"
+        )
     print(
         f"  backlog = frames accepted - messages PUBACKed (gateway metrics, {len(o.samples):,} "
         f"samples {OUTAGE_SAMPLE_S:g} s apart; one record a frame and a message here)"
@@ -1331,7 +1344,7 @@ async def measure(  # noqa: PLR0917 - the run's parts, each named at the one cal
     await asyncio.sleep(args.warmup)
     spy = outage = None
     if args.outage and url is not None and broker is not None:
-        outage = Outage(args.outage, broker.port)
+        outage = Outage(args.outage, broker.port, stall=args.stall)
     elif profile is not None and args.profile == "py-spy":
         spy = start_py_spy(gw.pid, args.seconds, profile)
     start = await snapshot(gw.pid, others, url)
@@ -1926,6 +1939,13 @@ def main() -> None:
         help="--outage: seconds of steady load in the measured seconds before the broker stops",
     )
     parser.add_argument(
+        "--stall",
+        action="store_true",
+        help="--outage: stop the broker with SIGSTOP and continue it with SIGCONT (a broker "
+        "that hangs: connections and bytes still accepted, nothing answered) instead of "
+        "stopping and starting it",
+    )
+    parser.add_argument(
         "--state-dir-parent",
         type=Path,
         help="where the temporary directory goes (a disk, not tmpfs; default: the system's "
@@ -1938,6 +1958,8 @@ def main() -> None:
         parser.error("--rate must be in (0, 4]; --seconds and --idle > 0; --warmup >= 0")
     if args.frames_per_s is not None and args.frames_per_s <= 0:
         parser.error("--frames-per-s must be > 0")
+    if args.stall and args.outage is None:
+        parser.error("--stall needs --outage")
     if args.outage is not None:
         if args.outage <= 0 or args.outage_after < 1:
             parser.error("--outage must be > 0, --outage-after at least 1")
