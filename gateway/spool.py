@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 # 2: the accepted-counter journal. An older edgeveil would ignore it and so forget the
 # counters of the last minutes' frames: it refuses the file instead.
 SCHEMA_VERSION = 2
+# A full spool under drop_oldest drops at every put: at a busy gateway's group commits, tens a
+# second. The first drop of a burst is logged at once, then at most one line per this long
+# with what was dropped meanwhile (as the storage health does for failing writes).
+DROPS_LOG_EVERY_S = 60.0
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spool ("
@@ -127,6 +131,8 @@ class Spool(Closing):
         self._conn = conn
         self._lock = threading.Lock()
         self.dropped_full = 0
+        self._drops_logged: float | None = None  # when the last drop line was written
+        self._drops_unlogged = 0  # dropped since that line
         self.refused = 0
         self.dropped_age = 0
         self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])  # rows held
@@ -261,12 +267,35 @@ class Spool(Closing):
                 )
             dropped = max(excess, 0)
             self._depth += new - dropped
+            report: tuple[int, float | None] | None = None
             if dropped:
                 self._forget_deleted()
+                report = self._drops_to_report(dropped)
             self.dropped_full += dropped
-        if dropped:
-            log.warning("spool full: dropped the %d oldest messages", dropped)
+        if report is not None:
+            count, since = report
+            log.warning(
+                "spool full (%d messages, when_full = drop_oldest): %d of the oldest messages "
+                "dropped%s, never to be published (edgeveil_spool_dropped_total counts them); "
+                "while it lasts, this is logged at most once every %.0f s",
+                self.max_messages,
+                count,
+                "" if since is None else f" in the last {since:.0f} s",
+                DROPS_LOG_EVERY_S,
+            )
         return range(last - new + 1, last + 1)
+
+    def _drops_to_report(self, dropped: int) -> tuple[int, float | None] | None:
+        """(messages dropped to log now, seconds since the last such line or None), or None
+        while the last line is younger than DROPS_LOG_EVERY_S. The caller holds the lock."""
+        self._drops_unlogged += dropped
+        now = time.monotonic()
+        last = self._drops_logged
+        if last is not None and now - last < DROPS_LOG_EVERY_S:
+            return None
+        self._drops_logged = now
+        count, self._drops_unlogged = self._drops_unlogged, 0
+        return count, None if last is None else now - last
 
     def peek(self, limit: int, after: int = 0) -> list[tuple[int, OutMessage]]:
         """Up to `limit` of the oldest messages, oldest first, with their seq (for delete).

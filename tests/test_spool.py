@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import signal
@@ -14,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway import spool as spool_module
 from gateway.errors import SpoolFullError
 from gateway.records import OutMessage
 from gateway.spool import Spool
@@ -103,6 +106,36 @@ def test_drop_oldest(path: Path) -> None:
         assert ids(spool.peek(10)) == names(12, 13, 14, 15, 16)
         assert (spool.depth, spool.dropped_full) == (5, 9)
         assert spool.refused == 0
+
+
+def test_a_full_spool_logs_its_drops_once_a_minute_not_at_every_put(
+    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a busy gateway a full spool drops at every group commit, tens a second: the log
+    gets the first drop at once, then one line a minute with what was dropped meanwhile."""
+    clock = [1000.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(spool_module, "time", fake_time)  # the spool's clock only
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "spool full" in r.getMessage()]
+
+    with Spool.open(path, 5, DAY, "drop_oldest") as spool, caplog.at_level(logging.WARNING):
+        spool.put([msg(i) for i in range(5)])  # full, nothing dropped
+        assert lines() == []
+        for i in range(30):  # a put of 2 every second: each drops 2
+            spool.put([msg(100 + 2 * i), msg(101 + 2 * i)])
+            clock[0] += 1.0
+        assert len(lines()) == 1
+        assert "2 of the oldest messages dropped, never to be published" in lines()[0]
+        clock[0] = 1060.0  # a minute after that line
+        spool.put([msg(200)])
+        assert len(lines()) == 2
+        assert "59 of the oldest messages dropped in the last 60 s" in lines()[1]
+        clock[0] += 1.0
+        spool.put([msg(201)])
+        assert len(lines()) == 2  # the next within a minute: counted, not logged
+        assert spool.dropped_full == 62
 
 
 def test_refuse_new(path: Path) -> None:
