@@ -222,7 +222,9 @@ class Spool(Closing):
         takes them later, NodeRegistry.fold). They do not count as messages.
 
         Every message given is stored (ingest never gives a frame's messages twice: the
-        journal records its counter in the same transaction). When they do not fit:
+        journal records its counter in the same transaction). When they do not fit, the
+        messages the broker acknowledged (published()) that wait for their delete make room
+        first; if that is not enough:
         "drop_oldest" deletes the oldest to make room (counted in
         `dropped_full`; a batch larger than the spool keeps its newest part), "refuse_new"
         stores nothing of the batch and raises SpoolFullError (counted in `refused`). A full
@@ -248,6 +250,17 @@ class Spool(Closing):
                 # seq is one above the highest held, so a batch's rows get consecutive ones
                 last = int(conn.execute("SELECT max(seq) FROM spool").fetchone()[0] or 0)
                 excess = self._depth + new - self.max_messages
+                freed = 0
+                if excess > 0 and self._published:
+                    # acknowledged, waiting for the uplink's grouped delete (which then finds
+                    # nothing to do): they make room first, so that no message still to be
+                    # published is dropped, or refused, or counted as dropped, for their room
+                    before_freeing = conn.total_changes
+                    conn.executemany(
+                        "DELETE FROM spool WHERE seq = ?", [(s,) for s in self._published]
+                    )
+                    freed = conn.total_changes - before_freeing
+                    excess -= freed
                 if excess > 0 and self.when_full == "refuse_new":
                     conn.execute("ROLLBACK")
                     self.refused += new
@@ -266,7 +279,9 @@ class Spool(Closing):
                     accepted,
                 )
             dropped = max(excess, 0)
-            self._depth += new - dropped
+            self._depth += new - dropped - freed
+            if freed:
+                self._published.clear()
             report: tuple[int, float | None] | None = None
             if dropped:
                 self._forget_deleted()

@@ -108,6 +108,26 @@ def test_drop_oldest(path: Path) -> None:
         assert spool.refused == 0
 
 
+@pytest.mark.parametrize("when_full", ["drop_oldest", "refuse_new"])
+def test_a_full_spool_makes_room_from_published_messages_first(path: Path, when_full: str) -> None:
+    """Messages the broker acknowledged wait for the uplink's grouped delete: when the spool
+    is full, they make room before any message still to be published is dropped or refused
+    (and a drop counts only messages that were never published)."""
+    with Spool.open(path, 5, DAY, when_full) as spool:
+        seqs = list(spool.put([msg(i) for i in range(5)]))
+        spool.published(seqs[3:])  # 3 and 4 acknowledged (the live path can do that first)
+        assert len(spool.put([msg(5), msg(6)])) == 2  # room enough: nothing dropped or refused
+        assert ids(spool.peek(10)) == names(0, 1, 2, 5, 6)
+        assert (spool.dropped_full, spool.refused) == (0, 0)
+        assert (spool.held, spool.depth) == (5, 5)
+        spool.delete(seqs[3:])  # the uplink's grouped delete comes later: nothing left to do
+        assert (spool.held, spool.depth) == (5, 5)
+        if when_full == "drop_oldest":
+            spool.put([msg(7)])
+            assert ids(spool.peek(10)) == names(1, 2, 5, 6, 7)
+            assert spool.dropped_full == 1
+
+
 def test_a_full_spool_logs_its_drops_once_a_minute_not_at_every_put(
     path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
