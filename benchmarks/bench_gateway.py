@@ -282,8 +282,13 @@ action = "pass"
 """
 
 
-def gateway_toml(
-    state_dir: Path, links: list[Link], mqtt_port: int, metrics_port: int, policy_name: str
+def gateway_toml(  # noqa: PLR0917 - the run's settings, one each
+    state_dir: Path,
+    links: list[Link],
+    mqtt_port: int,
+    metrics_port: int,
+    policy_name: str,
+    spool_max: int | None = None,
 ) -> str:
     policy = state_dir.parent / "policy.toml"
     if policy_name == "default":  # the shipped policy: readings become zone aggregates
@@ -307,6 +312,8 @@ def gateway_toml(
         "[privacy]",
         f'policy = "{policy}"',
     ]
+    if spool_max is not None:
+        lines += ["", "[spool]", f"max_messages = {spool_max}"]
     for link in links:
         lines += ["", "[[serial]]", f'name = "{link.name}"', f'url = "{link.path}"']
     return "\n".join(lines) + "\n"
@@ -1851,7 +1858,9 @@ def run(args: argparse.Namespace) -> None:
         def start_gateway(mqtt_port: int) -> SystemProcess:
             metrics_port = free_port()
             config = tmp / "gateway.toml"
-            toml = gateway_toml(state, links, mqtt_port, metrics_port, args.policy)
+            toml = gateway_toml(
+                state, links, mqtt_port, metrics_port, args.policy, args.spool_max_messages
+            )
             config.write_text(toml, encoding="utf-8")
             cprofile = profile if args.profile == "cprofile" else None
             url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -1937,6 +1946,14 @@ def main() -> None:
         default=10.0,
         metavar="SECONDS",
         help="--outage: seconds of steady load in the measured seconds before the broker stops",
+    )
+    parser.add_argument(
+        "--spool-max-messages",
+        type=int,
+        metavar="N",
+        help="the gateway's [spool] max_messages (default: the gateway's, 1,000,000): with "
+        "--outage, a spool that fills (when_full = drop_oldest). The drain figures then do not "
+        "apply: dropped messages are never PUBACKed, so the backlog never comes back",
     )
     parser.add_argument(
         "--stall",
