@@ -1137,7 +1137,7 @@ def report_outage(args: argparse.Namespace, o: Outage) -> None:  # noqa: PLR0915
     if o.reconnected is not None:
         print(
             f"  the gateway's first PUBACK after the return: {o.reconnected - o.up:+.1f} s "
-            "(its reconnect backoff: 0.5 s doubling to at most 30 s apart, with jitter)"
+            "(its reconnect backoff: 0.5 s doubling to at most 10 s apart, with jitter)"
         )
     else:
         print("  the gateway published nothing after the broker's return")

@@ -65,6 +65,12 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 DEGRADED = b"degraded"  # running, but its storage fails: frames are not acknowledged
 STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
+# Reconnect attempts are at most this far apart (with jitter, 5 to 10 s once it is reached).
+# Everything that arrives while the broker is away waits for the next attempt after its
+# return: with 30 s (0.1.0), a 20-second outage at full line rate was followed by up to 29 s
+# more of backlog, and a 2-minute outage could not drain 10 times faster than it built up.
+# An attempt is one TCP connect: one every 10 s is no load on a broker, even from a fleet.
+RECONNECT_MAX_S = 10.0
 # Published messages are deleted from the spool in one transaction once DELETE_BATCH of them
 # are set aside or the oldest was set aside DELETE_AFTER_S ago: a delete writes a few pages
 # of the spool's WAL however many rows it removes, so deleting each small batch on its own
@@ -231,7 +237,7 @@ class Uplink:
         poll_interval_s: float = 1.0,
         delete_after_s: float = DELETE_AFTER_S,
         backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = RECONNECT_MAX_S,
         publish_timeout_s: float | None = None,
         connect_timeout_s: float = 10.0,
     ) -> None:
