@@ -73,6 +73,7 @@ from .privacy import PrivacyStage, reveals_presence
 from .records import Measurement, OutMessage, Record, Topics
 from .registry import REUSE_HINT, Accepted, NodeEntry, NodeRegistry, frame_digest
 from .spool import Spool
+from .throttle import Throttle
 from .uplink import HELD, Offered
 
 log = logging.getLogger("edgeveil.ingest")
@@ -170,22 +171,16 @@ class BurstLog:
     """Logs the first rejection of a kind, then at most one summary line per `every` seconds."""
 
     def __init__(self, every: float = 60.0, what: str = "frame rejected") -> None:
-        self.every = every
         self.what = what
-        self._last: dict[tuple[str, str], float] = {}
-        self._held: dict[tuple[str, str], int] = defaultdict(int)
+        self._throttle = Throttle(every)
 
     def rejected(self, port: str, reason: str, detail: str) -> None:
-        key = (port, reason)
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.every:
-            self._held[key] += 1
+        report = self._throttle.due((port, reason), time.monotonic())
+        if report is None:
             return
-        held = self._held.pop(key, 0)
+        held = report[0] - 1  # the others since the last line
         more = f" (and {held} more since the last report)" if held else ""
         log.warning("port %s: %s: %s: %s%s", port, self.what, reason, detail, more)
-        self._last[key] = now
 
 
 # send(port, sealed frame, radio metadata of the uplink answered or None): the link layer

@@ -56,6 +56,7 @@ from .sqlite import (
     create_private,
     transaction,
 )
+from .throttle import Throttle
 
 __all__ = ["Spool"]
 
@@ -65,8 +66,8 @@ log = logging.getLogger(__name__)
 # counters of the last minutes' frames: it refuses the file instead.
 SCHEMA_VERSION = 2
 # A full spool under drop_oldest drops at every put: at a busy gateway's group commits, tens a
-# second. The first drop of a burst is logged at once, then at most one line per this long
-# with what was dropped meanwhile (as the storage health does for failing writes).
+# second. The first drop is logged at once, then at most one line per this long with what was
+# dropped meanwhile (gateway.throttle).
 DROPS_LOG_EVERY_S = 60.0
 
 _SCHEMA = (
@@ -131,8 +132,7 @@ class Spool(Closing):
         self._conn = conn
         self._lock = threading.Lock()
         self.dropped_full = 0
-        self._drops_logged: float | None = None  # when the last drop line was written
-        self._drops_unlogged = 0  # dropped since that line
+        self._drops_log = Throttle(DROPS_LOG_EVERY_S)  # used under the lock
         self.refused = 0
         self.dropped_age = 0
         self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])  # rows held
@@ -285,7 +285,7 @@ class Spool(Closing):
             report: tuple[int, float | None] | None = None
             if dropped:
                 self._forget_deleted()
-                report = self._drops_to_report(dropped)
+                report = self._drops_log.due("full", time.monotonic(), dropped)
             self.dropped_full += dropped
         if report is not None:
             count, since = report
@@ -299,18 +299,6 @@ class Spool(Closing):
                 DROPS_LOG_EVERY_S,
             )
         return range(last - new + 1, last + 1)
-
-    def _drops_to_report(self, dropped: int) -> tuple[int, float | None] | None:
-        """(messages dropped to log now, seconds since the last such line or None), or None
-        while the last line is younger than DROPS_LOG_EVERY_S. The caller holds the lock."""
-        self._drops_unlogged += dropped
-        now = time.monotonic()
-        last = self._drops_logged
-        if last is not None and now - last < DROPS_LOG_EVERY_S:
-            return None
-        self._drops_logged = now
-        count, self._drops_unlogged = self._drops_unlogged, 0
-        return count, None if last is None else now - last
 
     def peek(self, limit: int, after: int = 0) -> list[tuple[int, OutMessage]]:
         """Up to `limit` of the oldest messages, oldest first, with their seq (for delete).
