@@ -323,19 +323,26 @@ class Spool(Closing):
         if not params:
             return
         with self._lock:
-            removed = self._commit_unsynced("DELETE FROM spool WHERE seq = ?", params)
+            (removed,) = self._commit_unsynced(("DELETE FROM spool WHERE seq = ?", params))
             self._depth -= removed
             self._published.difference_update(s for (s,) in params)
 
     def expire(self, now: float | None = None) -> int:
-        """Drop messages older than max_age_s; returns how many (also in `dropped_age`)."""
+        """Drop messages older than max_age_s that were never published; returns how many
+        (also in `dropped_age`). Messages the broker acknowledged (published()) that wait for
+        their grouped delete are deleted with them, not counted: they were delivered."""
         cutoff = (time.time() if now is None else now) - self.max_age_s
         with self._lock:
-            removed = self._commit_unsynced("DELETE FROM spool WHERE created < ?", [(cutoff,)])
-            self._depth -= removed
+            oldest = self._conn.execute("SELECT min(created) FROM spool").fetchone()[0]
+            if oldest is None or oldest >= cutoff:
+                return 0  # the usual case: no transaction at all
+            delivered, removed = self._commit_unsynced(
+                ("DELETE FROM spool WHERE seq = ?", [(s,) for s in self._published]),
+                ("DELETE FROM spool WHERE created < ?", [(cutoff,)]),
+            )
+            self._published.clear()
+            self._depth -= delivered + removed
             self.dropped_age += removed
-            if removed:
-                self._forget_deleted()
         if removed:
             log.warning("spool: %d messages older than %d s expired", removed, self.max_age_s)
         return removed
@@ -358,7 +365,7 @@ class Spool(Closing):
         """Drop the journal's rows up to `upto` once the registry holds them (unsynced: a
         power cut may bring them back, and the registry takes them again harmlessly)."""
         with self._lock:
-            self._commit_unsynced("DELETE FROM accepted WHERE seq <= ?", [(upto,)])
+            self._commit_unsynced(("DELETE FROM accepted WHERE seq <= ?", [(upto,)]))
 
     def oldest_age(self, now: float | None = None) -> float | None:
         """Seconds since the oldest message waiting (not published) was put (never negative),
@@ -372,17 +379,20 @@ class Spool(Closing):
             return None
         return max(0.0, (time.time() if now is None else now) - float(row[0]))
 
-    def _commit_unsynced(self, sql: str, params: Sequence[tuple[int | float]]) -> int:
-        """Run a delete in one transaction without its own fsync (see the module docstring).
+    def _commit_unsynced(self, *deletes: tuple[str, Sequence[tuple[int | float]]]) -> list[int]:
+        """Run deletes, each a statement with its parameter rows, in one transaction without
+        its own fsync (see the module docstring).
 
-        The caller holds the lock. Returns how many rows changed."""
+        The caller holds the lock. Returns how many rows each removed."""
         conn = self._conn
         conn.execute("PRAGMA synchronous=NORMAL")
+        removed: list[int] = []
         try:
             with transaction(conn, self._store):
-                before = conn.total_changes
-                conn.executemany(sql, params)
-                removed = conn.total_changes - before
+                for sql, params in deletes:
+                    before = conn.total_changes
+                    conn.executemany(sql, params)
+                    removed.append(conn.total_changes - before)
         finally:
             conn.execute("PRAGMA synchronous=FULL")
         return removed

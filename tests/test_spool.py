@@ -188,6 +188,21 @@ def test_expire_and_oldest_age(spool: Spool) -> None:
     assert spool.oldest_age(2000.0 + DAY) == DAY
 
 
+def test_expiry_counts_only_messages_never_published(spool: Spool) -> None:
+    """Acknowledged messages that wait for the uplink's grouped delete were delivered: an
+    expiry deletes them too, but `dropped_age` (the metric of lost messages) counts only the
+    ones never published."""
+    spool.put([msg(1), msg(2), msg(3)], now=1000.0)
+    spool.put([msg(4)], now=2000.0)
+    seqs = [seq for seq, _ in spool.peek(4)]
+    spool.published(seqs[:2])
+    assert spool.expire(now=1000.5 + DAY) == 1
+    assert (spool.dropped_age, spool.depth, spool.held) == (1, 1, 1)
+    assert ids(spool.peek(10)) == names(4)
+    spool.delete(seqs[:2])  # the uplink's grouped delete comes later: nothing left to do
+    assert (spool.depth, spool.held) == (1, 1)
+
+
 def test_persists_across_reopen(path: Path) -> None:
     with Spool.open(path, 1000, DAY, "drop_oldest") as spool:
         spool.put([msg(i) for i in range(5)])
