@@ -159,13 +159,15 @@ def thread_ticks(pid: int) -> dict[int, int]:
 
 
 def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak resident) in kB."""
+    """VmRSS and VmHWM (peak resident) in kB, and VmRSS's two parts: RssAnon (the process's
+    own memory: heap, Python objects, the libraries' relocated data) and RssFile (pages of
+    the libraries' files mapped in)."""
     out = {}
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                     out[key] = int(value.split()[0])
     except OSError:
         pass
@@ -1564,6 +1566,16 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
         f"<= {RSS_TARGET_MB:4.0f} MB  {verdict(max(rss_load, hwm) <= RSS_TARGET_MB)}"
     )
     print(f"  peak RSS, MB (VmHWM)                       {hwm:10.1f}")
+    for part, what in (("RssAnon", "anonymous"), ("RssFile", "file-backed")):
+        idle_part = r.idle_mem.get(part, 0) / 1024
+        load_part = r.end_mem.get(part, 0) / 1024
+        print(f"    of it {what:<12} MB          {idle_part:8.1f} {load_part:10.1f}")
+    print(
+        "    (file-backed: pages of the libraries' files, OpenDP's 275 MB one the largest; how"
+        " many the kernel maps in with each fault depends on how much of the files is in the"
+        " page cache, so the same gateway shows several MB more after the files were just"
+        " installed or read than after a reboot)"
+    )
     if args.links != CPU_TARGET_LINKS:
         print(
             f"  (the CPU target is {CPU_TARGET_PCT:g} % for {CPU_TARGET_LINKS} links; "
