@@ -4,9 +4,10 @@
   its -wal and -shm files the database's mode.
 - connect() opens it in autocommit mode for use from any thread (the caller holds its own
   lock), refuses a newer schema version, switches to a WAL journal with synchronous=FULL (in
-  WAL mode anything less may roll back a commit on power loss), bounds the WAL (below) and
-  creates what the schema lacks in one BEGIN IMMEDIATE transaction. A file that has its whole
-  schema is opened without writing anything, so a gateway starts on a full disk.
+  WAL mode anything less may roll back a commit on power loss), bounds the WAL (below) and its
+  page cache (CACHE_KIB) and creates what the schema lacks in one BEGIN IMMEDIATE
+  transaction. A file that has its whole schema is opened without writing anything, so a
+  gateway starts on a full disk.
 - transaction() is BEGIN IMMEDIATE ... COMMIT, with ROLLBACK on any exception.
 
 Storage failures. A write that fails because of the disk rather than the SQL (SQLite's
@@ -83,6 +84,12 @@ WAL_AUTOCHECKPOINT_PAGES = 1000
 # the page size it was created with).
 PAGE_SIZE = 1024
 JOURNAL_SIZE_LIMIT = 1024 * 1024
+# Each connection's page cache, in KiB. SQLite's default is 2,000 KiB per connection, and once
+# a database outgrows it (the spool during a broker outage) the cache stays that full: about
+# 3 MB more resident in a drain at line rate. The pages come from the kernel's page cache
+# anyway, and a smaller cache cost no CPU measurably (benchmarks/bench_gateway.py, steady and
+# outage runs; docs/development/benchmarks.md).
+CACHE_KIB = 256
 # what one database's WAL can reach: a checkpoint's worth of pages plus the largest single
 # transaction (a spool batch of 256 messages of a few hundred bytes stays far below this)
 WAL_BOUND = 2 * 1024 * 1024
@@ -325,6 +332,7 @@ def connect(
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # negative: KiB rather than pages
         statements = list(schema)
         if found < version or _lacks(conn, statements):
             with transaction(conn):

@@ -34,6 +34,7 @@ from gateway.registry import NodeRegistry
 from gateway.service import Gateway
 from gateway.spool import Spool
 from gateway.sqlite import (
+    CACHE_KIB,
     PAGE_SIZE,
     WAL_AUTOCHECKPOINT_PAGES,
     StorageHealth,
@@ -208,6 +209,15 @@ def test_a_schema_that_grew_is_still_created(tmp_path: Path) -> None:
     conn = connect(tmp_path / "db", what="test", schema=two, version=1, error_type=ValueError)
     with contextlib.closing(conn):
         assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master")} == {"a", "b"}
+
+
+def test_each_connection_keeps_a_small_page_cache(tmp_path: Path) -> None:
+    """SQLite's default cache (2,000 KiB a connection) stays full once a database outgrew it:
+    the spool after an outage kept about 3 MB more resident (docs/development/benchmarks.md)."""
+    conn = connect(tmp_path / "db", what="test", schema=(), version=1, error_type=ValueError)
+    with contextlib.closing(conn):
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+    assert CACHE_KIB * 1024 <= 512 * 1024
 
 
 def test_the_wal_files_stay_bounded(tmp_path: Path, rng: random.Random) -> None:
