@@ -53,7 +53,10 @@ class AckReader(bench.Replayer):
         while True:
             try:
                 data = os.read(link.master, 65536)
-            except (BlockingIOError, OSError):  # EIO while no gateway holds the slave
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: nobody holds the slave; not expected, we hold it open
+                asyncio.get_running_loop().remove_reader(link.master)
                 break
             if not data:
                 break
