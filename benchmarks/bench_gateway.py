@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_gateway.py [--links 20] [--seconds 20] [--nodes 1000]
         [--rate 1.0 | --frames-per-s 17] [--warmup 3] [--idle 3] [--profile py-spy|cprofile]
         [--state-dir-parent DIR] [--no-peer] [--outage SECONDS [--outage-after 10]]
+        [--cpu-quota FRACTION]
 
 What it sets up (all in a temporary directory under --state-dir-parent, by default the system's
 temporary directory or else /var/tmp, never on tmpfs; all removed at the end, also on Ctrl-C):
@@ -74,6 +75,14 @@ SIGCONT: a broker that hangs rather than goes away. Its kernel still accepts con
 bytes, so the gateway sees no error: the window fills, the live path closes, the keepalive
 ends the connection (after 1.5 times its 30 s) and reconnect attempts time out, their CONNECT
 unanswered until the broker runs again.
+
+--cpu-quota FRACTION (root; a cgroup cpu controller, v2 or v1): the system under test (the
+gateway, and the plain bridge in its run) runs in a cgroup of its own that gets at most FRACTION
+of one core's time in every 10 ms, a model of a slower processor: a Raspberry Pi's core runs
+this Python several times slower than a server's. It shows the rate the gateway sustains on
+such a budget and how it behaves beyond it (frames refused unacknowledged as "overloaded",
+bounded memory). The model is coarser than a slow core: the quota lets it run at full speed
+for its share of each period and then stops it, which adds up to one period to latencies.
 
 --profile samples the gateway during the measured seconds: py-spy (if it is on PATH; samples of
 whichever thread holds the GIL, 200 a second, grouped by gateway stage) or cProfile (the gateway
@@ -1585,6 +1594,11 @@ def report(args: argparse.Namespace, links: list[Link], r: Results, gw_pid: int)
         print("  (the RSS target is stated for 1,000 registered nodes)")
     if args.profile:
         print("  (profiled run: the profiler disturbs these figures)")
+    if args.cpu_quota:
+        print(
+            f"  (--cpu-quota {args.cpu_quota:g}: CPU is at most {args.cpu_quota:.0%} of one core;"
+            " the CPU target is for the whole core)"
+        )
     if r.outage is not None:
         print(
             "  (an outage run: the load CPU is the average over the outage and its drain, "
@@ -1745,6 +1759,47 @@ def report_storage(args: argparse.Namespace, r: Results, accepted: int, span: fl
         )
 
 
+CGROUP_V2 = Path("/sys/fs/cgroup")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+QUOTA_PERIOD_US = 10_000  # short periods: a throttled process waits at most this long
+
+
+def confine(pid: int, quota: float, stack: contextlib.ExitStack) -> str:
+    """Move process `pid` (every thread) into a new cgroup that may use at most `quota` of one
+    core's time in each QUOTA_PERIOD_US (--cpu-quota); removed again through `stack`. Returns
+    how, for the report. Raises SystemExit with what to do when it cannot."""
+    quota_us = max(1000, round(quota * QUOTA_PERIOD_US))  # the kernel's least is 1 ms
+    name = f"edgeveil-bench-{os.getpid()}-{pid}"
+    v2 = (CGROUP_V2 / "cgroup.controllers").exists()
+    parent = CGROUP_V2 if v2 else CGROUP_V1_CPU
+    if not v2 and not (parent / "cpu.cfs_quota_us").exists():
+        raise SystemExit("--cpu-quota: no cgroup cpu controller (v2 or v1) on this machine")
+    group = parent / name
+    try:
+        if v2 and "cpu" not in (parent / "cgroup.subtree_control").read_text().split():
+            (parent / "cgroup.subtree_control").write_text("+cpu")
+        group.mkdir()
+        if v2:
+            (group / "cpu.max").write_text(f"{quota_us} {QUOTA_PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError as exc:
+        raise SystemExit(f"--cpu-quota needs root and a writable {parent}: {exc}") from exc
+
+    def remove() -> None:
+        with contextlib.suppress(OSError):  # still running: back to the parent first
+            for moved in (group / "cgroup.procs").read_text().split():
+                (parent / "cgroup.procs").write_text(moved)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+    stack.callback(remove)
+    version = "v2" if v2 else "v1"
+    return f"cgroup {version} {group}: {quota_us} us of CPU time every {QUOTA_PERIOD_US} us"
+
+
 def make_links(
     args: argparse.Namespace, secrets: dict[int, bytes], stack: contextlib.ExitStack
 ) -> list[Link]:
@@ -1805,6 +1860,9 @@ def measured_run(  # noqa: PLR0917 - the run's parts, each named at the call
         t = time.monotonic()
         system = start(broker.port)
         stack.callback(system.stop)
+        if args.cpu_quota:
+            how = confine(system.pid, args.cpu_quota, stack)
+            print(f"  {system.name} confined to {args.cpu_quota:.0%} of one core ({how})")
         system.wait_ready(len(links), sub)
         print(f"  {system.name} pid {system.pid} ready in {time.monotonic() - t:.1f} s")
 
@@ -1916,6 +1974,41 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
 
 
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse contradictory or impossible options (parser.error exits); choose the state
+    directory's parent when none is given."""
+    if not 1 <= args.links <= args.nodes:
+        parser.error("--links must be 1..--nodes")
+    if not 0 < args.rate <= 4 or args.seconds <= 0 or args.warmup < 0 or args.idle <= 0:
+        parser.error("--rate must be in (0, 4]; --seconds and --idle > 0; --warmup >= 0")
+    if args.frames_per_s is not None and args.frames_per_s <= 0:
+        parser.error("--frames-per-s must be > 0")
+    if args.cpu_quota is not None and not 0.1 <= args.cpu_quota <= 2:
+        parser.error("--cpu-quota must be in 0.1..2 (a fraction of one core)")
+    if args.stall and args.outage is None:
+        parser.error("--stall needs --outage")
+    if args.outage is not None:
+        if args.outage <= 0 or args.outage_after < 1:
+            parser.error("--outage must be > 0, --outage-after at least 1")
+        if args.outage_after + args.outage >= args.seconds:
+            parser.error("--outage-after + --outage must end before --seconds do")
+        if args.peer:
+            parser.error(
+                "--outage needs --no-peer (the plain bridge keeps nothing while the broker is "
+                "away: there is no backlog to compare)"
+            )
+    if args.state_dir_parent is None:
+        args.state_dir_parent = Path(tempfile.gettempdir())
+        if filesystem(args.state_dir_parent)[0] in MEMORY_FS:
+            args.state_dir_parent = Path("/var/tmp")  # noqa: S108 - a disk, usually
+    fstype = filesystem(args.state_dir_parent)[0]
+    if fstype in MEMORY_FS:
+        parser.error(
+            f"{args.state_dir_parent} is on {fstype}: no bytes reach a disk there; "
+            "choose --state-dir-parent on a disk"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--links", type=int, default=20, help="serial links (senders)")
@@ -1975,40 +2068,20 @@ def main() -> None:
         "stopping and starting it",
     )
     parser.add_argument(
+        "--cpu-quota",
+        type=float,
+        metavar="FRACTION",
+        help="run the system under test with at most this fraction of one core (a cgroup; "
+        "needs root): a model of a slower processor such as a Raspberry Pi's, e.g. 0.33",
+    )
+    parser.add_argument(
         "--state-dir-parent",
         type=Path,
         help="where the temporary directory goes (a disk, not tmpfs; default: the system's "
         "temporary directory, or /var/tmp if that is tmpfs)",
     )
     args = parser.parse_args()
-    if not 1 <= args.links <= args.nodes:
-        parser.error("--links must be 1..--nodes")
-    if not 0 < args.rate <= 4 or args.seconds <= 0 or args.warmup < 0 or args.idle <= 0:
-        parser.error("--rate must be in (0, 4]; --seconds and --idle > 0; --warmup >= 0")
-    if args.frames_per_s is not None and args.frames_per_s <= 0:
-        parser.error("--frames-per-s must be > 0")
-    if args.stall and args.outage is None:
-        parser.error("--stall needs --outage")
-    if args.outage is not None:
-        if args.outage <= 0 or args.outage_after < 1:
-            parser.error("--outage must be > 0, --outage-after at least 1")
-        if args.outage_after + args.outage >= args.seconds:
-            parser.error("--outage-after + --outage must end before --seconds do")
-        if args.peer:
-            parser.error(
-                "--outage needs --no-peer (the plain bridge keeps nothing while the broker is "
-                "away: there is no backlog to compare)"
-            )
-    if args.state_dir_parent is None:
-        args.state_dir_parent = Path(tempfile.gettempdir())
-        if filesystem(args.state_dir_parent)[0] in MEMORY_FS:
-            args.state_dir_parent = Path("/var/tmp")  # noqa: S108 - a disk, usually
-    fstype = filesystem(args.state_dir_parent)[0]
-    if fstype in MEMORY_FS:
-        parser.error(
-            f"{args.state_dir_parent} is on {fstype}: no bytes reach a disk there; "
-            "choose --state-dir-parent on a disk"
-        )
+    check(parser, args)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         run(args)
