@@ -2,7 +2,7 @@
 again on the same state directory, and check that every reading it acknowledged was published.
 
     .venv/bin/python benchmarks/bench_crash.py [--links 20] [--rate 1.0] [--seconds 30]
-        [--kills 3] [--seed N]
+        [--kills 3] [--seed N] [--cpu-quota FRACTION]
 
 The setup is benchmarks/bench_gateway.py's (its parts are imported): a real Mosquitto, 1,000
 registered nodes, one pseudo-terminal per link, the gateway as its own process, a subscriber
@@ -11,8 +11,8 @@ on each pty, with the node's keys), so it knows which readings the gateway ackno
 gateway acknowledges a frame only once the spool holds it on disk (or the broker has it), so
 every acknowledged reading must reach the subscriber, whatever the moment of the kill.
 
-The replayer is no node: it never sends a frame again, so frames in flight at a kill that were
-not acknowledged may be missing (a real node keeps and retransmits them; tests/
+The replayer is no node: it never sends a frame again, so frames in flight at a kill (or
+refused as overloaded, with --cpu-quota) that were not acknowledged may be missing (a real node keeps and retransmits them; tests/
 test_gateway_e2e.py's kill test covers that side). Those are counted, not a failure. Also
 printed: duplicates (allowed: consumers drop them by message id) and, per node, readings that
 arrived after a newer one (after a restart, the spool's backlog may follow newer live ones).
@@ -150,8 +150,8 @@ def report(links: list[bench.Link], reader: AckReader, received: tuple[Any, ...]
         + f"  {bench.verdict(acked_missing == 0)}"
     )
     print(
-        f"  not acknowledged and missing: {unacked_missing:,} (in flight at a kill; a node "
-        "sends them again, this replayer does not)"
+        f"  not acknowledged and missing: {unacked_missing:,} (in flight at a kill, or refused "
+        "as overloaded; a node sends them again, this replayer does not)"
     )
     print(f"  duplicates: {duplicates:,} (allowed: consumers drop them by message id)")
     print(
@@ -194,7 +194,10 @@ def run(args: argparse.Namespace) -> bool:
 
         def start_gateway(_port: int) -> bench.SystemProcess:
             log = tmp / f"gateway-{len(gateways) + 1}.log"
-            return bench.GatewayProcess(config, log, None, url)
+            gateway = bench.GatewayProcess(config, log, None, url)
+            if args.cpu_quota:
+                bench.confine(gateway.pid, args.cpu_quota, stack)
+            return gateway
 
         gateways.append(start_gateway(broker.port))
         stack.callback(lambda: [g.stop() for g in gateways])
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> bool:
         print(
             f"{args.links} links at {args.rate:.0%} of 115200 baud, {args.nodes} nodes "
             f"registered; {args.seconds:g} s, {args.kills} kills (seed {args.seed})"
+            + (f"; each gateway on {args.cpu_quota:.0%} of one core" if args.cpu_quota else "")
         )
         reader = AckReader(links, args.rate, secrets)
         asyncio.run(
@@ -231,10 +235,18 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="fraction of the line rate")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument(
+        "--cpu-quota",
+        type=float,
+        metavar="FRACTION",
+        help="each gateway with at most this fraction of one core (bench_gateway.py's; root)",
+    )
     parser.add_argument("--seed", type=int, default=random.randrange(1 << 30))  # noqa: S311
     args = parser.parse_args()
     if args.seconds < 6 or args.kills < 1 or not 1 <= args.links <= args.nodes:
         parser.error("--seconds at least 6, --kills at least 1, --links 1..--nodes")
+    if args.cpu_quota is not None and not 0.1 <= args.cpu_quota <= 2:
+        parser.error("--cpu-quota must be in 0.1..2 (a fraction of one core)")
     raise SystemExit(0 if run(args) else 1)
 
 
