@@ -12,10 +12,11 @@ gateway acknowledges a frame only once the spool holds it on disk (or the broker
 every acknowledged reading must reach the subscriber, whatever the moment of the kill.
 
 The replayer is no node: it never sends a frame again, so frames in flight at a kill (or
-refused as overloaded, with --cpu-quota) that were not acknowledged may be missing (a real node keeps and retransmits them; tests/
-test_gateway_e2e.py's kill test covers that side). Those are counted, not a failure. Also
-printed: duplicates (allowed: consumers drop them by message id) and, per node, readings that
-arrived after a newer one (after a restart, the spool's backlog may follow newer live ones).
+refused as overloaded, with --cpu-quota) that were not acknowledged may be missing (a real
+node keeps and retransmits them; tests/test_gateway_e2e.py's kill test covers that side).
+Those are counted, not a failure. Also printed: duplicates (allowed: consumers drop them by
+message id) and, per node, readings that arrived after a newer one (after a restart, the
+spool's backlog may follow newer live ones).
 Exit status 1 if an acknowledged reading is missing. Nothing here is timed against a target.
 """
 
