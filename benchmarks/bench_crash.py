@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import shutil
 import tempfile
@@ -49,20 +48,9 @@ class AckReader(bench.Replayer):
         self.acked: dict[int, set[int]] = {link.node_id: set() for link in links}
         self.unreadable = 0  # chunks that are no frame or do not open: counted, not expected
 
-    def _drain(self, link: bench.Link) -> None:
+    def _received(self, link: bench.Link, data: bytes) -> None:
         decoder, keys = self.decoders[link.master], self.keys[link.master]
-        while True:
-            try:
-                data = os.read(link.master, 65536)
-            except BlockingIOError:
-                break
-            except OSError:  # EIO: nobody holds the slave; not expected, we hold it open
-                asyncio.get_running_loop().remove_reader(link.master)
-                break
-            if not data:
-                break
-            link.ack_bytes += len(data)
-            decoder.feed(data)
+        decoder.feed(data)
         while True:
             try:
                 frame = decoder.next_event()

@@ -656,6 +656,11 @@ class Replayer:
             if not data:
                 return
             link.ack_bytes += len(data)
+            self._received(link, data)
+
+    def _received(self, link: Link, data: bytes) -> None:
+        """What the gateway sent on `link` (its acks): drained and counted only; a subclass
+        may read it (benchmarks/bench_crash.py)."""
 
     def _tick(self, link: Link, elapsed: float, now: float) -> None:
         frames, sent_at, i = link.frames, link.sent_at, link.next
