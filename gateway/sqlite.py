@@ -51,6 +51,7 @@ from types import TracebackType
 from typing import Self
 
 from .errors import StorageError
+from .throttle import Throttle
 
 __all__ = [
     "JOURNAL_SIZE_LIMIT",
@@ -208,8 +209,7 @@ class StorageHealth:
         self.failing: dict[str, StorageError] = {}
         self.failures: Counter[tuple[str, str]] = Counter()
         self._since: dict[str, float] = {}
-        self._logged: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
+        self._log = Throttle(STORAGE_LOG_EVERY_S)  # per store, used under the lock
         self._lock = threading.Lock()
 
     @property
@@ -227,12 +227,10 @@ class StorageHealth:
             self.failures[(store, error.reason)] += 1
             self.failing[store] = error
             self._since.setdefault(store, now)
-            last = self._logged.get(store)
-            if last is not None and now - last < STORAGE_LOG_EVERY_S:
-                self._held[store] += 1
-                return
-            held = self._held.pop(store, 0)
-            self._logged[store] = now
+            report = self._log.due(store, now)
+        if report is None:
+            return
+        held = report[0] - 1  # the others since the last line
         more = f" ({held} more failed writes since the last report)" if held else ""
         log.error(
             "%s; the gateway keeps running degraded: frames it cannot store are not "
@@ -255,8 +253,7 @@ class StorageHealth:
         with self._lock:
             error = self.failing.pop(store, None)
             since = self._since.pop(store, None)
-            self._logged.pop(store, None)
-            self._held.pop(store, None)
+            self._log.forget(store)
             failed = sum(n for (s, _r), n in self.failures.items() if s == store)
         if error is not None and since is not None:
             log.warning(

@@ -1,5 +1,6 @@
-"""When to log what can happen many times a second (rejected frames, a full spool): the first
-occurrence at once, then at most one line per `every` seconds, saying how many came since.
+"""When to log what can happen many times a second (rejected frames, a full spool, failing
+writes): the first occurrence at once, then at most one line per `every` seconds, saying how
+many came since.
 
 A line per occurrence would flood the log (and the SD card under it) exactly when something
 is wrong; a line per interval keeps the first cause visible and the count honest.
@@ -30,3 +31,9 @@ class Throttle:
             return None
         self._last[key] = now
         return count + self._held.pop(key, 0), None if last is None else now - last
+
+    def forget(self, key: Hashable) -> None:
+        """Start `key` afresh (what it counted is over: a store writes again): its next
+        occurrence is logged at once, and what was held is not reported."""
+        self._last.pop(key, None)
+        self._held.pop(key, None)

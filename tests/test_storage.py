@@ -19,12 +19,14 @@ import os
 import random
 import sqlite3
 import subprocess
+import types
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import gateway.sqlite
 from gateway import commands
 from gateway.config import SerialPortConfig
 from gateway.errors import StorageError
@@ -209,6 +211,39 @@ def test_a_schema_that_grew_is_still_created(tmp_path: Path) -> None:
     conn = connect(tmp_path / "db", what="test", schema=two, version=1, error_type=ValueError)
     with contextlib.closing(conn):
         assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master")} == {"a", "b"}
+
+
+def test_failing_writes_are_logged_first_then_once_a_minute_per_store(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing disk fails every write, tens a second: each store's first failure is logged
+    at once, then one line a minute with how many failed meanwhile; once the store writes
+    again, its next failure is logged at once."""
+    clock = [1000.0]
+    monkeypatch.setattr(gateway.sqlite, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    health = StorageHealth()
+
+    def lines() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if "keeps running degraded" in r.getMessage()
+        ]
+
+    with caplog.at_level(logging.ERROR, logger="edgeveil.storage"):
+        for _ in range(30):  # a failed write a second
+            health.failed(StorageError("spool", "io_error", "the spool cannot be written"))
+            clock[0] += 1.0
+        health.failed(StorageError("registry", "io_error", "the registry cannot be written"))
+        assert len(lines()) == 2  # the spool's first, the registry's first
+        clock[0] = 1060.0
+        health.failed(StorageError("spool", "io_error", "the spool cannot be written"))
+        assert len(lines()) == 3
+        assert "(29 more failed writes since the last report)" in lines()[2]
+        health.succeeded("spool")
+        assert health.degraded == "registry: io_error"
+        clock[0] += 1.0
+        health.failed(StorageError("spool", "io_error", "the spool cannot be written"))
+        assert len(lines()) == 4  # failing anew: at once, with nothing held from before
+        assert "more failed writes" not in lines()[3]
 
 
 def test_each_connection_keeps_a_small_page_cache(tmp_path: Path) -> None:
