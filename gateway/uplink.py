@@ -495,34 +495,36 @@ class Uplink:
             async with client:
                 self._session_up = True
                 self._up_since = time.monotonic()
-                watch = asyncio.create_task(self._receive(client), name="edgeveil-uplink-watch")
-                work = asyncio.create_task(self._work(client), name="edgeveil-uplink-work")
-                try:
-                    await asyncio.wait((watch, work), return_when=asyncio.FIRST_COMPLETED)
-                except asyncio.CancelledError:
-                    await _cancel(work)
-                    if not watch.done():
-                        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                            async with asyncio.timeout(2.0):
-                                await client.publish(
-                                    self.topics.availability, OFFLINE, qos=1, retain=True
-                                )
-                    await _cancel(watch)
-                    raise
-                if work.done() and not work.cancelled() and work.exception() is None:
-                    await _cancel(watch)
-                    return
-                await _cancel(work)
-                await _cancel(watch)
-                for task in (watch, work):  # the watcher's error names the cause of a loss
-                    error = None if task.cancelled() else task.exception()
-                    if error is not None:
-                        raise error
-                raise aiomqtt.MqttError("connection lost")  # both were cancelled: not expected
+                await self._connected(client)
         except BaseException:
             if not self._session_up:
                 _abandon(client)  # the attempt failed before its CONNACK
             raise
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        """The connection's two tasks: returns after a clean stop, raises when it is lost."""
+        watch = asyncio.create_task(self._receive(client), name="edgeveil-uplink-watch")
+        work = asyncio.create_task(self._work(client), name="edgeveil-uplink-work")
+        try:
+            await asyncio.wait((watch, work), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await _cancel(work)
+            if not watch.done():
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
+            await _cancel(watch)
+            raise
+        if work.done() and not work.cancelled() and work.exception() is None:
+            await _cancel(watch)
+            return
+        await _cancel(work)
+        await _cancel(watch)
+        for task in (watch, work):  # the watcher's error names the cause of a loss
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+        raise aiomqtt.MqttError("connection lost")  # both were cancelled: not expected
 
     async def _work(self, client: aiomqtt.Client) -> None:
         self._window_lock = asyncio.Semaphore(self._window)  # this connection's in flight
