@@ -70,6 +70,8 @@ SCHEMA_VERSION = 2
 # dropped meanwhile (gateway.throttle).
 DROPS_LOG_EVERY_S = 60.0
 
+_DELETE_SEQ = "DELETE FROM spool WHERE seq = ?"
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spool ("
     " seq INTEGER PRIMARY KEY,"
@@ -256,9 +258,7 @@ class Spool(Closing):
                     # nothing to do): they make room first, so that no message still to be
                     # published is dropped, or refused, or counted as dropped, for their room
                     before_freeing = conn.total_changes
-                    conn.executemany(
-                        "DELETE FROM spool WHERE seq = ?", [(s,) for s in self._published]
-                    )
+                    conn.executemany(*self._delete_published())
                     freed = conn.total_changes - before_freeing
                     excess -= freed
                 if excess > 0 and self.when_full == "refuse_new":
@@ -323,7 +323,7 @@ class Spool(Closing):
         if not params:
             return
         with self._lock:
-            (removed,) = self._commit_unsynced(("DELETE FROM spool WHERE seq = ?", params))
+            (removed,) = self._commit_unsynced((_DELETE_SEQ, params))
             self._depth -= removed
             self._published.difference_update(s for (s,) in params)
 
@@ -337,8 +337,7 @@ class Spool(Closing):
             if oldest is None or oldest >= cutoff:
                 return 0  # the usual case: no transaction at all
             delivered, removed = self._commit_unsynced(
-                ("DELETE FROM spool WHERE seq = ?", [(s,) for s in self._published]),
-                ("DELETE FROM spool WHERE created < ?", [(cutoff,)]),
+                self._delete_published(), ("DELETE FROM spool WHERE created < ?", [(cutoff,)])
             )
             self._published.clear()
             self._depth -= delivered + removed
@@ -378,6 +377,13 @@ class Spool(Closing):
         if row[0] is None:
             return None
         return max(0.0, (time.time() if now is None else now) - float(row[0]))
+
+    def _delete_published(self) -> tuple[str, list[tuple[int]]]:
+        """The delete of the messages the broker acknowledged that wait for the uplink's
+        grouped delete: full or expiring, the spool removes them first (they were delivered;
+        the uplink's delete then finds nothing). The caller holds the lock, and clears
+        `_published` once the transaction is committed."""
+        return _DELETE_SEQ, [(s,) for s in self._published]
 
     def _commit_unsynced(self, *deletes: tuple[str, Sequence[tuple[int | float]]]) -> list[int]:
         """Run deletes, each a statement with its parameter rows, in one transaction without
